@@ -1,0 +1,248 @@
+//! The one error type of barmap.
+//!
+//! Every variant carries what a user needs to act on it: the PCI address, the
+//! region, the offset and width involved, and the underlying OS error where there
+//! is one. Errors are always returned, never only logged.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::pci::PciAddress;
+use crate::region::RegionIndex;
+
+/// Result type of every fallible barmap call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in barmap.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A PCI address string could not be parsed.
+    #[error("invalid PCI address {input:?}: {reason} (expected DDDD:BB:DD.F or BB:DD.F)")]
+    InvalidAddress {
+        /// The text that was given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// No PCI device with this address exists.
+    #[error("PCI device {addr} does not exist ({path} is missing)")]
+    DeviceNotFound {
+        /// The address that was asked for.
+        addr: PciAddress,
+        /// The sysfs directory that was looked for.
+        path: PathBuf,
+    },
+
+    /// Reading or writing a sysfs attribute failed.
+    #[error("sysfs access to {path} failed: {source}")]
+    Sysfs {
+        /// The sysfs file involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A sysfs attribute held something that could not be parsed.
+    #[error("sysfs file {path} holds {content:?}, which is not {expected}")]
+    SysfsParse {
+        /// The sysfs file involved.
+        path: PathBuf,
+        /// What it contained.
+        content: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+
+    /// The device is bound to another driver (or none) instead of vfio-pci.
+    #[error(
+        "{addr} is not bound to vfio-pci (current driver: {}); bind it first, e.g. `barpoke bind {addr}`",
+        driver.as_deref().unwrap_or("none")
+    )]
+    NotBoundToVfio {
+        /// The device.
+        addr: PciAddress,
+        /// The driver it is bound to, if any.
+        driver: Option<String>,
+    },
+
+    /// The device has no IOMMU group: the IOMMU is off or absent.
+    #[error("{addr} has no IOMMU group: is the IOMMU enabled (e.g. intel_iommu=on)?")]
+    NoIommuGroup {
+        /// The device.
+        addr: PciAddress,
+    },
+
+    /// Some device in the IOMMU group is bound to a host driver, so VFIO refuses the group.
+    #[error(
+        "IOMMU group {group} of {addr} is not viable: {} must be bound to vfio-pci or unbound",
+        blockers.join(", ")
+    )]
+    GroupNotViable {
+        /// The device that was being opened.
+        addr: PciAddress,
+        /// The IOMMU group number.
+        group: u32,
+        /// The devices of the group (with their drivers) that make it non-viable.
+        blockers: Vec<String>,
+    },
+
+    /// The group is already open in another process or container.
+    #[error("IOMMU group {group} of {addr} is busy: /dev/vfio/{group} is already held by another process or container")]
+    GroupBusy {
+        /// The device that was being opened.
+        addr: PciAddress,
+        /// The IOMMU group number.
+        group: u32,
+    },
+
+    /// Opening a VFIO node was refused.
+    #[error("permission denied opening {path} for {addr}: run as root or grant access to the VFIO group")]
+    PermissionDenied {
+        /// The device.
+        addr: PciAddress,
+        /// The node that could not be opened.
+        path: PathBuf,
+    },
+
+    /// A VFIO step failed in the kernel.
+    #[error("VFIO {step} failed for {addr}: {source}")]
+    Vfio {
+        /// The device.
+        addr: PciAddress,
+        /// Which step failed (e.g. "open container", "attach group", "get region info").
+        step: &'static str,
+        /// The error from vfio-ioctls or the kernel.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The region index does not name a region of this device.
+    #[error("{addr} has no region {region} (it has {count} regions, or the region has size 0)")]
+    NoSuchRegion {
+        /// The device.
+        addr: PciAddress,
+        /// The region asked for.
+        region: RegionIndex,
+        /// How many regions the device reports.
+        count: u32,
+    },
+
+    /// An access reaches outside the region.
+    #[error(
+        "{addr} {region}: {width}-byte access at offset {offset:#x} is out of range (region size {size:#x})"
+    )]
+    OutOfRange {
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
+        /// The offset of the access in the region.
+        offset: u64,
+        /// The length of the access in bytes.
+        width: u64,
+        /// The size of the region.
+        size: u64,
+    },
+
+    /// An access is not naturally aligned for its width.
+    #[error("{addr} {region}: {width}-byte access at offset {offset:#x} is not {width}-byte aligned")]
+    Misaligned {
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
+        /// The offset of the access.
+        offset: u64,
+        /// The width of the access in bytes.
+        width: usize,
+    },
+
+    /// An access width other than 1, 2, 4 or 8 bytes.
+    #[error("unsupported access width of {width} bytes (use 1, 2, 4 or 8)")]
+    UnsupportedWidth {
+        /// The width that was asked for, in bytes.
+        width: usize,
+    },
+
+    /// The region does not allow writes.
+    #[error("{addr} {region} is read-only: the kernel does not report it writable")]
+    ReadOnly {
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
+    },
+
+    /// The region does not allow reads.
+    #[error("{addr} {region} is not readable")]
+    NotReadable {
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
+    },
+
+    /// A direct mapping was asked for where the kernel offers none.
+    #[error("{addr} {region} cannot be mmapped: {reason}")]
+    NotMmapable {
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
+        /// Why not.
+        reason: &'static str,
+    },
+
+    /// `mmap` (or `munmap`/`mprotect`) failed.
+    #[error("mapping {addr} {region} offset {offset:#x} length {len:#x} failed: {source}")]
+    Mmap {
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
+        /// Offset in the region of the area.
+        offset: u64,
+        /// Length of the area.
+        len: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A read or write of the device through the VFIO file descriptor failed.
+    #[error("{addr} {region}: {len}-byte access at offset {offset:#x} failed: {source}")]
+    Io {
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
+        /// Offset in the region.
+        offset: u64,
+        /// Length of the access.
+        len: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A VFIO capability chain is malformed.
+    #[error("malformed VFIO capability chain at byte {offset}: {reason}")]
+    MalformedCapability {
+        /// Byte offset in the info buffer where the problem was found.
+        offset: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// Something this platform or kernel cannot do.
+    #[error("{what} is not supported: {reason}")]
+    Unsupported {
+        /// The feature.
+        what: &'static str,
+        /// Why not.
+        reason: &'static str,
+    },
+}

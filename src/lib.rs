@@ -1,0 +1,25 @@
+//! # barmap
+//!
+//! Safe, fast userspace access to PCI devices through Linux VFIO.
+//!
+//! barmap opens a device bound to `vfio-pci` by its PCI address, lists its
+//! regions and their capabilities, and maps its BARs straight into the
+//! process: uncached, page-aligned, unmapped on drop, with typed,
+//! bounds-checked volatile access. Where a BAR cannot be mapped (I/O port
+//! BARs, sparse BARs, parts trapped on purpose), it falls back to the VFIO file
+//! descriptor, and on x86-64 can still hand out one raw pointer over the whole
+//! BAR whose unmapped parts are served by a fault handler.
+//!
+//! The modules follow the data path: [`pci`] (addresses, sysfs) →
+//! VFIO container/group/device → [`region`] info → mapped BAR or shadow
+//! region → typed access.
+
+#![deny(missing_docs)]
+
+mod error;
+pub mod pci;
+pub mod region;
+
+pub use error::{Error, Result};
+pub use pci::PciAddress;
+pub use region::{parse_region_caps, RegionCap, RegionFlags, RegionIndex, RegionInfo, SparseArea};

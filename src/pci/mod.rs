@@ -1,0 +1,5 @@
+//! PCI addresses and the sysfs view of PCI devices.
+
+mod address;
+
+pub use address::PciAddress;

@@ -1,0 +1,193 @@
+//! What the kernel says about one region, plus the BAR kind from config space.
+
+use std::fmt;
+
+use vfio_bindings::bindings::vfio::{
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+
+use super::{RegionCap, RegionIndex, SparseArea};
+
+/// The access flags VFIO reports for a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RegionFlags(pub u32);
+
+impl RegionFlags {
+    /// The region can be read (pread).
+    pub fn readable(self) -> bool {
+        self.0 & VFIO_REGION_INFO_FLAG_READ != 0
+    }
+
+    /// The region can be written (pwrite).
+    pub fn writable(self) -> bool {
+        self.0 & VFIO_REGION_INFO_FLAG_WRITE != 0
+    }
+
+    /// The region (or the areas its sparse-mmap capability lists) can be mmapped.
+    pub fn mmapable(self) -> bool {
+        self.0 & VFIO_REGION_INFO_FLAG_MMAP != 0
+    }
+}
+
+impl fmt::Display for RegionFlags {
+    /// `rw-`-style: `r`, `w`, then `m` for mmap.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bit = |set: bool, c: char| if set { c } else { '-' };
+        write!(
+            f,
+            "{}{}{}",
+            bit(self.readable(), 'r'),
+            bit(self.writable(), 'w'),
+            bit(self.mmapable(), 'm')
+        )
+    }
+}
+
+/// What a BAR decodes, from its register in config space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarKind {
+    /// A memory BAR with a 32-bit address.
+    Memory32 {
+        /// Whether the BAR is prefetchable.
+        prefetchable: bool,
+    },
+    /// A memory BAR with a 64-bit address (it uses the next BAR register too).
+    Memory64 {
+        /// Whether the BAR is prefetchable.
+        prefetchable: bool,
+    },
+    /// An I/O port BAR: never mmapable.
+    Io,
+}
+
+impl BarKind {
+    /// Decodes the low dword of a BAR register.
+    pub fn from_register(value: u32) -> BarKind {
+        if value & 1 == 1 {
+            return BarKind::Io;
+        }
+        let prefetchable = value & 0x8 != 0;
+        if (value >> 1) & 0x3 == 0x2 {
+            BarKind::Memory64 { prefetchable }
+        } else {
+            BarKind::Memory32 { prefetchable }
+        }
+    }
+}
+
+impl fmt::Display for BarKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pf = |p: bool| if p { ", prefetchable" } else { "" };
+        match *self {
+            BarKind::Memory32 { prefetchable } => write!(f, "mem32{}", pf(prefetchable)),
+            BarKind::Memory64 { prefetchable } => write!(f, "mem64{}", pf(prefetchable)),
+            BarKind::Io => f.write_str("io"),
+        }
+    }
+}
+
+/// One region of a VFIO device, as `VFIO_DEVICE_GET_REGION_INFO` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// Which region this is.
+    pub index: RegionIndex,
+    /// Size in bytes (0 for an unimplemented BAR).
+    pub size: u64,
+    /// Offset of the region in the device file descriptor, for pread/pwrite/mmap.
+    pub offset: u64,
+    /// Access flags.
+    pub flags: RegionFlags,
+    /// Capabilities parsed from the info's capability chain.
+    pub caps: Vec<RegionCap>,
+    /// For BARs: what the BAR register in config space says it decodes.
+    pub bar_kind: Option<BarKind>,
+}
+
+impl RegionInfo {
+    /// The parts of the region the kernel lets us mmap, in region offsets.
+    ///
+    /// A region without the mmap flag has none; one with a sparse-mmap
+    /// capability has exactly the areas listed there (possibly none); any other
+    /// mmapable region is mmapable as a whole. The areas are as the kernel gave
+    /// them: the mapping code checks them against the region and page size.
+    pub fn mmap_areas(&self) -> Vec<SparseArea> {
+        if !self.flags.mmapable() || self.size == 0 {
+            return Vec::new();
+        }
+        self.caps
+            .iter()
+            .find_map(|cap| match cap {
+                RegionCap::SparseMmap(areas) => Some(areas.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| {
+                vec![SparseArea {
+                    offset: 0,
+                    size: self.size,
+                }]
+            })
+    }
+
+    /// Whether the region carries the MSI-X-mappable capability.
+    pub fn msix_mappable(&self) -> bool {
+        self.caps.contains(&RegionCap::MsixMappable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_bar_registers() {
+        assert_eq!(
+            BarKind::from_register(0xfff0_0000),
+            BarKind::Memory32 { prefetchable: false }
+        );
+        assert_eq!(
+            BarKind::from_register(0x0000_000c),
+            BarKind::Memory64 { prefetchable: true }
+        );
+        assert_eq!(BarKind::from_register(0x0000_c001), BarKind::Io);
+        assert_eq!(
+            BarKind::from_register(0x0000_0008),
+            BarKind::Memory32 { prefetchable: true }
+        );
+    }
+
+    fn info(flags: u32, caps: Vec<RegionCap>) -> RegionInfo {
+        RegionInfo {
+            index: RegionIndex(0),
+            size: 0x4000,
+            offset: 0,
+            flags: RegionFlags(flags),
+            caps,
+            bar_kind: None,
+        }
+    }
+
+    #[test]
+    fn mmap_areas_follow_flags_and_sparse_cap() {
+        assert!(info(0x3, vec![]).mmap_areas().is_empty());
+        assert_eq!(
+            info(0x7, vec![]).mmap_areas(),
+            vec![SparseArea {
+                offset: 0,
+                size: 0x4000
+            }]
+        );
+        let sparse = vec![SparseArea {
+            offset: 0x1000,
+            size: 0x1000,
+        }];
+        assert_eq!(
+            info(0xf, vec![RegionCap::SparseMmap(sparse.clone())]).mmap_areas(),
+            sparse
+        );
+        assert!(info(0xf, vec![RegionCap::SparseMmap(vec![])])
+            .mmap_areas()
+            .is_empty());
+        assert_eq!(RegionFlags(0x7).to_string(), "rwm");
+        assert_eq!(RegionFlags(0x1).to_string(), "r--");
+    }
+}

@@ -1,0 +1,12 @@
+//! VFIO regions: which ones a device has, their size, file offset, flags and
+//! capabilities, and the slow-path I/O trait every region access falls back to.
+
+mod caps;
+mod index;
+mod info;
+mod io;
+
+pub use caps::{parse_region_caps, RegionCap, SparseArea};
+pub use index::{ParseRegionError, RegionIndex};
+pub use info::{BarKind, RegionFlags, RegionInfo};
+pub use io::{FdRegion, RegionIo};
