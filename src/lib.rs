@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod map;
 pub mod pci;
 pub mod region;
 
