@@ -56,6 +56,18 @@ pub enum Error {
         expected: &'static str,
     },
 
+    /// The VFIO container cannot be opened or lacks what barmap needs.
+    #[error("VFIO is not usable through {path}: {reason}: {source}")]
+    VfioUnavailable {
+        /// The node involved.
+        path: PathBuf,
+        /// What to do about it.
+        reason: &'static str,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The device is bound to another driver (or none) instead of vfio-pci.
     #[error(
         "{addr} is not bound to vfio-pci (current driver: {}); bind it first, e.g. `barpoke bind {addr}`",

@@ -16,11 +16,17 @@
 
 #![deny(missing_docs)]
 
+mod access;
+mod bar;
 mod error;
 mod map;
 pub mod pci;
 pub mod region;
+mod vfio;
 
+pub use access::Scalar;
+pub use bar::{Bar, MapPolicy};
 pub use error::{Error, Result};
 pub use pci::PciAddress;
 pub use region::{parse_region_caps, RegionCap, RegionFlags, RegionIndex, RegionInfo, SparseArea};
+pub use vfio::{Container, Device};

@@ -9,5 +9,4 @@
 
 mod reservation;
 
-#[allow(unused_imports)] // used by bar.rs and shadow/, landing next
 pub(crate) use reservation::{page_size, Reservation};

@@ -1,0 +1,222 @@
+//! An open VFIO PCI device and its regions.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+
+use vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_CAPS;
+use vfio_ioctls::{VfioDevice, VfioError};
+
+use super::{ioctl, Container};
+use crate::error::{Error, Result};
+use crate::pci::{PciAddress, Sysfs};
+use crate::region::{parse_region_caps, BarKind, FdRegion, RegionFlags, RegionIndex, RegionInfo, RegionIo};
+
+/// The driver a device must be bound to.
+const VFIO_PCI_DRIVER: &str = "vfio-pci";
+/// Offset of BAR0's register in config space; BAR n is at `+ 4 * n`.
+const CONFIG_BAR0: u64 = 0x10;
+
+/// A PCI device opened through VFIO.
+///
+/// Opening checks, in order, that the device exists, is bound to `vfio-pci`,
+/// has an IOMMU group and that the group is viable, then attaches the group to
+/// a type1v2 container and reads every region's info. Each failure is a
+/// distinct [`Error`] naming the address.
+///
+/// ```no_run
+/// use barmap::Device;
+/// let edu = Device::open("0000:00:03.0".parse()?)?;
+/// for region in edu.regions() {
+///     println!("{} {:#x} {}", region.index, region.size, region.flags);
+/// }
+/// let bar0 = edu.bar(0)?;
+/// assert_eq!(bar0.read::<u32>(0)?, 0x010000ed);
+/// # Ok::<(), barmap::Error>(())
+/// ```
+pub struct Device {
+    addr: PciAddress,
+    group: u32,
+    regions: Vec<RegionInfo>,
+    vfio: VfioDevice,
+    container: Container,
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Device")
+            .field("addr", &self.addr)
+            .field("group", &self.group)
+            .field("regions", &self.regions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// Opens the device at `addr` in a container of its own.
+    pub fn open(addr: PciAddress) -> Result<Device> {
+        Device::open_in(&Container::new()?, addr)
+    }
+
+    /// Opens the device at `addr` in `container`, sharing its IOMMU mappings.
+    pub fn open_in(container: &Container, addr: PciAddress) -> Result<Device> {
+        let sysfs = Sysfs::default();
+        let info = sysfs.device(addr)?;
+        if info.driver.as_deref() != Some(VFIO_PCI_DRIVER) {
+            return Err(Error::NotBoundToVfio {
+                addr,
+                driver: info.driver,
+            });
+        }
+        let group = info.iommu_group.ok_or(Error::NoIommuGroup { addr })?;
+        let blockers = sysfs.group_blockers(group)?;
+        if !blockers.is_empty() {
+            return Err(Error::GroupNotViable {
+                addr,
+                group,
+                blockers,
+            });
+        }
+        let vfio = VfioDevice::new(&sysfs.device_path(addr), container.inner().clone(), false)
+            .map_err(|e| open_error(&sysfs, addr, group, e))?;
+        let fd = vfio.as_raw_fd();
+        let step = |step: &'static str| {
+            move |e: io::Error| Error::Vfio {
+                addr,
+                step,
+                source: Box::new(e),
+            }
+        };
+        let count = ioctl::device_info(fd)
+            .map_err(step("get device info"))?
+            .num_regions;
+        let mut regions = (0..count)
+            .map(|index| read_region_info(fd, addr, index))
+            .collect::<Result<Vec<_>>>()?;
+        let config = regions.iter().find(|r| r.index == RegionIndex::CONFIG).cloned();
+        if let Some(config) = config.filter(|c| c.flags.readable()) {
+            let config_io = FdRegion::new(fd, config.offset, config.size);
+            for region in regions.iter_mut().filter(|r| r.size > 0) {
+                if let Some(n) = region.index.bar_number() {
+                    let mut bytes = [0u8; 4];
+                    config_io
+                        .read_at(CONFIG_BAR0 + 4 * u64::from(n), &mut bytes)
+                        .map_err(step("read BAR register"))?;
+                    region.bar_kind = Some(BarKind::from_register(u32::from_le_bytes(bytes)));
+                }
+            }
+        }
+        log::debug!("opened {addr} (IOMMU group {group}) with {count} regions");
+        Ok(Device {
+            addr,
+            group,
+            regions,
+            vfio,
+            container: container.clone(),
+        })
+    }
+
+    /// The device's PCI address.
+    pub fn address(&self) -> PciAddress {
+        self.addr
+    }
+
+    /// The device's IOMMU group.
+    pub fn iommu_group(&self) -> u32 {
+        self.group
+    }
+
+    /// The container the device is attached to.
+    pub fn container(&self) -> &Container {
+        &self.container
+    }
+
+    /// Every region the device reports, in index order (unimplemented BARs have size 0).
+    pub fn regions(&self) -> &[RegionInfo] {
+        &self.regions
+    }
+
+    /// The info of one region; [`Error::NoSuchRegion`] if the device has no such
+    /// region or it has size 0.
+    pub fn region_info(&self, index: RegionIndex) -> Result<&RegionInfo> {
+        self.regions
+            .iter()
+            .find(|r| r.index == index && r.size > 0)
+            .ok_or(Error::NoSuchRegion {
+                addr: self.addr,
+                region: index,
+                count: self.regions.len() as u32,
+            })
+    }
+
+    /// The slow-path I/O of a region: pread/pwrite on the device descriptor.
+    pub(crate) fn region_io(&self, info: &RegionInfo) -> FdRegion {
+        FdRegion::new(self.raw_fd(), info.offset, info.size)
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.vfio.as_raw_fd()
+    }
+}
+
+/// Reads and parses one region's info, capabilities included.
+fn read_region_info(fd: RawFd, addr: PciAddress, index: u32) -> Result<RegionInfo> {
+    let bytes = ioctl::region_info_bytes(fd, index).map_err(|e| Error::Vfio {
+        addr,
+        step: "get region info",
+        source: Box::new(e),
+    })?;
+    let field = |at: usize, len: usize| -> u64 {
+        bytes[at..at + len]
+            .iter()
+            .rev()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+    };
+    // Field offsets of struct vfio_region_info; region_info_bytes returns at least its 32 bytes.
+    let flags = field(4, 4) as u32;
+    let cap_offset = field(12, 4) as u32;
+    let size = field(16, 8);
+    let offset = field(24, 8);
+    let caps = if flags & VFIO_REGION_INFO_FLAG_CAPS != 0 {
+        parse_region_caps(&bytes, cap_offset)?
+    } else {
+        vec![]
+    };
+    Ok(RegionInfo {
+        index: RegionIndex(index),
+        size,
+        offset,
+        flags: RegionFlags(flags),
+        caps,
+        bar_kind: None,
+    })
+}
+
+/// Turns a vfio-ioctls open failure into the error that says what happened.
+fn open_error(sysfs: &Sysfs, addr: PciAddress, group: u32, err: VfioError) -> Error {
+    match err {
+        VfioError::OpenGroup(source, _) => match source.raw_os_error() {
+            Some(libc::EBUSY) => Error::GroupBusy { addr, group },
+            Some(libc::EACCES | libc::EPERM) => Error::PermissionDenied {
+                addr,
+                path: PathBuf::from(format!("/dev/vfio/{group}")),
+            },
+            _ => Error::Vfio {
+                addr,
+                step: "open group",
+                source: Box::new(source),
+            },
+        },
+        VfioError::GroupViable => Error::GroupNotViable {
+            addr,
+            group,
+            blockers: sysfs.group_blockers(group).unwrap_or_default(),
+        },
+        other => Error::Vfio {
+            addr,
+            step: "attach group and open device",
+            source: Box::new(other),
+        },
+    }
+}

@@ -1,0 +1,8 @@
+//! Opening devices through VFIO: container (type1v2 IOMMU), group, device.
+
+mod container;
+mod device;
+mod ioctl;
+
+pub use container::Container;
+pub use device::Device;
