@@ -241,6 +241,35 @@ impl Bar<'_> {
             .map_err(|e| self.io_error(offset, T::WIDTH, e))
     }
 
+    /// Reads one access of `width` bytes (1, 2, 4 or 8) at `offset`, zero-extended:
+    /// the runtime-width form of [`Bar::read`], for tools that take the width as input.
+    pub fn read_width(&self, offset: u64, width: usize) -> Result<u64> {
+        match width {
+            1 => self.read::<u8>(offset).map(u64::from),
+            2 => self.read::<u16>(offset).map(u64::from),
+            4 => self.read::<u32>(offset).map(u64::from),
+            8 => self.read::<u64>(offset),
+            _ => Err(Error::UnsupportedWidth { width }),
+        }
+    }
+
+    /// Writes the low `width` bytes (1, 2, 4 or 8) of `value` at `offset` as one
+    /// access; a value that does not fit in `width` bytes is refused.
+    pub fn write_width(&self, offset: u64, width: usize, value: u64) -> Result<()> {
+        if !matches!(width, 1 | 2 | 4 | 8) {
+            return Err(Error::UnsupportedWidth { width });
+        }
+        if width < 8 && value >> (8 * width) != 0 {
+            return Err(Error::ValueTooWide { value, width });
+        }
+        match width {
+            1 => self.write::<u8>(offset, value as u8),
+            2 => self.write::<u16>(offset, value as u16),
+            4 => self.write::<u32>(offset, value as u32),
+            _ => self.write::<u64>(offset, value),
+        }
+    }
+
     /// Reads `buf.len()` bytes from `offset`, as a run of naturally aligned
     /// 4-, 2- and 1-byte accesses (never a wider or unaligned one, and never a
     /// `memcpy`, which could use any width on the bus).

@@ -179,6 +179,15 @@ pub enum Error {
         width: usize,
     },
 
+    /// A value to write does not fit in the access width.
+    #[error("value {value:#x} does not fit in {width} bytes")]
+    ValueTooWide {
+        /// The value.
+        value: u64,
+        /// The width of the access in bytes.
+        width: usize,
+    },
+
     /// The region does not allow writes.
     #[error("{addr} {region} is read-only: the kernel does not report it writable")]
     ReadOnly {

@@ -28,5 +28,8 @@ pub use access::Scalar;
 pub use bar::{Bar, MapPolicy};
 pub use error::{Error, Result};
 pub use pci::PciAddress;
-pub use region::{parse_region_caps, RegionCap, RegionFlags, RegionIndex, RegionInfo, SparseArea};
+pub use region::{
+    parse_region_caps, BarKind, FdRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo,
+    SparseArea,
+};
 pub use vfio::{Container, Device};

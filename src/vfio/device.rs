@@ -56,30 +56,22 @@ impl fmt::Debug for Device {
 impl Device {
     /// Opens the device at `addr` in a container of its own.
     pub fn open(addr: PciAddress) -> Result<Device> {
-        Device::open_in(&Container::new()?, addr)
+        let sysfs = Sysfs::default();
+        let group = check_openable(&sysfs, addr)?;
+        Device::attach(&sysfs, &Container::new()?, addr, group)
     }
 
     /// Opens the device at `addr` in `container`, sharing its IOMMU mappings.
     pub fn open_in(container: &Container, addr: PciAddress) -> Result<Device> {
         let sysfs = Sysfs::default();
-        let info = sysfs.device(addr)?;
-        if info.driver.as_deref() != Some(VFIO_PCI_DRIVER) {
-            return Err(Error::NotBoundToVfio {
-                addr,
-                driver: info.driver,
-            });
-        }
-        let group = info.iommu_group.ok_or(Error::NoIommuGroup { addr })?;
-        let blockers = sysfs.group_blockers(group)?;
-        if !blockers.is_empty() {
-            return Err(Error::GroupNotViable {
-                addr,
-                group,
-                blockers,
-            });
-        }
+        let group = check_openable(&sysfs, addr)?;
+        Device::attach(&sysfs, container, addr, group)
+    }
+
+    /// Attaches the (checked) device's group to `container` and reads its regions.
+    fn attach(sysfs: &Sysfs, container: &Container, addr: PciAddress, group: u32) -> Result<Device> {
         let vfio = VfioDevice::new(&sysfs.device_path(addr), container.inner().clone(), false)
-            .map_err(|e| open_error(&sysfs, addr, group, e))?;
+            .map_err(|e| open_error(sysfs, addr, group, e))?;
         let fd = vfio.as_raw_fd();
         let step = |step: &'static str| {
             move |e: io::Error| Error::Vfio {
@@ -158,6 +150,28 @@ impl Device {
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.vfio.as_raw_fd()
     }
+}
+
+/// Checks that `addr` exists, is bound to vfio-pci and sits in a viable IOMMU
+/// group; returns the group.
+fn check_openable(sysfs: &Sysfs, addr: PciAddress) -> Result<u32> {
+    let info = sysfs.device(addr)?;
+    if info.driver.as_deref() != Some(VFIO_PCI_DRIVER) {
+        return Err(Error::NotBoundToVfio {
+            addr,
+            driver: info.driver,
+        });
+    }
+    let group = info.iommu_group.ok_or(Error::NoIommuGroup { addr })?;
+    let blockers = sysfs.group_blockers(group)?;
+    if !blockers.is_empty() {
+        return Err(Error::GroupNotViable {
+            addr,
+            group,
+            blockers,
+        });
+    }
+    Ok(group)
 }
 
 /// Reads and parses one region's info, capabilities included.

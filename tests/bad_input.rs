@@ -1,0 +1,123 @@
+//! Bad input gives a clear, typed error and leaves the device and the process intact.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use barmap::{Device, Error, MapPolicy, PciAddress, RegionIndex};
+use common::{edu, testdev};
+
+#[test]
+fn malformed_addresses_are_refused() {
+    for bad in ["", "0000:00:03", "00:03.8", "00:20.0", "xx:03.0", "0000:00:03.0/"] {
+        let err = bad.parse::<PciAddress>().unwrap_err();
+        assert!(matches!(err, Error::InvalidAddress { .. }), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn a_missing_device_is_named() {
+    let addr: PciAddress = "0000:7f:1e.6".parse().unwrap();
+    let err = Device::open(addr).unwrap_err();
+    assert!(
+        matches!(err, Error::DeviceNotFound { addr: a, .. } if a == addr),
+        "{err}"
+    );
+    assert!(err.to_string().contains("0000:7f:1e.6"), "{err}");
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn a_device_without_vfio_pci_is_refused() {
+    // The q35 host bridge has no driver in the test guest.
+    let bridge: PciAddress = "0000:00:00.0".parse().unwrap();
+    let err = Device::open(bridge).unwrap_err();
+    assert!(matches!(err, Error::NotBoundToVfio { .. }), "{err}");
+    assert!(
+        err.to_string().contains("0000:00:00.0") && err.to_string().contains("vfio-pci"),
+        "{err}"
+    );
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn regions_that_do_not_exist_are_refused() {
+    let dev = Device::open(testdev()).unwrap();
+    for n in [2, 3, 4, 5, 6, 100] {
+        let err = dev.bar(n).unwrap_err();
+        assert!(matches!(err, Error::NoSuchRegion { .. }), "bar{n}: {err}");
+    }
+    let err = dev.open_region(RegionIndex(42), MapPolicy::Direct).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NoSuchRegion {
+                region: RegionIndex(42),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        dev.open_region(RegionIndex::ROM, MapPolicy::Direct),
+        Err(Error::NoSuchRegion { .. })
+    ));
+    assert_eq!(dev.bar(0).unwrap().read::<u8>(1).unwrap_or_default() <= 1, true);
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn a_group_held_by_another_process_is_busy() {
+    let addr = edu();
+    let group = Device::open(addr).unwrap().iommu_group();
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<>/dev/vfio/{group} && echo held && exec sleep 600"
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held");
+    let result = Device::open(addr);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, Error::GroupBusy { group: g, .. } if g == group),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("group {group}")) && text.contains("busy"),
+        "{text}"
+    );
+    // Once the other process is gone the device opens again.
+    assert_eq!(
+        Device::open(addr)
+            .unwrap()
+            .bar(0)
+            .unwrap()
+            .read::<u32>(0)
+            .unwrap(),
+        0x0100_00ed
+    );
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn config_space_goes_through_the_syscall_path() {
+    let dev = Device::open(edu()).unwrap();
+    let config = dev.open_region(RegionIndex::CONFIG, MapPolicy::Direct).unwrap();
+    assert!(config.mapped_ranges().is_empty(), "config space is never mapped");
+    assert_eq!(config.read::<u16>(0).unwrap(), 0x1234);
+    assert!(matches!(
+        config.read::<u32>(0x100).unwrap_err(),
+        Error::OutOfRange { .. }
+    ));
+}
