@@ -112,38 +112,48 @@ impl Registry {
     /// (so it cannot be freed) until `f` returns. `None` if no region holds
     /// `addr`. Async-signal-safe: atomics only.
     pub(crate) fn with_region<R>(&self, addr: usize, f: impl FnOnce(&Shared) -> R) -> Option<R> {
+        let mut f = Some(f);
+        self.scan(addr, addr + 1, |shared| {
+            shared
+                .contains(addr)
+                .then(|| f.take().map(|f| f(shared)))
+                .flatten()
+        })
+    }
+
+    /// Whether any live region's range meets `start..end`. Used to avoid
+    /// reading instruction bytes from a shadow region.
+    pub(crate) fn overlaps(&self, start: usize, end: usize) -> bool {
+        self.scan(start, end, |shared| {
+            (shared.base < end && start < shared.base + shared.len).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Visits the live regions whose hint meets `start..end`, each pinned
+    /// while `visit` looks at it, until `visit` returns `Some`.
+    ///
+    /// The hints are only a filter (a reader may see one half of a hint being
+    /// updated): `visit` must check the region's own range.
+    fn scan<R>(&self, start: usize, end: usize, mut visit: impl FnMut(&Shared) -> Option<R>) -> Option<R> {
         let high = self.high.load(Ordering::SeqCst);
         for slot in &self.slots[..high] {
-            if !(slot.start.load(Ordering::Relaxed)..slot.end.load(Ordering::Relaxed)).contains(&addr) {
+            if slot.end.load(Ordering::Relaxed) <= start || end <= slot.start.load(Ordering::Relaxed) {
                 continue;
             }
             slot.pins.fetch_add(1, Ordering::SeqCst);
-            let pin = Pin(&slot.pins);
+            let _pin = Pin(&slot.pins);
             let entry = slot.entry.load(Ordering::SeqCst);
             // SAFETY: a non-null entry was published by `register`, whose caller
             // keeps it valid until `unregister` returns; `unregister` clears the
             // entry and then waits for `pins` to drop to 0, and we incremented
             // `pins` before loading the entry (both SeqCst), so the region
-            // stays valid until `pin` is dropped below.
-            let shared = unsafe { entry.as_ref() };
-            if let Some(shared) = shared.filter(|s| s.contains(addr)) {
-                let result = f(shared);
-                drop(pin);
-                return Some(result);
+            // stays valid until `_pin` is dropped at the end of this iteration.
+            if let Some(found) = unsafe { entry.as_ref() }.and_then(&mut visit) {
+                return Some(found);
             }
         }
         None
-    }
-
-    /// Whether any live region's range (by its hint) touches `start..end`.
-    /// Used to avoid reading instruction bytes from a shadow region.
-    pub(crate) fn overlaps(&self, start: usize, end: usize) -> bool {
-        let high = self.high.load(Ordering::SeqCst);
-        self.slots[..high].iter().any(|slot| {
-            let s = slot.start.load(Ordering::Relaxed);
-            let e = slot.end.load(Ordering::Relaxed);
-            s < end && start < e
-        })
     }
 }
 

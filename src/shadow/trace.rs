@@ -188,7 +188,7 @@ mod tests {
             offset: i * 4,
             width: 4,
             value: i,
-            kind: if i % 2 == 0 {
+            kind: if i.is_multiple_of(2) {
                 AccessKind::Read
             } else {
                 AccessKind::Write
