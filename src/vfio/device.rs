@@ -152,6 +152,14 @@ impl Device {
     }
 }
 
+impl AsRawFd for Device {
+    /// The VFIO device descriptor, for calls barmap does not wrap (pread at a
+    /// region's [`RegionInfo::offset`], ioctls). Closing it is not allowed.
+    fn as_raw_fd(&self) -> RawFd {
+        self.raw_fd()
+    }
+}
+
 /// Checks that `addr` exists, is bound to vfio-pci and sits in a viable IOMMU
 /// group; returns the group.
 fn check_openable(sysfs: &Sysfs, addr: PciAddress) -> Result<u32> {
