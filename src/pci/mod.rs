@@ -1,5 +1,7 @@
 //! PCI addresses and the sysfs view of PCI devices.
 
 mod address;
+mod sysfs;
 
 pub use address::PciAddress;
+pub use sysfs::{PciDeviceInfo, Sysfs, VFIO_PCI_DRIVER};
