@@ -18,7 +18,8 @@ use criterion::{criterion_group, Criterion};
 const ID: u64 = 0;
 
 fn edu() -> PciAddress {
-    let value = std::env::var("BARMAP_EDU").expect("BARMAP_EDU is not set: run in the guest (qemu-scripts/guest-bench.sh)");
+    let value = std::env::var("BARMAP_EDU")
+        .expect("BARMAP_EDU is not set: run in the guest (qemu-scripts/guest-bench.sh)");
     value.parse().expect("BARMAP_EDU is a PCI address")
 }
 
@@ -53,7 +54,9 @@ fn benches(c: &mut Criterion) {
     let dev = Device::open(edu()).expect("open edu");
     let mapped = dev.bar(0).expect("map BAR0");
     let base = mapped.mapping_address().expect("BAR0 is mapped") as *const u32;
-    let syscall = dev.open_region(RegionIndex::bar(0).unwrap(), MapPolicy::Syscall).unwrap();
+    let syscall = dev
+        .open_region(RegionIndex::bar(0).unwrap(), MapPolicy::Syscall)
+        .unwrap();
     let fd = dev.as_raw_fd();
     let file_offset = mapped.info().offset;
     // SAFETY: `base` is the start of the live, 4-byte aligned mapping of BAR0,
@@ -62,11 +65,15 @@ fn benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("mapped_read_u32");
     group.bench_function("raw_read_volatile", |b| b.iter(|| black_box(raw())));
-    group.bench_function("barmap_bar_read", |b| b.iter(|| black_box(mapped.read::<u32>(black_box(ID)).unwrap())));
+    group.bench_function("barmap_bar_read", |b| {
+        b.iter(|| black_box(mapped.read::<u32>(black_box(ID)).unwrap()))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("syscall_read_u32");
-    group.bench_function("bare_pread", |b| b.iter(|| black_box(bare_pread(fd, black_box(file_offset)))));
+    group.bench_function("bare_pread", |b| {
+        b.iter(|| black_box(bare_pread(fd, black_box(file_offset))))
+    });
     group.bench_function("barmap_syscall_read", |b| {
         b.iter(|| black_box(syscall.read::<u32>(black_box(ID)).unwrap()))
     });
@@ -82,7 +89,10 @@ fn benches(c: &mut Criterion) {
         2000,
         200,
     );
-    println!("RATIO mapped: barmap {ours:.1} ns / raw read_volatile {floor:.1} ns = {:.3}x (target <= 1.05x)", ours / floor);
+    println!(
+        "RATIO mapped: barmap {ours:.1} ns / raw read_volatile {floor:.1} ns = {:.3}x (target <= 1.05x)",
+        ours / floor
+    );
     let (floor, ours) = interleaved(
         || {
             black_box(bare_pread(fd, file_offset));
@@ -93,7 +103,10 @@ fn benches(c: &mut Criterion) {
         200,
         100,
     );
-    println!("RATIO syscall: barmap {ours:.1} ns / bare pread {floor:.1} ns = {:.3}x (target <= 1.10x)", ours / floor);
+    println!(
+        "RATIO syscall: barmap {ours:.1} ns / bare pread {floor:.1} ns = {:.3}x (target <= 1.10x)",
+        ours / floor
+    );
 }
 
 criterion_group!(access, benches);

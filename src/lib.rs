@@ -27,7 +27,7 @@ mod vfio;
 pub use access::Scalar;
 pub use bar::{Bar, MapPolicy};
 pub use error::{Error, Result};
-pub use pci::PciAddress;
+pub use pci::{PciAddress, PciDeviceInfo, Sysfs};
 pub use region::{
     parse_region_caps, BarKind, FdRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo,
     SparseArea,

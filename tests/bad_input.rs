@@ -63,7 +63,10 @@ fn regions_that_do_not_exist_are_refused() {
         dev.open_region(RegionIndex::ROM, MapPolicy::Direct),
         Err(Error::NoSuchRegion { .. })
     ));
-    assert!(dev.bar(0).unwrap().read::<u32>(0).is_ok(), "the device still works");
+    assert!(
+        dev.bar(0).unwrap().read::<u32>(0).is_ok(),
+        "the device still works"
+    );
 }
 
 #[test]

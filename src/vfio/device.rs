@@ -10,11 +10,9 @@ use vfio_ioctls::{VfioDevice, VfioError};
 
 use super::{ioctl, Container};
 use crate::error::{Error, Result};
-use crate::pci::{PciAddress, Sysfs};
+use crate::pci::{PciAddress, Sysfs, VFIO_PCI_DRIVER};
 use crate::region::{parse_region_caps, BarKind, FdRegion, RegionFlags, RegionIndex, RegionInfo, RegionIo};
 
-/// The driver a device must be bound to.
-const VFIO_PCI_DRIVER: &str = "vfio-pci";
 /// Offset of BAR0's register in config space; BAR n is at `+ 4 * n`.
 const CONFIG_BAR0: u64 = 0x10;
 
