@@ -22,4 +22,6 @@ pub mod region;
 
 pub use error::{Error, Result};
 pub use pci::PciAddress;
-pub use region::{parse_region_caps, RegionCap, RegionFlags, RegionIndex, RegionInfo, SparseArea};
+pub use region::{
+    parse_region_caps, MemoryRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo, SparseArea,
+};
