@@ -12,14 +12,17 @@
 //!
 //! The modules follow the data path: [`pci`] (addresses, sysfs) →
 //! VFIO container/group/device → [`region`] info → mapped BAR or shadow
-//! region → typed access.
+//! region → typed access. [`config`] reads config space (header and
+//! capability lists) through the same region I/O.
 
 #![deny(missing_docs)]
 
+pub mod config;
 mod error;
 pub mod pci;
 pub mod region;
 
+pub use config::ConfigSpace;
 pub use error::{Error, Result};
 pub use pci::PciAddress;
 pub use region::{
