@@ -92,8 +92,8 @@ fn malformed(offset: usize, reason: &'static str) -> Error {
 /// the region has no capabilities. Capabilities are returned in chain order.
 ///
 /// Every capability must start 4-byte aligned after the info header, lie
-/// wholly inside `buf` and not overlap another one (for capabilities barmap
-/// does not interpret only the 8-byte header is known); anything else, and a
+/// wholly inside `buf` and not overlap another one (of a capability barmap
+/// does not interpret, only the 8-byte header counts). Anything else, and a
 /// chain that loops, is [`Error::MalformedCapability`] with the byte offset of
 /// the offending capability.
 ///
