@@ -202,12 +202,31 @@ fn check_openable(sysfs: &Sysfs, addr: PciAddress) -> Result<u32> {
 }
 
 /// Reads and parses one region's info, capabilities included.
+///
+/// vfio-pci counts the VGA region among its regions but refuses its info with
+/// `EINVAL` on devices without VGA: such a region is reported with size 0.
 fn read_region_info(fd: RawFd, addr: PciAddress, index: u32) -> Result<RegionInfo> {
-    let bytes = ioctl::region_info_bytes(fd, index).map_err(|e| Error::Vfio {
-        addr,
-        step: "get region info",
-        source: Box::new(e),
-    })?;
+    let bytes = match ioctl::region_info_bytes(fd, index) {
+        Ok(bytes) => bytes,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            log::debug!("{addr}: region {} is not implemented", RegionIndex(index));
+            return Ok(RegionInfo {
+                index: RegionIndex(index),
+                size: 0,
+                offset: 0,
+                flags: RegionFlags(0),
+                caps: vec![],
+                bar_kind: None,
+            });
+        }
+        Err(e) => {
+            return Err(Error::Vfio {
+                addr,
+                step: "get region info",
+                source: Box::new(e),
+            })
+        }
+    };
     let field = |at: usize, len: usize| -> u64 {
         bytes[at..at + len]
             .iter()
