@@ -47,7 +47,7 @@ fn edu_header_and_capabilities_match_sysfs() {
     assert_eq!(config.read32(0x08).unwrap(), 0x00ff_0010);
     assert_eq!(config.read32(0x2c).unwrap(), 0x1100_1af4);
     assert_eq!(
-        config.read32(0x40).unwrap() & 0x00ff_00ff,
+        config.read32(0x40).unwrap() & 0xffff,
         0x0000_0005,
         "MSI capability with next 0"
     );
