@@ -1,1 +1,117 @@
-fn main() {}
+//! Mapped and syscall-path register reads against their floors, on edu BAR0
+//! in the QEMU guest (`qemu-scripts/guest-bench.sh`).
+//!
+//! - `mapped`: `Bar::read::<u32>` vs a raw `read_volatile` of the same pointer.
+//! - `syscall`: `Bar::read::<u32>` on a syscall-only handle vs a bare `pread`.
+//!
+//! Besides criterion's report, each pair is also timed interleaved (batches of
+//! A then B, repeated) and printed as one ratio line, so both sides see the
+//! same machine state.
+
+use std::hint::black_box;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use barmap::{Device, MapPolicy, PciAddress, RegionIndex};
+use criterion::{criterion_group, Criterion};
+
+const ID: u64 = 0;
+
+fn edu() -> PciAddress {
+    let value = std::env::var("BARMAP_EDU")
+        .expect("BARMAP_EDU is not set: run in the guest (qemu-scripts/guest-bench.sh)");
+    value.parse().expect("BARMAP_EDU is a PCI address")
+}
+
+fn bare_pread(fd: i32, file_offset: u64) -> u32 {
+    let mut value = 0u32;
+    // SAFETY: `value` is a writable 4-byte buffer for the duration of the call.
+    let n = unsafe { libc::pread(fd, (&mut value as *mut u32).cast(), 4, file_offset as libc::off_t) };
+    assert_eq!(n, 4);
+    value
+}
+
+/// Times `a` and `b` in alternating batches; returns (ns per call of a, of b).
+fn interleaved(mut a: impl FnMut(), mut b: impl FnMut(), batch: u32, rounds: u32) -> (f64, f64) {
+    let (mut ta, mut tb) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for _ in 0..batch {
+            a();
+        }
+        ta += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..batch {
+            b();
+        }
+        tb += t.elapsed();
+    }
+    let calls = f64::from(batch) * f64::from(rounds);
+    (ta.as_nanos() as f64 / calls, tb.as_nanos() as f64 / calls)
+}
+
+fn benches(c: &mut Criterion) {
+    let dev = Device::open(edu()).expect("open edu");
+    let mapped = dev.bar(0).expect("map BAR0");
+    let base = mapped.mapping_address().expect("BAR0 is mapped") as *const u32;
+    let syscall = dev
+        .open_region(RegionIndex::bar(0).unwrap(), MapPolicy::Syscall)
+        .unwrap();
+    let fd = dev.as_raw_fd();
+    let file_offset = mapped.info().offset;
+    // SAFETY: `base` is the start of the live, 4-byte aligned mapping of BAR0,
+    // which outlives every use below.
+    let raw = || unsafe { std::ptr::read_volatile(base) };
+
+    let mut group = c.benchmark_group("mapped_read_u32");
+    group.bench_function("raw_read_volatile", |b| b.iter(|| black_box(raw())));
+    group.bench_function("barmap_bar_read", |b| {
+        b.iter(|| black_box(mapped.read::<u32>(black_box(ID)).unwrap()))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("syscall_read_u32");
+    group.bench_function("bare_pread", |b| {
+        b.iter(|| black_box(bare_pread(fd, black_box(file_offset))))
+    });
+    group.bench_function("barmap_syscall_read", |b| {
+        b.iter(|| black_box(syscall.read::<u32>(black_box(ID)).unwrap()))
+    });
+    group.finish();
+
+    let (floor, ours) = interleaved(
+        || {
+            black_box(raw());
+        },
+        || {
+            black_box(mapped.read::<u32>(black_box(ID)).unwrap());
+        },
+        2000,
+        200,
+    );
+    println!(
+        "RATIO mapped: barmap {ours:.1} ns / raw read_volatile {floor:.1} ns = {:.3}x (target <= 1.05x)",
+        ours / floor
+    );
+    let (floor, ours) = interleaved(
+        || {
+            black_box(bare_pread(fd, file_offset));
+        },
+        || {
+            black_box(syscall.read::<u32>(black_box(ID)).unwrap());
+        },
+        200,
+        100,
+    );
+    println!(
+        "RATIO syscall: barmap {ours:.1} ns / bare pread {floor:.1} ns = {:.3}x (target <= 1.10x)",
+        ours / floor
+    );
+}
+
+criterion_group!(access, benches);
+
+fn main() {
+    access();
+    Criterion::default().configure_from_args().final_summary();
+}

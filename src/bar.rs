@@ -314,7 +314,7 @@ impl Bar<'_> {
     #[inline(always)]
     fn check(&self, offset: u64, width: usize, dir: Dir) -> Result<()> {
         self.check_range(offset, width as u64, dir)?;
-        if offset % width as u64 != 0 {
+        if !offset.is_multiple_of(width as u64) {
             return Err(Error::Misaligned {
                 addr: self.device.address(),
                 region: self.info.index,
@@ -369,7 +369,7 @@ impl Bar<'_> {
 fn chunk_width(at: u64, left: usize) -> usize {
     [4usize, 2, 1]
         .into_iter()
-        .find(|w| at % *w as u64 == 0 && left >= *w)
+        .find(|w| at.is_multiple_of(*w as u64) && left >= *w)
         .unwrap_or(1)
 }
 

@@ -101,6 +101,29 @@ pub enum Error {
         blockers: Vec<String>,
     },
 
+    /// Binding a device to a driver (or giving it back) did not take effect.
+    #[error("binding {addr} to {driver} failed: {reason}")]
+    BindFailed {
+        /// The device.
+        addr: PciAddress,
+        /// The driver it was to be bound to.
+        driver: String,
+        /// What went wrong and what to do about it.
+        reason: String,
+    },
+
+    /// The record of a device's previous driver (kept between `bind` and `unbind`) could not be used.
+    #[error("driver record {path} for {addr}: {source}")]
+    BindState {
+        /// The device.
+        addr: PciAddress,
+        /// The record file.
+        path: PathBuf,
+        /// The OS error, or `InvalidData` for a record that does not hold a driver name.
+        #[source]
+        source: io::Error,
+    },
+
     /// The group is already open in another process or container.
     #[error("IOMMU group {group} of {addr} is busy: /dev/vfio/{group} is already held by another process or container")]
     GroupBusy {
@@ -270,6 +293,17 @@ pub enum Error {
     MalformedCapability {
         /// Byte offset in the info buffer where the problem was found.
         offset: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// A capability list in a device's PCI config space is malformed.
+    #[error("{addr} config space: malformed capability list at offset {offset:#x}: {reason}")]
+    MalformedConfig {
+        /// The device.
+        addr: PciAddress,
+        /// Offset in config space of the bad pointer or capability header.
+        offset: u64,
         /// What is wrong.
         reason: &'static str,
     },
