@@ -9,6 +9,8 @@
 //! Tests whose outcome is a dead process re-run this binary as a child with
 //! `SHADOW_CHILD` set.
 #![cfg(target_arch = "x86_64")]
+// Layouts are lists of offset ranges; a list of one range is meant as such.
+#![allow(clippy::single_range_in_vec_init)]
 
 use std::arch::asm;
 use std::io;
@@ -543,7 +545,9 @@ fn sparse_fixture(areas: &[(u64, u64)]) -> Vec<SparseArea> {
 #[test]
 fn sparse_layouts_map_areas_and_trap_holes() {
     let size = 8 * PAGE;
-    let layouts: [(&[(u64, u64)], &[std::ops::Range<u64>]); 5] = [
+    // (sparse areas as (offset, size), the ranges expected to be mapped)
+    type Layout = (&'static [(u64, u64)], &'static [std::ops::Range<u64>]);
+    let layouts: [Layout; 5] = [
         // Areas at the start and the end, one hole in the middle.
         (
             &[(0, 2 * PAGE), (5 * PAGE, 3 * PAGE)],

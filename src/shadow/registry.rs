@@ -3,8 +3,11 @@
 //! The fault handler runs in signal context, so the read side may not allocate
 //! or lock. The table is a fixed array of slots made of atomics only:
 //!
-//! - `start`/`end` are a *hint* of the address range: a lookup skips slots
-//!   whose hint does not contain the fault address without touching them.
+//! - `start`/`end` are a *hint* of the address range, guarded by a sequence
+//!   number `seq` (a seqlock with one writer, the slot's owner): a lookup
+//!   skips slots whose consistent hint does not meet the address without
+//!   writing to them, and pins (then checks properly) any slot whose hint it
+//!   saw half-updated.
 //! - `entry` points at the region's [`Shared`] data (or is null).
 //! - `pins` counts handlers that are using `entry` right now.
 //! - `claimed` keeps the slot away from other registrations until its last
@@ -21,7 +24,7 @@
 //! returns, and the region's memory can be freed.
 
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use super::Shared;
 
@@ -30,6 +33,7 @@ pub(crate) const CAPACITY: usize = 128;
 
 struct Slot {
     claimed: AtomicBool,
+    seq: AtomicUsize,
     start: AtomicUsize,
     end: AtomicUsize,
     entry: AtomicPtr<Shared>,
@@ -40,11 +44,35 @@ impl Slot {
     const fn new() -> Slot {
         Slot {
             claimed: AtomicBool::new(false),
+            seq: AtomicUsize::new(0),
             start: AtomicUsize::new(0),
             end: AtomicUsize::new(0),
             entry: AtomicPtr::new(ptr::null_mut()),
             pins: AtomicUsize::new(0),
         }
+    }
+
+    /// Sets the hint; only the slot's owner calls this.
+    fn set_hint(&self, start: usize, end: usize) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.start.store(start, Ordering::Relaxed);
+        self.end.store(end, Ordering::Relaxed);
+        self.seq.store(seq + 2, Ordering::Release);
+    }
+
+    /// Whether the hint may meet `start..end`: false only if a consistent
+    /// hint says it does not.
+    fn may_meet(&self, start: usize, end: usize) -> bool {
+        let seq = self.seq.load(Ordering::Acquire);
+        let (s, e) = (
+            self.start.load(Ordering::Relaxed),
+            self.end.load(Ordering::Relaxed),
+        );
+        fence(Ordering::Acquire);
+        let stable = seq % 2 == 0 && self.seq.load(Ordering::Relaxed) == seq;
+        !stable || (s < end && start < e)
     }
 }
 
@@ -87,8 +115,7 @@ impl Registry {
                 .is_ok()
         })?;
         let slot = &self.slots[index];
-        slot.start.store(start, Ordering::Relaxed);
-        slot.end.store(end, Ordering::Relaxed);
+        slot.set_hint(start, end);
         slot.entry.store(shared.cast_mut(), Ordering::SeqCst);
         self.high.fetch_max(index + 1, Ordering::SeqCst);
         Some(index)
@@ -103,8 +130,7 @@ impl Registry {
         while slot.pins.load(Ordering::SeqCst) != 0 {
             std::thread::yield_now();
         }
-        slot.start.store(0, Ordering::Relaxed);
-        slot.end.store(0, Ordering::Relaxed);
+        slot.set_hint(0, 0);
         slot.claimed.store(false, Ordering::Release);
     }
 
@@ -133,12 +159,12 @@ impl Registry {
     /// Visits the live regions whose hint meets `start..end`, each pinned
     /// while `visit` looks at it, until `visit` returns `Some`.
     ///
-    /// The hints are only a filter (a reader may see one half of a hint being
-    /// updated): `visit` must check the region's own range.
+    /// The hints are only a filter (a hint may belong to the slot's previous
+    /// or next region): `visit` must check the region's own range.
     fn scan<R>(&self, start: usize, end: usize, mut visit: impl FnMut(&Shared) -> Option<R>) -> Option<R> {
         let high = self.high.load(Ordering::SeqCst);
         for slot in &self.slots[..high] {
-            if slot.end.load(Ordering::Relaxed) <= start || end <= slot.start.load(Ordering::Relaxed) {
+            if !slot.may_meet(start, end) {
                 continue;
             }
             slot.pins.fetch_add(1, Ordering::SeqCst);
