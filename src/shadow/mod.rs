@@ -379,3 +379,75 @@ impl<'fd> ShadowBuilder<'fd> {
         })
     }
 }
+
+/// The shadow part of a [`crate::Bar`]: its registration with the fault
+/// handler, over the Bar's own direct mapping when it has one, or over a
+/// reservation of its own when nothing of the region is mapped.
+///
+/// A `BarShadow` made over a borrowed reservation must be dropped before that
+/// reservation: `Bar` declares its shadow field before its mapping.
+pub(crate) struct BarShadow {
+    // Declared first: unregister before `_own` is unmapped.
+    registration: Registration,
+    /// The reservation, when the shadow has its own; held to unmap it on drop.
+    _own: Option<Reservation>,
+    base: *mut u8,
+}
+
+// SAFETY: `base` is only an address (handed out by `as_ptr`); the reservation
+// behind it is Send + Sync and so is the registration.
+unsafe impl Send for BarShadow {}
+// SAFETY: as above.
+unsafe impl Sync for BarShadow {}
+
+impl BarShadow {
+    /// Registers region `region` of `addr` (reached through `io`) with the
+    /// fault handler, over `mapped` if part of it is mapped there.
+    pub(crate) fn new(
+        addr: crate::PciAddress,
+        region: crate::RegionIndex,
+        mapped: Option<&Reservation>,
+        io: Box<dyn RegionIo>,
+        hook: Option<AccessHook>,
+    ) -> Result<BarShadow> {
+        let size = io.size();
+        let (own, base, len) = match mapped {
+            Some(r) => (None, r.base(), r.len()),
+            None => {
+                let r = Reservation::new(size).map_err(|source| Error::Mmap {
+                    addr,
+                    region,
+                    offset: 0,
+                    len: size,
+                    source,
+                })?;
+                let (base, len) = (r.base(), r.len());
+                (Some(r), base, len)
+            }
+        };
+        let name = format!("{addr} {region}");
+        let registration =
+            Registration::new(base, len, size, name.clone(), io, hook).map_err(|e| e.into_error(&name))?;
+        Ok(BarShadow {
+            registration,
+            _own: own,
+            base,
+        })
+    }
+
+    /// The start of the shadow range.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// Reports an access that the typed slow path made to an unmapped part,
+    /// so that the hook and the trace see it like a trapped one.
+    pub(crate) fn record(&self, access: &Access) {
+        self.registration.shared.record(access);
+    }
+
+    /// See [`ShadowRegion::flush_trace`].
+    pub(crate) fn flush_trace(&self) -> usize {
+        self.registration.flush_trace()
+    }
+}

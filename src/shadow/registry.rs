@@ -71,7 +71,7 @@ impl Slot {
             self.end.load(Ordering::Relaxed),
         );
         fence(Ordering::Acquire);
-        let stable = seq % 2 == 0 && self.seq.load(Ordering::Relaxed) == seq;
+        let stable = seq.is_multiple_of(2) && self.seq.load(Ordering::Relaxed) == seq;
         !stable || (s < end && start < e)
     }
 }
