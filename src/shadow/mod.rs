@@ -69,6 +69,8 @@ const TRACE_CAPACITY: usize = 4096;
 
 /// What the fault handler needs to know about one region. Immutable once
 /// registered; shared with the handler through the registry.
+// Elsewhere than x86-64 nothing is registered, so the handler's fields go unread.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Shared {
     base: usize,
     len: usize,
@@ -80,6 +82,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn contains(&self, addr: usize) -> bool {
         addr.wrapping_sub(self.base) < self.len
     }
@@ -112,6 +115,7 @@ impl Shared {
 
 /// Why a region could not be registered with the fault handler.
 #[derive(Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum RegisterError {
     /// The fault handler does not exist on this architecture.
     #[cfg(not(target_arch = "x86_64"))]
