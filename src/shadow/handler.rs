@@ -185,6 +185,9 @@ fn emulate_at(
     let mut buf = [0u8; 8];
     let access = match op {
         Op::Load { dst, width, extend } => {
+            // Checked before the device is read: a read may have side effects.
+            regs.get(dst)
+                .ok_or_else(|| refuse("destination register not in the saved context"))?;
             shared.io.read_at(offset, &mut buf[..width]).map_err(io_err)?;
             let raw = u64::from_le_bytes(buf);
             let value = emulate::loaded_value(raw, width, extend);

@@ -23,6 +23,38 @@
 //! Faults outside every shadow region go to the SIGSEGV handler that was
 //! installed before barmap's (Rust's stack-overflow report, other crates).
 //!
+//! # Design
+//!
+//! - **Handler**: installed once, with `SA_SIGINFO | SA_ONSTACK` (so it runs
+//!   on the alternate stack where one is set up, as Rust does for its
+//!   threads) and without `SA_NODEFER` (a fault inside the handler itself
+//!   kills the process instead of recursing). It allocates nothing, takes no
+//!   lock and logs nothing; it saves and restores `errno`. Chaining calls the
+//!   previous `sa_sigaction` or `sa_handler` directly (its `sa_mask` is not
+//!   applied); a previous `SIG_DFL`/`SIG_IGN` becomes the default action.
+//! - **Registry**: a fixed table of atomics. A handler pins the slot it
+//!   reads; dropping a region clears its slot and waits until no handler pins
+//!   it, then unmaps. So a region may be dropped at any time from any thread
+//!   while other threads fault on it or on other regions. (Dropping it from
+//!   inside its own access hook would wait forever.)
+//! - **Instruction bytes** are read straight from RIP: the CPU has just
+//!   fetched them, so they are mapped; code inside a shadow region is refused.
+//!   (Execute-only code pages, possible with protection keys, are not
+//!   supported.)
+//! - **Reporting**: the [`AccessHook`] is called in the handler (it must be
+//!   async-signal-safe); for `log`, accesses also go into a lock-free ring that
+//!   [`ShadowRegion::flush_trace`] drains into `log::trace!` lines outside the
+//!   handler.
+//! - **Errors**: an access the handler cannot serve (unsupported instruction,
+//!   access past the region's end, a failing `pread`/`pwrite`, e.g. `EIO`
+//!   while the device's memory decoding is off) prints one line to stderr and
+//!   kills the process with SIGSEGV: a load never gets a made-up value.
+//!
+//! Not covered: SIGBUS (vfio-pci revokes BAR mappings on reset, and a touch of
+//! a revoked mapped page raises SIGBUS, which barmap leaves alone). 8-byte
+//! accesses are one 8-byte `pread`/`pwrite`, which kernels before 6.11 split
+//! into two 4-byte device accesses.
+//!
 //! ```no_run
 //! # #[cfg(target_arch = "x86_64")] {
 //! use barmap::shadow::{ShadowRegion, Trap};

@@ -54,8 +54,9 @@ impl fmt::Display for Access {
 /// It is called **inside the SIGSEGV handler**, after the device access and
 /// before the faulting instruction resumes, so it must be async-signal-safe:
 /// no allocation, no locks, no `log`/`println!`, no panics. Atomics (counters,
-/// a preallocated ring) are fine. For logging, use `log::trace!` output of
-/// [`super::ShadowRegion::flush_trace`] instead.
+/// a preallocated ring) are fine. It must not drop the region it belongs to
+/// (the drop would wait for the hook's own fault to finish). For logging, use
+/// the `log::trace!` output of [`super::ShadowRegion::flush_trace`] instead.
 pub type AccessHook = Arc<dyn Fn(&Access) + Send + Sync>;
 
 const KIND_SHIFT: u64 = 8;
