@@ -67,10 +67,14 @@ extern "C" fn on_sigsegv(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t for SIGSEGV.
     let addr = unsafe { (*info).si_addr() } as usize;
     let served = REGISTRY.with_region(addr, |shared| {
-        // SAFETY: with SA_SIGINFO the third argument is the interrupted
-        // thread's ucontext_t, ours to read and change until we return.
-        let uc = unsafe { &mut *ctx.cast::<ucontext_t>() };
-        serve(shared, addr, Regs(&mut uc.uc_mcontext.gregs))
+        let mut job = Job {
+            shared,
+            addr,
+            uc: ctx.cast(),
+            served: false,
+        };
+        run_off_the_alternate_stack(&mut job);
+        job.served
     });
     match served {
         Some(true) => {}
@@ -79,6 +83,70 @@ extern "C" fn on_sigsegv(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
+}
+
+/// One fault in a shadow region to serve.
+struct Job<'a> {
+    shared: &'a Shared,
+    addr: usize,
+    uc: *mut ucontext_t,
+    served: bool,
+}
+
+extern "C" fn run_job(job: *mut c_void) {
+    // SAFETY: `job` is the `&mut Job` that `run_off_the_alternate_stack` was
+    // given; nothing else uses it until this returns.
+    let job = unsafe { &mut *job.cast::<Job<'_>>() };
+    // SAFETY: with SA_SIGINFO the third argument of the handler is the
+    // interrupted thread's ucontext_t, ours to read and change until it returns.
+    let uc = unsafe { &mut *job.uc };
+    job.served = serve(job.shared, job.addr, Regs(&mut uc.uc_mcontext.gregs));
+}
+
+/// Bytes below the interrupted stack pointer that the x86-64 ABI lets a
+/// function use without moving it (the red zone), plus a margin.
+const RED_ZONE: usize = 128 + 128;
+/// If the handler's frame is this close below the interrupted stack pointer,
+/// the kernel delivered the signal on the interrupted stack itself.
+const SAME_STACK: usize = 64 << 10;
+
+/// Serves `job` on the interrupted thread's own stack, below its red zone.
+///
+/// The handler runs on the alternate signal stack (it must, for Rust's
+/// stack-overflow report to work), which is small: 8 KiB or so, much of it
+/// taken by the kernel's signal frame, and decoding and formatting take
+/// several KiB in unoptimised builds. The interrupted code stopped at a
+/// plain load or store, not in a stack overflow (that fault is not in a
+/// shadow region), so its stack has room. If the signal was delivered on the
+/// interrupted stack anyway (no alternate stack, or a fault inside another
+/// handler that runs on it), the job simply runs where it is.
+fn run_off_the_alternate_stack(job: &mut Job<'_>) {
+    // SAFETY: see `run_job`; only the saved stack pointer is read here.
+    let rsp = unsafe { (*job.uc).uc_mcontext.gregs[libc::REG_RSP as usize] } as usize;
+    let here = job as *mut Job<'_> as usize;
+    let arg = (job as *mut Job<'_>).cast::<c_void>();
+    if rsp > here && rsp - here < SAME_STACK {
+        return run_job(arg);
+    }
+    let sp = (rsp - RED_ZONE) & !0xf;
+    // SAFETY: `sp` is 16-byte aligned and lies below the interrupted code's
+    // red zone on its own stack, which no live frame uses; `run_job` is an
+    // `extern "C"` function that cannot unwind. The stack pointer is saved in
+    // the callee-saved r12 and restored after the call, and every
+    // caller-saved register is declared clobbered.
+    unsafe {
+        std::arch::asm!(
+            "mov r12, rsp",
+            "mov rsp, {sp}",
+            "call {f}",
+            "mov rsp, r12",
+            sp = in(reg) sp,
+            f = in(reg) run_job as extern "C" fn(*mut c_void),
+            in("rdi") arg,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
 }
 
 /// Hands a fault that is not ours to the previous action.
