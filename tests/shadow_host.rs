@@ -931,3 +931,102 @@ fn access_past_the_region_end_dies_with_a_diagnostic() {
     unsafe { asm!("mov eax, dword ptr [rdi]", in("rdi") p, out("eax") _) };
     unreachable!("the access past the end was served");
 }
+
+/// Runs `f` on this thread with an alternate signal stack of `size` bytes
+/// (with a guard page below it), or with none if `size` is 0.
+fn with_alt_stack(size: usize, f: impl FnOnce()) {
+    let page = PAGE as usize;
+    let total = size.div_ceil(page) * page + page;
+    // SAFETY: a fresh anonymous mapping, its lowest page left PROT_NONE as a
+    // guard; it is made the alternate stack only while `f` runs, and
+    // unmapped after the alternate stack is disabled again.
+    unsafe {
+        let mem = libc::mmap(
+            ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(mem, libc::MAP_FAILED);
+        let stack = mem.cast::<u8>().add(page);
+        assert_eq!(
+            libc::mprotect(stack.cast(), total - page, libc::PROT_READ | libc::PROT_WRITE),
+            0
+        );
+        let mut old: libc::stack_t = std::mem::zeroed();
+        let new = libc::stack_t {
+            ss_sp: stack.cast(),
+            ss_flags: if size == 0 { libc::SS_DISABLE } else { 0 },
+            ss_size: total - page,
+        };
+        assert_eq!(libc::sigaltstack(&new, &mut old), 0);
+        f();
+        assert_eq!(libc::sigaltstack(&old, ptr::null_mut()), 0);
+        libc::munmap(mem, total);
+    }
+}
+
+static FRAME_DEPTH: AtomicUsize = AtomicUsize::new(0);
+
+/// Records how deep into the alternate stack a handler's frame starts.
+extern "C" fn measure_frame(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let mut ss: libc::stack_t = libc::stack_t {
+        ss_sp: ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
+    // SAFETY: queries the current alternate stack into a valid struct.
+    unsafe { libc::sigaltstack(ptr::null(), &mut ss) };
+    let top = ss.ss_sp as usize + ss.ss_size;
+    FRAME_DEPTH.store(top - (&ss as *const libc::stack_t as usize), Ordering::SeqCst);
+}
+
+/// How many bytes of the alternate stack the kernel's signal frame (plus a
+/// minimal handler frame) takes on this CPU.
+fn signal_frame_size() -> usize {
+    // SAFETY: installs a valid SA_SIGINFO handler for SIGUSR1 (this child's own).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction =
+            measure_frame as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, ptr::null_mut()), 0);
+    }
+    with_alt_stack(64 << 10, || {
+        // SAFETY: raising a signal whose handler is installed above.
+        assert_eq!(unsafe { libc::raise(libc::SIGUSR1) }, 0);
+    });
+    FRAME_DEPTH.load(Ordering::SeqCst)
+}
+
+#[test]
+fn faults_are_served_with_a_minimal_or_no_alternate_stack() {
+    if !in_child() {
+        let (status, stderr) = run_child("faults_are_served_with_a_minimal_or_no_alternate_stack");
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    // Room for the kernel's signal frame and 2 KiB more: barmap's handler must
+    // do its decoding elsewhere (an overflow hits the guard page and kills
+    // this child). Then no alternate stack at all.
+    let tight = signal_frame_size() + 2048;
+    for size in [tight, 0] {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                with_alt_stack(size, || {
+                    let p = region.as_mut_ptr().wrapping_add(0x18).cast::<u64>();
+                    // SAFETY: inside the region, aligned.
+                    unsafe {
+                        ptr::write_volatile(p, size as u64);
+                        assert_eq!(ptr::read_volatile(p), size as u64);
+                    }
+                })
+            });
+        });
+    }
+    assert_eq!(dev.log.take().len(), 4);
+}
