@@ -20,7 +20,7 @@ list="$BARMAP_GUEST_WORK/build-test.list"
 guest_build test "$list"
 job=$(mktemp "$BARMAP_GUEST_WORK/job.XXXXXX")
 trap 'rm -f "$job"' EXIT
-printf 'barmap-run-tests --include-ignored --test-threads=1 %s\n' "$(shell_quote "$@")" >"$job"
+printf 'barmap-run-tests --include-ignored --test-threads=1 --color never %s\n' "$(shell_quote "$@")" >"$job"
 
 passed=0 failed=0 summary=()
 for series in "${kernels[@]}"; do

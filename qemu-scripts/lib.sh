@@ -229,7 +229,7 @@ guest_boot() {
 
 # guest_job_status SERIES: the job's exit status from the guest's job-exit marker, or nothing.
 guest_job_status() {
-    tr -d '\r' <"$BARMAP_GUEST_WORK/logs/$1-output.log" |
+    strip_ansi <"$BARMAP_GUEST_WORK/logs/$1-output.log" |
         sed -n "s/.*$BARMAP_MARKER job-exit \([0-9]*\).*/\1/p" | tail -n 1
 }
 
@@ -269,11 +269,16 @@ guest_console_tail() {
 # ---------------------------------------------------------------------------------------------------------
 # Results
 
+# strip_ansi: filters out carriage returns and terminal colour sequences.
+strip_ansi() {
+    sed 's/\r//g; s/\x1b\[[0-9;]*[A-Za-z]//g'
+}
+
 # parse_guest_tests OUTPUT_LOG: reads the guest's output and prints one "binary: ..." line per test binary,
 # then "TOTAL passed failed binaries" last. A binary without a `test result:` line, or that exits non-zero
 # without a counted failure, adds one failure; so does a binary that started but never reported its exit.
 parse_guest_tests() {
-    tr -d '\r' <"$1" | awk -v marker="$BARMAP_MARKER" '
+    strip_ansi <"$1" | awk -v marker="$BARMAP_MARKER" '
         function finish(rc,   extra) {
             extra = 0
             if (!have) extra = 1
@@ -302,8 +307,8 @@ parse_guest_tests() {
 
 # parse_cargo_tests LOG: sums the `test result:` lines of host cargo test output; prints "passed failed".
 parse_cargo_tests() {
-    awk 'match($0, /test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed/) {
+    strip_ansi <"$1" | awk 'match($0, /test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed/) {
             split(substr($0, RSTART, RLENGTH), w, " "); p += w[4]; f += w[6]
         }
-        END { printf "%d %d\n", p, f }' "$1"
+        END { printf "%d %d\n", p, f }'
 }

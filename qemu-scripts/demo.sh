@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# demo.sh [KERNEL]: the main job. Boots the guest (default kernel 6.12) and pokes QEMU's edu device with the
+# barpoke example (examples/barpoke.rs): identity, liveness register, factorial, a dump. Exits with the status
+# of the first command that fails. The guest commands are the DEMO list below: edit them there.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# Guest shell commands, run in order (BARMAP_EDU / BARMAP_TESTDEV hold the devices' PCI addresses).
+DEMO=(
+    'barpoke list'
+    'barpoke info $BARMAP_EDU'
+    'barpoke config $BARMAP_EDU'
+    'barpoke read $BARMAP_EDU bar0 0x0'            # identification: 0x010000ed
+    'barpoke write $BARMAP_EDU bar0 0x4 0x12345678' # liveness: reads back the bitwise NOT
+    'barpoke read $BARMAP_EDU bar0 0x4'            # 0xedcba987
+    'barpoke write $BARMAP_EDU bar0 0x8 5'         # factorial of 5 ...
+    'barpoke read $BARMAP_EDU bar0 0x8'            # ... is 0x78
+    'barpoke dump $BARMAP_EDU bar0 0x0 0x40'
+    'barpoke info $BARMAP_TESTDEV'
+)
+
+series=${1:-6.12}
+kernel_check "$series"
+ensure_host_packages
+mkdir -p "$BARMAP_GUEST_WORK"
+list="$BARMAP_GUEST_WORK/build-test.list"
+guest_build test "$list"
+guest_build_has "$list" example example-barpoke ||
+    die "the demo needs the barpoke example (examples/barpoke.rs), which does not exist yet"
+
+job=$(mktemp "$BARMAP_GUEST_WORK/job.XXXXXX")
+trap 'rm -f "$job"' EXIT
+{
+    echo 'set -e'
+    for cmd in "${DEMO[@]}"; do
+        printf 'echo %s\n%s\n' "$(shell_quote "guest# $cmd")" "$cmd"
+    done
+} >"$job"
+status=0
+guest_run "$series" "$list" "$job" </dev/null || status=$?
+exit "$status"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# guest-bench.sh [KERNEL] [-- CRITERION-ARGS...]: builds the criterion benches statically (bench profile),
+# boots the guest (default kernel 6.12) and runs each bench binary there with `--bench $BARMAP_BENCH_ARGS`
+# (default: short warm-up and measurement) followed by CRITERION-ARGS (e.g. a benchmark name filter).
+# Prints their output; exits non-zero if a bench failed.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+: "${BARMAP_BENCH_ARGS:=--warm-up-time 1 --measurement-time 3}"
+[[ -t 1 ]] || BARMAP_BENCH_ARGS+=" --color never"
+series=6.12
+if (($# > 0)) && [[ $1 != -- ]]; then
+    series=$1
+    shift
+fi
+[[ ${1:-} == -- ]] && shift
+kernel_check "$series"
+
+ensure_host_packages
+mkdir -p "$BARMAP_GUEST_WORK"
+list="$BARMAP_GUEST_WORK/build-bench.list"
+guest_build bench "$list"
+grep -q '^bench' "$list" || die "no bench binaries were built"
+
+job=$(mktemp "$BARMAP_GUEST_WORK/job.XXXXXX")
+trap 'rm -f "$job"' EXIT
+cat >"$job" <<JOB
+status=0
+for bench in /benches/*; do
+    echo "== \${bench##*/}"
+    "\$bench" --bench $BARMAP_BENCH_ARGS $(shell_quote "$@") || status=1
+done
+exit \$status
+JOB
+status=0
+guest_run "$series" "$list" "$job" </dev/null || status=$?
+exit "$status"
