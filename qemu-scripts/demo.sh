@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Guest shell commands, run in order (BARMAP_EDU / BARMAP_TESTDEV hold the devices' PCI addresses).
+# shellcheck disable=SC2016 # the guest expands them
 DEMO=(
     'barpoke list'
     'barpoke info $BARMAP_EDU'
@@ -36,6 +37,5 @@ trap 'rm -f "$job"' EXIT
         printf 'echo %s\n%s\n' "$(shell_quote "guest# $cmd")" "$cmd"
     done
 } >"$job"
-status=0
-guest_run "$series" "$list" "$job" </dev/null || status=$?
-exit "$status"
+guest_run "$series" "$list" "$job" </dev/null
+exit "$GUEST_STATUS"

@@ -32,6 +32,5 @@ for bench in /benches/*; do
 done
 exit \$status
 JOB
-status=0
-guest_run "$series" "$list" "$job" </dev/null || status=$?
-exit "$status"
+guest_run "$series" "$list" "$job" </dev/null
+exit "$GUEST_STATUS"

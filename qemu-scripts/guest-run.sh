@@ -26,6 +26,5 @@ guest_build test "$list"
 job=$(mktemp "$BARMAP_GUEST_WORK/job.XXXXXX")
 trap 'rm -f "$job"' EXIT
 printf '%s\n' "$cmdline" >"$job"
-status=0
-guest_run "$series" "$list" "$job" || status=$?
-exit "$status"
+guest_run "$series" "$list" "$job"
+exit "$GUEST_STATUS"

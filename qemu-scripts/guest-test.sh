@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # guest-test.sh [6.1|6.12|all] [-- LIBTEST-ARGS...]: builds the test binaries statically, boots the guest on
 # each kernel (default: all) and runs every test binary in it with --include-ignored --test-threads=1 (plus
-# LIBTEST-ARGS, e.g. a name filter). Prints the results per kernel and ends with the line "N passed, M failed".
-# Exits non-zero if a test failed, a binary crashed or gave no result, the guest timed out or did not finish.
+# LIBTEST-ARGS, e.g. a name filter), one after another, each killed after $BARMAP_TEST_TIMEOUT seconds.
+# Prints the results per kernel and binary and ends with the line "N passed, M failed". Exits non-zero if a
+# test failed, a binary crashed or gave no result, the guest timed out or did not report completion.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+: "${BARMAP_TEST_TIMEOUT:=300}"
 
 which=${1:-all}
 (($# > 0)) && shift
@@ -20,12 +23,13 @@ list="$BARMAP_GUEST_WORK/build-test.list"
 guest_build test "$list"
 job=$(mktemp "$BARMAP_GUEST_WORK/job.XXXXXX")
 trap 'rm -f "$job"' EXIT
-printf 'barmap-run-tests --include-ignored --test-threads=1 --color never %s\n' "$(shell_quote "$@")" >"$job"
+printf 'BARMAP_TEST_TIMEOUT=%d barmap-run-tests --include-ignored --test-threads=1 --color never %s\n' \
+    "$BARMAP_TEST_TIMEOUT" "$(shell_quote "$@")" >"$job"
 
 passed=0 failed=0 summary=()
 for series in "${kernels[@]}"; do
-    rc=0
-    guest_run "$series" "$list" "$job" </dev/null || rc=$?
+    guest_run "$series" "$list" "$job" </dev/null
+    rc=$GUEST_STATUS
     read -r _ p f n < <(parse_guest_tests "$BARMAP_GUEST_WORK/logs/$series-output.log" | tail -n 1)
     summary+=("kernel $series: $p passed, $f failed in $n test binaries (guest status $rc)")
     summary+=("$(parse_guest_tests "$BARMAP_GUEST_WORK/logs/$series-output.log" | sed '$d')")

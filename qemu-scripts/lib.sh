@@ -1,8 +1,11 @@
+# shellcheck shell=bash
 # Shared functions of the barmap QEMU guest harness. Sourced by the scripts in this folder, never run.
 #
 # Stages: host packages -> guest kernel (download, cache, extract) -> static build of the test, example and
 # bench binaries -> initramfs (busybox, modules, binaries, /init, /job.sh) -> QEMU (TCG) run -> parse results.
 # Every knob is an environment variable; see README.md in this folder.
+
+shopt -s inherit_errexit
 
 BARMAP_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BARMAP_SCRIPTS="$BARMAP_REPO/qemu-scripts"
@@ -102,17 +105,28 @@ kernel_newest_package() {
 }
 
 # kernel_prepare SERIES: prints the directory holding `vmlinuz` and `modules/NN-name.ko` (decompressed),
-# downloading and extracting the kernel package on first use.
+# downloading and extracting the kernel package on first use. Holds a lock on the cache (shared by worktrees).
 kernel_prepare() {
-    local series=$1 pkg dir deb tmp i m ko
+    local series=$1 pkg dir
     kernel_check "$series"
     pkg=$(kernel_newest_package "$series")
     dir="$BARMAP_CACHE/$pkg"
-    if [[ -f "$dir/.complete" ]]; then
-        echo "$dir"
-        return 0
+    if [[ ! -f "$dir/.complete" ]]; then
+        mkdir -p "$BARMAP_CACHE"
+        (
+            flock 9
+            if [[ ! -f "$dir/.complete" ]]; then
+                kernel_extract "$series" "$pkg" "$dir"
+            fi
+        ) 9>"$BARMAP_CACHE/.lock"
     fi
-    mkdir -p "$BARMAP_CACHE"
+    echo "$dir"
+}
+
+# kernel_extract SERIES PACKAGE DIR: downloads PACKAGE's .deb into the cache if absent and fills DIR.
+kernel_extract() {
+    local series=$1 pkg=$2 dir=$3 deb tmp i m ko
+    rm -rf "$BARMAP_CACHE"/.extract.*
     deb=$(find "$BARMAP_CACHE" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n 1)
     if [[ -z "$deb" ]]; then
         log "downloading $pkg into $BARMAP_CACHE"
@@ -138,7 +152,6 @@ kernel_prepare() {
     done
     rm -rf "$tmp"
     touch "$dir/.complete"
-    echo "$dir"
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,7 +161,7 @@ kernel_prepare() {
 #   MODE test:  KIND test (lib unit tests, integration tests) and example (examples, normal build);
 #   MODE bench: KIND bench (criterion bench binaries, bench profile).
 guest_build() {
-    local mode=$1 out=$2 filter
+    local mode=$1 out=$2 filter json="$BARMAP_GUEST_WORK/build-$1.json" format=json rc=0
     local -a cmd
     case "$mode" in
     test)
@@ -160,14 +173,19 @@ guest_build() {
         filter='.target.kind[0] == "bench"'
         ;;
     esac
+    [[ -t 2 ]] && format='json-diagnostic-rendered-ansi'
+    mkdir -p "$BARMAP_GUEST_WORK"
     log "static build ($mode) in $BARMAP_GUEST_TARGET"
     (cd "$BARMAP_REPO" && RUSTFLAGS='-C target-feature=+crt-static' cargo "${cmd[@]}" \
-        --target "$BARMAP_RUST_TARGET" --target-dir "$BARMAP_GUEST_TARGET" --message-format=json) |
-        jq -r "select(.reason == \"compiler-artifact\" and .executable != null and ($filter))
-               | [(if .target.kind[0] == \"example\" or .target.kind[0] == \"bench\"
-                   then .target.kind[0] else \"test\" end),
-                  .target.kind[0] + \"-\" + .target.name, .executable] | @tsv" >"$out" ||
-        die "static $mode build failed"
+        --target "$BARMAP_RUST_TARGET" --target-dir "$BARMAP_GUEST_TARGET" \
+        --message-format="$format" >"$json") || rc=$?
+    # With JSON output the compiler's warnings and errors are in the JSON: show them as cargo would.
+    jq -j 'select(.reason == "compiler-message") | .message.rendered' "$json" >&2
+    ((rc == 0)) || die "static $mode build failed (cargo exit $rc)"
+    jq -r "select(.reason == \"compiler-artifact\" and .executable != null and ($filter))
+           | [(if .target.kind[0] == \"example\" or .target.kind[0] == \"bench\"
+               then .target.kind[0] else \"test\" end),
+              .target.kind[0] + \"-\" + .target.name, .executable] | @tsv" "$json" >"$out"
 }
 
 # guest_build_has BUILD_LIST KIND NAME: true if the build list holds that binary (e.g. example example-barpoke).
@@ -233,30 +251,31 @@ guest_job_status() {
         sed -n "s/.*$BARMAP_MARKER job-exit \([0-9]*\).*/\1/p" | tail -n 1
 }
 
-# guest_run SERIES BUILD_LIST JOB: builds the initramfs, boots, and returns the job's exit status.
-# Returns 124 on timeout, 125 if the guest ended without reporting the job's status.
+# guest_run SERIES BUILD_LIST JOB: builds the initramfs, boots, and sets GUEST_STATUS to the job's exit
+# status: 124 on timeout, 125 if the guest ended without reporting it. Dies on harness errors. (Not meant to be
+# called in an `||` or `if` context: that would switch off `set -e` inside.)
+# shellcheck disable=SC2034 # GUEST_STATUS is read by the scripts
 guest_run() {
-    local series=$1 list=$2 job=$3 kdir initrd qemu_rc status
+    local series=$1 list=$2 job=$3 kdir initrd qemu_rc=0 status
     mkdir -p "$BARMAP_GUEST_WORK"
     kdir=$(kernel_prepare "$series")
     initrd=$(mktemp "$BARMAP_GUEST_WORK/initrd.XXXXXX")
     initramfs_build "$kdir" "$list" "$job" "$initrd"
-    qemu_rc=0
     guest_boot "$series" "$kdir" "$initrd" || qemu_rc=$?
     rm -f "$initrd"
     status=$(guest_job_status "$series")
     if ((qemu_rc == 124 || qemu_rc == 137)); then
         log "guest $series timed out after ${BARMAP_GUEST_TIMEOUT}s (BARMAP_GUEST_TIMEOUT)"
         guest_console_tail "$series"
-        return 124
-    fi
-    if [[ -z "$status" ]]; then
+        GUEST_STATUS=124
+    elif [[ -z "$status" ]]; then
         log "guest $series ended without reporting the job's status (QEMU exit $qemu_rc)"
         guest_console_tail "$series"
-        return 125
+        GUEST_STATUS=125
+    else
+        ((qemu_rc == 0)) || log "warning: QEMU exited with $qemu_rc"
+        GUEST_STATUS=$status
     fi
-    ((qemu_rc == 0)) || log "warning: QEMU exited with $qemu_rc"
-    return "$status"
 }
 
 # guest_console_tail SERIES: shows the end of the guest's kernel console, for failures.
