@@ -23,19 +23,16 @@ DEMO=(
 series=${1:-6.12}
 kernel_check "$series"
 ensure_host_packages
-mkdir -p "$BARMAP_GUEST_WORK"
-list="$BARMAP_GUEST_WORK/build-test.list"
-guest_build test "$list"
-guest_build_has "$list" example example-barpoke ||
+run_dir_init
+guest_build test "$RUN_DIR/build.list"
+guest_build_has "$RUN_DIR/build.list" example example-barpoke ||
     die "the demo needs the barpoke example (examples/barpoke.rs), which does not exist yet"
 
-job=$(mktemp "$BARMAP_GUEST_WORK/job.XXXXXX")
-trap 'rm -f "$job"' EXIT
 {
     echo 'set -e'
     for cmd in "${DEMO[@]}"; do
         printf 'echo %s\n%s\n' "$(shell_quote "guest# $cmd")" "$cmd"
     done
-} >"$job"
-guest_run "$series" "$list" "$job" </dev/null
+} >"$RUN_DIR/job.sh"
+guest_run "$series" "$RUN_DIR/build.list" "$RUN_DIR/job.sh" </dev/null
 exit "$GUEST_STATUS"

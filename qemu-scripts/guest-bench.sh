@@ -17,14 +17,11 @@ fi
 kernel_check "$series"
 
 ensure_host_packages
-mkdir -p "$BARMAP_GUEST_WORK"
-list="$BARMAP_GUEST_WORK/build-bench.list"
-guest_build bench "$list"
-grep -q '^bench' "$list" || die "no bench binaries were built"
+run_dir_init
+guest_build bench "$RUN_DIR/build.list"
+grep -q '^bench' "$RUN_DIR/build.list" || die "no bench binaries were built"
 
-job=$(mktemp "$BARMAP_GUEST_WORK/job.XXXXXX")
-trap 'rm -f "$job"' EXIT
-cat >"$job" <<JOB
+cat >"$RUN_DIR/job.sh" <<JOB
 status=0
 for bench in /benches/*; do
     echo "== \${bench##*/}"
@@ -32,5 +29,5 @@ for bench in /benches/*; do
 done
 exit \$status
 JOB
-guest_run "$series" "$list" "$job" </dev/null
+guest_run "$series" "$RUN_DIR/build.list" "$RUN_DIR/job.sh" </dev/null
 exit "$GUEST_STATUS"

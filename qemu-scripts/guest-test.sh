@@ -18,21 +18,19 @@ all) kernels=("${BARMAP_KERNELS[@]}") ;;
 esac
 
 ensure_host_packages
-mkdir -p "$BARMAP_GUEST_WORK"
-list="$BARMAP_GUEST_WORK/build-test.list"
-guest_build test "$list"
-job=$(mktemp "$BARMAP_GUEST_WORK/job.XXXXXX")
-trap 'rm -f "$job"' EXIT
+run_dir_init
+guest_build test "$RUN_DIR/build.list"
 printf 'BARMAP_TEST_TIMEOUT=%d barmap-run-tests --include-ignored --test-threads=1 --color never %s\n' \
-    "$BARMAP_TEST_TIMEOUT" "$(shell_quote "$@")" >"$job"
+    "$BARMAP_TEST_TIMEOUT" "$(shell_quote "$@")" >"$RUN_DIR/job.sh"
 
 passed=0 failed=0 summary=()
 for series in "${kernels[@]}"; do
-    guest_run "$series" "$list" "$job" </dev/null
+    guest_run "$series" "$RUN_DIR/build.list" "$RUN_DIR/job.sh" </dev/null
     rc=$GUEST_STATUS
-    read -r _ p f n < <(parse_guest_tests "$BARMAP_GUEST_WORK/logs/$series-output.log" | tail -n 1)
+    results=$(parse_guest_tests "$BARMAP_GUEST_WORK/logs/$series-output.log")
+    read -r _ p f n <<<"$(tail -n 1 <<<"$results")"
     summary+=("kernel $series: $p passed, $f failed in $n test binaries (guest status $rc)")
-    summary+=("$(parse_guest_tests "$BARMAP_GUEST_WORK/logs/$series-output.log" | sed '$d')")
+    summary+=("$(sed '$d' <<<"$results")")
     if ((rc != 0 && f == 0)); then
         # The guest failed without a counted test failure: no binaries, timeout, crash of the guest.
         summary+=("  kernel $series: the run itself failed (status $rc): counted as 1 failure")

@@ -43,6 +43,14 @@ die() {
     exit 1
 }
 
+# run_dir_init: creates RUN_DIR, this run's scratch folder under $BARMAP_GUEST_WORK (build lists, job,
+# initramfs), removed when the script exits.
+run_dir_init() {
+    mkdir -p "$BARMAP_GUEST_WORK"
+    RUN_DIR=$(mktemp -d "$BARMAP_GUEST_WORK/run.XXXXXX")
+    trap 'rm -rf "$RUN_DIR"' EXIT
+}
+
 # ---------------------------------------------------------------------------------------------------------
 # Host packages
 
@@ -161,7 +169,7 @@ kernel_extract() {
 #   MODE test:  KIND test (lib unit tests, integration tests) and example (examples, normal build);
 #   MODE bench: KIND bench (criterion bench binaries, bench profile).
 guest_build() {
-    local mode=$1 out=$2 filter json="$BARMAP_GUEST_WORK/build-$1.json" format=json rc=0
+    local mode=$1 out=$2 filter json="$2.json" format=json rc=0
     local -a cmd
     case "$mode" in
     test)
@@ -174,7 +182,6 @@ guest_build() {
         ;;
     esac
     [[ -t 2 ]] && format='json-diagnostic-rendered-ansi'
-    mkdir -p "$BARMAP_GUEST_WORK"
     log "static build ($mode) in $BARMAP_GUEST_TARGET"
     (cd "$BARMAP_REPO" && RUSTFLAGS='-C target-feature=+crt-static' cargo "${cmd[@]}" \
         --target "$BARMAP_RUST_TARGET" --target-dir "$BARMAP_GUEST_TARGET" \
@@ -188,7 +195,8 @@ guest_build() {
               .target.kind[0] + \"-\" + .target.name, .executable] | @tsv" "$json" >"$out"
 }
 
-# guest_build_has BUILD_LIST KIND NAME: true if the build list holds that binary (e.g. example example-barpoke).
+# guest_build_has BUILD_LIST KIND NAME: true if the build list holds that binary
+# (e.g. `example example-barpoke`).
 guest_build_has() {
     awk -v k="$2" -v n="$3" '$1 == k && $2 == n { found = 1 } END { exit !found }' "$1"
 }
@@ -201,7 +209,7 @@ guest_build_has() {
 # /usr/bin/barmap-run-tests, and JOB as /job.sh (the command the guest runs).
 initramfs_build() {
     local kdir=$1 list=$2 job=$3 out=$4 root kind name path applet
-    root=$(mktemp -d "$BARMAP_GUEST_WORK/initramfs.XXXXXX")
+    root=$(mktemp -d "$RUN_DIR/initramfs.XXXXXX")
     mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,tests,benches,lib/modules/barmap}
     cp /bin/busybox "$root/bin/busybox"
     for applet in $(/bin/busybox --list-full); do
@@ -226,23 +234,35 @@ initramfs_build() {
 # QEMU
 
 # guest_boot SERIES KERNEL_DIR INITRAMFS: boots the guest under TCG with edu and pci-testdev behind an
-# intel-iommu, streams the job's output (guest ttyS1) to stdout and into $BARMAP_GUEST_WORK/logs/SERIES-output.log,
-# and keeps the kernel console (ttyS0) in SERIES-console.log. Returns QEMU's (or timeout's) exit status.
-# Stdin is passed through to the job (use </dev/null for unattended runs).
+# intel-iommu, streams the job's output (guest ttyS1) to stdout and into $BARMAP_GUEST_WORK/logs/
+# SERIES-output.log, and keeps the kernel console (ttyS0) in SERIES-console.log (also streamed to stderr if
+# BARMAP_CONSOLE=1). Returns QEMU's (or timeout's) exit status. Stdin is passed through to the job (use
+# </dev/null for unattended runs).
 guest_boot() {
-    local series=$1 kdir=$2 initrd=$3 logs="$BARMAP_GUEST_WORK/logs"
+    local series=$1 kdir=$2 initrd=$3 logs="$BARMAP_GUEST_WORK/logs" rc=0 tail_pid=
     local -a extra
     read -r -a extra <<<"$BARMAP_QEMU_ARGS"
     mkdir -p "$logs"
+    : >"$logs/$series-console.log"
+    if [[ "${BARMAP_CONSOLE:-0}" == 1 ]]; then
+        tail -n +1 -F "$logs/$series-console.log" >&2 2>/dev/null &
+        tail_pid=$!
+    fi
     log "booting guest kernel $series ($(basename "$kdir")), timeout ${BARMAP_GUEST_TIMEOUT}s"
     timeout --foreground -k 10 "$BARMAP_GUEST_TIMEOUT" \
-        qemu-system-x86_64 -machine q35,kernel-irqchip=split -accel tcg -cpu max -smp 1 -m "$BARMAP_GUEST_MEM" \
+        qemu-system-x86_64 -machine q35,kernel-irqchip=split -accel tcg -cpu max -smp 1 \
+        -m "$BARMAP_GUEST_MEM" \
         -device intel-iommu,intremap=on,caching-mode=on -nic none -device edu -device pci-testdev \
         -kernel "$kdir/vmlinuz" -initrd "$initrd" \
         -append "console=ttyS0 intel_iommu=on panic=1 $BARMAP_KERNEL_ARGS" \
         -display none -monitor none -no-reboot \
         -serial "file:$logs/$series-console.log" -chardev stdio,id=job,signal=on -serial chardev:job \
-        "${extra[@]}" | tee "$logs/$series-output.log"
+        "${extra[@]}" | tee "$logs/$series-output.log" || rc=$?
+    if [[ -n "$tail_pid" ]]; then
+        sleep 0.2 # let tail show the console's last lines
+        kill "$tail_pid"
+    fi
+    return "$rc"
 }
 
 # guest_job_status SERIES: the job's exit status from the guest's job-exit marker, or nothing.
@@ -251,15 +271,13 @@ guest_job_status() {
         sed -n "s/.*$BARMAP_MARKER job-exit \([0-9]*\).*/\1/p" | tail -n 1
 }
 
-# guest_run SERIES BUILD_LIST JOB: builds the initramfs, boots, and sets GUEST_STATUS to the job's exit
-# status: 124 on timeout, 125 if the guest ended without reporting it. Dies on harness errors. (Not meant to be
-# called in an `||` or `if` context: that would switch off `set -e` inside.)
+# guest_run SERIES BUILD_LIST JOB: (after run_dir_init) builds the initramfs, boots, and sets GUEST_STATUS to
+# the job's exit status: 124 on timeout, 125 if the guest ended without reporting it. Dies on harness errors.
+# (Not meant to be called in an `||` or `if` context: that would switch off `set -e` inside.)
 # shellcheck disable=SC2034 # GUEST_STATUS is read by the scripts
 guest_run() {
-    local series=$1 list=$2 job=$3 kdir initrd qemu_rc=0 status
-    mkdir -p "$BARMAP_GUEST_WORK"
+    local series=$1 list=$2 job=$3 kdir initrd="$RUN_DIR/initrd-$1.cpio" qemu_rc=0 status
     kdir=$(kernel_prepare "$series")
-    initrd=$(mktemp "$BARMAP_GUEST_WORK/initrd.XXXXXX")
     initramfs_build "$kdir" "$list" "$job" "$initrd"
     guest_boot "$series" "$kdir" "$initrd" || qemu_rc=$?
     rm -f "$initrd"
