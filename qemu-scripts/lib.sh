@@ -233,6 +233,22 @@ initramfs_build() {
 # ---------------------------------------------------------------------------------------------------------
 # QEMU
 
+# testdev_rom FILE: writes the 4 KiB expansion ROM given to pci-testdev, so the tests have a read-only
+# region: a PCI ROM header (0x55 0xAA; image size byte 0, so the firmware skips it) pointing at a "PCIR"
+# structure (1b36:0005, one 8 x 512-byte image, last-image flag) that the kernel checks before it lets VFIO
+# read the ROM, and the text "barmap pci-testdev ROM" at 0x40.
+testdev_rom() {
+    {
+        printf '\x55\xaa\x00'
+        head -c $((0x18 - 3)) /dev/zero
+        printf '\x1c\x00\x00\x00'
+        printf 'PCIR\x36\x1b\x05\x00\x00\x00\x18\x00\x00\x00\xff\x00\x08\x00\x00\x00\x00\x80\x00\x00'
+        head -c $((0x40 - 0x34)) /dev/zero
+        printf 'barmap pci-testdev ROM\x00'
+    } >"$1"
+    truncate -s 4096 "$1"
+}
+
 # guest_boot SERIES KERNEL_DIR INITRAMFS: boots the guest under TCG with edu and pci-testdev behind an
 # intel-iommu, streams the job's output (guest ttyS1) to stdout and into $BARMAP_GUEST_WORK/logs/
 # SERIES-output.log, and keeps the kernel console (ttyS0) in SERIES-console.log (also streamed to stderr if
@@ -248,11 +264,13 @@ guest_boot() {
         tail -n +1 -F "$logs/$series-console.log" >&2 2>/dev/null &
         tail_pid=$!
     fi
+    testdev_rom "$BARMAP_GUEST_WORK/testdev-rom.bin"
     log "booting guest kernel $series ($(basename "$kdir")), timeout ${BARMAP_GUEST_TIMEOUT}s"
     timeout --foreground -k 10 "$BARMAP_GUEST_TIMEOUT" \
         qemu-system-x86_64 -machine q35,kernel-irqchip=split -accel tcg -cpu max -smp 1 \
         -m "$BARMAP_GUEST_MEM" \
-        -device intel-iommu,intremap=on,caching-mode=on -nic none -device edu -device pci-testdev \
+        -device intel-iommu,intremap=on,caching-mode=on -nic none -device edu \
+        -device "pci-testdev,romfile=$BARMAP_GUEST_WORK/testdev-rom.bin" \
         -kernel "$kdir/vmlinuz" -initrd "$initrd" \
         -append "console=ttyS0 intel_iommu=on panic=1 $BARMAP_KERNEL_ARGS" \
         -display none -monitor none -no-reboot \
