@@ -165,7 +165,7 @@ impl Device {
         let dev = Device {
             fd: Arc::new(fd),
             size,
-            log: Arc::new(Log::new(1 << 18)),
+            log: Arc::new(Log::new(1 << 14)),
         };
         // A recognisable pattern: byte i holds i * 7 + 1 (mod 256).
         let pattern: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
@@ -697,7 +697,7 @@ fn eight_threads_hammer_holes_concurrently() {
             size: PAGE,
         },
     ]);
-    const ROUNDS: u64 = 2000;
+    const ROUNDS: u64 = 200;
     std::thread::scope(|s| {
         for t in 0..8u64 {
             let region = &region;
@@ -755,9 +755,9 @@ fn regions_come_and_go_while_others_fault() {
                 done.fetch_add(i, Ordering::Relaxed);
             });
         }
-        // More regions than the registry has slots, one after the other, each
-        // used and dropped while the threads above keep faulting.
-        for round in 0..300u64 {
+        // More regions than the registry has slots (128), one after the
+        // other, each used and dropped while the threads above keep faulting.
+        for round in 0..160u64 {
             let other = Device::new(PAGE);
             let region = other.trap_all();
             // SAFETY: inside the region, aligned.
