@@ -1030,3 +1030,65 @@ fn faults_are_served_with_a_minimal_or_no_alternate_stack() {
     }
     assert_eq!(dev.log.take().len(), 4);
 }
+
+static SCRIBBLES: AtomicUsize = AtomicUsize::new(0);
+
+/// A signal handler on the alternate stack that overwrites 2 KiB of it.
+extern "C" fn scribble(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let mut junk = [0u8; 2048];
+    for b in junk.iter_mut() {
+        // SAFETY: a write to a local.
+        unsafe { ptr::write_volatile(b, 0xaa) };
+    }
+    std::hint::black_box(&junk);
+    SCRIBBLES.fetch_add(1, Ordering::Relaxed);
+}
+
+#[test]
+fn other_signals_during_a_fault_do_not_clobber_it() {
+    if !in_child() {
+        let (status, stderr) = run_child("other_signals_during_a_fault_do_not_clobber_it");
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    // SAFETY: installs a valid SA_SIGINFO | SA_ONSTACK handler for SIGUSR2.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction =
+            scribble as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+        assert_eq!(libc::sigaction(libc::SIGUSR2, &action, ptr::null_mut()), 0);
+    }
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let worker = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: pthread_self has no preconditions.
+            worker.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+            let p = region.as_mut_ptr().cast::<u64>();
+            // At least 5000 rounds, and on until some signals came in between.
+            let mut i = 0u64;
+            while i < 5_000 || SCRIBBLES.load(Ordering::Relaxed) < 20 {
+                // SAFETY: inside the region, aligned.
+                unsafe {
+                    ptr::write_volatile(p, i);
+                    assert_eq!(ptr::read_volatile(p), i);
+                }
+                i += 1;
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        while !done.load(Ordering::SeqCst) {
+            let thread = worker.load(Ordering::SeqCst);
+            if thread != 0 {
+                // SAFETY: the worker thread is alive until `done` is set (it is
+                // joined only when the scope ends).
+                unsafe { libc::pthread_kill(thread as libc::pthread_t, libc::SIGUSR2) };
+            }
+            // Pacing only: a signal every few faults, not after every one.
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+    });
+}

@@ -51,6 +51,13 @@ pub(crate) fn install() -> io::Result<()> {
         let mut action: libc::sigaction = unsafe { mem::zeroed() };
         action.sa_sigaction = on_sigsegv as extern "C" fn(c_int, *mut siginfo_t, *mut c_void) as usize;
         action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // Every signal stays blocked while the handler runs: it leaves the
+        // alternate stack for the interrupted one (see
+        // `run_off_the_alternate_stack`), and a signal delivered meanwhile to
+        // another SA_ONSTACK handler would start at the top of the alternate
+        // stack, over this handler's live frames.
+        // SAFETY: `sa_mask` is a valid sigset_t to fill.
+        unsafe { libc::sigfillset(&mut action.sa_mask) };
         // SAFETY: `action` is fully initialised; `on_sigsegv` has the SA_SIGINFO
         // signature and is async-signal-safe.
         if unsafe { libc::sigaction(libc::SIGSEGV, &action, ptr::null_mut()) } != 0 {
@@ -120,6 +127,11 @@ const SAME_STACK: usize = 64 << 10;
 /// shadow region), so its stack has room. If the signal was delivered on the
 /// interrupted stack anyway (no alternate stack, or a fault inside another
 /// handler that runs on it), the job simply runs where it is.
+///
+/// All signals are blocked meanwhile (the handler's `sa_mask`), so no other
+/// handler can be started on the alternate stack under our frames. A fault
+/// taken with the interrupted stack nearly full can overflow it here, which
+/// kills the process (SIGSEGV is blocked in the handler).
 fn run_off_the_alternate_stack(job: &mut Job<'_>) {
     // SAFETY: see `run_job`; only the saved stack pointer is read here.
     let rsp = unsafe { (*job.uc).uc_mcontext.gregs[libc::REG_RSP as usize] } as usize;

@@ -27,8 +27,11 @@
 //!
 //! - **Handler**: installed once, with `SA_SIGINFO | SA_ONSTACK` (so it runs
 //!   on the alternate stack where one is set up, as Rust does for its
-//!   threads) and without `SA_NODEFER` (a fault inside the handler itself
-//!   kills the process instead of recursing). It allocates nothing, takes no
+//!   threads), with every signal blocked while it runs, and without
+//!   `SA_NODEFER` (a fault inside the handler itself kills the process
+//!   instead of recursing). It does the decoding and the device access on
+//!   the interrupted thread's stack, below its red zone: alternate stacks are
+//!   small (8 KiB is common) and mostly taken by the kernel's signal frame. It allocates nothing, takes no
 //!   lock and logs nothing; it saves and restores `errno`. Chaining calls the
 //!   previous `sa_sigaction` or `sa_handler` directly (its `sa_mask` is not
 //!   applied); a previous `SIG_DFL`/`SIG_IGN` becomes the default action.
