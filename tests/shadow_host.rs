@@ -1092,3 +1092,62 @@ fn other_signals_during_a_fault_do_not_clobber_it() {
         }
     });
 }
+
+/// Collects log lines (outside the fault handler only).
+struct Collect(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Collect {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if record.level() == log::Level::Trace {
+            self.0.lock().unwrap().push(record.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+static COLLECT: Collect = Collect(std::sync::Mutex::new(Vec::new()));
+
+#[test]
+fn trapped_accesses_are_traced_through_log() {
+    if !in_child() {
+        let (status, stderr) = run_child("trapped_accesses_are_traced_through_log");
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    log::set_logger(&COLLECT).unwrap();
+    log::set_max_level(log::LevelFilter::Trace);
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    let p = region.as_mut_ptr();
+    // SAFETY: inside the region, aligned.
+    unsafe {
+        ptr::write_volatile(p.add(0x10).cast::<u16>(), 0xbeef);
+        ptr::read_volatile(p.add(0x10).cast::<u32>());
+    }
+    assert_eq!(region.flush_trace(), 2);
+    let lines = std::mem::take(&mut *COLLECT.0.lock().unwrap());
+    let value = dev.peek_word(0x10, 4);
+    assert_eq!(
+        lines,
+        vec![
+            "emulated: write16 at 0x10 = 0xbeef".to_string(),
+            format!("emulated: read32 at 0x10 = {value:#010x}"),
+        ]
+    );
+    // More than the ring holds: the overflow is counted, not lost silently.
+    for i in 0..5000 {
+        // SAFETY: inside the region, aligned.
+        unsafe { ptr::write_volatile(p.cast::<u8>(), i as u8) };
+    }
+    assert_eq!(region.flush_trace(), 4096);
+    let lines = std::mem::take(&mut *COLLECT.0.lock().unwrap());
+    assert_eq!(lines.len(), 4097);
+    assert_eq!(
+        lines[4096],
+        "emulated: 904 trapped accesses not traced (ring full)"
+    );
+    assert_eq!(region.flush_trace(), 0);
+}
