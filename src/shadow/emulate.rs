@@ -54,6 +54,35 @@ pub(crate) enum Source {
     Imm(u64),
 }
 
+/// The memory operand of an instruction: `base + index * scale + disp`.
+/// For RIP-relative operands `base` is `RIP` and `disp` already the
+/// absolute address (the decoder knew the instruction's address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mem {
+    pub(crate) base: Register,
+    pub(crate) index: Register,
+    pub(crate) scale: u8,
+    pub(crate) disp: u64,
+}
+
+/// Everything the handler needs of an emulable instruction at a known address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Decoded {
+    pub(crate) op: Op,
+    pub(crate) mem: Mem,
+    /// Length in bytes.
+    pub(crate) len: u8,
+}
+
+impl Decoded {
+    /// The access width in bytes.
+    pub(crate) fn width(&self) -> usize {
+        match self.op {
+            Op::Load { width, .. } | Op::Store { width, .. } => width,
+        }
+    }
+}
+
 /// Decodes one instruction from `bytes`, located at `ip`. Returns `None` if
 /// `bytes` end before the instruction does (the caller may fetch more), and
 /// an instruction for which [`Instruction::is_invalid`] holds if it is not
@@ -62,6 +91,20 @@ pub(crate) fn decode(bytes: &[u8], ip: u64) -> Option<Instruction> {
     let mut decoder = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
     let insn = decoder.decode();
     (decoder.last_error() != DecoderError::NoMoreBytes).then_some(insn)
+}
+
+/// `insn` reduced to what the handler needs, if barmap emulates it.
+pub(crate) fn emulable(insn: &Instruction) -> Option<Decoded> {
+    Some(Decoded {
+        op: classify(insn)?,
+        mem: Mem {
+            base: insn.memory_base(),
+            index: insn.memory_index(),
+            scale: insn.memory_index_scale() as u8,
+            disp: insn.memory_displacement64(),
+        },
+        len: insn.len() as u8,
+    })
 }
 
 /// The memory effect of `insn` if it is one barmap emulates.
@@ -237,20 +280,21 @@ impl Regs<'_> {
         Some(())
     }
 
-    /// The address the memory operand of `insn` refers to, or `None` for
-    /// `fs:`/`gs:` operands and registers not saved in the context.
-    pub(crate) fn effective_address(&self, insn: &Instruction) -> Option<u64> {
-        let base = insn.memory_base();
-        let index = insn.memory_index();
-        let mut ea = insn.memory_displacement64();
+    /// The address `mem` refers to, or `None` if it uses a register that is
+    /// not saved in the context.
+    pub(crate) fn effective_address(&self, mem: &Mem) -> Option<u64> {
+        let Mem {
+            base,
+            index,
+            scale,
+            disp,
+        } = *mem;
+        let mut ea = disp;
         if !matches!(base, Register::None | Register::RIP | Register::EIP) {
             ea = ea.wrapping_add(self.get(base)?);
         }
         if index != Register::None {
-            ea = ea.wrapping_add(
-                self.get(index)?
-                    .wrapping_mul(u64::from(insn.memory_index_scale())),
-            );
+            ea = ea.wrapping_add(self.get(index)?.wrapping_mul(u64::from(scale)));
         }
         let is32 = |r: Register| gpr(r).is_some_and(|g| g.size == 4);
         let addr32 = is32(base) || is32(index) || base == Register::EIP;
@@ -424,14 +468,18 @@ mod tests {
         let mut regs = Regs(&mut gregs);
         regs.set(Register::RDI, 0x7000_0000_1000).unwrap();
         regs.set(Register::RCX, 3).unwrap();
+        let mem = |bytes: &[u8]| emulable(&one(bytes)).unwrap().mem;
         // mov eax,[rdi+rcx*4+0x10]
-        let insn = one(&[0x8b, 0x44, 0x8f, 0x10]);
-        assert_eq!(regs.effective_address(&insn), Some(0x7000_0000_101c));
+        assert_eq!(
+            regs.effective_address(&mem(&[0x8b, 0x44, 0x8f, 0x10])),
+            Some(0x7000_0000_101c)
+        );
         // mov eax,[rip+0x100] at 0x1000, 6 bytes long
-        let insn = one(&[0x8b, 0x05, 0x00, 0x01, 0x00, 0x00]);
-        assert_eq!(regs.effective_address(&insn), Some(0x1106));
+        assert_eq!(
+            regs.effective_address(&mem(&[0x8b, 0x05, 0x00, 0x01, 0x00, 0x00])),
+            Some(0x1106)
+        );
         // mov eax,[edi] (address-size prefix)
-        let insn = one(&[0x67, 0x8b, 0x07]);
-        assert_eq!(regs.effective_address(&insn), Some(0x1000));
+        assert_eq!(regs.effective_address(&mem(&[0x67, 0x8b, 0x07])), Some(0x1000));
     }
 }

@@ -21,7 +21,8 @@ use std::sync::OnceLock;
 
 use libc::{c_int, c_void, siginfo_t, ucontext_t};
 
-use super::emulate::{self, Op, Regs, MAX_INSN_LEN};
+use super::cache::CACHE;
+use super::emulate::{self, Decoded, Op, Regs, MAX_INSN_LEN};
 use super::registry::REGISTRY;
 use super::trace::{Access, AccessKind};
 use super::Shared;
@@ -236,17 +237,10 @@ fn emulate_at(
 ) -> Result<(), Refusal> {
     *offset_out = Some((addr - shared.base) as u64);
     let rip = regs.rip();
-    let insn = fetch_and_decode(rip, fetched)?;
-    if insn.is_invalid() {
-        return Err(refuse("invalid instruction"));
-    }
-    let op = emulate::classify(&insn)
-        .ok_or_else(|| refuse("instruction not emulated (only MOV/MOVZX/MOVSX of 1-8 bytes)"))?;
-    let width = match op {
-        Op::Load { width, .. } | Op::Store { width, .. } => width,
-    };
+    let decoded = fetch_and_decode(rip, fetched)?;
+    let width = decoded.width();
     let ea = regs
-        .effective_address(&insn)
+        .effective_address(&decoded.mem)
         .ok_or_else(|| refuse("memory operand not computable from saved registers"))? as usize;
     if !(ea..ea.wrapping_add(width)).contains(&addr) {
         return Err(refuse("fault address is not the instruction's memory operand"));
@@ -263,7 +257,7 @@ fn emulate_at(
         errno: e.raw_os_error(),
     };
     let mut buf = [0u8; 8];
-    let access = match op {
+    let access = match decoded.op {
         Op::Load { dst, width, extend } => {
             // Checked before the device is read: a read may have side effects.
             regs.get(dst)
@@ -293,38 +287,47 @@ fn emulate_at(
             }
         }
     };
-    regs.set_rip(insn.next_ip());
+    regs.set_rip(rip.wrapping_add(u64::from(decoded.len)));
     shared.record(&access);
     Ok(())
 }
 
-/// Reads the instruction at `rip` and decodes it.
+/// Reads the instruction at `rip` and decodes it (or finds it in the decode
+/// cache), if it is one barmap emulates.
 ///
 /// The CPU has just fetched that instruction, so its bytes are mapped and
 /// readable; barmap reads no further than the end of its page, and only reads
 /// on into the next page when the decoder says the instruction continues there.
 /// Code inside a shadow region (PROT_NONE holes) is refused before any read.
-fn fetch_and_decode(rip: u64, fetched: &mut Fetched) -> Result<iced_x86::Instruction, Refusal> {
-    let rip = rip as usize;
-    if REGISTRY.overlaps(rip, rip.saturating_add(MAX_INSN_LEN)) {
+fn fetch_and_decode(rip: u64, fetched: &mut Fetched) -> Result<Decoded, Refusal> {
+    let at = rip as usize;
+    if REGISTRY.overlaps(at, at.saturating_add(MAX_INSN_LEN)) {
         return Err(refuse("instruction bytes lie in a shadow region"));
     }
     let page = PAGE_SIZE.load(Ordering::Relaxed);
-    let first = MAX_INSN_LEN.min(page - rip % page);
-    copy_code(rip, &mut fetched.bytes[..first]);
+    let first = MAX_INSN_LEN.min(page - at % page);
+    copy_code(at, &mut fetched.bytes[..first]);
     fetched.len = first;
-    let insn = match emulate::decode(&fetched.bytes[..first], rip as u64) {
+    if let Some(decoded) = CACHE.get(rip, &fetched.bytes[..first]) {
+        fetched.len = usize::from(decoded.len);
+        return Ok(decoded);
+    }
+    let insn = match emulate::decode(&fetched.bytes[..first], rip) {
         Some(insn) => insn,
         None => {
-            copy_code(rip + first, &mut fetched.bytes[first..]);
+            copy_code(at + first, &mut fetched.bytes[first..]);
             fetched.len = MAX_INSN_LEN;
-            emulate::decode(&fetched.bytes, rip as u64).ok_or_else(|| refuse("truncated instruction"))?
+            emulate::decode(&fetched.bytes, rip).ok_or_else(|| refuse("truncated instruction"))?
         }
     };
-    if !insn.is_invalid() {
-        fetched.len = insn.len();
+    if insn.is_invalid() {
+        return Err(refuse("invalid instruction"));
     }
-    Ok(insn)
+    fetched.len = insn.len();
+    let decoded = emulate::emulable(&insn)
+        .ok_or_else(|| refuse("instruction not emulated (only MOV/MOVZX/MOVSX of 1-8 bytes)"))?;
+    CACHE.put(rip, &fetched.bytes[..fetched.len], &decoded);
+    Ok(decoded)
 }
 
 fn copy_code(from: usize, to: &mut [u8]) {

@@ -40,6 +40,10 @@
 //!   it, then unmaps. So a region may be dropped at any time from any thread
 //!   while other threads fault on it or on other regions. (Dropping it from
 //!   inside its own access hook would wait forever.)
+//! - **Decoding** uses iced-x86; decoded instructions are kept in a small
+//!   lock-free cache keyed by address and checked against the bytes at that
+//!   address on every hit, so a load or store that faults repeatedly is
+//!   decoded once.
 //! - **Instruction bytes** are read straight from RIP: the CPU has just
 //!   fetched them, so they are mapped; code inside a shadow region is refused.
 //!   (Execute-only code pages, possible with protection keys, are not
@@ -77,6 +81,8 @@
 mod layout;
 mod trace;
 
+#[cfg(target_arch = "x86_64")]
+mod cache;
 #[cfg(target_arch = "x86_64")]
 mod emulate;
 #[cfg(target_arch = "x86_64")]
