@@ -1063,6 +1063,7 @@ fn other_signals_during_a_fault_do_not_clobber_it() {
     let region = dev.trap_all();
     let done = std::sync::atomic::AtomicBool::new(false);
     let worker = AtomicU64::new(0);
+    let rounds = AtomicU64::new(0);
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: pthread_self has no preconditions.
@@ -1077,18 +1078,23 @@ fn other_signals_during_a_fault_do_not_clobber_it() {
                     assert_eq!(ptr::read_volatile(p), i);
                 }
                 i += 1;
+                rounds.store(i, Ordering::SeqCst);
             }
             done.store(true, Ordering::SeqCst);
         });
         while !done.load(Ordering::SeqCst) {
             let thread = worker.load(Ordering::SeqCst);
+            let seen = rounds.load(Ordering::SeqCst);
             if thread != 0 {
                 // SAFETY: the worker thread is alive until `done` is set (it is
                 // joined only when the scope ends).
                 unsafe { libc::pthread_kill(thread as libc::pthread_t, libc::SIGUSR2) };
             }
-            // Pacing only: a signal every few faults, not after every one.
-            std::thread::sleep(std::time::Duration::from_micros(20));
+            // The next signal only after the worker got on (on a slow
+            // single-CPU guest, signals sent on a timer can starve it).
+            while rounds.load(Ordering::SeqCst) == seen && !done.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
         }
     });
 }
