@@ -66,6 +66,40 @@ pub struct Bar<'d> {
     // reservation and must be unregistered before it is unmapped.
     shadow: OnceLock<BarShadow>,
     mapping: Option<Mapping>,
+    fast: FastWindow,
+}
+
+/// What the inlined fast path of [`Bar::read`]/[`Bar::write`] needs, flattened:
+/// a fully mapped region's base address and how far reads and writes may go
+/// (0 when the region is not fully mapped or the direction is not allowed).
+/// Everything else takes the out-of-line slow path, which does the full checks.
+#[derive(Clone, Copy, Debug, Default)]
+struct FastWindow {
+    base: usize,
+    read_end: u64,
+    write_end: u64,
+}
+
+impl FastWindow {
+    fn new(info: &RegionInfo, mapping: Option<&Mapping>) -> FastWindow {
+        match mapping {
+            Some(m) if m.whole => FastWindow {
+                base: m.reservation.base() as usize,
+                read_end: if info.flags.readable() { info.size } else { 0 },
+                write_end: if info.flags.writable() { info.size } else { 0 },
+            },
+            _ => FastWindow::default(),
+        }
+    }
+
+    /// The address of `offset` if a naturally aligned `width`-byte access there
+    /// stays below `end`.
+    #[inline(always)]
+    fn at(&self, offset: u64, width: usize, end: u64) -> Option<*mut u8> {
+        let width = width as u64;
+        let fits = offset < end && end - offset >= width && offset & (width - 1) == 0;
+        fits.then(|| (self.base + offset as usize) as *mut u8)
+    }
 }
 
 impl fmt::Debug for Bar<'_> {
@@ -157,6 +191,7 @@ impl Device {
             Some(trap) => map_areas(self, &info, trap)?,
             None => None,
         };
+        let fast = FastWindow::new(&info, mapping.as_ref());
         let bar = Bar {
             device: self,
             info,
@@ -164,6 +199,7 @@ impl Device {
             hook,
             shadow: OnceLock::new(),
             mapping,
+            fast,
         };
         if bar.hook.is_some() || matches!(policy, MapPolicy::Trap(_) | MapPolicy::TrapAll) {
             bar.shadow()?;
@@ -352,7 +388,36 @@ impl Bar<'_> {
     }
 
     /// Reads one `T` at `offset`.
+    ///
+    /// On a fully mapped region this is a bounds and alignment check and one
+    /// volatile load, inlined; anything else (holes, syscall path, errors) goes
+    /// out of line.
+    #[inline]
     pub fn read<T: Scalar>(&self, offset: u64) -> Result<T> {
+        match self.fast.at(offset, T::WIDTH, self.fast.read_end) {
+            // SAFETY: the fast window covers only a whole, live MAP_SHARED mapping
+            // owned by self, and `at` checked bounds and natural alignment.
+            Some(ptr) => Ok(unsafe { load::<T>(ptr) }),
+            None => self.read_slow(offset),
+        }
+    }
+
+    /// Writes one `T` at `offset`: on a fully mapped region, one volatile store.
+    #[inline]
+    pub fn write<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
+        match self.fast.at(offset, T::WIDTH, self.fast.write_end) {
+            Some(ptr) => {
+                // SAFETY: as in `read`.
+                unsafe { store::<T>(ptr, value) };
+                Ok(())
+            }
+            None => self.write_slow(offset, value),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_slow<T: Scalar>(&self, offset: u64) -> Result<T> {
         self.check(offset, T::WIDTH, Dir::Read)?;
         if let Some(ptr) = self.mapped_ptr(offset, T::WIDTH) {
             // SAFETY: `mapped_ptr` returns a pointer only for an in-bounds range of a
@@ -368,11 +433,12 @@ impl Bar<'_> {
         Ok(value)
     }
 
-    /// Writes one `T` at `offset`.
-    pub fn write<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
+    #[cold]
+    #[inline(never)]
+    fn write_slow<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
         self.check(offset, T::WIDTH, Dir::Write)?;
         if let Some(ptr) = self.mapped_ptr(offset, T::WIDTH) {
-            // SAFETY: as in `read`.
+            // SAFETY: as in `read_slow`.
             unsafe { store::<T>(ptr, value) };
             return Ok(());
         }
