@@ -71,8 +71,9 @@ pub struct Bar<'d> {
 
 /// What the inlined fast path of [`Bar::read`]/[`Bar::write`] needs, flattened:
 /// a fully mapped region's base address and how far reads and writes may go
-/// (0 when the region is not fully mapped or the direction is not allowed).
-/// Everything else takes the out-of-line slow path, which does the full checks.
+/// (0 when the region is not fully mapped, its size is not a multiple of 8, or
+/// the direction is not allowed). Everything else takes the out-of-line slow
+/// path, which does the full checks.
 #[derive(Clone, Copy, Debug, Default)]
 struct FastWindow {
     base: usize,
@@ -83,7 +84,7 @@ struct FastWindow {
 impl FastWindow {
     fn new(info: &RegionInfo, mapping: Option<&Mapping>) -> FastWindow {
         match mapping {
-            Some(m) if m.whole => FastWindow {
+            Some(m) if m.whole && info.size.is_multiple_of(8) => FastWindow {
                 base: m.reservation.base() as usize,
                 read_end: if info.flags.readable() { info.size } else { 0 },
                 write_end: if info.flags.writable() { info.size } else { 0 },
@@ -93,11 +94,11 @@ impl FastWindow {
     }
 
     /// The address of `offset` if a naturally aligned `width`-byte access there
-    /// stays below `end`.
+    /// stays below `end`. `end` is a multiple of 8 (or 0), so an aligned access
+    /// of at most 8 bytes that starts below it also ends at or below it.
     #[inline(always)]
     fn at(&self, offset: u64, width: usize, end: u64) -> Option<*mut u8> {
-        let width = width as u64;
-        let fits = offset < end && end - offset >= width && offset & (width - 1) == 0;
+        let fits = (offset < end) & (offset & (width as u64 - 1) == 0);
         fits.then(|| (self.base + offset as usize) as *mut u8)
     }
 }
