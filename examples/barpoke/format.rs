@@ -1,0 +1,429 @@
+//! barpoke's output: pure functions from values to the text and JSON it prints.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+
+use barmap::{PciDeviceInfo, RegionCap, RegionIndex, RegionInfo};
+use serde_json::{json, Value};
+
+use crate::parse::Width;
+
+/// How one access reaches the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessPath {
+    /// A volatile load or store on the direct mapping.
+    Mmap,
+    /// A pread or pwrite on the VFIO device descriptor.
+    Syscall,
+}
+
+impl AccessPath {
+    /// The path's name, as `--via` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessPath::Mmap => "mmap",
+            AccessPath::Syscall => "syscall",
+        }
+    }
+
+    /// The path an access of `len` bytes at `offset` takes, given the directly mapped ranges.
+    pub fn of(mapped: &[Range<u64>], offset: u64, len: u64) -> AccessPath {
+        let end = offset.saturating_add(len);
+        if mapped.iter().any(|r| r.start <= offset && end <= r.end) {
+            AccessPath::Mmap
+        } else {
+            AccessPath::Syscall
+        }
+    }
+}
+
+/// A register value as `read` prints it: `0x` and lowercase hex, zero-padded to `width / 4` digits.
+pub fn hex_value(value: u64, width: Width) -> String {
+    format!("0x{value:0digits$x}", digits = width.bits() as usize / 4)
+}
+
+/// `--trace` line of one access, e.g. `trace: read bar0+0x0 w32 = 0x010000ed via mmap`.
+pub fn trace_line(
+    op: &str,
+    region: RegionIndex,
+    offset: u64,
+    width: Width,
+    value: u64,
+    path: AccessPath,
+) -> String {
+    format!(
+        "trace: {op} {region}+{offset:#x} w{width} = {} via {}",
+        hex_value(value, width),
+        path.name()
+    )
+}
+
+/// `bytes` read from `start` on, formatted like `hexdump -C` (without squeezing
+/// repeated lines into `*`, as `hexdump -C -v`): lines of 16 bytes starting at
+/// `start`, each with its offset, the bytes in two groups of 8 and their
+/// printable ASCII between bars, then a last line with the end offset.
+pub fn hexdump(start: u64, bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for (n, line) in bytes.chunks(16).enumerate() {
+        let _ = write!(out, "{:08x} ", start + 16 * n as u64);
+        for i in 0..16 {
+            if i % 8 == 0 {
+                out.push(' ');
+            }
+            match line.get(i) {
+                Some(b) => {
+                    let _ = write!(out, "{b:02x} ");
+                }
+                None => out.push_str("   "),
+            }
+        }
+        let ascii: String = line
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        let _ = writeln!(out, " |{ascii}|");
+    }
+    let _ = writeln!(out, "{:08x}", start + bytes.len() as u64);
+    out
+}
+
+/// Rows of cells as lines with every column but the last padded to its widest cell.
+pub fn columns(rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if widths.len() <= i {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join(" ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A driver name, or `none`.
+fn driver_name(driver: Option<&str>) -> &str {
+    driver.unwrap_or("none")
+}
+
+/// `list` row: `0000:00:03.0 1234:11e8 class 00ff00 driver vfio-pci group 5`.
+pub fn device_row(dev: &PciDeviceInfo) -> Vec<String> {
+    vec![
+        dev.address.to_string(),
+        format!("{:04x}:{:04x}", dev.vendor, dev.device),
+        "class".to_string(),
+        format!("{:06x}", dev.class),
+        "driver".to_string(),
+        driver_name(dev.driver.as_deref()).to_string(),
+        "group".to_string(),
+        dev.iommu_group.map_or("none".to_string(), |g| g.to_string()),
+    ]
+}
+
+/// `list --json` element.
+pub fn device_json(dev: &PciDeviceInfo) -> Value {
+    json!({
+        "address": dev.address.to_string(),
+        "vendor": dev.vendor,
+        "device": dev.device,
+        "id": format!("{:04x}:{:04x}", dev.vendor, dev.device),
+        "class": dev.class,
+        "class_hex": format!("{:06x}", dev.class),
+        "subsystem_vendor": dev.subsystem_vendor,
+        "subsystem_device": dev.subsystem_device,
+        "driver": dev.driver,
+        "iommu_group": dev.iommu_group,
+    })
+}
+
+/// The access path `--via auto` takes through a region of `size` bytes with these mapped ranges.
+pub fn region_path(size: u64, mapped: &[Range<u64>]) -> &'static str {
+    let covered: u64 = mapped.iter().map(|r| r.end.saturating_sub(r.start)).sum();
+    match covered {
+        0 => "syscall",
+        c if c >= size => "mmap",
+        _ => "mmap+syscall",
+    }
+}
+
+/// What a region is: the BAR kind (`mem32`, `mem64, prefetchable`, `io`), `rom`, `config` or `-`.
+pub fn region_kind(info: &RegionInfo) -> String {
+    match (info.bar_kind, info.index) {
+        (Some(kind), _) => kind.to_string(),
+        (None, RegionIndex::ROM) => "rom".to_string(),
+        (None, RegionIndex::CONFIG) => "config".to_string(),
+        (None, _) => "-".to_string(),
+    }
+}
+
+/// One capability, e.g. `sparse(0x0+0x1000,0x3000+0x1000)`, `msix-mappable`, `type(1:2)`.
+pub fn cap_text(cap: &RegionCap) -> String {
+    match cap {
+        RegionCap::SparseMmap(areas) => {
+            let areas: Vec<String> = areas
+                .iter()
+                .map(|a| format!("{:#x}+{:#x}", a.offset, a.size))
+                .collect();
+            format!("sparse({})", areas.join(","))
+        }
+        RegionCap::MsixMappable => "msix-mappable".to_string(),
+        RegionCap::Type { type_, subtype } => format!("type({type_}:{subtype})"),
+        RegionCap::Unknown { id, version } => format!("cap(id {id} v{version})"),
+    }
+}
+
+/// `info` row: name, size, flags, kind, access path, capabilities (`-` for none).
+pub fn region_row(info: &RegionInfo, mapped: &[Range<u64>]) -> Vec<String> {
+    let caps: Vec<String> = info.caps.iter().map(cap_text).collect();
+    vec![
+        info.index.to_string(),
+        format!("{:#x}", info.size),
+        info.flags.to_string(),
+        region_kind(info),
+        region_path(info.size, mapped).to_string(),
+        if caps.is_empty() {
+            "-".to_string()
+        } else {
+            caps.join(" ")
+        },
+    ]
+}
+
+/// The header row of `info`.
+pub fn region_header() -> Vec<String> {
+    ["REGION", "SIZE", "FLAGS", "KIND", "ACCESS", "CAPS"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `info --json` element.
+pub fn region_json(info: &RegionInfo, mapped: &[Range<u64>]) -> Value {
+    json!({
+        "region": info.index.to_string(),
+        "index": info.index.0,
+        "size": info.size,
+        "flags": info.flags.to_string(),
+        "readable": info.flags.readable(),
+        "writable": info.flags.writable(),
+        "mmapable": info.flags.mmapable(),
+        "kind": region_kind(info),
+        "access": region_path(info.size, mapped),
+        "mapped": mapped.iter().map(|r| json!([r.start, r.end])).collect::<Vec<_>>(),
+        "caps": info.caps.iter().map(cap_text).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one mapped range, not a range of values
+mod tests {
+    use super::*;
+    use barmap::{BarKind, RegionFlags, SparseArea};
+
+    use crate::parse::width;
+
+    #[test]
+    fn values_are_zero_padded_to_the_width() {
+        assert_eq!(hex_value(0x0100_00ed, Width::W32), "0x010000ed");
+        assert_eq!(hex_value(0, width("8").unwrap()), "0x00");
+        assert_eq!(hex_value(0xbeef, width("16").unwrap()), "0xbeef");
+        assert_eq!(hex_value(u64::MAX, width("64").unwrap()), "0xffffffffffffffff");
+        assert_eq!(hex_value(0x78, width("64").unwrap()), "0x0000000000000078");
+    }
+
+    #[test]
+    fn trace_lines_name_offset_width_value_and_path() {
+        assert_eq!(
+            trace_line(
+                "read",
+                RegionIndex(0),
+                0,
+                Width::W32,
+                0x0100_00ed,
+                AccessPath::Mmap
+            ),
+            "trace: read bar0+0x0 w32 = 0x010000ed via mmap"
+        );
+        assert_eq!(
+            trace_line(
+                "write",
+                RegionIndex(1),
+                0x83,
+                width("8").unwrap(),
+                0xfa,
+                AccessPath::Syscall
+            ),
+            "trace: write bar1+0x83 w8 = 0xfa via syscall"
+        );
+    }
+
+    #[test]
+    fn hexdump_matches_hexdump_c() {
+        // Reference: printf 'hello\nworld, this is a longer line!' | hexdump -C
+        let expected = "\
+00000000  68 65 6c 6c 6f 0a 77 6f  72 6c 64 2c 20 74 68 69  |hello.world, thi|
+00000010  73 20 69 73 20 61 20 6c  6f 6e 67 65 72 20 6c 69  |s is a longer li|
+00000020  6e 65 21                                          |ne!|
+00000023
+";
+        assert_eq!(hexdump(0, b"hello\nworld, this is a longer line!"), expected);
+    }
+
+    #[test]
+    fn hexdump_starts_at_the_offset_and_pads_short_lines() {
+        let bytes = [0xed, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0x41];
+        let expected = "\
+00000104  ed 00 00 01 ff ff ff ff  41                       |........A|
+0000010d
+";
+        assert_eq!(hexdump(0x104, &bytes), expected);
+        assert_eq!(hexdump(0x20, &[]), "00000020\n");
+        assert!(hexdump(0x1_0000_0000, &[0]).starts_with("100000000  00 "));
+    }
+
+    #[test]
+    fn columns_are_aligned_without_trailing_spaces() {
+        let rows = vec![
+            vec!["a".to_string(), "long".to_string(), "x".to_string()],
+            vec!["bbb".to_string(), "s".to_string(), "".to_string()],
+        ];
+        assert_eq!(columns(&rows), "a   long x\nbbb s\n");
+        assert_eq!(columns(&[]), "");
+    }
+
+    fn edu_info(driver: Option<&str>) -> PciDeviceInfo {
+        PciDeviceInfo {
+            address: "00:03.0".parse().unwrap(),
+            vendor: 0x1234,
+            device: 0x11e8,
+            class: 0xff00,
+            subsystem_vendor: Some(0x1af4),
+            subsystem_device: Some(0x1100),
+            driver: driver.map(String::from),
+            iommu_group: Some(5),
+        }
+    }
+
+    #[test]
+    fn device_rows_and_json() {
+        assert_eq!(
+            columns(&[device_row(&edu_info(Some("vfio-pci")))]),
+            "0000:00:03.0 1234:11e8 class 00ff00 driver vfio-pci group 5\n"
+        );
+        let mut no_group = edu_info(None);
+        no_group.iommu_group = None;
+        assert_eq!(device_row(&no_group)[4..].join(" "), "driver none group none");
+        let v = device_json(&edu_info(Some("vfio-pci")));
+        assert_eq!(v["address"], "0000:00:03.0");
+        assert_eq!(v["vendor"], 0x1234);
+        assert_eq!(v["device"], 0x11e8);
+        assert_eq!(v["id"], "1234:11e8");
+        assert_eq!(v["class"], 0xff00);
+        assert_eq!(v["class_hex"], "00ff00");
+        assert_eq!(v["driver"], "vfio-pci");
+        assert_eq!(v["iommu_group"], 5);
+        assert_eq!(device_json(&no_group)["driver"], Value::Null);
+        assert_eq!(device_json(&no_group)["iommu_group"], Value::Null);
+    }
+
+    #[test]
+    fn access_paths() {
+        let mapped = [0x1000..0x2000, 0x3000..0x4000];
+        assert_eq!(AccessPath::of(&mapped, 0x1000, 4), AccessPath::Mmap);
+        assert_eq!(AccessPath::of(&mapped, 0x1ffc, 4), AccessPath::Mmap);
+        assert_eq!(AccessPath::of(&mapped, 0x1ffc, 8), AccessPath::Syscall);
+        assert_eq!(AccessPath::of(&mapped, 0x2000, 4), AccessPath::Syscall);
+        assert_eq!(AccessPath::of(&[], 0, 1), AccessPath::Syscall);
+        assert_eq!(AccessPath::of(&mapped, u64::MAX, 4), AccessPath::Syscall);
+        assert_eq!(region_path(0x4000, &[0..0x4000]), "mmap");
+        assert_eq!(region_path(0x100, &[0..0x100]), "mmap");
+        assert_eq!(region_path(0x4000, &mapped), "mmap+syscall");
+        assert_eq!(region_path(0x100, &[]), "syscall");
+    }
+
+    fn region(index: u32, size: u64, flags: u32, caps: Vec<RegionCap>, kind: Option<BarKind>) -> RegionInfo {
+        RegionInfo {
+            index: RegionIndex(index),
+            size,
+            offset: 0,
+            flags: RegionFlags(flags),
+            caps,
+            bar_kind: kind,
+        }
+    }
+
+    #[test]
+    fn region_rows_name_size_flags_kind_path_and_caps() {
+        let edu = region(
+            0,
+            0x10_0000,
+            0x7,
+            vec![],
+            Some(BarKind::Memory32 { prefetchable: false }),
+        );
+        let io = region(1, 0x100, 0x3, vec![], Some(BarKind::Io));
+        let config = region(7, 0x100, 0x3, vec![], None);
+        let rom = region(6, 0x8000, 0x1, vec![], None);
+        let sparse = region(
+            2,
+            0x4000,
+            0xf,
+            vec![
+                RegionCap::SparseMmap(vec![SparseArea {
+                    offset: 0,
+                    size: 0x1000,
+                }]),
+                RegionCap::MsixMappable,
+                RegionCap::Type { type_: 1, subtype: 2 },
+                RegionCap::Unknown { id: 9, version: 1 },
+            ],
+            Some(BarKind::Memory64 { prefetchable: true }),
+        );
+        let table = columns(&[
+            region_header(),
+            region_row(&edu, &[0..0x10_0000]),
+            region_row(&io, &[]),
+            region_row(&config, &[]),
+            region_row(&rom, &[]),
+            region_row(&sparse, &[0..0x1000]),
+        ]);
+        let expected = "\
+REGION SIZE     FLAGS KIND                ACCESS       CAPS
+bar0   0x100000 rwm   mem32               mmap         -
+bar1   0x100    rw-   io                  syscall      -
+config 0x100    rw-   config              syscall      -
+rom    0x8000   r--   rom                 syscall      -
+bar2   0x4000   rwm   mem64, prefetchable mmap+syscall sparse(0x0+0x1000) msix-mappable type(1:2) cap(id 9 v1)
+";
+        assert_eq!(table, expected);
+        let v = region_json(&sparse, &[0..0x1000]);
+        assert_eq!(v["region"], "bar2");
+        assert_eq!(v["index"], 2);
+        assert_eq!(v["size"], 0x4000);
+        assert_eq!(v["flags"], "rwm");
+        assert_eq!(
+            (v["readable"].clone(), v["mmapable"].clone()),
+            (json!(true), json!(true))
+        );
+        assert_eq!(v["kind"], "mem64, prefetchable");
+        assert_eq!(v["access"], "mmap+syscall");
+        assert_eq!(v["mapped"], json!([[0, 0x1000]]));
+        assert_eq!(v["caps"][0], "sparse(0x0+0x1000)");
+        assert_eq!(region_json(&io, &[])["caps"], json!([]));
+    }
+}
