@@ -281,6 +281,17 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A capability list in a device's PCI config space is malformed.
+    #[error("{addr} config space: malformed capability list at offset {offset:#x}: {reason}")]
+    MalformedConfig {
+        /// The device.
+        addr: PciAddress,
+        /// Offset in config space of the bad pointer or capability header.
+        offset: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
     /// Something this platform or kernel cannot do.
     #[error("{what} is not supported: {reason}")]
     Unsupported {

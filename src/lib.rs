@@ -12,12 +12,14 @@
 //!
 //! The modules follow the data path: [`pci`] (addresses, sysfs) →
 //! VFIO container/group/device → [`region`] info → mapped BAR or shadow
-//! region → typed access.
+//! region → typed access. [`config`] reads config space (header and
+//! capability lists) through the same region I/O.
 
 #![deny(missing_docs)]
 
 mod access;
 mod bar;
+pub mod config;
 mod error;
 mod map;
 pub mod pci;
@@ -26,10 +28,11 @@ mod vfio;
 
 pub use access::Scalar;
 pub use bar::{Bar, MapPolicy};
+pub use config::ConfigSpace;
 pub use error::{Error, Result};
 pub use pci::{PciAddress, PciDeviceInfo, Sysfs};
 pub use region::{
-    parse_region_caps, BarKind, FdRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo,
-    SparseArea,
+    parse_region_caps, BarKind, FdRegion, MemoryRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo,
+    RegionIo, SparseArea,
 };
 pub use vfio::{Container, Device};

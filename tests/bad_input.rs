@@ -130,7 +130,11 @@ fn config_space_goes_through_the_syscall_path() {
 fn unbinding_and_rebinding_through_sysfs() {
     let sysfs = barmap::Sysfs::default();
     let addr = testdev();
-    let group = sysfs.device(addr).unwrap().iommu_group.expect("pci-testdev has an IOMMU group");
+    let group = sysfs
+        .device(addr)
+        .unwrap()
+        .iommu_group
+        .expect("pci-testdev has an IOMMU group");
     // pci-testdev has no kernel driver of its own: unbinding leaves it driverless.
     assert_eq!(sysfs.unbind(addr).unwrap(), None);
     assert_eq!(sysfs.device(addr).unwrap().driver, None);

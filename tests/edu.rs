@@ -207,3 +207,24 @@ fn out_of_range_and_misaligned_accesses_are_refused() {
     // The device still works after every refusal.
     assert_eq!(bar0.read::<u32>(ID).unwrap(), ID_VALUE);
 }
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn one_container_serves_two_devices() {
+    let container = barmap::Container::new().unwrap();
+    let edu_dev = Device::open_in(&container, edu()).unwrap();
+    let testdev = Device::open_in(&container, common::testdev()).unwrap();
+    assert_ne!(
+        edu_dev.iommu_group(),
+        testdev.iommu_group(),
+        "the devices sit in groups of their own"
+    );
+    assert_eq!(edu_dev.bar(0).unwrap().read::<u32>(ID).unwrap(), ID_VALUE);
+    testdev.bar(0).unwrap().write::<u8>(0, 0).unwrap();
+    assert_eq!(testdev.bar(1).unwrap().read::<u32>(4).unwrap(), 0x800);
+    testdev.bar(0).unwrap().write::<u8>(0, 0xff).unwrap();
+    drop(edu_dev);
+    // The container stays usable for the other device and for reopening.
+    let edu_again = Device::open_in(&container, edu()).unwrap();
+    assert_eq!(edu_again.bar(0).unwrap().read::<u32>(ID).unwrap(), ID_VALUE);
+}

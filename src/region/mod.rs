@@ -5,8 +5,10 @@ mod caps;
 mod index;
 mod info;
 mod io;
+mod memory;
 
 pub use caps::{parse_region_caps, RegionCap, SparseArea};
 pub use index::{ParseRegionError, RegionIndex};
 pub use info::{BarKind, RegionFlags, RegionInfo};
 pub use io::{FdRegion, RegionIo};
+pub use memory::MemoryRegion;

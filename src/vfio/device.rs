@@ -9,12 +9,10 @@ use vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_CAPS;
 use vfio_ioctls::{VfioDevice, VfioError};
 
 use super::{ioctl, Container};
+use crate::config::{ConfigSpace, PCI_BASE_ADDRESS_0};
 use crate::error::{Error, Result};
 use crate::pci::{PciAddress, Sysfs, VFIO_PCI_DRIVER};
-use crate::region::{parse_region_caps, BarKind, FdRegion, RegionFlags, RegionIndex, RegionInfo, RegionIo};
-
-/// Offset of BAR0's register in config space; BAR n is at `+ 4 * n`.
-const CONFIG_BAR0: u64 = 0x10;
+use crate::region::{parse_region_caps, BarKind, FdRegion, RegionFlags, RegionIndex, RegionInfo};
 
 /// A PCI device opened through VFIO.
 ///
@@ -37,6 +35,7 @@ pub struct Device {
     addr: PciAddress,
     group: u32,
     regions: Vec<RegionInfo>,
+    config: Option<FdRegion>,
     vfio: VfioDevice,
     container: Container,
 }
@@ -84,16 +83,16 @@ impl Device {
         let mut regions = (0..count)
             .map(|index| read_region_info(fd, addr, index))
             .collect::<Result<Vec<_>>>()?;
-        let config = regions.iter().find(|r| r.index == RegionIndex::CONFIG).cloned();
-        if let Some(config) = config.filter(|c| c.flags.readable()) {
-            let config_io = FdRegion::new(fd, config.offset, config.size);
+        let config = regions
+            .iter()
+            .find(|r| r.index == RegionIndex::CONFIG && r.size > 0 && r.flags.readable())
+            .map(|r| FdRegion::new(fd, r.offset, r.size));
+        if let Some(io) = &config {
+            let space = ConfigSpace::new(io, addr);
             for region in regions.iter_mut().filter(|r| r.size > 0) {
                 if let Some(n) = region.index.bar_number() {
-                    let mut bytes = [0u8; 4];
-                    config_io
-                        .read_at(CONFIG_BAR0 + 4 * u64::from(n), &mut bytes)
-                        .map_err(step("read BAR register"))?;
-                    region.bar_kind = Some(BarKind::from_register(u32::from_le_bytes(bytes)));
+                    let register = space.read32(PCI_BASE_ADDRESS_0 + 4 * n as u16)?;
+                    region.bar_kind = Some(BarKind::from_register(register));
                 }
             }
         }
@@ -102,6 +101,7 @@ impl Device {
             addr,
             group,
             regions,
+            config,
             vfio,
             container: container.clone(),
         })
@@ -138,6 +138,27 @@ impl Device {
                 region: index,
                 count: self.regions.len() as u32,
             })
+    }
+
+    /// Typed access to the device's config space (through pread/pwrite; vfio-pci
+    /// virtualizes parts of it, such as the BAR registers).
+    ///
+    /// ```no_run
+    /// let edu = barmap::Device::open("0000:00:03.0".parse()?)?;
+    /// let config = edu.config()?;
+    /// assert_eq!(config.header()?.vendor_id, 0x1234);
+    /// for cap in config.capabilities()? {
+    ///     println!("{cap}");
+    /// }
+    /// # Ok::<(), barmap::Error>(())
+    /// ```
+    pub fn config(&self) -> Result<ConfigSpace<'_>> {
+        let io = self.config.as_ref().ok_or(Error::NoSuchRegion {
+            addr: self.addr,
+            region: RegionIndex::CONFIG,
+            count: self.regions.len() as u32,
+        })?;
+        Ok(ConfigSpace::new(io, self.addr))
     }
 
     /// The slow-path I/O of a region: pread/pwrite on the device descriptor.
@@ -181,12 +202,31 @@ fn check_openable(sysfs: &Sysfs, addr: PciAddress) -> Result<u32> {
 }
 
 /// Reads and parses one region's info, capabilities included.
+///
+/// vfio-pci counts the VGA region among its regions but refuses its info with
+/// `EINVAL` on devices without VGA: such a region is reported with size 0.
 fn read_region_info(fd: RawFd, addr: PciAddress, index: u32) -> Result<RegionInfo> {
-    let bytes = ioctl::region_info_bytes(fd, index).map_err(|e| Error::Vfio {
-        addr,
-        step: "get region info",
-        source: Box::new(e),
-    })?;
+    let bytes = match ioctl::region_info_bytes(fd, index) {
+        Ok(bytes) => bytes,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            log::debug!("{addr}: region {} is not implemented", RegionIndex(index));
+            return Ok(RegionInfo {
+                index: RegionIndex(index),
+                size: 0,
+                offset: 0,
+                flags: RegionFlags(0),
+                caps: vec![],
+                bar_kind: None,
+            });
+        }
+        Err(e) => {
+            return Err(Error::Vfio {
+                addr,
+                step: "get region info",
+                source: Box::new(e),
+            })
+        }
+    };
     let field = |at: usize, len: usize| -> u64 {
         bytes[at..at + len]
             .iter()
