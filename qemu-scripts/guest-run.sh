@@ -20,12 +20,8 @@ else
 fi
 
 ensure_host_packages
-mkdir -p "$BARMAP_GUEST_WORK"
-list="$BARMAP_GUEST_WORK/build-test.list"
-guest_build test "$list"
-job=$(mktemp "$BARMAP_GUEST_WORK/job.XXXXXX")
-trap 'rm -f "$job"' EXIT
-printf '%s\n' "$cmdline" >"$job"
-status=0
-guest_run "$series" "$list" "$job" || status=$?
-exit "$status"
+run_dir_init
+guest_build test "$RUN_DIR/build.list"
+printf '%s\n' "$cmdline" >"$RUN_DIR/job.sh"
+guest_run "$series" "$RUN_DIR/build.list" "$RUN_DIR/job.sh"
+exit "$GUEST_STATUS"

@@ -59,8 +59,10 @@ fn regions_that_do_not_exist_are_refused() {
         ),
         "{err}"
     );
+    // edu has no expansion ROM (pci-testdev gets one from qemu-scripts).
+    let edu_dev = Device::open(edu()).unwrap();
     assert!(matches!(
-        dev.open_region(RegionIndex::ROM, MapPolicy::Direct),
+        edu_dev.open_region(RegionIndex::ROM, MapPolicy::Direct),
         Err(Error::NoSuchRegion { .. })
     ));
     assert!(
@@ -145,4 +147,47 @@ fn unbinding_and_rebinding_through_sysfs() {
     assert_eq!(sysfs.bind_vfio(addr).unwrap(), group, "binding again is a no-op");
     assert_eq!(sysfs.device(addr).unwrap().driver.as_deref(), Some("vfio-pci"));
     assert!(Device::open(addr).unwrap().bar(0).unwrap().read::<u8>(1).is_ok());
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn the_expansion_rom_is_read_only() {
+    // qemu-scripts gives pci-testdev a 4 KiB ROM image (see testdev_rom in qemu-scripts/lib.sh).
+    let dev = Device::open(testdev()).unwrap();
+    let info = dev.region_info(RegionIndex::ROM).unwrap();
+    assert_eq!(info.size, 0x1000);
+    assert!(
+        info.flags.readable() && !info.flags.writable() && !info.flags.mmapable(),
+        "{}",
+        info.flags
+    );
+    let rom = dev.open_region(RegionIndex::ROM, MapPolicy::Direct).unwrap();
+    assert_eq!(rom.read::<u16>(0).unwrap(), 0xaa55, "ROM signature");
+    let mut text = [0u8; 22];
+    rom.read_bytes(0x40, &mut text).unwrap();
+    assert_eq!(&text, b"barmap pci-testdev ROM");
+    let err = rom.write::<u32>(0, 0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ReadOnly {
+                region: RegionIndex::ROM,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("read-only") && err.to_string().contains("rom"),
+        "{err}"
+    );
+    assert!(matches!(
+        rom.write_bytes(0x40, b"x").unwrap_err(),
+        Error::ReadOnly { .. }
+    ));
+    assert_eq!(
+        rom.read::<u16>(0).unwrap(),
+        0xaa55,
+        "unchanged after the refused writes"
+    );
 }
