@@ -226,6 +226,8 @@ fn barpoke_info_shows_regions_and_access_paths() {
     let out = ok(&["info", &testdev()]);
     assert_eq!(row(&out, "bar0"), ["bar0", "0x1000", "rwm", "mem32", "mmap", "-"]);
     assert_eq!(row(&out, "bar1"), ["bar1", "0x100", "rw-", "io", "syscall", "-"]);
+    // qemu-scripts gives pci-testdev a 4 KiB expansion ROM.
+    assert_eq!(row(&out, "rom"), ["rom", "0x1000", "r--", "rom", "syscall", "-"]);
 
     let info = json(&["info", &edu(), "--json"]);
     assert_eq!(info["address"], edu());
@@ -519,6 +521,32 @@ fn barpoke_reaches_the_io_bar_without_a_mapping() {
         &["--via", "mmap", "read", &testdev, "config", "0"],
         &["config", "cannot be mmapped"],
     );
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn barpoke_reads_the_expansion_rom_and_refuses_to_write_it() {
+    let _serial = serial();
+    let testdev = testdev();
+    for via in ["auto", "syscall"] {
+        assert_eq!(
+            ok(&["--via", via, "read", &testdev, "rom", "0", "-w", "16"]),
+            "0xaa55\n"
+        );
+        let out = ok(&["--via", via, "dump", &testdev, "rom", "0x40", "22"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].ends_with("|barmap pci-testd|"), "{out}");
+        assert!(lines[1].ends_with("|ev ROM|"), "{out}");
+    }
+    fails(
+        &["write", &testdev, "rom", "0", "0"],
+        &[&testdev, "rom", "read-only"],
+    );
+    fails(
+        &["--via", "mmap", "read", &testdev, "rom", "0"],
+        &["rom", "cannot be mmapped"],
+    );
+    assert_eq!(ok(&["read", &testdev, "rom", "0", "-w", "16"]), "0xaa55\n");
 }
 
 #[test]
