@@ -2,11 +2,13 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use crate::access::{load, store, Scalar};
 use crate::error::{Error, Result};
 use crate::map::{page_size, Reservation};
 use crate::region::{FdRegion, RegionIndex, RegionInfo, RegionIo};
+use crate::shadow::{direct_ranges, Access, AccessHook, AccessKind, BarShadow, LayoutError, Trap};
 use crate::vfio::Device;
 
 /// How a region is reached when it is opened.
@@ -18,6 +20,14 @@ pub enum MapPolicy {
     Direct,
     /// Map nothing: every access is a pread/pwrite on the device descriptor.
     Syscall,
+    /// Like `Direct`, but also trap the pages covering these offset ranges:
+    /// typed accesses there use pread/pwrite, and accesses through
+    /// [`Bar::as_ptr`] fault and are served by the shadow region (and seen by
+    /// the access hook). Ranges are widened to whole pages.
+    Trap(Vec<Range<u64>>),
+    /// Map nothing and trap every access made through [`Bar::as_ptr`] (like
+    /// QEMU's `x-no-mmap`), e.g. to trace them all.
+    TrapAll,
 }
 
 /// The directly mapped part of a region.
@@ -51,7 +61,46 @@ pub struct Bar<'d> {
     device: &'d Device,
     info: RegionInfo,
     io: FdRegion,
+    hook: Option<AccessHook>,
+    // Declared before `mapping`: the shadow may cover the mapping's
+    // reservation and must be unregistered before it is unmapped.
+    shadow: OnceLock<BarShadow>,
     mapping: Option<Mapping>,
+    fast: FastWindow,
+}
+
+/// What the inlined fast path of [`Bar::read`]/[`Bar::write`] needs, flattened:
+/// a fully mapped region's base address and how far reads and writes may go
+/// (0 when the region is not fully mapped, its size is not a multiple of 8, or
+/// the direction is not allowed). Everything else takes the out-of-line slow
+/// path, which does the full checks.
+#[derive(Clone, Copy, Debug, Default)]
+struct FastWindow {
+    base: usize,
+    read_end: u64,
+    write_end: u64,
+}
+
+impl FastWindow {
+    fn new(info: &RegionInfo, mapping: Option<&Mapping>) -> FastWindow {
+        match mapping {
+            Some(m) if m.whole && info.size.is_multiple_of(8) => FastWindow {
+                base: m.reservation.base() as usize,
+                read_end: if info.flags.readable() { info.size } else { 0 },
+                write_end: if info.flags.writable() { info.size } else { 0 },
+            },
+            _ => FastWindow::default(),
+        }
+    }
+
+    /// The address of `offset` if a naturally aligned `width`-byte access there
+    /// stays below `end`. `end` is a multiple of 8 (or 0), so an aligned access
+    /// of at most 8 bytes that starts below it also ends at or below it.
+    #[inline(always)]
+    fn at(&self, offset: u64, width: usize, end: u64) -> Option<*mut u8> {
+        let fits = (offset < end) & (offset & (width as u64 - 1) == 0);
+        fits.then(|| (self.base + offset as usize) as *mut u8)
+    }
 }
 
 impl fmt::Debug for Bar<'_> {
@@ -85,25 +134,104 @@ impl Device {
 
     /// Opens any region (BAR, `rom`, `config`) with the given policy.
     pub fn open_region(&self, index: RegionIndex, policy: MapPolicy) -> Result<Bar<'_>> {
+        self.open_region_hooked(index, policy, None)
+    }
+
+    /// Opens BAR `n` with `policy` and a hook that sees every trapped access:
+    /// those made through [`Bar::as_ptr`] to pages that are not mapped
+    /// (called inside the fault handler: see [`AccessHook`] for what it may
+    /// do), and typed accesses that take the pread/pwrite path.
+    ///
+    /// The shadow region is set up right away (x86-64 only).
+    ///
+    /// ```no_run
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use barmap::{Device, MapPolicy};
+    /// let edu = Device::open("0000:00:03.0".parse()?)?;
+    /// let trapped = Arc::new(AtomicUsize::new(0));
+    /// let count = trapped.clone();
+    /// let bar0 = edu.map_bar(0, MapPolicy::Trap(vec![0..0x1000]), move |_access: &barmap::shadow::Access| {
+    ///     count.fetch_add(1, Ordering::Relaxed); // async-signal-safe
+    /// })?;
+    /// // SAFETY: offset 0 (the ID register) is inside BAR0 and 4-byte aligned.
+    /// let id = unsafe { bar0.as_ptr()?.cast::<u32>().read_volatile() };
+    /// assert_eq!(id, 0x0100_00ed);
+    /// assert_eq!(trapped.load(Ordering::Relaxed), 1);
+    /// # Ok::<(), barmap::Error>(())
+    /// ```
+    pub fn map_bar(
+        &self,
+        n: u32,
+        policy: MapPolicy,
+        hook: impl Fn(&Access) + Send + Sync + 'static,
+    ) -> Result<Bar<'_>> {
+        let index = RegionIndex::bar(n).ok_or(Error::NoSuchRegion {
+            addr: self.address(),
+            region: RegionIndex(n),
+            count: self.regions().len() as u32,
+        })?;
+        self.open_region_hooked(index, policy, Some(Arc::new(hook)))
+    }
+
+    fn open_region_hooked(
+        &self,
+        index: RegionIndex,
+        policy: MapPolicy,
+        hook: Option<AccessHook>,
+    ) -> Result<Bar<'_>> {
         let info = self.region_info(index)?.clone();
         let io = self.region_io(&info);
-        let mapping = match policy {
-            MapPolicy::Direct => map_areas(self, &info)?,
+        let trap = match &policy {
+            MapPolicy::Direct => Some(Trap::Holes),
             MapPolicy::Syscall => None,
+            MapPolicy::Trap(ranges) => Some(Trap::Ranges(ranges.clone())),
+            MapPolicy::TrapAll => Some(Trap::All),
         };
-        Ok(Bar {
+        let mapping = match &trap {
+            Some(trap) => map_areas(self, &info, trap)?,
+            None => None,
+        };
+        let fast = FastWindow::new(&info, mapping.as_ref());
+        let bar = Bar {
             device: self,
             info,
             io,
+            hook,
+            shadow: OnceLock::new(),
             mapping,
-        })
+            fast,
+        };
+        if bar.hook.is_some() || matches!(policy, MapPolicy::Trap(_) | MapPolicy::TrapAll) {
+            bar.shadow()?;
+        }
+        Ok(bar)
     }
 }
 
-/// Maps every mmapable area of `info`; `None` if it has none.
-fn map_areas(device: &Device, info: &RegionInfo) -> Result<Option<Mapping>> {
+/// Maps every mmapable area of `info` that `trap` leaves untrapped; `None` if
+/// that is nothing.
+fn map_areas(device: &Device, info: &RegionInfo, trap: &Trap) -> Result<Option<Mapping>> {
     let areas = info.mmap_areas();
-    if areas.is_empty() {
+    let page = page_size() as u64;
+    // Only whole pages can be mapped: an unaligned area shrinks to the pages
+    // inside it (the rest stays on the slow path), except that an area ending
+    // at the region's end may map the region's last, partial page.
+    let ranges = direct_ranges(info.size, page, &areas, trap).map_err(|e| match e {
+        LayoutError::AreaOutside(_) => Error::NotMmapable {
+            addr: device.address(),
+            region: info.index,
+            reason: "a sparse-mmap area lies outside the region",
+        },
+        LayoutError::TrapOutside(r) => Error::OutOfRange {
+            addr: device.address(),
+            region: info.index,
+            offset: r.start,
+            width: r.end.saturating_sub(r.start),
+            size: info.size,
+        },
+    })?;
+    if ranges.is_empty() {
         return Ok(None);
     }
     let mmap_error = |offset: u64, len: u64| {
@@ -116,54 +244,28 @@ fn map_areas(device: &Device, info: &RegionInfo) -> Result<Option<Mapping>> {
         }
     };
     let reservation = Reservation::new(info.size).map_err(mmap_error(0, info.size))?;
-    let page = page_size() as u64;
-    let mut ranges = Vec::new();
-    for area in areas {
-        let end = area
-            .offset
-            .checked_add(area.size)
-            .filter(|end| *end <= info.size)
-            .ok_or(Error::NotMmapable {
-                addr: device.address(),
-                region: info.index,
-                reason: "a sparse-mmap area lies outside the region",
-            })?;
-        // Only whole pages can be mapped: shrink an unaligned area to the pages
-        // inside it (the rest stays on the slow path), except that an area ending
-        // at the region's end may map the region's last, partial page.
-        let start = area.offset.next_multiple_of(page);
-        let map_end = if end == info.size {
-            end.next_multiple_of(page)
-        } else {
-            end / page * page
-        };
-        if start >= map_end {
-            log::debug!(
-                "{} {}: area {:#x}+{:#x} has no whole page to map",
-                device.address(),
-                info.index,
-                area.offset,
-                area.size
-            );
-            continue;
-        }
+    for range in &ranges {
+        let len = range.end - range.start;
         reservation
             .map_shared(
-                start as usize,
-                (map_end - start) as usize,
+                range.start as usize,
+                len as usize,
                 device.raw_fd(),
-                info.offset + start,
+                info.offset + range.start,
             )
-            .map_err(mmap_error(start, map_end - start))?;
+            .map_err(mmap_error(range.start, len))?;
         log::debug!(
             "{} {}: mapped {:#x}..{:#x}",
             device.address(),
             info.index,
-            start,
-            map_end
+            range.start,
+            range.end
         );
-        ranges.push(start..map_end.min(info.size));
     }
+    let ranges: Vec<Range<u64>> = ranges
+        .into_iter()
+        .map(|r| r.start..r.end.min(info.size))
+        .collect();
     let whole = ranges.len() == 1 && ranges[0] == (0..info.size);
     Ok(Some(Mapping {
         reservation,
@@ -212,8 +314,111 @@ impl Bar<'_> {
         self.mapping.as_ref().map(|m| m.reservation.base() as usize)
     }
 
+    /// One pointer over the whole region, `size()` bytes long.
+    ///
+    /// Directly mapped pages reach the device with plain loads and stores. If
+    /// any part is not mapped (sparse BAR, I/O BAR, trapped pages,
+    /// [`MapPolicy::Syscall`]), the range is a shadow region (see
+    /// [`crate::shadow`]): those pages fault, and barmap performs each access
+    /// on the device with pread/pwrite of the same width. Use volatile
+    /// accesses of 1, 2, 4 or 8 bytes (`read_volatile`/`write_volatile` of
+    /// `u8`..`u64`); other instructions on a trapped page end the process
+    /// with a diagnostic. The pointer is valid while the `Bar` lives.
+    ///
+    /// A fully mapped region works everywhere; a shadow region needs x86-64
+    /// ([`Error::Unsupported`] elsewhere). The first call on a region with
+    /// unmapped parts installs barmap's SIGSEGV handler.
+    ///
+    /// ```no_run
+    /// use barmap::Device;
+    /// let testdev = Device::open("0000:00:04.0".parse()?)?;
+    /// let io = testdev.bar(1)?; // I/O BAR: nothing mapped
+    /// let p = io.as_mut_ptr()?;
+    /// // SAFETY: offsets 0 and 4 are inside the 256-byte BAR, naturally aligned.
+    /// unsafe { p.write_volatile(0) }; // select test 0
+    /// let offset = unsafe { p.add(4).cast::<u32>().read_volatile() };
+    /// assert_eq!(offset, 0x83);
+    /// # Ok::<(), barmap::Error>(())
+    /// ```
+    pub fn as_ptr(&self) -> Result<*const u8> {
+        self.as_mut_ptr().map(|p| p.cast_const())
+    }
+
+    /// [`Bar::as_ptr`] for stores.
+    pub fn as_mut_ptr(&self) -> Result<*mut u8> {
+        match &self.mapping {
+            Some(m) if m.whole => Ok(m.reservation.base()),
+            _ => self.shadow().map(BarShadow::base),
+        }
+    }
+
+    /// Emits the trapped accesses recorded since the last call as
+    /// `log::trace!` lines (when barmap's `trace` level was enabled as the
+    /// shadow region was set up) and returns how many.
+    pub fn flush_trace(&self) -> usize {
+        self.shadow.get().map_or(0, BarShadow::flush_trace)
+    }
+
+    /// The shadow part, set up on first use.
+    fn shadow(&self) -> Result<&BarShadow> {
+        if let Some(shadow) = self.shadow.get() {
+            return Ok(shadow);
+        }
+        let shadow = BarShadow::new(
+            self.device.address(),
+            self.info.index,
+            self.mapping.as_ref().map(|m| &m.reservation),
+            Box::new(self.io),
+            self.hook.clone(),
+        )?;
+        // A racing thread may have set one up first: then ours is dropped
+        // (unregistered) and theirs is used.
+        Ok(self.shadow.get_or_init(|| shadow))
+    }
+
+    /// Tells the shadow part (if any) about a typed access that took the slow path.
+    fn record(&self, offset: u64, width: usize, value: u64, kind: AccessKind) {
+        if let Some(shadow) = self.shadow.get() {
+            shadow.record(&Access {
+                offset,
+                width: width as u8,
+                value,
+                kind,
+            });
+        }
+    }
+
     /// Reads one `T` at `offset`.
+    ///
+    /// On a fully mapped region this is a bounds and alignment check and one
+    /// volatile load, inlined; anything else (holes, syscall path, errors) goes
+    /// out of line.
+    #[inline]
     pub fn read<T: Scalar>(&self, offset: u64) -> Result<T> {
+        match self.fast.at(offset, T::WIDTH, self.fast.read_end) {
+            // SAFETY: the fast window covers only a whole, live MAP_SHARED mapping
+            // owned by self, and `at` checked bounds and natural alignment.
+            Some(ptr) => Ok(unsafe { load::<T>(ptr) }),
+            None => self.read_slow(offset),
+        }
+    }
+
+    /// Writes one `T` at `offset`: on a fully mapped region, one volatile store.
+    #[inline]
+    pub fn write<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
+        match self.fast.at(offset, T::WIDTH, self.fast.write_end) {
+            Some(ptr) => {
+                // SAFETY: as in `read`.
+                unsafe { store::<T>(ptr, value) };
+                Ok(())
+            }
+            None => self.write_slow(offset, value),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_slow<T: Scalar>(&self, offset: u64) -> Result<T> {
         self.check(offset, T::WIDTH, Dir::Read)?;
         if let Some(ptr) = self.mapped_ptr(offset, T::WIDTH) {
             // SAFETY: `mapped_ptr` returns a pointer only for an in-bounds range of a
@@ -224,21 +429,26 @@ impl Bar<'_> {
         self.io
             .read_at(offset, &mut word[..T::WIDTH])
             .map_err(|e| self.io_error(offset, T::WIDTH, e))?;
-        Ok(T::from_le_word(word))
+        let value = T::from_le_word(word);
+        self.record(offset, T::WIDTH, value.to_u64(), AccessKind::Read);
+        Ok(value)
     }
 
-    /// Writes one `T` at `offset`.
-    pub fn write<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
+    #[cold]
+    #[inline(never)]
+    fn write_slow<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
         self.check(offset, T::WIDTH, Dir::Write)?;
         if let Some(ptr) = self.mapped_ptr(offset, T::WIDTH) {
-            // SAFETY: as in `read`.
+            // SAFETY: as in `read_slow`.
             unsafe { store::<T>(ptr, value) };
             return Ok(());
         }
         let word = value.to_le_word();
         self.io
             .write_at(offset, &word[..T::WIDTH])
-            .map_err(|e| self.io_error(offset, T::WIDTH, e))
+            .map_err(|e| self.io_error(offset, T::WIDTH, e))?;
+        self.record(offset, T::WIDTH, value.to_u64(), AccessKind::Write);
+        Ok(())
     }
 
     /// Reads one access of `width` bytes (1, 2, 4 or 8) at `offset`, zero-extended:

@@ -272,6 +272,22 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// Setting up a shadow region (reserving, mapping or registering it) failed.
+    #[error("shadow region {name}: {step} failed at offset {offset:#x} length {len:#x}: {source}")]
+    Shadow {
+        /// The region's name (e.g. `0000:00:03.0 bar0`).
+        name: String,
+        /// The step that failed.
+        step: &'static str,
+        /// Offset in the region of the part involved.
+        offset: u64,
+        /// Length of the part involved.
+        len: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
     /// A VFIO capability chain is malformed.
     #[error("malformed VFIO capability chain at byte {offset}: {reason}")]
     MalformedCapability {

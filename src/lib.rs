@@ -24,6 +24,7 @@ mod error;
 mod map;
 pub mod pci;
 pub mod region;
+pub mod shadow;
 mod vfio;
 
 pub use access::Scalar;

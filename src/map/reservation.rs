@@ -81,7 +81,6 @@ impl Reservation {
     }
 
     /// The length of the range in bytes (whole pages).
-    #[cfg_attr(not(test), allow(dead_code))] // the shadow region (x86-64) registers the whole range
     pub(crate) fn len(&self) -> usize {
         self.len
     }

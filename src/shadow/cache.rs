@@ -1,0 +1,266 @@
+//! A small cache of decoded instructions by address, so that a load or store
+//! that faults again and again (a polling loop, a driver's register accessor)
+//! is decoded once, not on every fault.
+//!
+//! It is read and written from the fault handler, so it is a fixed table of
+//! atomics: each entry is a seqlock (an odd sequence number while it is being
+//! written; writers that find it odd or lose the race skip caching). A hit
+//! must match both the address and the instruction bytes now at that
+//! address, so code that changed since (unloaded and reloaded, generated at
+//! run time) is decoded afresh.
+
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+use iced_x86::Register;
+
+use super::emulate::{Decoded, Extend, Mem, Op, Source, MAX_INSN_LEN};
+
+const ENTRIES: usize = 64;
+
+struct Entry {
+    seq: AtomicU64,
+    rip: AtomicU64,
+    code: [AtomicU64; 2],
+    op: AtomicU64,
+    imm: AtomicU64,
+    mem: AtomicU64,
+    disp: AtomicU64,
+}
+
+impl Entry {
+    const fn new() -> Entry {
+        Entry {
+            seq: AtomicU64::new(0),
+            rip: AtomicU64::new(0),
+            code: [AtomicU64::new(0), AtomicU64::new(0)],
+            op: AtomicU64::new(0),
+            imm: AtomicU64::new(0),
+            mem: AtomicU64::new(0),
+            disp: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The cache; [`CACHE`] is the one the handler uses.
+pub(crate) struct DecodeCache {
+    entries: [Entry; ENTRIES],
+}
+
+/// The process's decode cache.
+pub(crate) static CACHE: DecodeCache = DecodeCache::new();
+
+/// `code` (at most 15 bytes) as two little-endian words, zero-padded.
+fn code_words(code: &[u8]) -> [u64; 2] {
+    let mut bytes = [0u8; 16];
+    bytes[..code.len()].copy_from_slice(code);
+    let (lo, hi) = bytes.split_at(8);
+    let word = |b: &[u8]| b.iter().rev().fold(0u64, |w, &x| w << 8 | u64::from(x));
+    [word(lo), word(hi)]
+}
+
+const LOAD: u64 = 0;
+const STORE_REG: u64 = 1;
+const STORE_IMM: u64 = 2;
+
+/// Packs `d` into (op, imm, mem, disp) words.
+fn pack(d: &Decoded) -> [u64; 4] {
+    let (kind, width, extend, reg, imm) = match d.op {
+        Op::Load { dst, width, extend } => {
+            let extend = match extend {
+                Extend::None => 0,
+                Extend::Zero => 1,
+                Extend::Sign => 2,
+            };
+            (LOAD, width, extend, dst, 0)
+        }
+        Op::Store {
+            src: Source::Reg(src),
+            width,
+        } => (STORE_REG, width, 0, src, 0),
+        Op::Store {
+            src: Source::Imm(imm),
+            width,
+        } => (STORE_IMM, width, 0, Register::None, imm),
+    };
+    let op = kind | (width as u64) << 2 | extend << 6 | (reg as u64) << 8 | u64::from(d.len) << 16;
+    let mem = d.mem.base as u64 | (d.mem.index as u64) << 8 | u64::from(d.mem.scale) << 16;
+    [op, imm, mem, d.mem.disp]
+}
+
+/// The inverse of [`pack`]; `None` for words that [`pack`] cannot produce.
+fn unpack([op, imm, mem, disp]: [u64; 4]) -> Option<Decoded> {
+    let reg = |v: u64| Register::try_from((v & 0xff) as usize).ok();
+    let width = ((op >> 2) & 0xf) as usize;
+    let op_ = match op & 0x3 {
+        LOAD => Op::Load {
+            dst: reg(op >> 8)?,
+            width,
+            extend: match (op >> 6) & 0x3 {
+                0 => Extend::None,
+                1 => Extend::Zero,
+                2 => Extend::Sign,
+                _ => return None,
+            },
+        },
+        STORE_REG => Op::Store {
+            src: Source::Reg(reg(op >> 8)?),
+            width,
+        },
+        STORE_IMM => Op::Store {
+            src: Source::Imm(imm),
+            width,
+        },
+        _ => return None,
+    };
+    Some(Decoded {
+        op: op_,
+        mem: Mem {
+            base: reg(mem)?,
+            index: reg(mem >> 8)?,
+            scale: (mem >> 16) as u8,
+            disp,
+        },
+        len: (op >> 16) as u8,
+    })
+}
+
+impl DecodeCache {
+    pub(crate) const fn new() -> DecodeCache {
+        DecodeCache {
+            entries: [const { Entry::new() }; ENTRIES],
+        }
+    }
+
+    fn entry(&self, rip: u64) -> &Entry {
+        let h = rip ^ (rip >> 6) ^ (rip >> 12);
+        &self.entries[h as usize % ENTRIES]
+    }
+
+    /// The cached decoding of the instruction at `rip`, if `code` (the bytes
+    /// now at `rip`, as many as could be read) starts with the same bytes.
+    /// Async-signal-safe.
+    pub(crate) fn get(&self, rip: u64, code: &[u8]) -> Option<Decoded> {
+        let e = self.entry(rip);
+        let seq = e.seq.load(Ordering::Acquire);
+        if seq % 2 == 1 {
+            return None;
+        }
+        let cached_rip = e.rip.load(Ordering::Relaxed);
+        let code_cached = [
+            e.code[0].load(Ordering::Relaxed),
+            e.code[1].load(Ordering::Relaxed),
+        ];
+        let words = [
+            e.op.load(Ordering::Relaxed),
+            e.imm.load(Ordering::Relaxed),
+            e.mem.load(Ordering::Relaxed),
+            e.disp.load(Ordering::Relaxed),
+        ];
+        fence(Ordering::Acquire);
+        if e.seq.load(Ordering::Relaxed) != seq || seq == 0 || cached_rip != rip {
+            return None;
+        }
+        let decoded = unpack(words)?;
+        let len = usize::from(decoded.len);
+        (len <= code.len() && code_words(&code[..len]) == code_cached).then_some(decoded)
+    }
+
+    /// Remembers `decoded` for `rip`, whose instruction bytes are `code`
+    /// (exactly `decoded.len` of them). Skips it if another thread is writing
+    /// the same entry. Async-signal-safe.
+    pub(crate) fn put(&self, rip: u64, code: &[u8], decoded: &Decoded) {
+        debug_assert!(code.len() == usize::from(decoded.len) && code.len() <= MAX_INSN_LEN);
+        let e = self.entry(rip);
+        let seq = e.seq.load(Ordering::Relaxed);
+        if seq % 2 == 1
+            || e.seq
+                .compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        fence(Ordering::Release);
+        let [lo, hi] = code_words(code);
+        let [op, imm, mem, disp] = pack(decoded);
+        e.rip.store(rip, Ordering::Relaxed);
+        e.code[0].store(lo, Ordering::Relaxed);
+        e.code[1].store(hi, Ordering::Relaxed);
+        e.op.store(op, Ordering::Relaxed);
+        e.imm.store(imm, Ordering::Relaxed);
+        e.mem.store(mem, Ordering::Relaxed);
+        e.disp.store(disp, Ordering::Relaxed);
+        e.seq.store(seq + 2, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shadow::emulate::{decode, emulable};
+
+    fn decoded(bytes: &[u8], rip: u64) -> Decoded {
+        emulable(&decode(bytes, rip).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn packs_every_form() {
+        let forms: [&[u8]; 8] = [
+            &[0x8a, 0x27],                               // mov ah,[rdi]
+            &[0x48, 0x0f, 0xbe, 0x07],                   // movsx rax,byte [rdi]
+            &[0x0f, 0xb7, 0x44, 0x8f, 0x10],             // movzx eax,word [rdi+rcx*4+0x10]
+            &[0x44, 0x89, 0x3f],                         // mov [rdi],r15d
+            &[0x48, 0xc7, 0x07, 0xfe, 0xff, 0xff, 0xff], // mov qword [rdi],-2
+            &[0x8b, 0x05, 0x00, 0x01, 0x00, 0x00],       // mov eax,[rip+0x100]
+            &[0x48, 0xa1, 1, 2, 3, 4, 5, 6, 7, 8],       // mov rax,[abs]
+            &[0x67, 0x8b, 0x07],                         // mov eax,[edi]
+        ];
+        for bytes in forms {
+            let d = decoded(bytes, 0x40_1000);
+            assert_eq!(unpack(pack(&d)), Some(d), "{bytes:02x?}");
+        }
+    }
+
+    #[test]
+    fn hits_only_for_the_same_address_and_bytes() {
+        let cache = DecodeCache::new();
+        let load = [0x8b, 0x07]; // mov eax,[rdi]
+        let d = decoded(&load, 0x1000);
+        assert_eq!(cache.get(0x1000, &[0x8b, 0x07, 0x90]), None);
+        cache.put(0x1000, &load, &d);
+        assert_eq!(cache.get(0x1000, &[0x8b, 0x07, 0x90, 0xc3]), Some(d));
+        assert_eq!(cache.get(0x1000, &load), Some(d));
+        // Fewer bytes than the instruction, other bytes, another address.
+        assert_eq!(cache.get(0x1000, &[0x8b]), None);
+        assert_eq!(cache.get(0x1000, &[0x89, 0x07]), None);
+        assert_eq!(cache.get(0x1000 + 64 * 64 * 64, &load), None);
+        // Replaced by a colliding address.
+        let other = 0x1000 + 64 * 64 * 64;
+        cache.put(other, &load, &decoded(&load, other));
+        assert_eq!(cache.get(0x1000, &load), None);
+        assert!(cache.get(other, &load).is_some());
+    }
+
+    #[test]
+    fn concurrent_writers_never_yield_a_mixed_entry() {
+        let cache = DecodeCache::new();
+        let a: &[u8] = &[0x8b, 0x07];
+        let b: &[u8] = &[0x48, 0xc7, 0x07, 0xfe, 0xff, 0xff, 0xff];
+        let (da, db) = (decoded(a, 0x2000), decoded(b, 0x2000));
+        std::thread::scope(|s| {
+            for (code, d) in [(a, da), (b, db)] {
+                let cache = &cache;
+                s.spawn(move || (0..20_000).for_each(|_| cache.put(0x2000, code, &d)));
+            }
+            s.spawn(|| {
+                for _ in 0..20_000 {
+                    if let Some(got) = cache.get(0x2000, a) {
+                        assert_eq!(got, da);
+                    }
+                    if let Some(got) = cache.get(0x2000, b) {
+                        assert_eq!(got, db);
+                    }
+                }
+            });
+        });
+    }
+}

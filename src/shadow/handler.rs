@@ -1,0 +1,394 @@
+//! The process-wide SIGSEGV handler that serves shadow holes (x86-64).
+//!
+//! Installed once, on the first shadow region. For a fault inside a
+//! registered region it decodes the instruction at RIP, does the load or store
+//! on the device through the region's [`RegionIo`](crate::region::RegionIo),
+//! updates the saved registers and returns past the instruction. Any other
+//! fault goes to the handler that was installed before (so Rust's stack
+//! overflow report and other crates' handlers keep working). A fault in a
+//! region that cannot be emulated writes one line to stderr and then takes
+//! the default action (the process dies of SIGSEGV): never a silent wrong value.
+//!
+//! Everything here is async-signal-safe: atomics, `pread`/`pwrite`, `write`,
+//! `sigaction`, formatting into a stack buffer. No allocation, locks or `log`.
+
+use std::fmt::{self, Write as _};
+use std::io;
+use std::mem;
+use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use libc::{c_int, c_void, siginfo_t, ucontext_t};
+
+use super::cache::CACHE;
+use super::emulate::{self, Decoded, Op, Regs, MAX_INSN_LEN};
+use super::registry::REGISTRY;
+use super::trace::{Access, AccessKind};
+use super::Shared;
+
+/// The SIGSEGV action that was in place before ours.
+static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+/// The result of installing (an errno on failure).
+static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+/// The page size, read once outside signal context.
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the handler unless it is already installed. Not async-signal-safe.
+pub(crate) fn install() -> io::Result<()> {
+    let result = INSTALLED.get_or_init(|| {
+        PAGE_SIZE.store(crate::map::page_size(), Ordering::Relaxed);
+        // The decoder builds its tables (allocating) on first use: do that here,
+        // not in the handler.
+        let _ = emulate::decode(&[0x8b, 0x07], 0);
+        // SAFETY: an all-zero sigaction is a valid value (SIG_DFL, empty mask).
+        let mut old: libc::sigaction = unsafe { mem::zeroed() };
+        // SAFETY: querying the current action into a valid sigaction.
+        if unsafe { libc::sigaction(libc::SIGSEGV, ptr::null(), &mut old) } != 0 {
+            return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
+        }
+        let _ = PREVIOUS.set(old);
+        // SAFETY: as above.
+        let mut action: libc::sigaction = unsafe { mem::zeroed() };
+        action.sa_sigaction = on_sigsegv as extern "C" fn(c_int, *mut siginfo_t, *mut c_void) as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // Every signal stays blocked while the handler runs: it leaves the
+        // alternate stack for the interrupted one (see
+        // `run_off_the_alternate_stack`), and a signal delivered meanwhile to
+        // another SA_ONSTACK handler would start at the top of the alternate
+        // stack, over this handler's live frames.
+        // SAFETY: `sa_mask` is a valid sigset_t to fill.
+        unsafe { libc::sigfillset(&mut action.sa_mask) };
+        // SAFETY: `action` is fully initialised; `on_sigsegv` has the SA_SIGINFO
+        // signature and is async-signal-safe.
+        if unsafe { libc::sigaction(libc::SIGSEGV, &action, ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
+        }
+        Ok(())
+    });
+    result.map_err(io::Error::from_raw_os_error)
+}
+
+extern "C" fn on_sigsegv(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
+    // SAFETY: the kernel passes a valid errno location for this thread.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t for SIGSEGV.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let served = REGISTRY.with_region(addr, |shared| {
+        let mut job = Job {
+            shared,
+            addr,
+            uc: ctx.cast(),
+            served: false,
+        };
+        run_off_the_alternate_stack(&mut job);
+        job.served
+    });
+    match served {
+        Some(true) => {}
+        Some(false) => default_action(sig),
+        None => chain(sig, info, ctx),
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// One fault in a shadow region to serve.
+struct Job<'a> {
+    shared: &'a Shared,
+    addr: usize,
+    uc: *mut ucontext_t,
+    served: bool,
+}
+
+extern "C" fn run_job(job: *mut c_void) {
+    // SAFETY: `job` is the `&mut Job` that `run_off_the_alternate_stack` was
+    // given; nothing else uses it until this returns.
+    let job = unsafe { &mut *job.cast::<Job<'_>>() };
+    // SAFETY: with SA_SIGINFO the third argument of the handler is the
+    // interrupted thread's ucontext_t, ours to read and change until it returns.
+    let uc = unsafe { &mut *job.uc };
+    job.served = serve(job.shared, job.addr, Regs(&mut uc.uc_mcontext.gregs));
+}
+
+/// Bytes below the interrupted stack pointer that the x86-64 ABI lets a
+/// function use without moving it (the red zone), plus a margin.
+const RED_ZONE: usize = 128 + 128;
+/// If the handler's frame is this close below the interrupted stack pointer,
+/// the kernel delivered the signal on the interrupted stack itself.
+const SAME_STACK: usize = 64 << 10;
+
+/// Serves `job` on the interrupted thread's own stack, below its red zone.
+///
+/// The handler runs on the alternate signal stack (it must, for Rust's
+/// stack-overflow report to work), which is small: 8 KiB or so, much of it
+/// taken by the kernel's signal frame, and decoding and formatting take
+/// several KiB in unoptimised builds. The interrupted code stopped at a
+/// plain load or store, not in a stack overflow (that fault is not in a
+/// shadow region), so its stack has room. If the signal was delivered on the
+/// interrupted stack anyway (no alternate stack, or a fault inside another
+/// handler that runs on it), the job simply runs where it is.
+///
+/// All signals are blocked meanwhile (the handler's `sa_mask`), so no other
+/// handler can be started on the alternate stack under our frames. A fault
+/// taken with the interrupted stack nearly full can overflow it here, which
+/// kills the process (SIGSEGV is blocked in the handler).
+fn run_off_the_alternate_stack(job: &mut Job<'_>) {
+    // SAFETY: see `run_job`; only the saved stack pointer is read here.
+    let rsp = unsafe { (*job.uc).uc_mcontext.gregs[libc::REG_RSP as usize] } as usize;
+    let here = job as *mut Job<'_> as usize;
+    let arg = (job as *mut Job<'_>).cast::<c_void>();
+    if rsp > here && rsp - here < SAME_STACK {
+        return run_job(arg);
+    }
+    let sp = (rsp - RED_ZONE) & !0xf;
+    // SAFETY: `sp` is 16-byte aligned and lies below the interrupted code's
+    // red zone on its own stack, which no live frame uses; `run_job` is an
+    // `extern "C"` function that cannot unwind. The stack pointer is saved in
+    // the callee-saved r12 and restored after the call, and every
+    // caller-saved register is declared clobbered.
+    unsafe {
+        std::arch::asm!(
+            "mov r12, rsp",
+            "mov rsp, {sp}",
+            "call {f}",
+            "mov rsp, r12",
+            sp = in(reg) sp,
+            f = in(reg) run_job as extern "C" fn(*mut c_void),
+            in("rdi") arg,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
+/// Hands a fault that is not ours to the previous action.
+fn chain(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
+    let Some(prev) = PREVIOUS.get() else {
+        return default_action(sig);
+    };
+    match prev.sa_sigaction {
+        libc::SIG_DFL | libc::SIG_IGN => default_action(sig),
+        f if prev.sa_flags & libc::SA_SIGINFO != 0 => {
+            // SAFETY: the previous action was installed with SA_SIGINFO, so
+            // `f` is a handler with this signature.
+            let f: extern "C" fn(c_int, *mut siginfo_t, *mut c_void) = unsafe { mem::transmute(f) };
+            f(sig, info, ctx);
+        }
+        f => {
+            // SAFETY: the previous action was installed without SA_SIGINFO,
+            // so `f` is a plain `void (*)(int)` handler.
+            let f: extern "C" fn(c_int) = unsafe { mem::transmute(f) };
+            f(sig);
+        }
+    }
+}
+
+/// Restores the default action; returning re-runs the faulting instruction,
+/// which then kills the process with SIGSEGV (a synchronous fault cannot be
+/// ignored).
+fn default_action(sig: c_int) {
+    // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask.
+    let action: libc::sigaction = unsafe { mem::zeroed() };
+    // SAFETY: `action` is a valid sigaction; sigaction is async-signal-safe.
+    unsafe { libc::sigaction(sig, &action, ptr::null_mut()) };
+}
+
+/// Why a fault in a shadow region could not be served.
+struct Refusal {
+    reason: &'static str,
+    errno: Option<i32>,
+}
+
+fn refuse(reason: &'static str) -> Refusal {
+    Refusal { reason, errno: None }
+}
+
+/// The instruction bytes at RIP, as far as they were read.
+struct Fetched {
+    bytes: [u8; MAX_INSN_LEN],
+    len: usize,
+}
+
+/// Emulates the access at `addr` in `shared`. On failure, reports it on stderr
+/// and returns false.
+fn serve(shared: &Shared, addr: usize, mut regs: Regs<'_>) -> bool {
+    let rip = regs.rip();
+    let mut fetched = Fetched {
+        bytes: [0; MAX_INSN_LEN],
+        len: 0,
+    };
+    let mut offset = None;
+    match emulate_at(shared, addr, &mut regs, &mut fetched, &mut offset) {
+        Ok(()) => true,
+        Err(refusal) => {
+            report(shared, addr, rip, offset, &fetched, &refusal);
+            false
+        }
+    }
+}
+
+fn emulate_at(
+    shared: &Shared,
+    addr: usize,
+    regs: &mut Regs<'_>,
+    fetched: &mut Fetched,
+    offset_out: &mut Option<u64>,
+) -> Result<(), Refusal> {
+    *offset_out = Some((addr - shared.base) as u64);
+    let rip = regs.rip();
+    let decoded = fetch_and_decode(rip, fetched)?;
+    let width = decoded.width();
+    let ea = regs
+        .effective_address(&decoded.mem)
+        .ok_or_else(|| refuse("memory operand not computable from saved registers"))? as usize;
+    if !(ea..ea.wrapping_add(width)).contains(&addr) {
+        return Err(refuse("fault address is not the instruction's memory operand"));
+    }
+    let offset = ea
+        .checked_sub(shared.base)
+        .ok_or_else(|| refuse("access starts before the region"))? as u64;
+    *offset_out = Some(offset);
+    if offset + width as u64 > shared.size {
+        return Err(refuse("access runs past the end of the region"));
+    }
+    let io_err = |e: io::Error| Refusal {
+        reason: "device access failed",
+        errno: e.raw_os_error(),
+    };
+    let mut buf = [0u8; 8];
+    let access = match decoded.op {
+        Op::Load { dst, width, extend } => {
+            // Checked before the device is read: a read may have side effects.
+            regs.get(dst)
+                .ok_or_else(|| refuse("destination register not in the saved context"))?;
+            shared.io.read_at(offset, &mut buf[..width]).map_err(io_err)?;
+            let raw = u64::from_le_bytes(buf);
+            let value = emulate::loaded_value(raw, width, extend);
+            regs.set(dst, value)
+                .ok_or_else(|| refuse("destination register not in the saved context"))?;
+            Access {
+                offset,
+                width: width as u8,
+                value: raw,
+                kind: AccessKind::Read,
+            }
+        }
+        Op::Store { src, width } => {
+            let value = emulate::store_value(regs, src, width)
+                .ok_or_else(|| refuse("source register not in the saved context"))?;
+            buf = value.to_le_bytes();
+            shared.io.write_at(offset, &buf[..width]).map_err(io_err)?;
+            Access {
+                offset,
+                width: width as u8,
+                value,
+                kind: AccessKind::Write,
+            }
+        }
+    };
+    regs.set_rip(rip.wrapping_add(u64::from(decoded.len)));
+    shared.record(&access);
+    Ok(())
+}
+
+/// Reads the instruction at `rip` and decodes it (or finds it in the decode
+/// cache), if it is one barmap emulates.
+///
+/// The CPU has just fetched that instruction, so its bytes are mapped and
+/// readable; barmap reads no further than the end of its page, and only reads
+/// on into the next page when the decoder says the instruction continues there.
+/// Code inside a shadow region (PROT_NONE holes) is refused before any read.
+fn fetch_and_decode(rip: u64, fetched: &mut Fetched) -> Result<Decoded, Refusal> {
+    let at = rip as usize;
+    if REGISTRY.overlaps(at, at.saturating_add(MAX_INSN_LEN)) {
+        return Err(refuse("instruction bytes lie in a shadow region"));
+    }
+    let page = PAGE_SIZE.load(Ordering::Relaxed);
+    let first = MAX_INSN_LEN.min(page - at % page);
+    copy_code(at, &mut fetched.bytes[..first]);
+    fetched.len = first;
+    if let Some(decoded) = CACHE.get(rip, &fetched.bytes[..first]) {
+        fetched.len = usize::from(decoded.len);
+        return Ok(decoded);
+    }
+    let insn = match emulate::decode(&fetched.bytes[..first], rip) {
+        Some(insn) => insn,
+        None => {
+            copy_code(at + first, &mut fetched.bytes[first..]);
+            fetched.len = MAX_INSN_LEN;
+            emulate::decode(&fetched.bytes, rip).ok_or_else(|| refuse("truncated instruction"))?
+        }
+    };
+    if insn.is_invalid() {
+        return Err(refuse("invalid instruction"));
+    }
+    fetched.len = insn.len();
+    let decoded = emulate::emulable(&insn)
+        .ok_or_else(|| refuse("instruction not emulated (only MOV/MOVZX/MOVSX of 1-8 bytes)"))?;
+    CACHE.put(rip, &fetched.bytes[..fetched.len], &decoded);
+    Ok(decoded)
+}
+
+fn copy_code(from: usize, to: &mut [u8]) {
+    // SAFETY: `from..from + to.len()` lies within a page that holds bytes of
+    // the instruction the CPU just fetched (see `fetch_and_decode`), so it is
+    // mapped and readable; `to` is a distinct stack buffer.
+    unsafe { ptr::copy_nonoverlapping(from as *const u8, to.as_mut_ptr(), to.len()) };
+}
+
+/// A fixed buffer that formats without allocating.
+struct Line {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len() - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Writes the one-line diagnostic for a fault barmap could not serve.
+fn report(shared: &Shared, addr: usize, rip: u64, offset: Option<u64>, fetched: &Fetched, refusal: &Refusal) {
+    let mut line = Line {
+        buf: [0; 512],
+        len: 0,
+    };
+    let _ = write!(
+        line,
+        "barmap: cannot emulate access to {addr:#x} in shadow region {}",
+        shared.name
+    );
+    if let Some(offset) = offset {
+        let _ = write!(line, " at offset {offset:#x}");
+    }
+    let _ = write!(line, ": {}", refusal.reason);
+    if let Some(errno) = refusal.errno {
+        let _ = write!(line, " (errno {errno})");
+    }
+    let _ = write!(line, "; instruction at {rip:#x}:");
+    for b in &fetched.bytes[..fetched.len] {
+        let _ = write!(line, " {b:02x}");
+    }
+    let _ = line.write_str("\n");
+    let mut done = 0;
+    while done < line.len {
+        // SAFETY: writing initialised bytes of a stack buffer to stderr.
+        let n = unsafe {
+            libc::write(
+                libc::STDERR_FILENO,
+                line.buf[done..].as_ptr().cast(),
+                line.len - done,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        done += n as usize;
+    }
+}

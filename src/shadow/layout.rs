@@ -1,0 +1,181 @@
+//! How a region is laid out in its shadow range: which pages map the device
+//! directly and which are trapped.
+
+use std::ops::Range;
+
+use crate::region::SparseArea;
+
+/// Which parts of a region are trapped (served by the fault handler) instead
+/// of mapped directly.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Trap {
+    /// Trap only what the kernel does not let us map: holes between the
+    /// sparse-mmap areas, partial pages at unaligned area edges, and whole
+    /// regions that are not mmapable (I/O port BARs).
+    #[default]
+    Holes,
+    /// Also trap these offset ranges. Each is widened to whole pages: a page
+    /// is either mapped or trapped.
+    Ranges(Vec<Range<u64>>),
+    /// Trap every access (like QEMU's `x-no-mmap`), e.g. to trace them all.
+    All,
+}
+
+/// A layout that cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LayoutError {
+    /// A mmapable area reaches outside the region.
+    AreaOutside(SparseArea),
+    /// A range to trap reaches outside the region (or is reversed).
+    TrapOutside(Range<u64>),
+}
+
+fn round_up(x: u64, page: u64) -> u64 {
+    x.div_ceil(page) * page
+}
+
+fn round_down(x: u64, page: u64) -> u64 {
+    x / page * page
+}
+
+/// The page-aligned offset ranges of a region of `size` bytes to map
+/// directly, sorted and merged, given the areas the kernel allows to mmap and
+/// what `trap` asks to trap. Everything else in `0..round_up(size, page)` is
+/// trapped.
+///
+/// Areas are shrunk to the whole pages inside them, except that an area
+/// reaching the region's end keeps its last partial page (the kernel maps
+/// BARs in whole pages).
+pub(crate) fn direct_ranges(
+    size: u64,
+    page: u64,
+    areas: &[SparseArea],
+    trap: &Trap,
+) -> Result<Vec<Range<u64>>, LayoutError> {
+    if let Some(bad) = areas
+        .iter()
+        .find(|a| a.offset.checked_add(a.size).is_none_or(|end| end > size))
+    {
+        return Err(LayoutError::AreaOutside(*bad));
+    }
+    let trapped: Vec<Range<u64>> = match trap {
+        Trap::All => return Ok(Vec::new()),
+        Trap::Holes => Vec::new(),
+        Trap::Ranges(ranges) => {
+            if let Some(bad) = ranges.iter().find(|r| r.start > r.end || r.end > size) {
+                return Err(LayoutError::TrapOutside(bad.clone()));
+            }
+            ranges
+                .iter()
+                .filter(|r| !r.is_empty())
+                .map(|r| round_down(r.start, page)..round_up(r.end, page))
+                .collect()
+        }
+    };
+    let mut mapped: Vec<Range<u64>> = areas
+        .iter()
+        .filter_map(|a| {
+            let end = a.offset + a.size;
+            let start = round_up(a.offset, page);
+            let end = if end == size {
+                round_up(end, page)
+            } else {
+                round_down(end, page)
+            };
+            (start < end).then_some(start..end)
+        })
+        .collect();
+    mapped.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(mapped.len());
+    for r in mapped {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    for t in &trapped {
+        merged = merged
+            .into_iter()
+            .flat_map(|r| {
+                let left = r.start..r.end.min(t.start);
+                let right = r.start.max(t.end)..r.end;
+                [left, right].into_iter().filter(|p| !p.is_empty())
+            })
+            .collect();
+    }
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: u64 = 0x1000;
+
+    fn area(offset: u64, size: u64) -> SparseArea {
+        SparseArea { offset, size }
+    }
+
+    #[test]
+    fn whole_region_maps_whole() {
+        let got = direct_ranges(0x4000, PAGE, &[area(0, 0x4000)], &Trap::Holes).unwrap();
+        assert_eq!(got, vec![0..0x4000]);
+        assert_eq!(
+            direct_ranges(0x4000, PAGE, &[area(0, 0x4000)], &Trap::All).unwrap(),
+            vec![]
+        );
+        assert_eq!(direct_ranges(0x100, PAGE, &[], &Trap::Holes).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn small_region_maps_its_page() {
+        assert_eq!(
+            direct_ranges(0x100, PAGE, &[area(0, 0x100)], &Trap::Holes).unwrap(),
+            vec![0..PAGE]
+        );
+    }
+
+    #[test]
+    fn unaligned_areas_shrink_to_whole_pages() {
+        let areas = [area(0x800, 0x2000), area(0x3000, 0x1800)];
+        let got = direct_ranges(0x5000, PAGE, &areas, &Trap::Holes).unwrap();
+        assert_eq!(got, vec![0x1000..0x2000, 0x3000..0x4000]);
+    }
+
+    #[test]
+    fn areas_are_sorted_and_merged() {
+        let areas = [area(0x3000, 0x3000), area(0, 0x1000), area(0x1000, 0x1000)];
+        let got = direct_ranges(0x6000, PAGE, &areas, &Trap::Holes).unwrap();
+        assert_eq!(got, vec![0..0x2000, 0x3000..0x6000]);
+    }
+
+    #[test]
+    fn area_outside_region_is_refused() {
+        let bad = area(0x3000, 0x9000);
+        assert_eq!(
+            direct_ranges(0x6000, PAGE, &[area(0, 0x1000), bad], &Trap::Holes),
+            Err(LayoutError::AreaOutside(bad))
+        );
+        let wraps = area(u64::MAX, 2);
+        assert_eq!(
+            direct_ranges(0x6000, PAGE, &[wraps], &Trap::Holes),
+            Err(LayoutError::AreaOutside(wraps))
+        );
+    }
+
+    #[test]
+    fn trap_ranges_widen_to_pages_and_split_areas() {
+        let trap = Trap::Ranges(vec![0x10..0x14, 0x2ff0..0x3004, 0x5000..0x5000]);
+        let got = direct_ranges(0x8000, PAGE, &[area(0, 0x8000)], &trap).unwrap();
+        assert_eq!(got, vec![0x1000..0x2000, 0x4000..0x8000]);
+    }
+
+    #[test]
+    fn trap_outside_region_is_refused() {
+        let trap = Trap::Ranges(vec![0..0x10, 0x7000..0x9000]);
+        assert_eq!(
+            direct_ranges(0x8000, PAGE, &[area(0, 0x8000)], &trap),
+            Err(LayoutError::TrapOutside(0x7000..0x9000))
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Trapped-access records: what the fault handler reports and how.
+//!
+//! The handler cannot call `log` (it may allocate or lock), so it reports each
+//! access two ways: it calls the region's [`AccessHook`] right away, and it
+//! pushes an [`Access`] into a fixed-size lock-free ring that
+//! [`super::ShadowRegion::flush_trace`] (and dropping the region) drains into
+//! `log::trace!` lines outside signal context.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Whether a trapped access read or wrote the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AccessKind {
+    /// A load: the device was read.
+    Read,
+    /// A store: the device was written.
+    Write,
+}
+
+/// One trapped access, as the fault handler served it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Access {
+    /// Offset of the access in the region.
+    pub offset: u64,
+    /// Width in bytes: 1, 2, 4 or 8.
+    pub width: u8,
+    /// The value read from or written to the device (zero-extended).
+    pub value: u64,
+    /// Read or write.
+    pub kind: AccessKind,
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dir = match self.kind {
+            AccessKind::Read => "read",
+            AccessKind::Write => "write",
+        };
+        write!(
+            f,
+            "{dir}{} at {:#x} = {:#0w$x}",
+            self.width * 8,
+            self.offset,
+            self.value,
+            w = usize::from(self.width) * 2 + 2
+        )
+    }
+}
+
+/// A callback for every trapped access of a shadow region.
+///
+/// It is called **inside the SIGSEGV handler**, after the device access and
+/// before the faulting instruction resumes, so it must be async-signal-safe:
+/// no allocation, no locks, no `log`/`println!`, no panics. Atomics (counters,
+/// a preallocated ring) are fine. It must not drop the region it belongs to
+/// (the drop would wait for the hook's own fault to finish). For logging, use
+/// the `log::trace!` output of [`super::ShadowRegion::flush_trace`] instead.
+pub type AccessHook = Arc<dyn Fn(&Access) + Send + Sync>;
+
+const KIND_SHIFT: u64 = 8;
+
+/// One cell of the ring: a sequence number and the record, all atomics so that
+/// a reader racing a writer can at worst see a cell it will then skip.
+struct Cell {
+    seq: AtomicUsize,
+    offset: AtomicU64,
+    value: AtomicU64,
+    /// Width in the low byte, kind above it.
+    meta: AtomicU64,
+}
+
+/// A bounded multi-producer multi-consumer queue of [`Access`] records
+/// (Vyukov's sequence-numbered ring). Pushing never blocks or allocates; a
+/// push into a full ring counts the record as dropped instead.
+pub(crate) struct TraceRing {
+    cells: Box<[Cell]>,
+    head: AtomicUsize,
+    tail: AtomicUsize,
+    dropped: AtomicU64,
+}
+
+impl TraceRing {
+    /// A ring of `capacity` records (a power of two, at least 2).
+    pub(crate) fn new(capacity: usize) -> TraceRing {
+        debug_assert!(capacity.is_power_of_two() && capacity >= 2);
+        let cells = (0..capacity)
+            .map(|i| Cell {
+                seq: AtomicUsize::new(i),
+                offset: AtomicU64::new(0),
+                value: AtomicU64::new(0),
+                meta: AtomicU64::new(0),
+            })
+            .collect();
+        TraceRing {
+            cells,
+            head: AtomicUsize::new(0),
+            tail: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn cell(&self, pos: usize) -> &Cell {
+        &self.cells[pos & (self.cells.len() - 1)]
+    }
+
+    /// Appends `access`, or counts it as dropped if the ring is full.
+    /// Async-signal-safe.
+    pub(crate) fn push(&self, access: &Access) {
+        let mut pos = self.tail.load(Ordering::Relaxed);
+        loop {
+            let cell = self.cell(pos);
+            let seq = cell.seq.load(Ordering::Acquire);
+            match seq.wrapping_sub(pos) as isize {
+                0 => match self
+                    .tail
+                    .compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed)
+                {
+                    Ok(_) => {
+                        let kind = match access.kind {
+                            AccessKind::Read => 0,
+                            AccessKind::Write => 1,
+                        };
+                        cell.offset.store(access.offset, Ordering::Relaxed);
+                        cell.value.store(access.value, Ordering::Relaxed);
+                        cell.meta
+                            .store(u64::from(access.width) | kind << KIND_SHIFT, Ordering::Relaxed);
+                        cell.seq.store(pos + 1, Ordering::Release);
+                        return;
+                    }
+                    Err(now) => pos = now,
+                },
+                d if d < 0 => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                _ => pos = self.tail.load(Ordering::Relaxed),
+            }
+        }
+    }
+
+    /// Takes the oldest record, if any.
+    pub(crate) fn pop(&self) -> Option<Access> {
+        let mut pos = self.head.load(Ordering::Relaxed);
+        loop {
+            let cell = self.cell(pos);
+            let seq = cell.seq.load(Ordering::Acquire);
+            match seq.wrapping_sub(pos + 1) as isize {
+                0 => match self
+                    .head
+                    .compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed)
+                {
+                    Ok(_) => {
+                        let meta = cell.meta.load(Ordering::Relaxed);
+                        let access = Access {
+                            offset: cell.offset.load(Ordering::Relaxed),
+                            value: cell.value.load(Ordering::Relaxed),
+                            width: meta as u8,
+                            kind: if meta >> KIND_SHIFT == 0 {
+                                AccessKind::Read
+                            } else {
+                                AccessKind::Write
+                            },
+                        };
+                        cell.seq.store(pos + self.cells.len(), Ordering::Release);
+                        return Some(access);
+                    }
+                    Err(now) => pos = now,
+                },
+                d if d < 0 => return None,
+                _ => pos = self.head.load(Ordering::Relaxed),
+            }
+        }
+    }
+
+    /// How many records were dropped because the ring was full, since the last call.
+    pub(crate) fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(i: u64) -> Access {
+        Access {
+            offset: i * 4,
+            width: 4,
+            value: i,
+            kind: if i.is_multiple_of(2) {
+                AccessKind::Read
+            } else {
+                AccessKind::Write
+            },
+        }
+    }
+
+    #[test]
+    fn ring_keeps_order_and_counts_overflow() {
+        let ring = TraceRing::new(4);
+        assert_eq!(ring.pop(), None);
+        for i in 0..6 {
+            ring.push(&access(i));
+        }
+        assert_eq!(ring.take_dropped(), 2);
+        assert_eq!(ring.take_dropped(), 0);
+        for i in 0..4 {
+            assert_eq!(ring.pop(), Some(access(i)));
+        }
+        assert_eq!(ring.pop(), None);
+        ring.push(&access(9));
+        assert_eq!(ring.pop(), Some(access(9)));
+    }
+
+    #[test]
+    fn ring_is_consistent_under_concurrent_producers() {
+        let ring = TraceRing::new(1024);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let ring = &ring;
+                s.spawn(move || (0..200).for_each(|i| ring.push(&access(t * 1000 + i))));
+            }
+        });
+        let mut seen: Vec<u64> = std::iter::from_fn(|| ring.pop()).map(|a| a.value).collect();
+        seen.sort_unstable();
+        let mut want: Vec<u64> = (0..4).flat_map(|t| (0..200).map(move |i| t * 1000 + i)).collect();
+        want.sort_unstable();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn access_displays_width_and_direction() {
+        let a = Access {
+            offset: 0x10,
+            width: 2,
+            value: 0xab,
+            kind: AccessKind::Write,
+        };
+        assert_eq!(a.to_string(), "write16 at 0x10 = 0x00ab");
+    }
+}

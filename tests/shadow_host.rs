@@ -1,0 +1,1159 @@
+//! Shadow regions on the host, against an emulated device that records every
+//! access: a memfd is the device memory, mapped areas map it directly, and
+//! trapped pages are served by a [`RegionIo`] over the same memfd that logs
+//! each (offset, width, value, direction) into a preallocated lock-free log.
+//!
+//! Run under both `cargo test` and `cargo test --release`: the accesses made
+//! through `read_volatile`/`write_volatile` compile differently at opt-level 0
+//! and 3, and the inline-assembly forms pin down each decoded form exactly.
+//! Tests whose outcome is a dead process re-run this binary as a child with
+//! `SHADOW_CHILD` set.
+#![cfg(target_arch = "x86_64")]
+// Layouts are lists of offset ranges; a list of one range is meant as such.
+#![allow(clippy::single_range_in_vec_init)]
+
+use std::arch::asm;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use barmap::shadow::{Access, AccessKind, ShadowRegion, Trap};
+use barmap::{parse_region_caps, RegionIo, SparseArea};
+
+const PAGE: u64 = 0x1000;
+
+/// One logged device access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rec {
+    offset: u64,
+    width: usize,
+    value: u64,
+    write: bool,
+}
+
+/// A preallocated log of device accesses; appending is lock-free and
+/// allocation-free, and never panics, as the fault handler requires of the
+/// slow path. Records past the capacity are counted as lost.
+struct Log {
+    cells: Box<[[AtomicU64; 3]]>,
+    next: AtomicUsize,
+    lost: AtomicUsize,
+}
+
+impl Log {
+    fn new(capacity: usize) -> Log {
+        Log {
+            cells: (0..capacity).map(|_| Default::default()).collect(),
+            next: AtomicUsize::new(0),
+            lost: AtomicUsize::new(0),
+        }
+    }
+
+    fn push(&self, r: Rec) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let Some(cell) = self.cells.get(i) else {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        cell[0].store(r.offset, Ordering::Relaxed);
+        cell[1].store(r.width as u64 | u64::from(r.write) << 8, Ordering::Relaxed);
+        cell[2].store(r.value, Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<Rec> {
+        assert_eq!(self.lost.swap(0, Ordering::Relaxed), 0, "access log overflow");
+        let n = self.next.swap(0, Ordering::Acquire).min(self.cells.len());
+        self.cells[..n]
+            .iter()
+            .map(|c| {
+                let meta = c[1].load(Ordering::Relaxed);
+                Rec {
+                    offset: c[0].load(Ordering::Relaxed),
+                    width: (meta & 0xff) as usize,
+                    write: meta >> 8 != 0,
+                    value: c[2].load(Ordering::Acquire),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The emulated device: `size` bytes of memfd.
+struct Device {
+    fd: Arc<OwnedFd>,
+    size: u64,
+    log: Arc<Log>,
+}
+
+/// The device's slow path: pread/pwrite on the memfd, each logged.
+struct RecordingIo {
+    fd: Arc<OwnedFd>,
+    size: u64,
+    log: Arc<Log>,
+}
+
+fn word(buf: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w[..buf.len()].copy_from_slice(buf);
+    u64::from_le_bytes(w)
+}
+
+impl RegionIo for RecordingIo {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe {
+            libc::pread(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                offset as i64,
+            )
+        };
+        if n != buf.len() as isize {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        self.log.push(Rec {
+            offset,
+            width: buf.len(),
+            value: word(buf),
+            write: false,
+        });
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        // SAFETY: `data` is valid for reads of its length.
+        let n = unsafe {
+            libc::pwrite(
+                self.fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                offset as i64,
+            )
+        };
+        if n != data.len() as isize {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        self.log.push(Rec {
+            offset,
+            width: data.len(),
+            value: word(data),
+            write: true,
+        });
+        Ok(())
+    }
+}
+
+impl Device {
+    fn new(size: u64) -> Device {
+        // SAFETY: plain syscalls on a fresh descriptor.
+        let fd = unsafe {
+            let fd = libc::memfd_create(c"barmap-shadow-test".as_ptr(), libc::MFD_CLOEXEC);
+            assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+            OwnedFd::from_raw_fd(fd)
+        };
+        let len = size.div_ceil(PAGE) * PAGE;
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }, 0);
+        let dev = Device {
+            fd: Arc::new(fd),
+            size,
+            log: Arc::new(Log::new(1 << 14)),
+        };
+        // A recognisable pattern: byte i holds i * 7 + 1 (mod 256).
+        let pattern: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+        dev.poke(0, &pattern);
+        dev
+    }
+
+    fn io(&self) -> Box<dyn RegionIo> {
+        Box::new(RecordingIo {
+            fd: self.fd.clone(),
+            size: self.size,
+            log: self.log.clone(),
+        })
+    }
+
+    /// Writes device memory behind barmap's back (no log entry).
+    fn poke(&self, offset: u64, data: &[u8]) {
+        // SAFETY: `data` is valid for reads of its length.
+        let n = unsafe {
+            libc::pwrite(
+                self.fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                offset as i64,
+            )
+        };
+        assert_eq!(n, data.len() as isize);
+    }
+
+    /// Reads device memory behind barmap's back (no log entry).
+    fn peek(&self, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::pread(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), len, offset as i64) };
+        assert_eq!(n, len as isize);
+        buf
+    }
+
+    fn peek_word(&self, offset: u64, width: usize) -> u64 {
+        word(&self.peek(offset, width))
+    }
+
+    /// A region with every page trapped.
+    fn trap_all(&self) -> ShadowRegion {
+        ShadowRegion::builder("emulated", self.io())
+            .trap(Trap::All)
+            .build()
+            .unwrap()
+    }
+
+    /// A region mapping `areas` directly, trapping the rest.
+    fn sparse(&self, areas: &[SparseArea]) -> ShadowRegion {
+        ShadowRegion::builder("emulated", self.io())
+            .map_from(self.fd.as_fd(), 0, areas)
+            .build()
+            .unwrap()
+    }
+}
+
+fn rec(offset: u64, width: usize, value: u64, write: bool) -> Rec {
+    Rec {
+        offset,
+        width,
+        value,
+        write,
+    }
+}
+
+/// Every width of `read_volatile` and `write_volatile` at several offsets:
+/// each is exactly one device access of the same width, with the right value.
+fn volatile_widths(region: &ShadowRegion, dev: &Device) {
+    let base = region.as_mut_ptr();
+    for offset in [0u64, 8, 0x7f8, PAGE - 8, 2 * PAGE + 0x10] {
+        dev.log.take();
+        // SAFETY (all four blocks): offset + 8 <= size, aligned for every width.
+        unsafe {
+            let p = base.add(offset as usize);
+            let v8 = ptr::read_volatile(p);
+            let v16 = ptr::read_volatile(p.cast::<u16>());
+            let v32 = ptr::read_volatile(p.cast::<u32>());
+            let v64 = ptr::read_volatile(p.cast::<u64>());
+            assert_eq!(u64::from(v8), dev.peek_word(offset, 1));
+            assert_eq!(u64::from(v16), dev.peek_word(offset, 2));
+            assert_eq!(u64::from(v32), dev.peek_word(offset, 4));
+            assert_eq!(v64, dev.peek_word(offset, 8));
+            let want: Vec<Rec> = [1, 2, 4, 8]
+                .iter()
+                .map(|&w| rec(offset, w, dev.peek_word(offset, w), false))
+                .collect();
+            assert_eq!(dev.log.take(), want, "reads at {offset:#x}");
+
+            ptr::write_volatile(p, 0xa5u8);
+            assert_eq!(dev.peek(offset, 1), [0xa5]);
+            ptr::write_volatile(p.cast::<u16>(), 0xbeefu16);
+            assert_eq!(dev.peek_word(offset, 2), 0xbeef);
+            ptr::write_volatile(p.cast::<u32>(), 0xdead_beefu32);
+            assert_eq!(dev.peek_word(offset, 4), 0xdead_beef);
+            ptr::write_volatile(p.cast::<u64>(), 0x0123_4567_89ab_cdefu64);
+            assert_eq!(dev.peek_word(offset, 8), 0x0123_4567_89ab_cdef);
+            // A value only known at run time (not an immediate).
+            let runtime = std::hint::black_box(0xfedc_ba98_7654_3210u64) ^ offset;
+            ptr::write_volatile(p.cast::<u64>(), runtime);
+            assert_eq!(dev.peek_word(offset, 8), runtime);
+            let want = vec![
+                rec(offset, 1, 0xa5, true),
+                rec(offset, 2, 0xbeef, true),
+                rec(offset, 4, 0xdead_beef, true),
+                rec(offset, 8, 0x0123_4567_89ab_cdef, true),
+                rec(offset, 8, runtime, true),
+            ];
+            assert_eq!(dev.log.take(), want, "writes at {offset:#x}");
+        }
+    }
+}
+
+#[test]
+fn volatile_accesses_of_every_width_reach_the_device_once() {
+    let dev = Device::new(4 * PAGE);
+    let region = dev.trap_all();
+    assert!(region.mapped_ranges().is_empty());
+    volatile_widths(&region, &dev);
+}
+
+/// Loads through each decoded form, with the CPU's partial-register rules.
+#[test]
+fn inline_asm_loads_follow_register_semantics() {
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    let at = 0x40u64;
+    dev.poke(at, &0x8182_8384_8586_8788u64.to_le_bytes());
+    let p = region.as_ptr().wrapping_add(at as usize);
+    let fill = 0x1111_1111_1111_1111u64;
+    let load = |f: &dyn Fn() -> u64, want: u64, width: usize, name: &str| {
+        dev.log.take();
+        assert_eq!(f(), want, "{name}");
+        assert_eq!(
+            dev.log.take(),
+            vec![rec(at, width, dev.peek_word(at, width), false)],
+            "{name}"
+        );
+    };
+    // SAFETY (every asm block): `p` points 8 aligned bytes inside the region,
+    // and each block only loads from it into the named registers.
+    load(
+        &|| {
+            let mut rax = fill;
+            unsafe { asm!("mov al, byte ptr [rdi]", in("rdi") p, inout("rax") rax) };
+            rax
+        },
+        0x1111_1111_1111_1188,
+        1,
+        "mov al",
+    );
+    load(
+        &|| {
+            let mut rbx = fill;
+            unsafe {
+                asm!("xchg rbx, {t}", "mov bh, byte ptr [rdi]", "xchg rbx, {t}", t = inout(reg) rbx, in("rdi") p)
+            };
+            rbx
+        },
+        0x1111_1111_1111_8811,
+        1,
+        "mov bh",
+    );
+    load(
+        &|| {
+            let mut r9 = fill;
+            unsafe { asm!("mov r9w, word ptr [rdi]", in("rdi") p, inout("r9") r9) };
+            r9
+        },
+        0x1111_1111_1111_8788,
+        2,
+        "mov r9w",
+    );
+    load(
+        &|| {
+            let mut rax = fill;
+            unsafe { asm!("mov eax, dword ptr [rdi]", in("rdi") p, inout("rax") rax) };
+            rax
+        },
+        0x8586_8788,
+        4,
+        "mov eax zero-extends",
+    );
+    load(
+        &|| {
+            let mut r12 = fill;
+            unsafe { asm!("mov r12, qword ptr [rdi]", in("rdi") p, inout("r12") r12) };
+            r12
+        },
+        0x8182_8384_8586_8788,
+        8,
+        "mov r12",
+    );
+    load(
+        &|| {
+            let mut rcx = fill;
+            let base = p.wrapping_sub(0x28);
+            let index = 4usize;
+            unsafe {
+                asm!("mov rcx, qword ptr [rsi + rdx*8 + 8]", in("rsi") base, in("rdx") index, inout("rcx") rcx)
+            };
+            rcx
+        },
+        0x8182_8384_8586_8788,
+        8,
+        "mov with base, index, scale and displacement",
+    );
+    load(
+        &|| {
+            let mut rax = fill;
+            unsafe { asm!("movzx eax, byte ptr [rdi]", in("rdi") p, inout("rax") rax) };
+            rax
+        },
+        0x88,
+        1,
+        "movzx eax, byte",
+    );
+    load(
+        &|| {
+            let mut rax = fill;
+            unsafe { asm!("movzx ax, byte ptr [rdi]", in("rdi") p, inout("rax") rax) };
+            rax
+        },
+        0x1111_1111_1111_0088,
+        1,
+        "movzx ax, byte keeps bits 16..63",
+    );
+    load(
+        &|| {
+            let mut r10 = fill;
+            unsafe { asm!("movzx r10, word ptr [rdi]", in("rdi") p, inout("r10") r10) };
+            r10
+        },
+        0x8788,
+        2,
+        "movzx r10, word",
+    );
+    load(
+        &|| {
+            let mut rax = fill;
+            unsafe { asm!("movsx rax, byte ptr [rdi]", in("rdi") p, inout("rax") rax) };
+            rax
+        },
+        0xffff_ffff_ffff_ff88,
+        1,
+        "movsx rax, byte",
+    );
+    load(
+        &|| {
+            let mut rax = fill;
+            unsafe { asm!("movsx eax, word ptr [rdi]", in("rdi") p, inout("rax") rax) };
+            rax
+        },
+        0xffff_8788,
+        2,
+        "movsx eax, word",
+    );
+    load(
+        &|| {
+            let mut rax = fill;
+            unsafe { asm!("movsx ax, byte ptr [rdi]", in("rdi") p, inout("rax") rax) };
+            rax
+        },
+        0x1111_1111_1111_ff88,
+        1,
+        "movsx ax, byte keeps bits 16..63",
+    );
+    load(
+        &|| {
+            let mut r15 = fill;
+            unsafe { asm!("movsxd r15, dword ptr [rdi]", in("rdi") p, inout("r15") r15) };
+            r15
+        },
+        0xffff_ffff_8586_8788,
+        4,
+        "movsxd r15",
+    );
+}
+
+/// Stores through each decoded form: registers of every width (including a
+/// high-byte register) and immediates (sign-extended for 64-bit stores).
+#[test]
+fn inline_asm_stores_write_exactly_their_width() {
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    let at = 0x80u64;
+    let p = region.as_mut_ptr().wrapping_add(at as usize);
+    let value = 0x0102_0304_0506_0708u64;
+    let store = |f: &dyn Fn(), width: usize, want: u64, name: &str| {
+        dev.poke(at, &[0xeeu8; 16]);
+        dev.log.take();
+        f();
+        assert_eq!(dev.log.take(), vec![rec(at, width, want, true)], "{name}");
+        let mut expect = [0xeeu8; 16];
+        expect[..width].copy_from_slice(&want.to_le_bytes()[..width]);
+        assert_eq!(dev.peek(at, 16), expect, "{name}");
+    };
+    // SAFETY (every asm block): `p` points 8 aligned bytes inside the region,
+    // and each block only stores there.
+    store(
+        &|| unsafe { asm!("mov byte ptr [rdi], al", in("rdi") p, in("rax") value) },
+        1,
+        0x08,
+        "al",
+    );
+    store(
+        &|| unsafe { asm!("mov byte ptr [rdi], ch", in("rdi") p, in("rcx") value) },
+        1,
+        0x07,
+        "ch",
+    );
+    store(
+        &|| unsafe { asm!("mov word ptr [rdi], r8w", in("rdi") p, in("r8") value) },
+        2,
+        0x0708,
+        "r8w",
+    );
+    store(
+        &|| unsafe { asm!("mov dword ptr [rdi], r11d", in("rdi") p, in("r11") value) },
+        4,
+        0x0506_0708,
+        "r11d",
+    );
+    store(
+        &|| unsafe { asm!("mov qword ptr [rdi], rsi", in("rdi") p, in("rsi") value) },
+        8,
+        value,
+        "rsi",
+    );
+    store(
+        &|| unsafe { asm!("mov byte ptr [rdi], 0xfa", in("rdi") p) },
+        1,
+        0xfa,
+        "imm8",
+    );
+    store(
+        &|| unsafe { asm!("mov word ptr [rdi], 0x1234", in("rdi") p) },
+        2,
+        0x1234,
+        "imm16",
+    );
+    store(
+        &|| unsafe { asm!("mov dword ptr [rdi], 0x89abcdef", in("rdi") p) },
+        4,
+        0x89ab_cdef,
+        "imm32",
+    );
+    store(
+        &|| unsafe { asm!("mov qword ptr [rdi], -2", in("rdi") p) },
+        8,
+        0xffff_ffff_ffff_fffe,
+        "imm32 sign-extended to 64",
+    );
+}
+
+/// Builds a region info buffer with a sparse-mmap capability listing `areas`,
+/// as the kernel would, and parses it back.
+fn sparse_fixture(areas: &[(u64, u64)]) -> Vec<SparseArea> {
+    let mut buf = vec![0u8; 32];
+    buf.extend_from_slice(&1u16.to_le_bytes()); // VFIO_REGION_INFO_CAP_SPARSE_MMAP
+    buf.extend_from_slice(&1u16.to_le_bytes()); // version
+    buf.extend_from_slice(&0u32.to_le_bytes()); // next
+    buf.extend_from_slice(&(areas.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&0u32.to_le_bytes()); // reserved
+    for (offset, size) in areas {
+        buf.extend_from_slice(&offset.to_le_bytes());
+        buf.extend_from_slice(&size.to_le_bytes());
+    }
+    match parse_region_caps(&buf, 32).unwrap().as_slice() {
+        [barmap::RegionCap::SparseMmap(areas)] => areas.clone(),
+        other => panic!("unexpected caps {other:?}"),
+    }
+}
+
+#[test]
+fn sparse_layouts_map_areas_and_trap_holes() {
+    let size = 8 * PAGE;
+    // (sparse areas as (offset, size), the ranges expected to be mapped)
+    type Layout = (&'static [(u64, u64)], &'static [std::ops::Range<u64>]);
+    let layouts: [Layout; 5] = [
+        // Areas at the start and the end, one hole in the middle.
+        (
+            &[(0, 2 * PAGE), (5 * PAGE, 3 * PAGE)],
+            &[0..2 * PAGE, 5 * PAGE..8 * PAGE],
+        ),
+        // Unaligned areas keep only their whole pages.
+        (&[(0x800, 2 * PAGE), (4 * PAGE + 0x10, PAGE)], &[PAGE..2 * PAGE]),
+        // Several areas, out of order and touching.
+        (
+            &[(6 * PAGE, PAGE), (PAGE, PAGE), (2 * PAGE, PAGE)],
+            &[PAGE..3 * PAGE, 6 * PAGE..7 * PAGE],
+        ),
+        // No areas: everything trapped.
+        (&[], &[]),
+        // One area of everything: nothing trapped.
+        (&[(0, 8 * PAGE)], &[0..8 * PAGE]),
+    ];
+    for (areas, want) in layouts {
+        let dev = Device::new(size);
+        let region = dev.sparse(&sparse_fixture(areas));
+        assert_eq!(region.mapped_ranges(), want, "areas {areas:x?}");
+        for page in 0..8u64 {
+            for offset in [page * PAGE, page * PAGE + 0x7fc, page * PAGE + PAGE - 4] {
+                dev.log.take();
+                // SAFETY: offset + 4 <= size, 4-aligned.
+                let got = unsafe { ptr::read_volatile(region.as_ptr().add(offset as usize).cast::<u32>()) };
+                assert_eq!(u64::from(got), dev.peek_word(offset, 4), "read at {offset:#x}");
+                let log = dev.log.take();
+                if region.is_trapped(offset) {
+                    assert_eq!(
+                        log,
+                        vec![rec(offset, 4, u64::from(got), false)],
+                        "areas {areas:x?}"
+                    );
+                } else {
+                    assert!(log.is_empty(), "mapped page {page} went through the slow path");
+                }
+                let v = 0x5a00_0000 | offset as u32;
+                // SAFETY: as above.
+                unsafe { ptr::write_volatile(region.as_mut_ptr().add(offset as usize).cast::<u32>(), v) };
+                assert_eq!(dev.peek_word(offset, 4), u64::from(v));
+                assert_eq!(dev.log.take().len(), usize::from(region.is_trapped(offset)));
+            }
+        }
+    }
+}
+
+#[test]
+fn explicit_trap_ranges_are_page_granular() {
+    let dev = Device::new(4 * PAGE);
+    let region = ShadowRegion::builder("emulated", dev.io())
+        .map_from(
+            dev.fd.as_fd(),
+            0,
+            &[SparseArea {
+                offset: 0,
+                size: 4 * PAGE,
+            }],
+        )
+        .trap(Trap::Ranges(vec![0x10..0x14, 3 * PAGE..3 * PAGE + 1]))
+        .build()
+        .unwrap();
+    assert_eq!(region.mapped_ranges(), &[PAGE..3 * PAGE]);
+    assert!(region.is_trapped(0xffc) && !region.is_trapped(PAGE) && region.is_trapped(3 * PAGE + 0x800));
+    let bad = ShadowRegion::builder("emulated", dev.io())
+        .map_from(
+            dev.fd.as_fd(),
+            0,
+            &[SparseArea {
+                offset: 0,
+                size: 4 * PAGE,
+            }],
+        )
+        .trap(Trap::Ranges(vec![3 * PAGE..5 * PAGE]))
+        .build();
+    let err = bad.unwrap_err().to_string();
+    assert!(err.contains("trap range outside the region"), "{err}");
+}
+
+#[test]
+fn small_io_like_region_serves_its_bytes() {
+    // Like pci-testdev's 256-byte I/O BAR: no mapping at all.
+    let dev = Device::new(0x100);
+    let region = dev.trap_all();
+    assert_eq!(region.size(), 0x100);
+    for offset in [0u64, 0x83, 0xfc] {
+        dev.log.take();
+        // SAFETY: offset + 1 <= 0x100.
+        let b = unsafe { ptr::read_volatile(region.as_ptr().add(offset as usize)) };
+        assert_eq!(dev.log.take(), vec![rec(offset, 1, u64::from(b), false)]);
+    }
+    // SAFETY: 0xfc + 4 <= 0x100, aligned.
+    unsafe { ptr::write_volatile(region.as_mut_ptr().add(0xfc).cast::<u32>(), 0xcafe_f00d) };
+    assert_eq!(dev.log.take(), vec![rec(0xfc, 4, 0xcafe_f00d, true)]);
+}
+
+#[test]
+fn hook_and_trace_see_every_trapped_access() {
+    let dev = Device::new(2 * PAGE);
+    let seen = Arc::new(Log::new(64));
+    let hook_log = seen.clone();
+    let region = ShadowRegion::builder("emulated", dev.io())
+        .map_from(
+            dev.fd.as_fd(),
+            0,
+            &[SparseArea {
+                offset: PAGE,
+                size: PAGE,
+            }],
+        )
+        .hook(move |a: &Access| {
+            hook_log.push(rec(
+                a.offset,
+                a.width.into(),
+                a.value,
+                a.kind == AccessKind::Write,
+            ))
+        })
+        .build()
+        .unwrap();
+    // SAFETY: both offsets are inside the region and aligned.
+    unsafe {
+        ptr::write_volatile(region.as_mut_ptr().add(0x20).cast::<u16>(), 0x4242);
+        let _ = ptr::read_volatile(region.as_ptr().add(0x20).cast::<u64>());
+        // Mapped: no hook call.
+        let _ = ptr::read_volatile(region.as_ptr().add(PAGE as usize).cast::<u32>());
+    }
+    let hooked = seen.take();
+    assert_eq!(hooked, dev.log.take());
+    assert_eq!(hooked.len(), 2);
+    assert_eq!(hooked[0], rec(0x20, 2, 0x4242, true));
+    // No logger is installed, so nothing was recorded for the trace.
+    assert_eq!(region.flush_trace(), 0);
+}
+
+#[test]
+fn eight_threads_hammer_holes_concurrently() {
+    let dev = Device::new(4 * PAGE);
+    // Pages 0 and 2 trapped, 1 and 3 mapped.
+    let region = dev.sparse(&[
+        SparseArea {
+            offset: PAGE,
+            size: PAGE,
+        },
+        SparseArea {
+            offset: 3 * PAGE,
+            size: PAGE,
+        },
+    ]);
+    const ROUNDS: u64 = 200;
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let region = &region;
+            s.spawn(move || {
+                // Each thread owns 8 bytes in each trapped page.
+                for page in [0u64, 2] {
+                    let offset = page * PAGE + t * 8;
+                    let p = region.as_mut_ptr().wrapping_add(offset as usize);
+                    for i in 0..ROUNDS {
+                        let v = t << 56 | page << 48 | i;
+                        // SAFETY: offset + 8 <= size, aligned; only this thread uses it.
+                        unsafe {
+                            ptr::write_volatile(p.cast::<u64>(), v);
+                            assert_eq!(ptr::read_volatile(p.cast::<u64>()), v);
+                            ptr::write_volatile(p.cast::<u32>(), i as u32);
+                            assert_eq!(ptr::read_volatile(p.cast::<u64>()), v & !0xffff_ffff | i);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let log = dev.log.take();
+    assert_eq!(log.len() as u64, 8 * 2 * ROUNDS * 4);
+    for t in 0..8u64 {
+        for page in [0u64, 2] {
+            let offset = page * PAGE + t * 8;
+            let mine: Vec<&Rec> = log.iter().filter(|r| r.offset == offset).collect();
+            assert_eq!(mine.len() as u64, ROUNDS * 4);
+            assert_eq!(dev.peek_word(offset, 8), t << 56 | page << 48 | (ROUNDS - 1));
+        }
+    }
+}
+
+#[test]
+fn regions_come_and_go_while_others_fault() {
+    let dev = Device::new(PAGE);
+    let stay = dev.trap_all();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let (stay, stop, done) = (&stay, &stop, &done);
+            s.spawn(move || {
+                let p = stay.as_mut_ptr().wrapping_add(t as usize * 8).cast::<u64>();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: inside the region, aligned, owned by this thread.
+                    unsafe {
+                        ptr::write_volatile(p, t << 32 | i);
+                        assert_eq!(ptr::read_volatile(p), t << 32 | i);
+                    }
+                    i += 1;
+                }
+                done.fetch_add(i, Ordering::Relaxed);
+            });
+        }
+        // More regions than the registry has slots (128), one after the
+        // other, each used and dropped while the threads above keep faulting.
+        for round in 0..160u64 {
+            let other = Device::new(PAGE);
+            let region = other.trap_all();
+            // SAFETY: inside the region, aligned.
+            unsafe {
+                ptr::write_volatile(region.as_mut_ptr().cast::<u64>(), round);
+                assert_eq!(ptr::read_volatile(region.as_ptr().cast::<u64>()), round);
+            }
+            drop(region);
+            assert_eq!(other.log.take().len(), 2);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(done.load(Ordering::Relaxed) > 0);
+}
+
+// ---- child-process tests ----
+
+const CHILD_ENV: &str = "SHADOW_CHILD";
+
+/// Runs this test binary's test `name` in a child with `SHADOW_CHILD=1`;
+/// returns its exit status and stderr.
+fn run_child(name: &str) -> (std::process::ExitStatus, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn in_child() -> bool {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return false;
+    }
+    // No core files from the deaths this child is meant to die.
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
+    true
+}
+
+fn signal_of(status: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal()
+}
+
+static FOREIGN_HITS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn foreign_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: SA_SIGINFO handler: `info` is valid.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let page = addr & !(PAGE as usize - 1);
+    FOREIGN_HITS.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: makes the faulting (test-owned) page accessible so the access can retry.
+    unsafe {
+        libc::mprotect(
+            page as *mut libc::c_void,
+            PAGE as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    };
+}
+
+#[test]
+fn foreign_faults_reach_the_earlier_handler() {
+    if !in_child() {
+        let (status, stderr) = run_child("foreign_faults_reach_the_earlier_handler");
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    // SAFETY: installing a valid SA_SIGINFO handler before barmap's; the page is
+    // this test's own anonymous mapping.
+    let page = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction =
+            foreign_handler as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        assert_eq!(libc::sigaction(libc::SIGSEGV, &action, ptr::null_mut()), 0);
+        let page = libc::mmap(
+            ptr::null_mut(),
+            PAGE as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(page, libc::MAP_FAILED);
+        page.cast::<u32>()
+    };
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all(); // installs barmap's handler on top
+                                 // SAFETY: `page` is our PROT_NONE page; the foreign handler opens it up.
+    unsafe {
+        ptr::write_volatile(page, 7);
+        assert_eq!(ptr::read_volatile(page), 7);
+    }
+    assert_eq!(FOREIGN_HITS.load(Ordering::SeqCst), 1);
+    // SAFETY: inside the region, aligned.
+    let v = unsafe { ptr::read_volatile(region.as_ptr().cast::<u32>()) };
+    assert_eq!(u64::from(v), dev.peek_word(0, 4));
+    assert_eq!(FOREIGN_HITS.load(Ordering::SeqCst), 1);
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let buf = std::hint::black_box([depth; 64]);
+    recurse(buf[depth as usize % 64] + 1) + buf[0]
+}
+
+#[test]
+fn stack_overflow_still_reports_as_one() {
+    if !in_child() {
+        let (status, stderr) = run_child("stack_overflow_still_reports_as_one");
+        assert!(stderr.contains("has overflowed its stack"), "{stderr}");
+        assert_eq!(signal_of(status), Some(libc::SIGABRT), "{status:?}");
+        return;
+    }
+    let dev = Device::new(PAGE);
+    let _region = dev.trap_all();
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(|| recurse(0))
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn unsupported_instruction_dies_with_a_diagnostic() {
+    if !in_child() {
+        let (status, stderr) = run_child("unsupported_instruction_dies_with_a_diagnostic");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("barmap: cannot emulate"))
+            .unwrap_or_else(|| panic!("no diagnostic in: {stderr}"));
+        assert!(line.contains("shadow region emulated at offset 0x30"), "{line}");
+        assert!(line.contains("instruction not emulated"), "{line}");
+        assert!(line.ends_with(": 0f 10 07"), "{line}");
+        assert_eq!(signal_of(status), Some(libc::SIGSEGV), "{status:?}");
+        return;
+    }
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    let p = region.as_ptr().wrapping_add(0x30);
+    // SAFETY: a 16-byte load from inside the region; barmap refuses to emulate
+    // it, which ends this child process.
+    unsafe { asm!("movups xmm0, xmmword ptr [rdi]", in("rdi") p, out("xmm0") _) };
+    unreachable!("the SSE load was served");
+}
+
+#[test]
+fn access_past_the_region_end_dies_with_a_diagnostic() {
+    if !in_child() {
+        let (status, stderr) = run_child("access_past_the_region_end_dies_with_a_diagnostic");
+        assert!(
+            stderr.contains("at offset 0xfe: access runs past the end of the region"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(": 8b 07\n"), "{stderr}");
+        assert_eq!(signal_of(status), Some(libc::SIGSEGV), "{status:?}");
+        return;
+    }
+    let dev = Device::new(0x100);
+    let region = dev.trap_all();
+    let p = region.as_ptr().wrapping_add(0xfe);
+    // SAFETY: deliberately straddles the end of the 256-byte region (the page
+    // goes on), which barmap refuses, ending this child process.
+    unsafe { asm!("mov eax, dword ptr [rdi]", in("rdi") p, out("eax") _) };
+    unreachable!("the access past the end was served");
+}
+
+/// Runs `f` on this thread with an alternate signal stack of `size` bytes
+/// (with a guard page below it), or with none if `size` is 0.
+fn with_alt_stack(size: usize, f: impl FnOnce()) {
+    let page = PAGE as usize;
+    let total = size.div_ceil(page) * page + page;
+    // SAFETY: a fresh anonymous mapping, its lowest page left PROT_NONE as a
+    // guard; it is made the alternate stack only while `f` runs, and
+    // unmapped after the alternate stack is disabled again.
+    unsafe {
+        let mem = libc::mmap(
+            ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(mem, libc::MAP_FAILED);
+        let stack = mem.cast::<u8>().add(page);
+        assert_eq!(
+            libc::mprotect(stack.cast(), total - page, libc::PROT_READ | libc::PROT_WRITE),
+            0
+        );
+        let mut old: libc::stack_t = std::mem::zeroed();
+        let new = libc::stack_t {
+            ss_sp: stack.cast(),
+            ss_flags: if size == 0 { libc::SS_DISABLE } else { 0 },
+            ss_size: total - page,
+        };
+        assert_eq!(libc::sigaltstack(&new, &mut old), 0);
+        f();
+        assert_eq!(libc::sigaltstack(&old, ptr::null_mut()), 0);
+        libc::munmap(mem, total);
+    }
+}
+
+static FRAME_DEPTH: AtomicUsize = AtomicUsize::new(0);
+
+/// Records how deep into the alternate stack a handler's frame starts.
+extern "C" fn measure_frame(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let mut ss: libc::stack_t = libc::stack_t {
+        ss_sp: ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
+    // SAFETY: queries the current alternate stack into a valid struct.
+    unsafe { libc::sigaltstack(ptr::null(), &mut ss) };
+    let top = ss.ss_sp as usize + ss.ss_size;
+    FRAME_DEPTH.store(top - (&ss as *const libc::stack_t as usize), Ordering::SeqCst);
+}
+
+/// How many bytes of the alternate stack the kernel's signal frame (plus a
+/// minimal handler frame) takes on this CPU.
+fn signal_frame_size() -> usize {
+    // SAFETY: installs a valid SA_SIGINFO handler for SIGUSR1 (this child's own).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction =
+            measure_frame as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, ptr::null_mut()), 0);
+    }
+    with_alt_stack(64 << 10, || {
+        // SAFETY: raising a signal whose handler is installed above.
+        assert_eq!(unsafe { libc::raise(libc::SIGUSR1) }, 0);
+    });
+    FRAME_DEPTH.load(Ordering::SeqCst)
+}
+
+#[test]
+fn faults_are_served_with_a_minimal_or_no_alternate_stack() {
+    if !in_child() {
+        let (status, stderr) = run_child("faults_are_served_with_a_minimal_or_no_alternate_stack");
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    // Room for the kernel's signal frame and 2 KiB more: barmap's handler must
+    // do its decoding elsewhere (an overflow hits the guard page and kills
+    // this child). Then no alternate stack at all.
+    let tight = signal_frame_size() + 2048;
+    for size in [tight, 0] {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                with_alt_stack(size, || {
+                    let p = region.as_mut_ptr().wrapping_add(0x18).cast::<u64>();
+                    // SAFETY: inside the region, aligned.
+                    unsafe {
+                        ptr::write_volatile(p, size as u64);
+                        assert_eq!(ptr::read_volatile(p), size as u64);
+                    }
+                })
+            });
+        });
+    }
+    assert_eq!(dev.log.take().len(), 4);
+}
+
+static SCRIBBLES: AtomicUsize = AtomicUsize::new(0);
+
+/// A signal handler on the alternate stack that overwrites 2 KiB of it.
+extern "C" fn scribble(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let mut junk = [0u8; 2048];
+    for b in junk.iter_mut() {
+        // SAFETY: a write to a local.
+        unsafe { ptr::write_volatile(b, 0xaa) };
+    }
+    std::hint::black_box(&junk);
+    SCRIBBLES.fetch_add(1, Ordering::Relaxed);
+}
+
+#[test]
+fn other_signals_during_a_fault_do_not_clobber_it() {
+    if !in_child() {
+        let (status, stderr) = run_child("other_signals_during_a_fault_do_not_clobber_it");
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    // SAFETY: installs a valid SA_SIGINFO | SA_ONSTACK handler for SIGUSR2.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction =
+            scribble as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+        assert_eq!(libc::sigaction(libc::SIGUSR2, &action, ptr::null_mut()), 0);
+    }
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let worker = AtomicU64::new(0);
+    let rounds = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: pthread_self has no preconditions.
+            worker.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+            let p = region.as_mut_ptr().cast::<u64>();
+            // At least 5000 rounds, and on until some signals came in between.
+            let mut i = 0u64;
+            while i < 5_000 || SCRIBBLES.load(Ordering::Relaxed) < 20 {
+                // SAFETY: inside the region, aligned.
+                unsafe {
+                    ptr::write_volatile(p, i);
+                    assert_eq!(ptr::read_volatile(p), i);
+                }
+                i += 1;
+                rounds.store(i, Ordering::SeqCst);
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        while !done.load(Ordering::SeqCst) {
+            let thread = worker.load(Ordering::SeqCst);
+            let seen = rounds.load(Ordering::SeqCst);
+            if thread != 0 {
+                // SAFETY: the worker thread is alive until `done` is set (it is
+                // joined only when the scope ends).
+                unsafe { libc::pthread_kill(thread as libc::pthread_t, libc::SIGUSR2) };
+            }
+            // The next signal only after the worker got on (on a slow
+            // single-CPU guest, signals sent on a timer can starve it).
+            while rounds.load(Ordering::SeqCst) == seen && !done.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+        }
+    });
+}
+
+/// Collects log lines (outside the fault handler only).
+struct Collect(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Collect {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if record.level() == log::Level::Trace {
+            self.0.lock().unwrap().push(record.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+static COLLECT: Collect = Collect(std::sync::Mutex::new(Vec::new()));
+
+#[test]
+fn trapped_accesses_are_traced_through_log() {
+    if !in_child() {
+        let (status, stderr) = run_child("trapped_accesses_are_traced_through_log");
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    log::set_logger(&COLLECT).unwrap();
+    log::set_max_level(log::LevelFilter::Trace);
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    let p = region.as_mut_ptr();
+    // SAFETY: inside the region, aligned.
+    unsafe {
+        ptr::write_volatile(p.add(0x10).cast::<u16>(), 0xbeef);
+        ptr::read_volatile(p.add(0x10).cast::<u32>());
+    }
+    assert_eq!(region.flush_trace(), 2);
+    let lines = std::mem::take(&mut *COLLECT.0.lock().unwrap());
+    let value = dev.peek_word(0x10, 4);
+    assert_eq!(
+        lines,
+        vec![
+            "emulated: write16 at 0x10 = 0xbeef".to_string(),
+            format!("emulated: read32 at 0x10 = {value:#010x}"),
+        ]
+    );
+    // More than the ring holds: the overflow is counted, not lost silently.
+    for i in 0..5000 {
+        // SAFETY: inside the region, aligned.
+        unsafe { ptr::write_volatile(p.cast::<u8>(), i as u8) };
+    }
+    assert_eq!(region.flush_trace(), 4096);
+    let lines = std::mem::take(&mut *COLLECT.0.lock().unwrap());
+    assert_eq!(lines.len(), 4097);
+    assert_eq!(
+        lines[4096],
+        "emulated: 904 trapped accesses not traced (ring full)"
+    );
+    assert_eq!(region.flush_trace(), 0);
+}
