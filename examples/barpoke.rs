@@ -50,6 +50,18 @@ must be viable. ADDR is 0000:00:03.0 or 00:03.0; REGION is bar0..bar5, rom or
 config; OFFSET, VALUE, LEN and COUNT are decimal or 0x-prefixed hex; WIDTH is
 in bits: 8, 16, 32 (default) or 64.
 
+--via chooses how each access reaches the device; all paths give the same
+values (except 8-byte accesses through pread/pwrite on kernels before 6.11,
+which split them in two):
+  auto     the direct mapping where the kernel allows one; the rest of the
+           region (holes of a sparse BAR, I/O BARs, ROM, config) through a
+           shadow region whose trapped pages barmap's fault handler serves
+           with pread/pwrite (x86-64; elsewhere pread/pwrite directly)
+  mmap     the direct mapping only: a region or range without one is refused
+  fault    a shadow region with every page trapped: every access is a load
+           or store that faults and is emulated (x86-64 only)
+  syscall  pread/pwrite on the VFIO device descriptor
+
 Errors print one line on stderr starting 'barpoke: error:' and exit with
 status 1; bad usage exits with status 2.";
 
@@ -76,11 +88,11 @@ struct Cli {
 /// The `--via` access paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Via {
-    /// The direct mapping where there is one, pread/pwrite elsewhere
+    /// The direct mapping where there is one, the shadow region (trapped pages) elsewhere
     Auto,
     /// Only the direct mapping: refuse a region or range that is not mmapable
     Mmap,
-    /// A shadow region with every page trapped (needs the shadow region)
+    /// A shadow region with every page trapped: each access faults and is emulated
     Fault,
     /// pread/pwrite on the VFIO device descriptor
     Syscall,
@@ -132,13 +144,15 @@ JSON (--json): {\"address\": \"0000:00:04.0\", \"driver\": null}")]
     #[command(after_help = "\
 Example:
   $ barpoke info 00:04.0
-  REGION SIZE   FLAGS KIND   ACCESS  CAPS
-  bar0   0x1000 rwm   mem32  mmap    -
-  bar1   0x100  rw-   io     syscall -
-  config 0x100  rw-   config syscall -
+  REGION SIZE   FLAGS KIND   ACCESS CAPS
+  bar0   0x1000 rwm   mem32  mmap   -
+  bar1   0x100  rw-   io     fault  -
+  rom    0x1000 r--   rom    fault  -
+  config 0x100  rw-   config fault  -
 
-ACCESS is the path --via auto takes: mmap, mmap+syscall (partly mappable) or
-syscall. Regions of size 0 are not shown.
+ACCESS is the path --via auto takes: mmap, mmap+fault (partly mappable) or
+fault; syscall instead of fault where there are no shadow regions (not
+x86-64). Regions of size 0 are not shown.
 JSON (--json): {\"address\": \"0000:00:04.0\", \"iommu_group\": 4, \"regions\": [
   {\"region\": \"bar0\", \"index\": 0, \"size\": 4096, \"flags\": \"rwm\", \"readable\": true,
    \"writable\": true, \"mmapable\": true, \"kind\": \"mem32\", \"access\": \"mmap\",
@@ -367,16 +381,14 @@ fn unbind(cli: &Cli, addr: PciAddress) -> Result<String> {
 fn info(cli: &Cli, addr: PciAddress) -> Result<String> {
     let device = Device::open(addr)?;
     let mut regions = Vec::new();
-    for region in device.regions().iter().filter(|r| r.size > 0) {
-        let mapped = device
-            .open_region(region.index, MapPolicy::Direct)?
-            .mapped_ranges();
-        regions.push((region, mapped));
+    for info in device.regions().iter().filter(|r| r.size > 0) {
+        let region = Region::open(&device, info.index, Via::Auto)?;
+        regions.push((info, region.mapped.clone(), region.slow_path()));
     }
     if cli.json {
         let regions: Vec<Value> = regions
             .iter()
-            .map(|(r, mapped)| format::region_json(r, mapped))
+            .map(|(r, mapped, slow)| format::region_json(r, mapped, *slow))
             .collect();
         return Ok(json_doc(&json!({
             "address": addr.to_string(),
@@ -385,7 +397,11 @@ fn info(cli: &Cli, addr: PciAddress) -> Result<String> {
         })));
     }
     let mut rows = vec![format::region_header()];
-    rows.extend(regions.iter().map(|(r, mapped)| format::region_row(r, mapped)));
+    rows.extend(
+        regions
+            .iter()
+            .map(|(r, mapped, slow)| format::region_row(r, mapped, *slow)),
+    );
     Ok(format::columns(&rows))
 }
 
@@ -397,13 +413,12 @@ fn read(
     width: Width,
     count: u64,
 ) -> Result<String> {
-    Region::policy(cli.via)?;
     let device = Device::open(addr)?;
-    let region = Region::open(&device, index, cli)?;
+    let region = Region::open(&device, index, cli.via)?;
     let step = width.bytes() as u64;
     region.check_span(offset, count.saturating_mul(step))?;
     let values = (0..count)
-        .map(|i| region.read(offset + i * step, width))
+        .map(|i| region.read(offset + i * step, width, cli.trace))
         .collect::<Result<Vec<u64>>>()?;
     let hex: Vec<String> = values.iter().map(|v| format::hex_value(*v, width)).collect();
     if cli.json {
@@ -428,10 +443,9 @@ fn write(
     value: u64,
     width: Width,
 ) -> Result<String> {
-    Region::policy(cli.via)?;
     let device = Device::open(addr)?;
-    let region = Region::open(&device, index, cli)?;
-    region.write(offset, width, value)?;
+    let region = Region::open(&device, index, cli.via)?;
+    region.write(offset, width, value, cli.trace)?;
     Ok(if cli.json {
         json_doc(&json!({
             "address": addr.to_string(),
@@ -460,9 +474,8 @@ fn dump(
     offset: Option<u64>,
     len: Option<u64>,
 ) -> Result<String> {
-    Region::policy(cli.via)?;
     let device = Device::open(addr)?;
-    let region = Region::open(&device, index, cli)?;
+    let region = Region::open(&device, index, cli.via)?;
     let offset = offset.unwrap_or(0);
     let len = len.unwrap_or_else(|| region.bar.size().saturating_sub(offset).min(DEFAULT_DUMP_LEN));
     // A dump must start inside the region even when it shows nothing.
@@ -471,7 +484,7 @@ fn dump(
     region.check_span(span.start, span.end - span.start)?;
     let mut bytes = Vec::new();
     for at in span.clone().step_by(4) {
-        let word = region.read(at, Width::W32)? as u32;
+        let word = region.read(at, Width::W32, cli.trace)? as u32;
         bytes.extend_from_slice(&word.to_le_bytes());
     }
     let skip = (offset - span.start) as usize;
@@ -506,40 +519,68 @@ fn config(cli: &Cli, addr: PciAddress) -> Result<String> {
 struct Region<'d> {
     bar: Bar<'d>,
     via: Via,
-    /// The directly mapped ranges (empty under `--via syscall`).
+    /// The directly mapped ranges (empty under `--via syscall` and `fault`).
     mapped: Vec<Range<u64>>,
-    trace: bool,
+    /// One pointer over the whole region whose unmapped pages are trapped (a
+    /// shadow region), under `--via fault`, and under `--via auto` for a region
+    /// that is not fully mapped. Valid while `bar` lives.
+    shadow: Option<*mut u8>,
+}
+
+/// The pointer `--via auto` uses for `bar`: the shadow region over its
+/// unmapped parts, or `None` if it is fully mapped or this platform has no
+/// shadow regions (then those parts take pread/pwrite).
+fn auto_shadow(bar: &Bar<'_>) -> Result<Option<*mut u8>> {
+    if bar.is_fully_mapped() {
+        return Ok(None);
+    }
+    match bar.as_mut_ptr() {
+        Ok(ptr) => Ok(Some(ptr)),
+        Err(Error::Unsupported { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 impl<'d> Region<'d> {
-    /// How `via` opens a region; checked before the device is opened.
-    fn policy(via: Via) -> Result<MapPolicy> {
+    /// How `via` opens a region.
+    fn policy(via: Via) -> MapPolicy {
         match via {
-            Via::Auto | Via::Mmap => Ok(MapPolicy::Direct),
-            Via::Syscall => Ok(MapPolicy::Syscall),
-            Via::Fault => Err(Error::Unsupported {
-                what: "--via fault",
-                reason: "it needs the shadow region, which is not available in this build",
-            }),
+            Via::Auto | Via::Mmap => MapPolicy::Direct,
+            Via::Syscall => MapPolicy::Syscall,
+            Via::Fault => MapPolicy::TrapAll,
         }
     }
 
-    fn open(device: &'d Device, index: RegionIndex, cli: &Cli) -> Result<Region<'d>> {
-        let bar = device.open_region(index, Region::policy(cli.via)?)?;
+    fn open(device: &'d Device, index: RegionIndex, via: Via) -> Result<Region<'d>> {
+        let bar = device.open_region(index, Region::policy(via))?;
         let mapped = bar.mapped_ranges();
-        if cli.via == Via::Mmap && mapped.is_empty() {
+        if via == Via::Mmap && mapped.is_empty() {
             return Err(Error::NotMmapable {
                 addr: device.address(),
                 region: index,
                 reason: "the kernel offers no mmap of it (use --via auto or syscall)",
             });
         }
+        let shadow = match via {
+            Via::Fault => Some(bar.as_mut_ptr()?),
+            Via::Auto => auto_shadow(&bar)?,
+            Via::Mmap | Via::Syscall => None,
+        };
         Ok(Region {
             bar,
-            via: cli.via,
+            via,
             mapped,
-            trace: cli.trace,
+            shadow,
         })
+    }
+
+    /// The path of everything that is not directly mapped.
+    fn slow_path(&self) -> AccessPath {
+        if self.shadow.is_some() {
+            AccessPath::Fault
+        } else {
+            AccessPath::Syscall
+        }
     }
 
     /// Refuses `offset..offset + len` unless it lies inside the region.
@@ -557,12 +598,33 @@ impl<'d> Region<'d> {
         Ok(())
     }
 
+    /// The checks [`Bar::read`] and [`Bar::write`] make, for accesses through
+    /// the shadow pointer: bounds, natural alignment, the region's flags.
+    fn check_access(&self, offset: u64, width: Width, write: bool) -> Result<()> {
+        let (addr, region) = (self.bar.device().address(), self.bar.index());
+        self.check_span(offset, width.bytes() as u64)?;
+        if !offset.is_multiple_of(width.bytes() as u64) {
+            return Err(Error::Misaligned {
+                addr,
+                region,
+                offset,
+                width: width.bytes(),
+            });
+        }
+        let flags = self.bar.info().flags;
+        match write {
+            false if !flags.readable() => Err(Error::NotReadable { addr, region }),
+            true if !flags.writable() => Err(Error::ReadOnly { addr, region }),
+            _ => Ok(()),
+        }
+    }
+
     /// The path an access takes; under `--via mmap`, an in-bounds access
     /// outside the mapping is refused (an out-of-bounds one is left to the
     /// library, which names the range).
     fn path(&self, offset: u64, width: Width) -> Result<AccessPath> {
         let len = width.bytes() as u64;
-        let path = AccessPath::of(&self.mapped, offset, len);
+        let path = AccessPath::of(&self.mapped, self.slow_path(), offset, len);
         if self.via == Via::Mmap && path != AccessPath::Mmap && self.check_span(offset, len).is_ok() {
             return Err(Error::NotMmapable {
                 addr: self.bar.device().address(),
@@ -573,26 +635,84 @@ impl<'d> Region<'d> {
         Ok(path)
     }
 
-    fn read(&self, offset: u64, width: Width) -> Result<u64> {
+    fn read(&self, offset: u64, width: Width, trace: bool) -> Result<u64> {
         let path = self.path(offset, width)?;
-        let value = self.bar.read_width(offset, width.bytes())?;
-        self.log("read", offset, width, value, path);
+        let value = match self.shadow {
+            Some(base) => {
+                self.check_access(offset, width, false)?;
+                // SAFETY: `base` spans the whole region while `self.bar` lives, and
+                // `check_access` put `offset..offset + width` inside it, aligned.
+                unsafe { load(base.add(offset as usize), width) }
+            }
+            None => self.bar.read_width(offset, width.bytes())?,
+        };
+        if trace {
+            eprintln!(
+                "{}",
+                format::trace_line("read", self.bar.index(), offset, width, value, path)
+            );
+        }
         Ok(value)
     }
 
-    fn write(&self, offset: u64, width: Width, value: u64) -> Result<()> {
+    fn write(&self, offset: u64, width: Width, value: u64, trace: bool) -> Result<()> {
         let path = self.path(offset, width)?;
-        self.bar.write_width(offset, width.bytes(), value)?;
-        self.log("write", offset, width, value, path);
-        Ok(())
-    }
-
-    fn log(&self, op: &str, offset: u64, width: Width, value: u64, path: AccessPath) {
-        if self.trace {
+        match self.shadow {
+            Some(base) => {
+                self.check_access(offset, width, true)?;
+                if width.bits() < 64 && value >> width.bits() != 0 {
+                    return Err(Error::ValueTooWide {
+                        value,
+                        width: width.bytes(),
+                    });
+                }
+                // SAFETY: as in `read`.
+                unsafe { store(base.add(offset as usize), width, value) }
+            }
+            None => self.bar.write_width(offset, width.bytes(), value)?,
+        }
+        if trace {
             eprintln!(
                 "{}",
-                format::trace_line(op, self.bar.index(), offset, width, value, path)
+                format::trace_line("write", self.bar.index(), offset, width, value, path)
             );
+        }
+        Ok(())
+    }
+}
+
+/// One volatile little-endian load of `width` at `ptr`, zero-extended: a
+/// plain `mov` on a mapped page, emulated by barmap's fault handler on a
+/// trapped one.
+///
+/// # Safety
+/// `ptr` must point into a live device mapping or shadow region, with `width`
+/// bytes readable from it, aligned to `width`.
+unsafe fn load(ptr: *const u8, width: Width) -> u64 {
+    // SAFETY: guaranteed by the caller; volatile accesses of exactly the
+    // access width, never a reference to device memory.
+    unsafe {
+        match width.bytes() {
+            1 => u64::from(ptr.read_volatile()),
+            2 => u64::from(u16::from_le(ptr.cast::<u16>().read_volatile())),
+            4 => u64::from(u32::from_le(ptr.cast::<u32>().read_volatile())),
+            _ => u64::from_le(ptr.cast::<u64>().read_volatile()),
+        }
+    }
+}
+
+/// One volatile little-endian store of the low `width` bits of `value` at `ptr`.
+///
+/// # Safety
+/// As for [`load`], with the bytes writable.
+unsafe fn store(ptr: *mut u8, width: Width, value: u64) {
+    // SAFETY: as in `load`.
+    unsafe {
+        match width.bytes() {
+            1 => ptr.write_volatile(value as u8),
+            2 => ptr.cast::<u16>().write_volatile((value as u16).to_le()),
+            4 => ptr.cast::<u32>().write_volatile((value as u32).to_le()),
+            _ => ptr.cast::<u64>().write_volatile(value.to_le()),
         }
     }
 }

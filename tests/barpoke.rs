@@ -154,7 +154,11 @@ fn element<'a>(array: &'a Value, key: &str, value: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no element with {key} = {value:?} in {array}"))
 }
 
-const PATHS: [&str; 3] = ["auto", "mmap", "syscall"];
+/// Every `--via` path.
+const PATHS: [&str; 4] = ["auto", "mmap", "fault", "syscall"];
+
+/// The paths that reach a region without a direct mapping (I/O BAR, ROM, config).
+const UNMAPPED_PATHS: [&str; 3] = ["auto", "fault", "syscall"];
 
 /// Computes n! on edu with barpoke alone: clear the status, write n, poll until idle.
 fn factorial(n: u32) {
@@ -219,15 +223,15 @@ fn barpoke_info_shows_regions_and_access_paths() {
     );
     assert_eq!(
         row(&out, "config"),
-        ["config", "0x100", "rw-", "config", "syscall", "-"]
+        ["config", "0x100", "rw-", "config", "fault", "-"]
     );
     assert!(!out.contains("bar1"), "edu has only BAR0:\n{out}");
 
     let out = ok(&["info", &testdev()]);
     assert_eq!(row(&out, "bar0"), ["bar0", "0x1000", "rwm", "mem32", "mmap", "-"]);
-    assert_eq!(row(&out, "bar1"), ["bar1", "0x100", "rw-", "io", "syscall", "-"]);
+    assert_eq!(row(&out, "bar1"), ["bar1", "0x100", "rw-", "io", "fault", "-"]);
     // qemu-scripts gives pci-testdev a 4 KiB expansion ROM.
-    assert_eq!(row(&out, "rom"), ["rom", "0x1000", "r--", "rom", "syscall", "-"]);
+    assert_eq!(row(&out, "rom"), ["rom", "0x1000", "r--", "rom", "fault", "-"]);
 
     let info = json(&["info", &edu(), "--json"]);
     assert_eq!(info["address"], edu());
@@ -242,7 +246,7 @@ fn barpoke_info_shows_regions_and_access_paths() {
     let bar1 = element(&info["regions"], "region", "bar1");
     assert_eq!(
         (bar1["kind"].as_str(), bar1["access"].as_str()),
-        (Some("io"), Some("syscall"))
+        (Some("io"), Some("fault"))
     );
     assert_eq!(bar1["mmapable"], false);
     assert_eq!(bar1["mapped"], serde_json::json!([]));
@@ -278,22 +282,15 @@ fn barpoke_reads_the_identity_on_every_path() {
 
 #[test]
 #[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
-fn barpoke_via_fault_is_refused_until_the_shadow_region_lands() {
-    let _serial = serial();
-    fails(
-        &["--via", "fault", "read", &edu(), "bar0", "0"],
-        &["--via fault", "shadow region"],
-    );
-}
-
-#[test]
-#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
 fn barpoke_writes_liveness_and_every_path_reads_it_back() {
     let _serial = serial();
     let edu = edu();
     assert_eq!(ok(&["write", &edu, "bar0", "4", "0x12345678"]), "");
     assert_eq!(ok(&["read", &edu, "bar0", "4"]), "0xedcba987\n");
-    for (write_via, value) in PATHS.into_iter().zip([0x0f0f_0f0fu32, 0xa5a5_0001, 0]) {
+    for (write_via, value) in PATHS
+        .into_iter()
+        .zip([0x0f0f_0f0fu32, 0xa5a5_0001, 0, 0x8000_0000])
+    {
         ok(&[
             "--via",
             write_via,
@@ -390,10 +387,13 @@ fn barpoke_computes_a_factorial_by_polling() {
     assert_eq!(ok(&["read", &edu(), "bar0", "0x8"]), "0x00000078\n");
     assert_eq!(json(&["read", &edu(), "bar0", "0x8", "--json"])["values"][0], 120);
     factorial(12);
-    assert_eq!(
-        ok(&["--via", "syscall", "read", &edu(), "bar0", "8"]),
-        "0x1c8cfc00\n"
-    );
+    for via in PATHS {
+        assert_eq!(
+            ok(&["--via", via, "read", &edu(), "bar0", "8"]),
+            "0x1c8cfc00\n",
+            "{via}"
+        );
+    }
 }
 
 #[test]
@@ -488,7 +488,7 @@ fn barpoke_reaches_the_io_bar_without_a_mapping() {
     let testdev = testdev();
     // Select port I/O test 0 ("portio-no-eventfd") through BAR1.
     ok(&["write", &testdev, "bar1", "0", "0", "-w", "8"]);
-    for via in ["auto", "syscall"] {
+    for via in UNMAPPED_PATHS {
         assert_eq!(
             ok(&["--via", via, "read", &testdev, "bar1", "0", "-w", "8"]),
             "0x03\n"
@@ -528,7 +528,7 @@ fn barpoke_reaches_the_io_bar_without_a_mapping() {
 fn barpoke_reads_the_expansion_rom_and_refuses_to_write_it() {
     let _serial = serial();
     let testdev = testdev();
-    for via in ["auto", "syscall"] {
+    for via in UNMAPPED_PATHS {
         assert_eq!(
             ok(&["--via", via, "read", &testdev, "rom", "0", "-w", "16"]),
             "0xaa55\n"
@@ -567,7 +567,12 @@ fn barpoke_traces_every_access() {
     let (_, trace) = ok_traced(&["write", &edu, "bar0", "4", "0x12345678", "--trace"]);
     assert_eq!(trace, "trace: write bar0+0x4 w32 = 0x12345678 via mmap\n");
     let (_, trace) = ok_traced(&["--trace", "write", &testdev, "bar1", "0", "0", "-w", "8"]);
-    assert_eq!(trace, "trace: write bar1+0x0 w8 = 0x00 via syscall\n");
+    assert_eq!(trace, "trace: write bar1+0x0 w8 = 0x00 via fault\n");
+    let (_, trace) = ok_traced(&["--trace", "--via", "syscall", "read", &testdev, "bar1", "4"]);
+    assert_eq!(trace, "trace: read bar1+0x4 w32 = 0x00000083 via syscall\n");
+    let (out, trace) = ok_traced(&["--trace", "--via", "fault", "read", &edu, "bar0", "0"]);
+    assert_eq!(out, "0x010000ed\n");
+    assert_eq!(trace, "trace: read bar0+0x0 w32 = 0x010000ed via fault\n");
     let (_, trace) = ok_traced(&["--trace", "dump", &edu, "bar0", "0", "16"]);
     assert_eq!(trace.lines().count(), 4, "one 32-bit read per dword: {trace}");
 }
@@ -579,6 +584,38 @@ fn barpoke_errors_name_what_was_wrong() {
     let (edu, testdev) = (edu(), testdev());
     fails(&["read", &edu, "bar3", "0"], &[&edu, "no region bar3"]);
     fails(&["read", &edu, "rom", "0"], &[&edu, "no region rom"]);
+    // Through the shadow pointer, barpoke checks what the library checks for typed accesses.
+    for via in UNMAPPED_PATHS {
+        let fails_via = |args: &[&str], needles: &[&str]| {
+            let args: Vec<&str> = ["--via", via].iter().chain(args).copied().collect();
+            fails(&args, needles)
+        };
+        fails_via(
+            &["read", &edu, "bar0", "0x100000"],
+            &[&edu, "0x100000", "out of range"],
+        );
+        fails_via(
+            &["read", &edu, "bar0", "0xffffc", "-w", "64"],
+            &[&edu, "0xffffc", "out of range"],
+        );
+        fails_via(&["read", &edu, "bar0", "6"], &[&edu, "0x6", "not 4-byte aligned"]);
+        fails_via(
+            &["read", &testdev, "bar1", "0x81", "-w", "16"],
+            &[&testdev, "0x81", "not 2-byte aligned"],
+        );
+        fails_via(
+            &["write", &testdev, "bar1", "0", "0x1ff", "-w", "8"],
+            &["0x1ff", "does not fit"],
+        );
+        fails_via(
+            &["write", &testdev, "rom", "0", "0"],
+            &[&testdev, "rom", "read-only"],
+        );
+        fails_via(
+            &["dump", &testdev, "bar1", "0xf0", "0x11"],
+            &[&testdev, "bar1", "out of range"],
+        );
+    }
     fails(
         &["read", &edu, "bar0", "0x100000"],
         &[&edu, "bar0", "0x100000", "out of range"],

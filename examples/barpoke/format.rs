@@ -20,6 +20,9 @@ pub enum AccessPath {
     Mmap,
     /// A pread or pwrite on the VFIO device descriptor.
     Syscall,
+    /// A volatile load or store on a trapped page of the shadow region, served
+    /// by barmap's fault handler with a pread or pwrite.
+    Fault,
 }
 
 impl AccessPath {
@@ -28,16 +31,18 @@ impl AccessPath {
         match self {
             AccessPath::Mmap => "mmap",
             AccessPath::Syscall => "syscall",
+            AccessPath::Fault => "fault",
         }
     }
 
-    /// The path an access of `len` bytes at `offset` takes, given the directly mapped ranges.
-    pub fn of(mapped: &[Range<u64>], offset: u64, len: u64) -> AccessPath {
+    /// The path an access of `len` bytes at `offset` takes, given the directly
+    /// mapped ranges and the path (`slow`) of everything else.
+    pub fn of(mapped: &[Range<u64>], slow: AccessPath, offset: u64, len: u64) -> AccessPath {
         let end = offset.saturating_add(len);
         if mapped.iter().any(|r| r.start <= offset && end <= r.end) {
             AccessPath::Mmap
         } else {
-            AccessPath::Syscall
+            slow
         }
     }
 }
@@ -157,13 +162,15 @@ pub fn device_json(dev: &PciDeviceInfo) -> Value {
     })
 }
 
-/// The access path `--via auto` takes through a region of `size` bytes with these mapped ranges.
-pub fn region_path(size: u64, mapped: &[Range<u64>]) -> &'static str {
+/// The access path `--via auto` takes through a region of `size` bytes with
+/// these mapped ranges, `slow` being the path of the rest: `mmap`,
+/// `mmap+fault` (partly mapped) or `fault`; `syscall` where there is no shadow region.
+pub fn region_path(size: u64, mapped: &[Range<u64>], slow: AccessPath) -> String {
     let covered: u64 = mapped.iter().map(|r| r.end.saturating_sub(r.start)).sum();
     match covered {
-        0 => "syscall",
-        c if c >= size => "mmap",
-        _ => "mmap+syscall",
+        0 => slow.name().to_string(),
+        c if c >= size => "mmap".to_string(),
+        _ => format!("mmap+{}", slow.name()),
     }
 }
 
@@ -194,14 +201,14 @@ pub fn cap_text(cap: &RegionCap) -> String {
 }
 
 /// `info` row: name, size, flags, kind, access path, capabilities (`-` for none).
-pub fn region_row(info: &RegionInfo, mapped: &[Range<u64>]) -> Vec<String> {
+pub fn region_row(info: &RegionInfo, mapped: &[Range<u64>], slow: AccessPath) -> Vec<String> {
     let caps: Vec<String> = info.caps.iter().map(cap_text).collect();
     vec![
         info.index.to_string(),
         format!("{:#x}", info.size),
         info.flags.to_string(),
         region_kind(info),
-        region_path(info.size, mapped).to_string(),
+        region_path(info.size, mapped, slow),
         if caps.is_empty() {
             "-".to_string()
         } else {
@@ -218,7 +225,7 @@ pub fn region_header() -> Vec<String> {
 }
 
 /// `info --json` element.
-pub fn region_json(info: &RegionInfo, mapped: &[Range<u64>]) -> Value {
+pub fn region_json(info: &RegionInfo, mapped: &[Range<u64>], slow: AccessPath) -> Value {
     json!({
         "region": info.index.to_string(),
         "index": info.index.0,
@@ -228,7 +235,7 @@ pub fn region_json(info: &RegionInfo, mapped: &[Range<u64>]) -> Value {
         "writable": info.flags.writable(),
         "mmapable": info.flags.mmapable(),
         "kind": region_kind(info),
-        "access": region_path(info.size, mapped),
+        "access": region_path(info.size, mapped, slow),
         "mapped": mapped.iter().map(|r| json!([r.start, r.end])).collect::<Vec<_>>(),
         "caps": info.caps.iter().map(cap_text).collect::<Vec<_>>(),
     })
@@ -433,6 +440,10 @@ mod tests {
             ),
             "trace: write bar1+0x83 w8 = 0xfa via syscall"
         );
+        assert_eq!(
+            trace_line("read", RegionIndex(1), 4, Width::W32, 0x83, AccessPath::Fault),
+            "trace: read bar1+0x4 w32 = 0x00000083 via fault"
+        );
     }
 
     #[test]
@@ -507,16 +518,20 @@ mod tests {
     #[test]
     fn access_paths() {
         let mapped = [0x1000..0x2000, 0x3000..0x4000];
-        assert_eq!(AccessPath::of(&mapped, 0x1000, 4), AccessPath::Mmap);
-        assert_eq!(AccessPath::of(&mapped, 0x1ffc, 4), AccessPath::Mmap);
-        assert_eq!(AccessPath::of(&mapped, 0x1ffc, 8), AccessPath::Syscall);
-        assert_eq!(AccessPath::of(&mapped, 0x2000, 4), AccessPath::Syscall);
-        assert_eq!(AccessPath::of(&[], 0, 1), AccessPath::Syscall);
-        assert_eq!(AccessPath::of(&mapped, u64::MAX, 4), AccessPath::Syscall);
-        assert_eq!(region_path(0x4000, &[0..0x4000]), "mmap");
-        assert_eq!(region_path(0x100, &[0..0x100]), "mmap");
-        assert_eq!(region_path(0x4000, &mapped), "mmap+syscall");
-        assert_eq!(region_path(0x100, &[]), "syscall");
+        let (syscall, fault) = (AccessPath::Syscall, AccessPath::Fault);
+        assert_eq!(AccessPath::of(&mapped, syscall, 0x1000, 4), AccessPath::Mmap);
+        assert_eq!(AccessPath::of(&mapped, fault, 0x1ffc, 4), AccessPath::Mmap);
+        assert_eq!(AccessPath::of(&mapped, syscall, 0x1ffc, 8), syscall);
+        assert_eq!(AccessPath::of(&mapped, fault, 0x1ffc, 8), fault);
+        assert_eq!(AccessPath::of(&mapped, syscall, 0x2000, 4), syscall);
+        assert_eq!(AccessPath::of(&[], fault, 0, 1), fault);
+        assert_eq!(AccessPath::of(&mapped, syscall, u64::MAX, 4), syscall);
+        assert_eq!(region_path(0x4000, &[0..0x4000], fault), "mmap");
+        assert_eq!(region_path(0x100, &[0..0x100], syscall), "mmap");
+        assert_eq!(region_path(0x4000, &mapped, syscall), "mmap+syscall");
+        assert_eq!(region_path(0x4000, &mapped, fault), "mmap+fault");
+        assert_eq!(region_path(0x100, &[], syscall), "syscall");
+        assert_eq!(region_path(0x100, &[], fault), "fault");
     }
 
     fn region(index: u32, size: u64, flags: u32, caps: Vec<RegionCap>, kind: Option<BarKind>) -> RegionInfo {
@@ -559,22 +574,22 @@ mod tests {
         );
         let table = columns(&[
             region_header(),
-            region_row(&edu, &[0..0x10_0000]),
-            region_row(&io, &[]),
-            region_row(&config, &[]),
-            region_row(&rom, &[]),
-            region_row(&sparse, &[0..0x1000]),
+            region_row(&edu, &[0..0x10_0000], AccessPath::Fault),
+            region_row(&io, &[], AccessPath::Fault),
+            region_row(&config, &[], AccessPath::Syscall),
+            region_row(&rom, &[], AccessPath::Fault),
+            region_row(&sparse, &[0..0x1000], AccessPath::Fault),
         ]);
         let expected = "\
-REGION SIZE     FLAGS KIND                ACCESS       CAPS
-bar0   0x100000 rwm   mem32               mmap         -
-bar1   0x100    rw-   io                  syscall      -
-config 0x100    rw-   config              syscall      -
-rom    0x8000   r--   rom                 syscall      -
-bar2   0x4000   rwm   mem64, prefetchable mmap+syscall sparse(0x0+0x1000) msix-mappable type(1:2) cap(id 9 v1)
+REGION SIZE     FLAGS KIND                ACCESS     CAPS
+bar0   0x100000 rwm   mem32               mmap       -
+bar1   0x100    rw-   io                  fault      -
+config 0x100    rw-   config              syscall    -
+rom    0x8000   r--   rom                 fault      -
+bar2   0x4000   rwm   mem64, prefetchable mmap+fault sparse(0x0+0x1000) msix-mappable type(1:2) cap(id 9 v1)
 ";
         assert_eq!(table, expected);
-        let v = region_json(&sparse, &[0..0x1000]);
+        let v = region_json(&sparse, &[0..0x1000], AccessPath::Fault);
         assert_eq!(v["region"], "bar2");
         assert_eq!(v["index"], 2);
         assert_eq!(v["size"], 0x4000);
@@ -584,10 +599,10 @@ bar2   0x4000   rwm   mem64, prefetchable mmap+syscall sparse(0x0+0x1000) msix-m
             (json!(true), json!(true))
         );
         assert_eq!(v["kind"], "mem64, prefetchable");
-        assert_eq!(v["access"], "mmap+syscall");
+        assert_eq!(v["access"], "mmap+fault");
         assert_eq!(v["mapped"], json!([[0, 0x1000]]));
         assert_eq!(v["caps"][0], "sparse(0x0+0x1000)");
-        assert_eq!(region_json(&io, &[])["caps"], json!([]));
+        assert_eq!(region_json(&io, &[], AccessPath::Syscall)["caps"], json!([]));
     }
 
     fn edu_header() -> ConfigHeader {
