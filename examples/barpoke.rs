@@ -849,6 +849,29 @@ mod tests {
     }
 
     #[test]
+    fn raw_accesses_have_the_width_and_little_endian_order() {
+        let mut buf = [0u64; 2];
+        let base = buf.as_mut_ptr().cast::<u8>();
+        let w = |bits: &str| parse::width(bits).unwrap();
+        // SAFETY: every access below is inside `buf` (16 bytes) and aligned to its width.
+        unsafe {
+            store(base, w("64"), 0x1122_3344_5566_7788);
+            assert_eq!(load(base, w("8")), 0x88);
+            assert_eq!(load(base.add(1), w("8")), 0x77);
+            assert_eq!(load(base.add(2), w("16")), 0x5566);
+            assert_eq!(load(base.add(4), w("32")), 0x1122_3344);
+            store(base.add(8), w("8"), 0xaa);
+            store(base.add(10), w("16"), 0xbbcc);
+            store(base.add(12), w("32"), 0xdead_beef);
+            assert_eq!(load(base.add(8), w("64")), 0xdead_beef_bbcc_00aa);
+        }
+        assert_eq!(
+            buf[1].to_le_bytes(),
+            [0xaa, 0, 0xcc, 0xbb, 0xef, 0xbe, 0xad, 0xde]
+        );
+    }
+
+    #[test]
     fn dump_reads_the_covering_dwords() {
         assert_eq!(dword_span(0, 0x20), 0..0x20);
         assert_eq!(dword_span(1, 2), 0..4);
