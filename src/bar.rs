@@ -244,24 +244,9 @@ fn map_areas(device: &Device, info: &RegionInfo, trap: &Trap) -> Result<Option<M
         }
     };
     let reservation = Reservation::new(info.size).map_err(mmap_error(0, info.size))?;
-    for range in &ranges {
-        let len = range.end - range.start;
-        reservation
-            .map_shared(
-                range.start as usize,
-                len as usize,
-                device.raw_fd(),
-                info.offset + range.start,
-            )
-            .map_err(mmap_error(range.start, len))?;
-        log::debug!(
-            "{} {}: mapped {:#x}..{:#x}",
-            device.address(),
-            info.index,
-            range.start,
-            range.end
-        );
-    }
+    reservation
+        .map_ranges(&ranges, device.raw_fd(), info.offset)
+        .map_err(|(range, source)| mmap_error(range.start, range.end - range.start)(source))?;
     let ranges: Vec<Range<u64>> = ranges
         .into_iter()
         .map(|r| r.start..r.end.min(info.size))

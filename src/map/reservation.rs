@@ -1,6 +1,7 @@
 //! The reserved address range a region is mapped into.
 
 use std::io;
+use std::ops::Range;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
 
@@ -108,6 +109,29 @@ impl Reservation {
         };
         if raw == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Reservation {
+    /// Maps each of `ranges` (page-aligned offsets in the range) from `fd` at
+    /// `file_offset + range.start`; on failure, the range that failed and why.
+    pub(crate) fn map_ranges(
+        &self,
+        ranges: &[Range<u64>],
+        fd: RawFd,
+        file_offset: u64,
+    ) -> Result<(), (Range<u64>, io::Error)> {
+        for range in ranges {
+            let len = range.end - range.start;
+            self.map_shared(range.start as usize, len as usize, fd, file_offset + range.start)
+                .map_err(|e| (range.clone(), e))?;
+            log::debug!(
+                "mapped fd {fd} offset {:#x} at {:#x}+{len:#x}",
+                file_offset + range.start,
+                range.start
+            );
         }
         Ok(())
     }

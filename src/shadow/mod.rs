@@ -394,17 +394,9 @@ impl<'fd> ShadowBuilder<'fd> {
                 };
                 setup(step, r.start, r.end.wrapping_sub(r.start))(io::ErrorKind::InvalidInput.into())
             })?;
-            for r in &ranges {
-                let len = r.end - r.start;
-                reservation
-                    .map_shared(
-                        r.start as usize,
-                        len as usize,
-                        fd.as_raw_fd(),
-                        file_offset + r.start,
-                    )
-                    .map_err(setup("mapping an area", r.start, len))?;
-            }
+            reservation
+                .map_ranges(&ranges, fd.as_raw_fd(), *file_offset)
+                .map_err(|(r, source)| setup("mapping an area", r.start, r.end - r.start)(source))?;
             mapped = ranges.into_iter().map(|r| r.start..r.end.min(size)).collect();
         }
         let registration = Registration::new(
