@@ -169,7 +169,9 @@ mod x86_64 {
             OwnedFd::from_raw_fd(fd)
         };
         let raw = fd.as_fd().as_raw_fd();
-        let region = ShadowRegion::builder("bench memfd", Box::new(FdRegion::new(raw, 0, PAGE as u64)))
+        // SAFETY: `fd` (owned above) outlives `region`, which is dropped first.
+        let io = unsafe { FdRegion::new(raw, 0, PAGE as u64) };
+        let region = ShadowRegion::builder("bench memfd", Box::new(io))
             .trap(Trap::All)
             .build()
             .expect("shadow region over a memfd");

@@ -381,9 +381,16 @@ fn unbind(cli: &Cli, addr: PciAddress) -> Result<String> {
 fn info(cli: &Cli, addr: PciAddress) -> Result<String> {
     let device = Device::open(addr)?;
     let mut regions = Vec::new();
+    // What `--via auto` would do, without building shadow regions (and so
+    // without installing the fault handler) just to print it.
+    let slow = if cfg!(target_arch = "x86_64") {
+        AccessPath::Fault
+    } else {
+        AccessPath::Syscall
+    };
     for info in device.regions().iter().filter(|r| r.size > 0) {
-        let region = Region::open(&device, info.index, Via::Auto)?;
-        regions.push((info, region.mapped.clone(), region.slow_path()));
+        let bar = device.open_region(info.index, MapPolicy::Direct)?;
+        regions.push((info, bar.mapped_ranges(), slow));
     }
     if cli.json {
         let regions: Vec<Value> = regions

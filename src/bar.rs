@@ -50,7 +50,7 @@ struct Mapping {
 ///
 /// ```no_run
 /// use barmap::Device;
-/// let edu = Device::open("0000:00:03.0".parse()?)?;
+/// let edu = Device::open("0000:00:02.0".parse()?)?;
 /// let bar0 = edu.bar(0)?;
 /// bar0.write::<u32>(0x04, 0x1234_5678)?;
 /// assert_eq!(bar0.read::<u32>(0x04)?, !0x1234_5678);
@@ -124,12 +124,16 @@ impl Device {
     /// Opens BAR `n` with [`MapPolicy::Direct`]: every mmapable area mapped, the
     /// rest (or all of an I/O BAR) through pread/pwrite.
     pub fn bar(&self, n: u32) -> Result<Bar<'_>> {
-        let index = RegionIndex::bar(n).ok_or(Error::NoSuchRegion {
+        self.open_region(self.bar_index(n)?, MapPolicy::Direct)
+    }
+
+    /// The region index of BAR `n`, or [`Error::NoSuchRegion`] past BAR5.
+    fn bar_index(&self, n: u32) -> Result<RegionIndex> {
+        RegionIndex::bar(n).ok_or(Error::NoSuchRegion {
             addr: self.address(),
             region: RegionIndex(n),
             count: self.regions().len() as u32,
-        })?;
-        self.open_region(index, MapPolicy::Direct)
+        })
     }
 
     /// Opens any region (BAR, `rom`, `config`) with the given policy.
@@ -148,7 +152,7 @@ impl Device {
     /// use std::sync::atomic::{AtomicUsize, Ordering};
     /// use std::sync::Arc;
     /// use barmap::{Device, MapPolicy};
-    /// let edu = Device::open("0000:00:03.0".parse()?)?;
+    /// let edu = Device::open("0000:00:02.0".parse()?)?;
     /// let trapped = Arc::new(AtomicUsize::new(0));
     /// let count = trapped.clone();
     /// let bar0 = edu.map_bar(0, MapPolicy::Trap(vec![0..0x1000]), move |_access: &barmap::shadow::Access| {
@@ -166,12 +170,7 @@ impl Device {
         policy: MapPolicy,
         hook: impl Fn(&Access) + Send + Sync + 'static,
     ) -> Result<Bar<'_>> {
-        let index = RegionIndex::bar(n).ok_or(Error::NoSuchRegion {
-            addr: self.address(),
-            region: RegionIndex(n),
-            count: self.regions().len() as u32,
-        })?;
-        self.open_region_hooked(index, policy, Some(Arc::new(hook)))
+        self.open_region_hooked(self.bar_index(n)?, policy, Some(Arc::new(hook)))
     }
 
     fn open_region_hooked(
@@ -245,7 +244,7 @@ fn map_areas(device: &Device, info: &RegionInfo, trap: &Trap) -> Result<Option<M
     };
     let reservation = Reservation::new(info.size).map_err(mmap_error(0, info.size))?;
     reservation
-        .map_ranges(&ranges, device.raw_fd(), info.offset)
+        .map_ranges(&ranges, device.raw_fd(), info.offset, info.flags.writable())
         .map_err(|(range, source)| mmap_error(range.start, range.end - range.start)(source))?;
     let ranges: Vec<Range<u64>> = ranges
         .into_iter()
@@ -316,7 +315,7 @@ impl Bar<'_> {
     ///
     /// ```no_run
     /// use barmap::Device;
-    /// let testdev = Device::open("0000:00:04.0".parse()?)?;
+    /// let testdev = Device::open("0000:00:03.0".parse()?)?;
     /// let io = testdev.bar(1)?; // I/O BAR: nothing mapped
     /// let p = io.as_mut_ptr()?;
     /// // SAFETY: offsets 0 and 4 are inside the 256-byte BAR, naturally aligned.

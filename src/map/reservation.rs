@@ -38,7 +38,10 @@ impl Reservation {
         if size == 0 {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        let len = size.div_ceil(page) * page;
+        let len = size
+            .div_ceil(page)
+            .checked_mul(page)
+            .ok_or(io::ErrorKind::InvalidInput)?;
         let align = (1u64 << size.trailing_zeros()).clamp(page, MAX_ALIGN);
         let total = len.checked_add(align - page).ok_or(io::ErrorKind::InvalidInput)?;
         let total = usize::try_from(total).map_err(|_| io::ErrorKind::InvalidInput)?;
@@ -87,8 +90,16 @@ impl Reservation {
     }
 
     /// Maps `len` bytes of `fd` from `file_offset` at `at` bytes into the range,
-    /// shared and read/write. `at` and `len` must be page aligned and inside the range.
-    pub(crate) fn map_shared(&self, at: usize, len: usize, fd: RawFd, file_offset: u64) -> io::Result<()> {
+    /// shared, readable, and writable if `writable`. `at` and `len` must be page
+    /// aligned and inside the range.
+    pub(crate) fn map_shared(
+        &self,
+        at: usize,
+        len: usize,
+        fd: RawFd,
+        file_offset: u64,
+        writable: bool,
+    ) -> io::Result<()> {
         let page = page_size();
         let inside = at.checked_add(len).is_some_and(|end| end <= self.len);
         if !inside || !at.is_multiple_of(page) || !len.is_multiple_of(page) || len == 0 {
@@ -101,7 +112,11 @@ impl Reservation {
             libc::mmap(
                 self.base.as_ptr().add(at).cast(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                if writable {
+                    libc::PROT_READ | libc::PROT_WRITE
+                } else {
+                    libc::PROT_READ
+                },
                 libc::MAP_SHARED | libc::MAP_FIXED,
                 fd,
                 offset,
@@ -116,22 +131,32 @@ impl Reservation {
 
 impl Reservation {
     /// Maps each of `ranges` (page-aligned offsets in the range) from `fd` at
-    /// `file_offset + range.start`; on failure, the range that failed and why.
+    /// `file_offset + range.start`, writable if `writable`; on failure, the
+    /// range that failed and why.
     pub(crate) fn map_ranges(
         &self,
         ranges: &[Range<u64>],
         fd: RawFd,
         file_offset: u64,
+        writable: bool,
     ) -> Result<(), (Range<u64>, io::Error)> {
         for range in ranges {
-            let len = range.end - range.start;
-            self.map_shared(range.start as usize, len as usize, fd, file_offset + range.start)
-                .map_err(|e| (range.clone(), e))?;
-            log::debug!(
-                "mapped fd {fd} offset {:#x} at {:#x}+{len:#x}",
-                file_offset + range.start,
-                range.start
-            );
+            let failed = |e: io::Error| (range.clone(), e);
+            let len = range
+                .end
+                .checked_sub(range.start)
+                .ok_or(io::ErrorKind::InvalidInput)
+                .map_err(|k| failed(k.into()))?;
+            let at_file = file_offset
+                .checked_add(range.start)
+                .ok_or(io::ErrorKind::InvalidInput)
+                .map_err(|k| failed(k.into()))?;
+            let (at, len) = match (usize::try_from(range.start), usize::try_from(len)) {
+                (Ok(at), Ok(len)) => (at, len),
+                _ => return Err(failed(io::ErrorKind::InvalidInput.into())),
+            };
+            self.map_shared(at, len, fd, at_file, writable).map_err(failed)?;
+            log::debug!("mapped fd {fd} offset {at_file:#x} at {at:#x}+{len:#x}");
         }
         Ok(())
     }
@@ -183,12 +208,24 @@ mod tests {
         let file = tempfile_with(&[0xabu8; 8192]);
         let r = Reservation::new(4 * page as u64).unwrap();
         use std::os::fd::AsRawFd;
-        r.map_shared(page, page, file.as_raw_fd(), page as u64).unwrap();
+        r.map_shared(page, page, file.as_raw_fd(), page as u64, true)
+            .unwrap();
         // SAFETY: the page at base + page was just mapped readable.
         let v = unsafe { std::ptr::read_volatile(r.base().add(page)) };
         assert_eq!(v, 0xab);
-        assert!(r.map_shared(1, page, file.as_raw_fd(), 0).is_err());
-        assert!(r.map_shared(3 * page, 2 * page, file.as_raw_fd(), 0).is_err());
+        assert!(r.map_shared(1, page, file.as_raw_fd(), 0, true).is_err());
+        assert!(r
+            .map_shared(3 * page, 2 * page, file.as_raw_fd(), 0, true)
+            .is_err());
+        let first_page = 0..page as u64;
+        let overflowing = r.map_ranges(
+            std::slice::from_ref(&first_page),
+            file.as_raw_fd(),
+            u64::MAX,
+            true,
+        );
+        assert!(overflowing.is_err(), "file offset overflow is refused");
+        assert!(Reservation::new(u64::MAX).is_err());
     }
 
     fn tempfile_with(bytes: &[u8]) -> std::fs::File {

@@ -65,20 +65,24 @@ const ID: usize = offset_of!(vfio_info_cap_header, id);
 const VERSION: usize = offset_of!(vfio_info_cap_header, version);
 const NEXT: usize = offset_of!(vfio_info_cap_header, next);
 
+/// The `N` bytes at `at`, if the buffer holds them. The kernel fills info
+/// buffers in the CPU's byte order, so the readers below use native order.
 fn bytes_at<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
     buf.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 
 fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
-    bytes_at(buf, at).map(u16::from_le_bytes)
+    bytes_at(buf, at).map(u16::from_ne_bytes)
 }
 
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    bytes_at(buf, at).map(u32::from_le_bytes)
+/// The native-order `u32` at `at`.
+pub(crate) fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+    bytes_at(buf, at).map(u32::from_ne_bytes)
 }
 
-fn u64_at(buf: &[u8], at: usize) -> Option<u64> {
-    bytes_at(buf, at).map(u64::from_le_bytes)
+/// The native-order `u64` at `at`.
+pub(crate) fn u64_at(buf: &[u8], at: usize) -> Option<u64> {
+    bytes_at(buf, at).map(u64::from_ne_bytes)
 }
 
 fn malformed(offset: usize, reason: &'static str) -> Error {
@@ -100,8 +104,8 @@ fn malformed(offset: usize, reason: &'static str) -> Error {
 /// ```
 /// use barmap::{parse_region_caps, RegionCap};
 /// let mut buf = vec![0u8; 40];
-/// buf[32..34].copy_from_slice(&3u16.to_le_bytes()); // MSI-X mappable, version 1, next 0
-/// buf[34..36].copy_from_slice(&1u16.to_le_bytes());
+/// buf[32..34].copy_from_slice(&3u16.to_ne_bytes()); // MSI-X mappable, version 1, next 0
+/// buf[34..36].copy_from_slice(&1u16.to_ne_bytes());
 /// assert_eq!(parse_region_caps(&buf, 32).unwrap(), vec![RegionCap::MsixMappable]);
 /// assert!(parse_region_caps(&buf, 36).is_err()); // header past the end
 /// ```
@@ -199,9 +203,9 @@ mod tests {
         /// Appends a capability with `next = 0`; returns its offset.
         fn cap(&mut self, id: u16, version: u16, body: &[u8]) -> u32 {
             let at = self.buf.len();
-            self.buf.extend_from_slice(&id.to_le_bytes());
-            self.buf.extend_from_slice(&version.to_le_bytes());
-            self.buf.extend_from_slice(&0u32.to_le_bytes());
+            self.buf.extend_from_slice(&id.to_ne_bytes());
+            self.buf.extend_from_slice(&version.to_ne_bytes());
+            self.buf.extend_from_slice(&0u32.to_ne_bytes());
             self.buf.extend_from_slice(body);
             assert_eq!(
                 self.buf.len() % 8,
@@ -216,18 +220,18 @@ mod tests {
         }
 
         fn sparse_with_count(&mut self, count: u32, areas: &[(u64, u64)]) -> u32 {
-            let mut body = count.to_le_bytes().to_vec();
-            body.extend_from_slice(&0u32.to_le_bytes());
+            let mut body = count.to_ne_bytes().to_vec();
+            body.extend_from_slice(&0u32.to_ne_bytes());
             for (offset, size) in areas {
-                body.extend_from_slice(&offset.to_le_bytes());
-                body.extend_from_slice(&size.to_le_bytes());
+                body.extend_from_slice(&offset.to_ne_bytes());
+                body.extend_from_slice(&size.to_ne_bytes());
             }
             self.cap(SPARSE, 1, &body)
         }
 
         fn type_(&mut self, type_: u32, subtype: u32) -> u32 {
-            let mut body = type_.to_le_bytes().to_vec();
-            body.extend_from_slice(&subtype.to_le_bytes());
+            let mut body = type_.to_ne_bytes().to_vec();
+            body.extend_from_slice(&subtype.to_ne_bytes());
             self.cap(TYPE, 1, &body)
         }
 
@@ -237,7 +241,7 @@ mod tests {
 
         fn set_next(&mut self, at: u32, next: u32) {
             let at = at as usize + NEXT;
-            self.buf[at..at + 4].copy_from_slice(&next.to_le_bytes());
+            self.buf[at..at + 4].copy_from_slice(&next.to_ne_bytes());
         }
 
         /// Links the capabilities in the given order; returns the first offset.

@@ -27,9 +27,10 @@ pub trait RegionIo: Send + Sync {
 
 /// A region reached through `pread`/`pwrite` on a VFIO device file descriptor.
 ///
-/// It borrows the descriptor as a raw number: whoever builds it keeps the
-/// descriptor open for as long as the `FdRegion` is used (a [`crate::Bar`]
-/// does so by borrowing its [`crate::Device`]).
+/// It holds the descriptor as a raw number, so building one is `unsafe`: the
+/// builder promises the descriptor stays open for as long as the `FdRegion`
+/// is used. [`crate::Device`] builds them for its regions, and a
+/// [`crate::Bar`] keeps that promise by borrowing its device.
 #[derive(Clone, Copy, Debug)]
 pub struct FdRegion {
     fd: RawFd,
@@ -39,7 +40,13 @@ pub struct FdRegion {
 
 impl FdRegion {
     /// A region of `size` bytes at `file_offset` in `fd`.
-    pub fn new(fd: RawFd, file_offset: u64, size: u64) -> Self {
+    ///
+    /// # Safety
+    ///
+    /// `fd` must stay open, and keep naming the same open file, for as long as
+    /// this value or any copy of it is used: every read and write goes to
+    /// whatever file `fd` names at that moment.
+    pub unsafe fn new(fd: RawFd, file_offset: u64, size: u64) -> Self {
         FdRegion {
             fd,
             file_offset,
@@ -52,8 +59,10 @@ impl FdRegion {
         if end.is_none_or(|end| end > self.size) {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        libc::off_t::try_from(self.file_offset + offset)
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+        self.file_offset
+            .checked_add(offset)
+            .and_then(|pos| libc::off_t::try_from(pos).ok())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
     }
 }
 

@@ -8,6 +8,7 @@ mod io;
 mod memory;
 
 pub use caps::{parse_region_caps, RegionCap, SparseArea};
+pub(crate) use caps::{u32_at, u64_at};
 pub use index::{ParseRegionError, RegionIndex};
 pub use info::{BarKind, RegionFlags, RegionInfo};
 pub use io::{FdRegion, RegionIo};

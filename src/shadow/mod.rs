@@ -68,7 +68,9 @@
 //! use barmap::FdRegion;
 //! # let (fd, size) = (3, 0x2000);
 //! // Every access to this region goes through the fd (e.g. an I/O port BAR).
-//! let region = ShadowRegion::builder("bar1", Box::new(FdRegion::new(fd, 0, size)))
+//! // SAFETY: `fd` stays open for as long as the region lives.
+//! let io = unsafe { FdRegion::new(fd, 0, size) };
+//! let region = ShadowRegion::builder("bar1", Box::new(io))
 //!     .trap(Trap::All)
 //!     .build()?;
 //! // SAFETY: offset 0x10 is inside the region; u32 accesses are emulated.
@@ -395,7 +397,7 @@ impl<'fd> ShadowBuilder<'fd> {
                 setup(step, r.start, r.end.wrapping_sub(r.start))(io::ErrorKind::InvalidInput.into())
             })?;
             reservation
-                .map_ranges(&ranges, fd.as_raw_fd(), *file_offset)
+                .map_ranges(&ranges, fd.as_raw_fd(), *file_offset, true)
                 .map_err(|(r, source)| setup("mapping an area", r.start, r.end - r.start)(source))?;
             mapped = ranges.into_iter().map(|r| r.start..r.end.min(size)).collect();
         }

@@ -21,8 +21,8 @@ const VFIO_CONTAINER_PATH: &str = "/dev/vfio/vfio";
 /// ```no_run
 /// use barmap::{Container, Device};
 /// let container = Container::new()?;
-/// let edu = Device::open_in(&container, "0000:00:03.0".parse()?)?;
-/// let testdev = Device::open_in(&container, "0000:00:04.0".parse()?)?;
+/// let edu = Device::open_in(&container, "0000:00:02.0".parse()?)?;
+/// let testdev = Device::open_in(&container, "0000:00:03.0".parse()?)?;
 /// # Ok::<(), barmap::Error>(())
 /// ```
 #[derive(Clone)]

@@ -2,17 +2,20 @@
 
 use std::fmt;
 use std::io;
+use std::mem::offset_of;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
-use vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_CAPS;
+use vfio_bindings::bindings::vfio::{vfio_region_info, VFIO_REGION_INFO_FLAG_CAPS};
 use vfio_ioctls::{VfioDevice, VfioError};
 
 use super::{ioctl, Container};
 use crate::config::{ConfigSpace, PCI_BASE_ADDRESS_0};
 use crate::error::{Error, Result};
 use crate::pci::{PciAddress, Sysfs, VFIO_PCI_DRIVER};
-use crate::region::{parse_region_caps, BarKind, FdRegion, RegionFlags, RegionIndex, RegionInfo};
+use crate::region::{
+    parse_region_caps, u32_at, u64_at, BarKind, FdRegion, RegionFlags, RegionIndex, RegionInfo,
+};
 
 /// A PCI device opened through VFIO.
 ///
@@ -23,7 +26,7 @@ use crate::region::{parse_region_caps, BarKind, FdRegion, RegionFlags, RegionInd
 ///
 /// ```no_run
 /// use barmap::Device;
-/// let edu = Device::open("0000:00:03.0".parse()?)?;
+/// let edu = Device::open("0000:00:02.0".parse()?)?;
 /// for region in edu.regions() {
 ///     println!("{} {:#x} {}", region.index, region.size, region.flags);
 /// }
@@ -86,7 +89,9 @@ impl Device {
         let config = regions
             .iter()
             .find(|r| r.index == RegionIndex::CONFIG && r.size > 0 && r.flags.readable())
-            .map(|r| FdRegion::new(fd, r.offset, r.size));
+            // SAFETY: `fd` is the device descriptor, owned by the Device built
+            // below together with this FdRegion, and closed only when it drops.
+            .map(|r| unsafe { FdRegion::new(fd, r.offset, r.size) });
         if let Some(io) = &config {
             let space = ConfigSpace::new(io, addr);
             for region in regions.iter_mut().filter(|r| r.size > 0) {
@@ -144,7 +149,7 @@ impl Device {
     /// virtualizes parts of it, such as the BAR registers).
     ///
     /// ```no_run
-    /// let edu = barmap::Device::open("0000:00:03.0".parse()?)?;
+    /// let edu = barmap::Device::open("0000:00:02.0".parse()?)?;
     /// let config = edu.config()?;
     /// assert_eq!(config.header()?.vendor_id, 0x1234);
     /// for cap in config.capabilities()? {
@@ -163,7 +168,9 @@ impl Device {
 
     /// The slow-path I/O of a region: pread/pwrite on the device descriptor.
     pub(crate) fn region_io(&self, info: &RegionInfo) -> FdRegion {
-        FdRegion::new(self.raw_fd(), info.offset, info.size)
+        // SAFETY: the descriptor lives as long as `self`; callers keep the
+        // FdRegion no longer than their borrow of the device (a Bar borrows it).
+        unsafe { FdRegion::new(self.raw_fd(), info.offset, info.size) }
     }
 
     pub(crate) fn raw_fd(&self) -> RawFd {
@@ -227,17 +234,13 @@ fn read_region_info(fd: RawFd, addr: PciAddress, index: u32) -> Result<RegionInf
             })
         }
     };
-    let field = |at: usize, len: usize| -> u64 {
-        bytes[at..at + len]
-            .iter()
-            .rev()
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
-    };
-    // Field offsets of struct vfio_region_info; region_info_bytes returns at least its 32 bytes.
-    let flags = field(4, 4) as u32;
-    let cap_offset = field(12, 4) as u32;
-    let size = field(16, 8);
-    let offset = field(24, 8);
+    // region_info_bytes returns at least the whole struct, so every field is there.
+    let field32 = |at| u32_at(&bytes, at).unwrap_or_default();
+    let field64 = |at| u64_at(&bytes, at).unwrap_or_default();
+    let flags = field32(offset_of!(vfio_region_info, flags));
+    let cap_offset = field32(offset_of!(vfio_region_info, cap_offset));
+    let size = field64(offset_of!(vfio_region_info, size));
+    let offset = field64(offset_of!(vfio_region_info, offset));
     let caps = if flags & VFIO_REGION_INFO_FLAG_CAPS != 0 {
         parse_region_caps(&bytes, cap_offset)?
     } else {
