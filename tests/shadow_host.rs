@@ -1157,3 +1157,244 @@ fn trapped_accesses_are_traced_through_log() {
     );
     assert_eq!(region.flush_trace(), 0);
 }
+
+#[test]
+fn faults_on_threads_with_small_stacks_are_served() {
+    if !in_child() {
+        let (status, stderr) = run_child("faults_on_threads_with_small_stacks_are_served");
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    // std puts a thread's alternate signal stack right below its (guarded)
+    // stack, so with a small stack the interrupted stack pointer is only a
+    // few dozen KiB above the handler's frame on the alternate stack.
+    for stack in [32 << 10, 64 << 10] {
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(stack)
+                .spawn_scoped(s, || {
+                    let p = region.as_mut_ptr().wrapping_add(0x20).cast::<u64>();
+                    // SAFETY: inside the region, aligned.
+                    unsafe {
+                        ptr::write_volatile(p, stack as u64);
+                        assert_eq!(ptr::read_volatile(p), stack as u64);
+                    }
+                })
+                .unwrap();
+        });
+    }
+    assert_eq!(dev.log.take().len(), 4);
+}
+
+/// What [`fault_below_the_alternate_stack`] works on.
+struct BelowAlt {
+    region: *mut u8,
+    alt: libc::stack_t,
+    value: AtomicU64,
+}
+
+/// A thread whose alternate signal stack lies just below its own stack:
+/// stores to and loads from a trapped page.
+extern "C" fn fault_below_the_alternate_stack(arg: *mut libc::c_void) -> *mut libc::c_void {
+    // SAFETY: `arg` is the `BelowAlt` that outlives this thread (it is joined).
+    let job = unsafe { &*arg.cast::<BelowAlt>() };
+    // SAFETY: the alternate stack is mapped and not otherwise used; it is
+    // disabled again before the thread ends.
+    unsafe { assert_eq!(libc::sigaltstack(&job.alt, ptr::null_mut()), 0) };
+    let p = job.region.wrapping_add(0x28).cast::<u64>();
+    // SAFETY: inside the region, aligned.
+    unsafe {
+        ptr::write_volatile(p, 0x5eed);
+        job.value.store(ptr::read_volatile(p), Ordering::SeqCst);
+    }
+    let off = libc::stack_t {
+        ss_sp: ptr::null_mut(),
+        ss_flags: libc::SS_DISABLE,
+        ss_size: 0,
+    };
+    // SAFETY: disables the alternate stack.
+    unsafe { assert_eq!(libc::sigaltstack(&off, ptr::null_mut()), 0) };
+    ptr::null_mut()
+}
+
+#[test]
+fn faults_are_served_when_the_alternate_stack_lies_just_below_the_stack() {
+    if !in_child() {
+        let name = "faults_are_served_when_the_alternate_stack_lies_just_below_the_stack";
+        let (status, stderr) = run_child(name);
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    // One mapping: guard page, a tight alternate stack (the kernel's signal
+    // frame and 2 KiB more), guard page, then a 32 KiB thread stack. The
+    // interrupted stack pointer is then less than 40 KiB above the handler's
+    // frame on the alternate stack, as with a small std thread whose
+    // alternate stack was mapped right below it.
+    let page = PAGE as usize;
+    let alt_size = (signal_frame_size() + 2048).div_ceil(page) * page;
+    let stack_size = 32 << 10;
+    let total = page + alt_size + page + stack_size;
+    // SAFETY: a fresh anonymous mapping whose guard pages are made
+    // PROT_NONE; the thread using its parts is joined before it is unmapped.
+    unsafe {
+        let mem = libc::mmap(
+            ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+        .cast::<u8>();
+        assert_ne!(mem.cast(), libc::MAP_FAILED);
+        assert_eq!(libc::mprotect(mem.cast(), page, libc::PROT_NONE), 0);
+        assert_eq!(
+            libc::mprotect(mem.add(page + alt_size).cast(), page, libc::PROT_NONE),
+            0
+        );
+        let job = BelowAlt {
+            region: region.as_mut_ptr(),
+            alt: libc::stack_t {
+                ss_sp: mem.add(page).cast(),
+                ss_flags: 0,
+                ss_size: alt_size,
+            },
+            value: AtomicU64::new(0),
+        };
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        assert_eq!(libc::pthread_attr_init(&mut attr), 0);
+        let stack = mem.add(page + alt_size + page);
+        assert_eq!(
+            libc::pthread_attr_setstack(&mut attr, stack.cast(), stack_size),
+            0
+        );
+        let mut thread: libc::pthread_t = 0;
+        let arg = (&job as *const BelowAlt).cast_mut().cast();
+        assert_eq!(
+            libc::pthread_create(&mut thread, &attr, fault_below_the_alternate_stack, arg),
+            0
+        );
+        assert_eq!(libc::pthread_join(thread, ptr::null_mut()), 0);
+        libc::pthread_attr_destroy(&mut attr);
+        assert_eq!(job.value.load(Ordering::SeqCst), 0x5eed);
+        libc::munmap(mem.cast(), total);
+    }
+    assert_eq!(dev.log.take().len(), 2);
+}
+
+static SENT_HITS: AtomicUsize = AtomicUsize::new(0);
+static SENT_CODE: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts sent SIGSEGVs (and remembers the last `si_code`).
+extern "C" fn count_sent(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: SA_SIGINFO handler: `info` is valid.
+    let code = unsafe { (*info).si_code };
+    SENT_CODE.store(code as u32 as usize, Ordering::SeqCst);
+    SENT_HITS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Sends SIGSEGV to this thread with `si_code` SI_QUEUE and the word that
+/// overlays a fault's `si_addr` set to `addr`.
+fn queue_sigsegv_claiming(addr: usize) {
+    // siginfo_t: si_signo, si_errno, si_code, padding, then the union, whose
+    // first word is `si_addr` for a fault (`si_pid`, `si_uid` when sent).
+    let mut info = [0u8; std::mem::size_of::<libc::siginfo_t>()];
+    info[0..4].copy_from_slice(&libc::SIGSEGV.to_ne_bytes());
+    info[8..12].copy_from_slice(&libc::SI_QUEUE.to_ne_bytes());
+    info[16..24].copy_from_slice(&(addr as u64).to_ne_bytes());
+    // SAFETY: queues a signal to this very thread with a fully initialised
+    // siginfo_t; it is handled before the system call returns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            libc::getpid(),
+            libc::gettid(),
+            libc::SIGSEGV,
+            info.as_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "rt_tgsigqueueinfo: {}", io::Error::last_os_error());
+}
+
+/// Installs `action` (a handler, SIG_IGN or SIG_DFL) for SIGSEGV.
+fn set_sigsegv(action: libc::sighandler_t, flags: libc::c_int) {
+    // SAFETY: `action` is SIG_IGN, SIG_DFL or a valid SA_SIGINFO handler.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = action;
+        act.sa_flags = flags;
+        assert_eq!(libc::sigaction(libc::SIGSEGV, &act, ptr::null_mut()), 0);
+    }
+}
+
+#[test]
+fn sent_sigsegv_goes_to_the_earlier_handler() {
+    if !in_child() {
+        let (status, stderr) = run_child("sent_sigsegv_goes_to_the_earlier_handler");
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    set_sigsegv(
+        count_sent as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize,
+        libc::SA_SIGINFO,
+    );
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all(); // installs barmap's handler on top
+                                 // SAFETY: raise has no preconditions; the handler above counts it.
+    assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
+    assert_eq!(SENT_HITS.load(Ordering::SeqCst), 1);
+    assert_eq!(SENT_CODE.load(Ordering::SeqCst), libc::SI_TKILL as u32 as usize);
+    // A sent signal whose pid/uid words read as an address inside the region
+    // is still not a fault there.
+    queue_sigsegv_claiming(region.as_ptr() as usize + 0x10);
+    assert_eq!(SENT_HITS.load(Ordering::SeqCst), 2);
+    assert_eq!(SENT_CODE.load(Ordering::SeqCst), libc::SI_QUEUE as u32 as usize);
+    assert_eq!(dev.log.take(), vec![]);
+    // Real faults on the region are still served.
+    // SAFETY: inside the region, aligned.
+    let v = unsafe { ptr::read_volatile(region.as_ptr().add(0x10).cast::<u32>()) };
+    assert_eq!(dev.log.take(), vec![rec(0x10, 4, u64::from(v), false)]);
+    assert_eq!(SENT_HITS.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn sent_sigsegv_is_ignored_when_it_was_ignored_before() {
+    if !in_child() {
+        let (status, stderr) = run_child("sent_sigsegv_is_ignored_when_it_was_ignored_before");
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    set_sigsegv(libc::SIG_IGN, 0);
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    // SAFETY: raise has no preconditions; SIGSEGV is ignored.
+    assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
+    queue_sigsegv_claiming(region.as_ptr() as usize);
+    // barmap's handler is still in place.
+    // SAFETY: inside the region, aligned.
+    unsafe { ptr::write_volatile(region.as_mut_ptr().cast::<u16>(), 0x1234) };
+    assert_eq!(dev.log.take(), vec![rec(0, 2, 0x1234, true)]);
+}
+
+#[test]
+fn sent_sigsegv_kills_when_that_was_the_default() {
+    if !in_child() {
+        let (status, stderr) = run_child("sent_sigsegv_kills_when_that_was_the_default");
+        assert_eq!(signal_of(status), Some(libc::SIGSEGV), "{status:?}\n{stderr}");
+        assert!(stderr.contains("region served"), "{stderr}");
+        return;
+    }
+    set_sigsegv(libc::SIG_DFL, 0);
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    // SAFETY: inside the region, aligned.
+    unsafe { ptr::write_volatile(region.as_mut_ptr().cast::<u16>(), 0x1234) };
+    eprintln!("region served");
+    // SAFETY: raise has no preconditions; it ends this child process.
+    unsafe { libc::raise(libc::SIGSEGV) };
+    unreachable!("the sent SIGSEGV was not delivered to the default action");
+}

@@ -9,8 +9,12 @@
 //! region that cannot be emulated writes one line to stderr and then takes
 //! the default action (the process dies of SIGSEGV): never a silent wrong value.
 //!
+//! A SIGSEGV sent by another thread or process (`kill`, `tgkill`,
+//! `sigqueue`) carries no fault address and always goes to the previous handler.
+//!
 //! Everything here is async-signal-safe: atomics, `pread`/`pwrite`, `write`,
-//! `sigaction`, formatting into a stack buffer. No allocation, locks or `log`.
+//! `sigaction`, `sigaltstack`, `raise`, formatting into a stack buffer. No
+//! allocation, locks or `log`.
 
 use std::fmt::{self, Write as _};
 use std::io;
@@ -70,9 +74,16 @@ pub(crate) fn install() -> io::Result<()> {
 }
 
 extern "C" fn on_sigsegv(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t.
+    if unsafe { (*info).si_code } <= 0 {
+        // Sent by kill, tgkill or sigqueue (SI_USER, SI_TKILL, SI_QUEUE): not a
+        // fault, and `si_addr` is not an address (it overlays the sender's pid
+        // and uid), so it is never ours.
+        return chain(sig, info, ctx, Origin::Sent);
+    }
     // SAFETY: the kernel passes a valid errno location for this thread.
     let errno = unsafe { *libc::__errno_location() };
-    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t for SIGSEGV.
+    // SAFETY: a fault (si_code > 0): `si_addr` is the faulting address.
     let addr = unsafe { (*info).si_addr() } as usize;
     let served = REGISTRY.with_region(addr, |shared| {
         let mut job = Job {
@@ -84,13 +95,13 @@ extern "C" fn on_sigsegv(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
         run_off_the_alternate_stack(&mut job);
         job.served
     });
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
     match served {
         Some(true) => {}
         Some(false) => default_action(sig),
-        None => chain(sig, info, ctx),
+        None => chain(sig, info, ctx, Origin::Fault),
     }
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = errno };
 }
 
 /// One fault in a shadow region to serve.
@@ -114,9 +125,6 @@ extern "C" fn run_job(job: *mut c_void) {
 /// Bytes below the interrupted stack pointer that the x86-64 ABI lets a
 /// function use without moving it (the red zone), plus a margin.
 const RED_ZONE: usize = 128 + 128;
-/// If the handler's frame is this close below the interrupted stack pointer,
-/// the kernel delivered the signal on the interrupted stack itself.
-const SAME_STACK: usize = 64 << 10;
 
 /// Serves `job` on the interrupted thread's own stack, below its red zone.
 ///
@@ -125,9 +133,16 @@ const SAME_STACK: usize = 64 << 10;
 /// taken by the kernel's signal frame, and decoding and formatting take
 /// several KiB in unoptimised builds. The interrupted code stopped at a
 /// plain load or store, not in a stack overflow (that fault is not in a
-/// shadow region), so its stack has room. If the signal was delivered on the
-/// interrupted stack anyway (no alternate stack, or a fault inside another
-/// handler that runs on it), the job simply runs where it is.
+/// shadow region), so its stack has room: see "Stack use" in the module
+/// documentation of [`crate::shadow`] for how much.
+///
+/// Whether the handler is on the alternate stack is asked of the kernel
+/// (`sigaltstack` reports `SS_ONSTACK`): where the alternate stack lies
+/// relative to the thread's stack says nothing (std maps a small thread's
+/// alternate stack right below its stack, for instance). If the signal was
+/// delivered on the interrupted stack itself (no alternate stack), or the
+/// interrupted code was itself running on the alternate stack (a fault in
+/// another handler), the job simply runs where it is.
 ///
 /// All signals are blocked meanwhile (the handler's `sa_mask`), so no other
 /// handler can be started on the alternate stack under our frames. A fault
@@ -136,9 +151,8 @@ const SAME_STACK: usize = 64 << 10;
 fn run_off_the_alternate_stack(job: &mut Job<'_>) {
     // SAFETY: see `run_job`; only the saved stack pointer is read here.
     let rsp = unsafe { (*job.uc).uc_mcontext.gregs[libc::REG_RSP as usize] } as usize;
-    let here = job as *mut Job<'_> as usize;
     let arg = (job as *mut Job<'_>).cast::<c_void>();
-    if rsp > here && rsp - here < SAME_STACK {
+    if !must_leave_alternate_stack(rsp) {
         return run_job(arg);
     }
     let sp = (rsp - RED_ZONE) & !0xf;
@@ -162,12 +176,52 @@ fn run_off_the_alternate_stack(job: &mut Job<'_>) {
     }
 }
 
-/// Hands a fault that is not ours to the previous action.
-fn chain(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
+/// Whether this handler runs on the thread's alternate signal stack while
+/// the interrupted code, whose stack pointer was `rsp`, did not.
+///
+/// An alternate stack set up with `SS_AUTODISARM` is disabled while a handler
+/// runs on it, so it reads as "not on the alternate stack" and the job runs
+/// on it.
+fn must_leave_alternate_stack(rsp: usize) -> bool {
+    let mut ss = libc::stack_t {
+        ss_sp: ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
+    // SAFETY: only queries the alternate stack into a valid stack_t (a plain
+    // system call, safe in a signal handler).
+    if unsafe { libc::sigaltstack(ptr::null(), &mut ss) } != 0 || ss.ss_flags & libc::SS_ONSTACK == 0 {
+        return false;
+    }
+    let start = ss.ss_sp as usize;
+    !(start..=start.saturating_add(ss.ss_size)).contains(&rsp)
+}
+
+/// How a SIGSEGV that is not ours came.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A fault of the interrupted instruction: returning re-runs it.
+    Fault,
+    /// Sent by another thread or process (`kill`, `tgkill`, `sigqueue`).
+    Sent,
+}
+
+/// Hands a SIGSEGV that is not ours to the previous action.
+fn chain(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void, origin: Origin) {
     let Some(prev) = PREVIOUS.get() else {
         return default_action(sig);
     };
     match prev.sa_sigaction {
+        // A sent signal is ignored like any other...
+        libc::SIG_IGN if origin == Origin::Sent => {}
+        // ...or kills the process: re-sent to this thread, it is delivered
+        // (to the default action) when the handler returns. A fault is simply
+        // taken again.
+        libc::SIG_DFL if origin == Origin::Sent => {
+            default_action(sig);
+            // SAFETY: raise is async-signal-safe.
+            unsafe { libc::raise(sig) };
+        }
         libc::SIG_DFL | libc::SIG_IGN => default_action(sig),
         f if prev.sa_flags & libc::SA_SIGINFO != 0 => {
             // SAFETY: the previous action was installed with SA_SIGINFO, so

@@ -21,7 +21,22 @@
 //! offset and the instruction bytes; it is never served with a wrong width.
 //!
 //! Faults outside every shadow region go to the SIGSEGV handler that was
-//! installed before barmap's (Rust's stack-overflow report, other crates).
+//! installed before barmap's (Rust's stack-overflow report, other crates), and
+//! so does every SIGSEGV sent with `kill`, `tgkill` or `sigqueue`.
+//!
+//! # Stack use
+//!
+//! The handler serves a fault on the stack of the thread that took it, just
+//! below the interrupted stack pointer (alternate signal stacks are too small
+//! for it). It needs about 6 KiB there in unoptimised builds and 2.5 KiB in
+//! optimised ones (measured on the first fault of an instruction, which also
+//! decodes it); on a thread without an alternate signal stack the kernel's
+//! signal frame (up to 3.5 KiB with AVX-512 state) comes on top. So a thread
+//! that touches a trapped page must have **8 KiB of stack free** below the
+//! access. Threads from `std::thread` and the main thread do in practice;
+//! code running on small stacks of its own without a guard page (green
+//! threads, coroutines) must leave that room, as an overflow there is not
+//! caught: it overwrites whatever lies below.
 //!
 //! # Design
 //!
@@ -29,12 +44,16 @@
 //!   on the alternate stack where one is set up, as Rust does for its
 //!   threads), with every signal blocked while it runs, and without
 //!   `SA_NODEFER` (a fault inside the handler itself kills the process
-//!   instead of recursing). It does the decoding and the device access on
-//!   the interrupted thread's stack, below its red zone: alternate stacks are
-//!   small (8 KiB is common) and mostly taken by the kernel's signal frame. It allocates nothing, takes no
-//!   lock and logs nothing; it saves and restores `errno`. Chaining calls the
-//!   previous `sa_sigaction` or `sa_handler` directly (its `sa_mask` is not
-//!   applied); a previous `SIG_DFL`/`SIG_IGN` becomes the default action.
+//!   instead of recursing). When the kernel says (`sigaltstack`,
+//!   `SS_ONSTACK`) that it runs on the alternate stack, it does the decoding
+//!   and the device access on the interrupted thread's stack, below its red
+//!   zone (see [Stack use](#stack-use)): alternate stacks are small (8 KiB is
+//!   common) and mostly taken by the kernel's signal frame. It allocates
+//!   nothing, takes no lock and logs nothing; it saves and restores `errno`.
+//!   Chaining calls the previous `sa_sigaction` or `sa_handler` directly (its
+//!   `sa_mask` is not applied); before a previous `SIG_DFL`/`SIG_IGN` a fault
+//!   takes the default action, while a sent signal is ignored or re-raised
+//!   to the default action.
 //! - **Registry**: a fixed table of atomics. A handler pins the slot it
 //!   reads; dropping a region clears its slot and waits until no handler pins
 //!   it, then unmaps. So a region may be dropped at any time from any thread
@@ -267,7 +286,8 @@ impl Drop for Registration {
 ///
 /// Built with [`ShadowRegion::builder`]. The range stays valid until the
 /// region is dropped; dropping waits for faults in progress on it to finish,
-/// then unmaps it. A [`crate::Bar`] offers the same through
+/// then unmaps it. A thread touching a trapped page needs 8 KiB of free stack
+/// below the access for the fault handler (see [Stack use](crate::shadow#stack-use)). A [`crate::Bar`] offers the same through
 /// [`crate::Bar::as_ptr`]; this type is for other slow paths (emulated
 /// devices in tests, a VMM's own regions).
 pub struct ShadowRegion {

@@ -139,7 +139,7 @@ impl Registry {
     /// `addr`. Async-signal-safe: atomics only.
     pub(crate) fn with_region<R>(&self, addr: usize, f: impl FnOnce(&Shared) -> R) -> Option<R> {
         let mut f = Some(f);
-        self.scan(addr, addr + 1, |shared| {
+        self.scan(addr, addr.saturating_add(1), |shared| {
             shared
                 .contains(addr)
                 .then(|| f.take().map(|f| f(shared)))
