@@ -536,14 +536,16 @@ struct Region<'d> {
 
 /// The pointer `--via auto` uses for `bar`: the shadow region over its
 /// unmapped parts, or `None` if it is fully mapped or this platform has no
-/// shadow regions (then those parts take pread/pwrite).
+/// shadow regions (then those parts take pread/pwrite). Any other failure to
+/// set up the shadow region is an error.
 fn auto_shadow(bar: &Bar<'_>) -> Result<Option<*mut u8>> {
     if bar.is_fully_mapped() {
         return Ok(None);
     }
     match bar.as_mut_ptr() {
         Ok(ptr) => Ok(Some(ptr)),
-        Err(Error::Unsupported { .. }) => Ok(None),
+        // The fault handler is x86-64 only.
+        Err(Error::Unsupported { .. }) if !cfg!(target_arch = "x86_64") => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -288,6 +288,18 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A shadow region could not be registered: the fault handler's table of
+    /// live shadow regions is full.
+    #[error(
+        "shadow region {name}: too many live shadow regions (the fault handler serves at most {capacity} at once); drop one first"
+    )]
+    ShadowTableFull {
+        /// The region's name (e.g. `0000:00:03.0 bar0`).
+        name: String,
+        /// How many shadow regions may be live at once in a process.
+        capacity: usize,
+    },
+
     /// A VFIO capability chain is malformed.
     #[error("malformed VFIO capability chain at byte {offset}: {reason}")]
     MalformedCapability {

@@ -1398,3 +1398,32 @@ fn sent_sigsegv_kills_when_that_was_the_default() {
     unsafe { libc::raise(libc::SIGSEGV) };
     unreachable!("the sent SIGSEGV was not delivered to the default action");
 }
+
+#[test]
+fn a_full_region_table_is_reported_and_frees_up() {
+    if !in_child() {
+        // A child of its own: no other test may hold regions meanwhile.
+        let (status, stderr) = run_child("a_full_region_table_is_reported_and_frees_up");
+        assert!(status.success(), "child failed: {status:?}\n{stderr}");
+        return;
+    }
+    let dev = Device::new(PAGE);
+    let mut regions: Vec<ShadowRegion> = (0..128).map(|_| dev.trap_all()).collect();
+    let err = ShadowRegion::builder("one too many", dev.io())
+        .trap(Trap::All)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, barmap::Error::ShadowTableFull { name, capacity: 128 } if name == "one too many"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("at most 128"), "{err}");
+    // Every region still works, and freeing one makes room for another.
+    drop(regions.swap_remove(17));
+    regions.push(dev.trap_all());
+    for (i, region) in regions.iter().enumerate() {
+        // SAFETY: inside the region, aligned.
+        unsafe { ptr::write_volatile(region.as_mut_ptr().add(8 * (i % 64)).cast::<u8>(), i as u8) };
+    }
+    assert_eq!(dev.log.take().len(), 128);
+}

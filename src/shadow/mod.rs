@@ -54,7 +54,9 @@
 //!   `sa_mask` is not applied); before a previous `SIG_DFL`/`SIG_IGN` a fault
 //!   takes the default action, while a sent signal is ignored or re-raised
 //!   to the default action.
-//! - **Registry**: a fixed table of atomics. A handler pins the slot it
+//! - **Registry**: a fixed table of atomics, with room for 128 live shadow
+//!   regions (counting those of [`crate::Bar`]s with unmapped parts) in a
+//!   process; one more is refused with [`Error::ShadowTableFull`]. A handler pins the slot it
 //!   reads; dropping a region clears its slot and waits until no handler pins
 //!   it, then unmaps. So a region may be dropped at any time from any thread
 //!   while other threads fault on it or on other regions. (Dropping it from
@@ -183,6 +185,7 @@ pub(crate) enum RegisterError {
     #[cfg(not(target_arch = "x86_64"))]
     Unsupported,
     /// Every slot of the registry is taken.
+    #[cfg(target_arch = "x86_64")]
     Full,
     /// `sigaction` failed.
     Install(io::Error),
@@ -197,9 +200,10 @@ impl RegisterError {
                 what: "shadow regions (fault-driven access to unmapped parts of a region)",
                 reason: "the fault handler decodes x86-64 instructions only",
             },
-            RegisterError::Full => Error::Unsupported {
-                what: "more live shadow regions",
-                reason: "the fault handler's region table is full (drop some regions first)",
+            #[cfg(target_arch = "x86_64")]
+            RegisterError::Full => Error::ShadowTableFull {
+                name: name.to_string(),
+                capacity: registry::CAPACITY,
             },
             RegisterError::Install(source) => Error::Shadow {
                 name: name.to_string(),
@@ -383,7 +387,8 @@ impl<'fd> ShadowBuilder<'fd> {
     }
 
     /// Calls `hook` for every trapped access, inside the fault handler: it
-    /// must be async-signal-safe (see [`AccessHook`]).
+    /// must be async-signal-safe, and must neither touch a trapped page of any
+    /// shadow region nor drop one (see [`AccessHook`]).
     pub fn hook(mut self, hook: impl Fn(&Access) + Send + Sync + 'static) -> Self {
         self.hook = Some(Arc::new(hook));
         self
