@@ -54,9 +54,16 @@ impl fmt::Display for Access {
 /// It is called **inside the SIGSEGV handler**, after the device access and
 /// before the faulting instruction resumes, so it must be async-signal-safe:
 /// no allocation, no locks, no `log`/`println!`, no panics. Atomics (counters,
-/// a preallocated ring) are fine. It must not drop the region it belongs to
-/// (the drop would wait for the hook's own fault to finish). For logging, use
-/// the `log::trace!` output of [`super::ShadowRegion::flush_trace`] instead.
+/// a preallocated ring) are fine. For logging, use the `log::trace!` output of
+/// [`super::ShadowRegion::flush_trace`] instead.
+///
+/// It must not:
+/// - touch a trapped page of **any** shadow region (its own or another, a
+///   [`crate::Bar`]'s included): SIGSEGV is blocked while the handler runs,
+///   so that fault is not served and the kernel kills the process;
+/// - drop any shadow region or the [`crate::Bar`] it belongs to: dropping its
+///   own waits for the hook's own fault to finish, that is forever, and a drop
+///   that unmaps allocates and takes locks.
 pub type AccessHook = Arc<dyn Fn(&Access) + Send + Sync>;
 
 const KIND_SHIFT: u64 = 8;
