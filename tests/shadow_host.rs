@@ -1427,3 +1427,51 @@ fn a_full_region_table_is_reported_and_frees_up() {
     }
     assert_eq!(dev.log.take().len(), 128);
 }
+
+/// A region of any size that is never accessed.
+struct Untouched(u64);
+
+impl RegionIo for Untouched {
+    fn size(&self) -> u64 {
+        self.0
+    }
+    fn read_at(&self, _: u64, _: &mut [u8]) -> io::Result<()> {
+        unreachable!("untouched region read")
+    }
+    fn write_at(&self, _: u64, _: &[u8]) -> io::Result<()> {
+        unreachable!("untouched region written")
+    }
+}
+
+#[test]
+fn sizes_and_areas_near_the_top_are_refused() {
+    for size in [u64::MAX, u64::MAX - PAGE, u64::MAX - 2 * PAGE + 2] {
+        let err = ShadowRegion::builder("huge", Box::new(Untouched(size)))
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, barmap::Error::Shadow { step: "reserving the range", len, .. } if *len == size),
+            "{size:#x}: {err:?}"
+        );
+    }
+    let dev = Device::new(PAGE);
+    let wraps = SparseArea {
+        offset: u64::MAX,
+        size: 2,
+    };
+    let err = ShadowRegion::builder("wraps", dev.io())
+        .map_from(dev.fd.as_fd(), 0, &[wraps])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            barmap::Error::Shadow {
+                step: "mmapable area outside the region",
+                offset: u64::MAX,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

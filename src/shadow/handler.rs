@@ -303,7 +303,10 @@ fn emulate_at(
         .checked_sub(shared.base)
         .ok_or_else(|| refuse("access starts before the region"))? as u64;
     *offset_out = Some(offset);
-    if offset + width as u64 > shared.size {
+    if offset
+        .checked_add(width as u64)
+        .is_none_or(|end| end > shared.size)
+    {
         return Err(refuse("access runs past the end of the region"));
     }
     let io_err = |e: io::Error| Refusal {

@@ -24,14 +24,16 @@ pub enum Trap {
 /// A layout that cannot be built.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum LayoutError {
-    /// A mmapable area reaches outside the region.
+    /// A mmapable area reaches outside the region, or keeps the region's last
+    /// page, which ends past `u64::MAX` (a size near `u64::MAX`).
     AreaOutside(SparseArea),
     /// A range to trap reaches outside the region (or is reversed).
     TrapOutside(Range<u64>),
 }
 
-fn round_up(x: u64, page: u64) -> u64 {
-    x.div_ceil(page) * page
+/// `x` rounded up to a multiple of `page`, or `None` if that is past `u64::MAX`.
+pub(crate) fn round_up(x: u64, page: u64) -> Option<u64> {
+    x.checked_next_multiple_of(page)
 }
 
 fn round_down(x: u64, page: u64) -> u64 {
@@ -65,26 +67,29 @@ pub(crate) fn direct_ranges(
             if let Some(bad) = ranges.iter().find(|r| r.start > r.end || r.end > size) {
                 return Err(LayoutError::TrapOutside(bad.clone()));
             }
+            // A range reaching into a last page that ends past `u64::MAX`
+            // traps up to `u64::MAX`: no mapped range goes further.
             ranges
                 .iter()
                 .filter(|r| !r.is_empty())
-                .map(|r| round_down(r.start, page)..round_up(r.end, page))
+                .map(|r| round_down(r.start, page)..round_up(r.end, page).unwrap_or(u64::MAX))
                 .collect()
         }
     };
-    let mut mapped: Vec<Range<u64>> = areas
-        .iter()
-        .filter_map(|a| {
-            let end = a.offset + a.size;
-            let start = round_up(a.offset, page);
-            let end = if end == size {
-                round_up(end, page)
-            } else {
-                round_down(end, page)
-            };
-            (start < end).then_some(start..end)
-        })
-        .collect();
+    let mut mapped: Vec<Range<u64>> = Vec::with_capacity(areas.len());
+    for a in areas {
+        let end = a.offset + a.size;
+        let end = if end == size {
+            round_up(end, page).ok_or(LayoutError::AreaOutside(*a))?
+        } else {
+            round_down(end, page)
+        };
+        // No whole page starts at or after `a.offset` if this overflows.
+        match round_up(a.offset, page) {
+            Some(start) if start < end => mapped.push(start..end),
+            _ => {}
+        }
+    }
     mapped.sort_by_key(|r| r.start);
     let mut merged: Vec<Range<u64>> = Vec::with_capacity(mapped.len());
     for r in mapped {
@@ -168,6 +173,42 @@ mod tests {
         let trap = Trap::Ranges(vec![0x10..0x14, 0x2ff0..0x3004, 0x5000..0x5000]);
         let got = direct_ranges(0x8000, PAGE, &[area(0, 0x8000)], &trap).unwrap();
         assert_eq!(got, vec![0x1000..0x2000, 0x4000..0x8000]);
+    }
+
+    #[test]
+    fn sizes_near_the_top_do_not_overflow() {
+        let max = u64::MAX;
+        // The region's last page would end past u64::MAX: it cannot be kept.
+        let whole = area(0, max);
+        assert_eq!(
+            direct_ranges(max, PAGE, &[whole], &Trap::Holes),
+            Err(LayoutError::AreaOutside(whole))
+        );
+        let tail = area(max - 0x10, 0x10);
+        assert_eq!(
+            direct_ranges(max, PAGE, &[tail], &Trap::Holes),
+            Err(LayoutError::AreaOutside(tail))
+        );
+        // Areas that do not reach the end shrink as usual, even inside the last page.
+        let areas = [area(0, 0x4000), area(max - 0x10, 0x8)];
+        assert_eq!(
+            direct_ranges(max, PAGE, &areas, &Trap::Holes).unwrap(),
+            vec![0..0x4000]
+        );
+        assert_eq!(direct_ranges(max, PAGE, &areas, &Trap::All).unwrap(), vec![]);
+        // A trap range up to the end covers the last page.
+        let trap = Trap::Ranges(vec![0x1000..0x1004, 0x3000..max]);
+        assert_eq!(
+            direct_ranges(max, PAGE, &areas, &trap).unwrap(),
+            vec![0..0x1000, 0x2000..0x3000]
+        );
+        let trap = Trap::Ranges(vec![0x1000..0x1004, max - 1..max]);
+        assert_eq!(
+            direct_ranges(max, PAGE, &areas, &trap).unwrap(),
+            vec![0..0x1000, 0x2000..0x4000]
+        );
+        assert_eq!(round_up(max, PAGE), None);
+        assert_eq!(round_up(max - PAGE, PAGE), Some(max - PAGE + 1));
     }
 
     #[test]

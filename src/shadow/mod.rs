@@ -119,6 +119,7 @@ use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
+use layout::round_up;
 pub use layout::Trap;
 pub(crate) use layout::{direct_ranges, LayoutError};
 use trace::TraceRing;
@@ -130,6 +131,17 @@ use crate::region::{RegionIo, SparseArea};
 
 /// Records kept for [`ShadowRegion::flush_trace`] when tracing is on.
 const TRACE_CAPACITY: usize = 4096;
+
+/// Refuses a region `size` whose range (whole pages) would end past `u64::MAX`.
+fn check_range_len(size: u64) -> io::Result<()> {
+    match round_up(size, page_size() as u64) {
+        Some(_) => Ok(()),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the region size does not round up to whole pages below 2^64",
+        )),
+    }
+}
 
 /// What the fault handler needs to know about one region. Immutable once
 /// registered; shared with the handler through the registry.
@@ -409,14 +421,17 @@ impl<'fd> ShadowBuilder<'fd> {
                 source,
             }
         };
-        let reservation = Reservation::new(size).map_err(setup("reserving the range", 0, size))?;
+        let reservation = check_range_len(size)
+            .and_then(|()| Reservation::new(size))
+            .map_err(setup("reserving the range", 0, size))?;
         let mut mapped = Vec::new();
         if let Some((fd, file_offset, areas)) = &self.direct {
             let ranges = direct_ranges(size, page_size() as u64, areas, &self.trap).map_err(|e| {
                 let (step, r) = match e {
-                    LayoutError::AreaOutside(a) => {
-                        ("mmapable area outside the region", a.offset..a.offset + a.size)
-                    }
+                    LayoutError::AreaOutside(a) => (
+                        "mmapable area outside the region",
+                        a.offset..a.offset.saturating_add(a.size),
+                    ),
                     LayoutError::TrapOutside(r) => ("trap range outside the region", r),
                 };
                 setup(step, r.start, r.end.wrapping_sub(r.start))(io::ErrorKind::InvalidInput.into())
@@ -478,13 +493,15 @@ impl BarShadow {
         let (own, base, len) = match mapped {
             Some(r) => (None, r.base(), r.len()),
             None => {
-                let r = Reservation::new(size).map_err(|source| Error::Mmap {
-                    addr,
-                    region,
-                    offset: 0,
-                    len: size,
-                    source,
-                })?;
+                let r = check_range_len(size)
+                    .and_then(|()| Reservation::new(size))
+                    .map_err(|source| Error::Mmap {
+                        addr,
+                        region,
+                        offset: 0,
+                        len: size,
+                        source,
+                    })?;
                 let (base, len) = (r.base(), r.len());
                 (Some(r), base, len)
             }
