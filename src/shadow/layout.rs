@@ -32,7 +32,7 @@ pub(crate) enum LayoutError {
 }
 
 /// `x` rounded up to a multiple of `page`, or `None` if that is past `u64::MAX`.
-pub(crate) fn round_up(x: u64, page: u64) -> Option<u64> {
+fn round_up(x: u64, page: u64) -> Option<u64> {
     x.checked_next_multiple_of(page)
 }
 

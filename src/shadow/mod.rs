@@ -119,7 +119,6 @@ use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
-use layout::round_up;
 pub use layout::Trap;
 pub(crate) use layout::{direct_ranges, LayoutError};
 use trace::TraceRing;
@@ -131,17 +130,6 @@ use crate::region::{RegionIo, SparseArea};
 
 /// Records kept for [`ShadowRegion::flush_trace`] when tracing is on.
 const TRACE_CAPACITY: usize = 4096;
-
-/// Refuses a region `size` whose range (whole pages) would end past `u64::MAX`.
-fn check_range_len(size: u64) -> io::Result<()> {
-    match round_up(size, page_size() as u64) {
-        Some(_) => Ok(()),
-        None => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the region size does not round up to whole pages below 2^64",
-        )),
-    }
-}
 
 /// What the fault handler needs to know about one region. Immutable once
 /// registered; shared with the handler through the registry.
@@ -421,9 +409,7 @@ impl<'fd> ShadowBuilder<'fd> {
                 source,
             }
         };
-        let reservation = check_range_len(size)
-            .and_then(|()| Reservation::new(size))
-            .map_err(setup("reserving the range", 0, size))?;
+        let reservation = Reservation::new(size).map_err(setup("reserving the range", 0, size))?;
         let mut mapped = Vec::new();
         if let Some((fd, file_offset, areas)) = &self.direct {
             let ranges = direct_ranges(size, page_size() as u64, areas, &self.trap).map_err(|e| {
@@ -493,15 +479,13 @@ impl BarShadow {
         let (own, base, len) = match mapped {
             Some(r) => (None, r.base(), r.len()),
             None => {
-                let r = check_range_len(size)
-                    .and_then(|()| Reservation::new(size))
-                    .map_err(|source| Error::Mmap {
-                        addr,
-                        region,
-                        offset: 0,
-                        len: size,
-                        source,
-                    })?;
+                let r = Reservation::new(size).map_err(|source| Error::Mmap {
+                    addr,
+                    region,
+                    offset: 0,
+                    len: size,
+                    source,
+                })?;
                 let (base, len) = (r.base(), r.len());
                 (Some(r), base, len)
             }
