@@ -732,16 +732,29 @@ fn eight_threads_hammer_holes_concurrently() {
     }
 }
 
+/// Marks a faulting thread as past any count when it ends (also by a
+/// panic), so that nobody waits for it to make progress.
+struct Gone<'a>(&'a AtomicU64);
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        self.0.store(u64::MAX, Ordering::SeqCst);
+    }
+}
+
 #[test]
 fn regions_come_and_go_while_others_fault() {
+    const ROUNDS: u64 = 160;
     let dev = Device::new(PAGE);
     let stay = dev.trap_all();
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let progress: [AtomicU64; 3] = Default::default();
     let done = AtomicU64::new(0);
     std::thread::scope(|s| {
         for t in 0..3u64 {
-            let (stay, stop, done) = (&stay, &stop, &done);
+            let (stay, stop, done, progress) = (&stay, &stop, &done, &progress[t as usize]);
             s.spawn(move || {
+                let _gone = Gone(progress);
                 let p = stay.as_mut_ptr().wrapping_add(t as usize * 8).cast::<u64>();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -751,13 +764,16 @@ fn regions_come_and_go_while_others_fault() {
                         assert_eq!(ptr::read_volatile(p), t << 32 | i);
                     }
                     i += 1;
+                    progress.store(i, Ordering::SeqCst);
                 }
                 done.fetch_add(i, Ordering::Relaxed);
             });
         }
         // More regions than the registry has slots (128), one after the
-        // other, each used and dropped while the threads above keep faulting.
-        for round in 0..160u64 {
+        // other, each used and dropped while the threads above keep faulting:
+        // a round ends only when every thread has served a fault meanwhile.
+        for round in 0..ROUNDS {
+            let before: Vec<u64> = progress.iter().map(|p| p.load(Ordering::SeqCst)).collect();
             let other = Device::new(PAGE);
             let region = other.trap_all();
             // SAFETY: inside the region, aligned.
@@ -767,10 +783,17 @@ fn regions_come_and_go_while_others_fault() {
             }
             drop(region);
             assert_eq!(other.log.take().len(), 2);
+            while progress
+                .iter()
+                .zip(&before)
+                .any(|(p, &b)| p.load(Ordering::SeqCst) == b)
+            {
+                std::thread::yield_now();
+            }
         }
         stop.store(true, Ordering::Relaxed);
     });
-    assert!(done.load(Ordering::Relaxed) > 0);
+    assert!(done.load(Ordering::Relaxed) >= 3 * ROUNDS);
 }
 
 // ---- child-process tests ----
