@@ -13,7 +13,7 @@
 //! `sigqueue`) carries no fault address and always goes to the previous handler.
 //!
 //! Everything here is async-signal-safe: atomics, `pread`/`pwrite`, `write`,
-//! `sigaction`, `sigaltstack`, `raise`, formatting into a stack buffer. No
+//! `sigaction`, `raise`, formatting into a stack buffer. No
 //! allocation, locks or `log`.
 
 use std::fmt::{self, Write as _};
@@ -136,8 +136,8 @@ const RED_ZONE: usize = 128 + 128;
 /// shadow region), so its stack has room: see "Stack use" in the module
 /// documentation of [`crate::shadow`] for how much.
 ///
-/// Whether the handler is on the alternate stack is asked of the kernel
-/// (`sigaltstack` reports `SS_ONSTACK`): where the alternate stack lies
+/// Whether the handler is on the alternate stack is read from the signal
+/// frame's record of it (`uc_stack`): where the alternate stack lies
 /// relative to the thread's stack says nothing (std maps a small thread's
 /// alternate stack right below its stack, for instance). If the signal was
 /// delivered on the interrupted stack itself (no alternate stack), or the
@@ -149,10 +149,16 @@ const RED_ZONE: usize = 128 + 128;
 /// taken with the interrupted stack nearly full can overflow it here, which
 /// kills the process (SIGSEGV is blocked in the handler).
 fn run_off_the_alternate_stack(job: &mut Job<'_>) {
-    // SAFETY: see `run_job`; only the saved stack pointer is read here.
-    let rsp = unsafe { (*job.uc).uc_mcontext.gregs[libc::REG_RSP as usize] } as usize;
+    // SAFETY: see `run_job`; only the saved stack pointer and alternate-stack
+    // record are read here.
+    let (rsp, saved) = unsafe {
+        (
+            (*job.uc).uc_mcontext.gregs[libc::REG_RSP as usize] as usize,
+            (*job.uc).uc_stack,
+        )
+    };
     let arg = (job as *mut Job<'_>).cast::<c_void>();
-    if !must_leave_alternate_stack(rsp) {
+    if !must_leave_alternate_stack(&saved, rsp) {
         return run_job(arg);
     }
     let sp = (rsp - RED_ZONE) & !0xf;
@@ -179,22 +185,19 @@ fn run_off_the_alternate_stack(job: &mut Job<'_>) {
 /// Whether this handler runs on the thread's alternate signal stack while
 /// the interrupted code, whose stack pointer was `rsp`, did not.
 ///
-/// An alternate stack set up with `SS_AUTODISARM` is disabled while a handler
-/// runs on it, so it reads as "not on the alternate stack" and the job runs
-/// on it.
-fn must_leave_alternate_stack(rsp: usize) -> bool {
-    let mut ss = libc::stack_t {
-        ss_sp: ptr::null_mut(),
-        ss_flags: 0,
-        ss_size: 0,
-    };
-    // SAFETY: only queries the alternate stack into a valid stack_t (a plain
-    // system call, safe in a signal handler).
-    if unsafe { libc::sigaltstack(ptr::null(), &mut ss) } != 0 || ss.ss_flags & libc::SS_ONSTACK == 0 {
+/// `saved` is the `uc_stack` of the signal frame: the kernel records there
+/// the thread's alternate stack as it was when the signal came (even one set
+/// up with `SS_AUTODISARM`, which is disarmed while the handler runs), so no
+/// system call is needed. The handler is on it if one of its own locals is.
+fn must_leave_alternate_stack(saved: &libc::stack_t, rsp: usize) -> bool {
+    if saved.ss_flags & libc::SS_DISABLE != 0 || saved.ss_size == 0 {
         return false;
     }
-    let start = ss.ss_sp as usize;
-    !(start..=start.saturating_add(ss.ss_size)).contains(&rsp)
+    let start = saved.ss_sp as usize;
+    let alternate = start..start.saturating_add(saved.ss_size);
+    let marker = 0u8;
+    let here = std::hint::black_box(ptr::addr_of!(marker)) as usize;
+    alternate.contains(&here) && !alternate.contains(&rsp)
 }
 
 /// How a SIGSEGV that is not ours came.

@@ -44,8 +44,8 @@
 //!   on the alternate stack where one is set up, as Rust does for its
 //!   threads), with every signal blocked while it runs, and without
 //!   `SA_NODEFER` (a fault inside the handler itself kills the process
-//!   instead of recursing). When the kernel says (`sigaltstack`,
-//!   `SS_ONSTACK`) that it runs on the alternate stack, it does the decoding
+//!   instead of recursing). When the signal frame's record of the
+//!   alternate stack (`uc_stack`) shows that it runs there, it does the decoding
 //!   and the device access on the interrupted thread's stack, below its red
 //!   zone (see [Stack use](#stack-use)): alternate stacks are small (8 KiB is
 //!   common) and mostly taken by the kernel's signal frame. It allocates
