@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use barmap::shadow::{Access, AccessKind, ShadowRegion, Trap};
-use barmap::{parse_region_caps, RegionIo, SparseArea};
+use barmap::{parse_region_caps, FdRegion, RegionIo, SparseArea};
 
 const PAGE: u64 = 0x1000;
 
@@ -88,10 +88,12 @@ struct Device {
     log: Arc<Log>,
 }
 
-/// The device's slow path: pread/pwrite on the memfd, each logged.
+/// The device's slow path: barmap's own pread/pwrite region on the memfd,
+/// each access logged.
 struct RecordingIo {
-    fd: Arc<OwnedFd>,
-    size: u64,
+    /// Keeps the descriptor `io` uses open.
+    _fd: Arc<OwnedFd>,
+    io: FdRegion,
     log: Arc<Log>,
 }
 
@@ -103,22 +105,11 @@ fn word(buf: &[u8]) -> u64 {
 
 impl RegionIo for RecordingIo {
     fn size(&self) -> u64 {
-        self.size
+        self.io.size()
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe {
-            libc::pread(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                offset as i64,
-            )
-        };
-        if n != buf.len() as isize {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-        }
+        self.io.read_at(offset, buf)?;
         self.log.push(Rec {
             offset,
             width: buf.len(),
@@ -129,18 +120,7 @@ impl RegionIo for RecordingIo {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        // SAFETY: `data` is valid for reads of its length.
-        let n = unsafe {
-            libc::pwrite(
-                self.fd.as_raw_fd(),
-                data.as_ptr().cast(),
-                data.len(),
-                offset as i64,
-            )
-        };
-        if n != data.len() as isize {
-            return Err(io::Error::from(io::ErrorKind::WriteZero));
-        }
+        self.io.write_at(offset, data)?;
         self.log.push(Rec {
             offset,
             width: data.len(),
@@ -174,9 +154,11 @@ impl Device {
     }
 
     fn io(&self) -> Box<dyn RegionIo> {
+        // SAFETY: the RecordingIo keeps its own reference to the descriptor.
+        let io = unsafe { FdRegion::new(self.fd.as_raw_fd(), 0, self.size) };
         Box::new(RecordingIo {
-            fd: self.fd.clone(),
-            size: self.size,
+            _fd: self.fd.clone(),
+            io,
             log: self.log.clone(),
         })
     }
