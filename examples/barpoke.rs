@@ -30,6 +30,7 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::process::ExitCode;
 
+use barmap::shadow::AccessKind;
 use barmap::{Bar, Device, Error, MapPolicy, PciAddress, RegionIndex, Result, Sysfs};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
@@ -607,27 +608,6 @@ impl<'d> Region<'d> {
         Ok(())
     }
 
-    /// The checks [`Bar::read`] and [`Bar::write`] make, for accesses through
-    /// the shadow pointer: bounds, natural alignment, the region's flags.
-    fn check_access(&self, offset: u64, width: Width, write: bool) -> Result<()> {
-        let (addr, region) = (self.bar.device().address(), self.bar.index());
-        self.check_span(offset, width.bytes() as u64)?;
-        if !offset.is_multiple_of(width.bytes() as u64) {
-            return Err(Error::Misaligned {
-                addr,
-                region,
-                offset,
-                width: width.bytes(),
-            });
-        }
-        let flags = self.bar.info().flags;
-        match write {
-            false if !flags.readable() => Err(Error::NotReadable { addr, region }),
-            true if !flags.writable() => Err(Error::ReadOnly { addr, region }),
-            _ => Ok(()),
-        }
-    }
-
     /// The path an access takes; under `--via mmap`, an in-bounds access
     /// outside the mapping is refused (an out-of-bounds one is left to the
     /// library, which names the range).
@@ -648,9 +628,9 @@ impl<'d> Region<'d> {
         let path = self.path(offset, width)?;
         let value = match self.shadow {
             Some(base) => {
-                self.check_access(offset, width, false)?;
+                self.bar.check_access(offset, width.bytes(), AccessKind::Read)?;
                 // SAFETY: `base` spans the whole region while `self.bar` lives, and
-                // `check_access` put `offset..offset + width` inside it, aligned.
+                // `Bar::check_access` put `offset..offset + width` inside it, aligned.
                 unsafe { load(base.add(offset as usize), width) }
             }
             None => self.bar.read_width(offset, width.bytes())?,
@@ -668,7 +648,7 @@ impl<'d> Region<'d> {
         let path = self.path(offset, width)?;
         match self.shadow {
             Some(base) => {
-                self.check_access(offset, width, true)?;
+                self.bar.check_access(offset, width.bytes(), AccessKind::Write)?;
                 if width.bits() < 64 && value >> width.bits() != 0 {
                     return Err(Error::ValueTooWide {
                         value,

@@ -114,12 +114,6 @@ impl fmt::Debug for Bar<'_> {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Read,
-    Write,
-}
-
 impl Device {
     /// Opens BAR `n` with [`MapPolicy::Direct`]: every mmapable area mapped, the
     /// rest (or all of an I/O BAR) through pread/pwrite.
@@ -403,7 +397,7 @@ impl Bar<'_> {
     #[cold]
     #[inline(never)]
     fn read_slow<T: Scalar>(&self, offset: u64) -> Result<T> {
-        self.check(offset, T::WIDTH, Dir::Read)?;
+        self.check(offset, T::WIDTH, AccessKind::Read)?;
         if let Some(ptr) = self.mapped_ptr(offset, T::WIDTH) {
             // SAFETY: `mapped_ptr` returns a pointer only for an in-bounds range of a
             // live MAP_SHARED mapping owned by self; `check` ensured natural alignment.
@@ -421,7 +415,7 @@ impl Bar<'_> {
     #[cold]
     #[inline(never)]
     fn write_slow<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
-        self.check(offset, T::WIDTH, Dir::Write)?;
+        self.check(offset, T::WIDTH, AccessKind::Write)?;
         if let Some(ptr) = self.mapped_ptr(offset, T::WIDTH) {
             // SAFETY: as in `read_slow`.
             unsafe { store::<T>(ptr, value) };
@@ -468,7 +462,7 @@ impl Bar<'_> {
     /// 4-, 2- and 1-byte accesses (never a wider or unaligned one, and never a
     /// `memcpy`, which could use any width on the bus).
     pub fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.check_range(offset, buf.len() as u64, Dir::Read)?;
+        self.check_range(offset, buf.len() as u64, AccessKind::Read)?;
         let mut pos = 0usize;
         while pos < buf.len() {
             let at = offset + pos as u64;
@@ -487,7 +481,7 @@ impl Bar<'_> {
     /// Writes `data` at `offset`, as a run of naturally aligned 4-, 2- and
     /// 1-byte accesses.
     pub fn write_bytes(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.check_range(offset, data.len() as u64, Dir::Write)?;
+        self.check_range(offset, data.len() as u64, AccessKind::Write)?;
         let mut pos = 0usize;
         while pos < data.len() {
             let at = offset + pos as u64;
@@ -504,10 +498,32 @@ impl Bar<'_> {
         Ok(())
     }
 
+    /// Checks one access of `width` bytes at `offset` exactly as [`Bar::read`]
+    /// and [`Bar::write`] do (width 1, 2, 4 or 8, inside the region, naturally
+    /// aligned, allowed by the region's flags), for callers that then make the
+    /// access themselves through [`Bar::as_ptr`].
+    ///
+    /// ```no_run
+    /// use barmap::shadow::AccessKind;
+    /// let testdev = barmap::Device::open("0000:00:03.0".parse()?)?;
+    /// let io = testdev.bar(1)?;
+    /// io.check_access(4, 4, AccessKind::Read)?;
+    /// // SAFETY: just checked: inside the BAR and 4-byte aligned.
+    /// let offset = unsafe { io.as_ptr()?.add(4).cast::<u32>().read_volatile() };
+    /// # let _ = offset;
+    /// # Ok::<(), barmap::Error>(())
+    /// ```
+    pub fn check_access(&self, offset: u64, width: usize, kind: AccessKind) -> Result<()> {
+        if !matches!(width, 1 | 2 | 4 | 8) {
+            return Err(Error::UnsupportedWidth { width });
+        }
+        self.check(offset, width, kind)
+    }
+
     /// Bounds, alignment and permission checks of one access.
     #[inline(always)]
-    fn check(&self, offset: u64, width: usize, dir: Dir) -> Result<()> {
-        self.check_range(offset, width as u64, dir)?;
+    fn check(&self, offset: u64, width: usize, kind: AccessKind) -> Result<()> {
+        self.check_range(offset, width as u64, kind)?;
         if !offset.is_multiple_of(width as u64) {
             return Err(Error::Misaligned {
                 addr: self.device.address(),
@@ -520,7 +536,7 @@ impl Bar<'_> {
     }
 
     #[inline(always)]
-    fn check_range(&self, offset: u64, len: u64, dir: Dir) -> Result<()> {
+    fn check_range(&self, offset: u64, len: u64, kind: AccessKind) -> Result<()> {
         if offset.checked_add(len).is_none_or(|end| end > self.info.size) {
             return Err(Error::OutOfRange {
                 addr: self.device.address(),
@@ -531,9 +547,9 @@ impl Bar<'_> {
             });
         }
         let (addr, region) = (self.device.address(), self.info.index);
-        match dir {
-            Dir::Read if !self.info.flags.readable() => Err(Error::NotReadable { addr, region }),
-            Dir::Write if !self.info.flags.writable() => Err(Error::ReadOnly { addr, region }),
+        match kind {
+            AccessKind::Read if !self.info.flags.readable() => Err(Error::NotReadable { addr, region }),
+            AccessKind::Write if !self.info.flags.writable() => Err(Error::ReadOnly { addr, region }),
             _ => Ok(()),
         }
     }
