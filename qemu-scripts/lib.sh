@@ -24,7 +24,7 @@ fi
 BARMAP_GUEST_WORK="$BARMAP_GUEST_TARGET/qemu"
 BARMAP_RUST_TARGET=x86_64-unknown-linux-gnu
 BARMAP_KERNELS=(6.1 6.12)
-BARMAP_HOST_PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils jq libc6-dev)
+BARMAP_HOST_PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils jq libc6-dev clang)
 # Printed by the guest (qemu-scripts/guest/*) on a line of its own; parsed by the host.
 BARMAP_MARKER='@@BARMAP@@'
 

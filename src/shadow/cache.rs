@@ -13,7 +13,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use iced_x86::Register;
 
-use super::emulate::{Decoded, Extend, Mem, Op, Source, MAX_INSN_LEN};
+use super::emulate::{Alu, Decoded, Extend, Mem, Op, Source, MAX_INSN_LEN};
 
 const ENTRIES: usize = 64;
 
@@ -59,30 +59,54 @@ fn code_words(code: &[u8]) -> [u64; 2] {
 }
 
 const LOAD: u64 = 0;
-const STORE_REG: u64 = 1;
-const STORE_IMM: u64 = 2;
+const STORE: u64 = 1;
+const XMM_LOAD: u64 = 2;
+const XMM_STORE: u64 = 3;
+const ALU_REG: u64 = 4;
+const ALU_MEM: u64 = 5;
+const IMUL3: u64 = 6;
 
-/// Packs `d` into (op, imm, mem, disp) words.
+/// Set in the op word when the instruction's source is an immediate.
+const SRC_IMM: u64 = 1 << 32;
+
+fn extend_code(extend: Extend) -> u64 {
+    match extend {
+        Extend::None => 0,
+        Extend::Zero => 1,
+        Extend::Sign => 2,
+        Extend::Swap => 3,
+    }
+}
+
+/// A source as (register, immediate, flag) parts of the packed words.
+fn source_parts(src: Source) -> (Register, u64, u64) {
+    match src {
+        Source::Reg(reg) => (reg, 0, 0),
+        Source::Imm(imm) => (Register::None, imm, SRC_IMM),
+    }
+}
+
+/// Packs `d` into (op, imm, mem, disp) words. The op word holds the kind
+/// (bits 0..4), width (4..8), a kind-specific code (8..16: extension, swap
+/// or ALU operation), a register (16..24), the length (24..32) and
+/// [`SRC_IMM`].
 fn pack(d: &Decoded) -> [u64; 4] {
-    let (kind, width, extend, reg, imm) = match d.op {
-        Op::Load { dst, width, extend } => {
-            let extend = match extend {
-                Extend::None => 0,
-                Extend::Zero => 1,
-                Extend::Sign => 2,
-            };
-            (LOAD, width, extend, dst, 0)
+    let (kind, sub, reg, imm, flag) = match d.op {
+        Op::Load { dst, extend, .. } => (LOAD, extend_code(extend), dst, 0, 0),
+        Op::Store { src, swap, .. } => {
+            let (reg, imm, flag) = source_parts(src);
+            (STORE, u64::from(swap), reg, imm, flag)
         }
-        Op::Store {
-            src: Source::Reg(src),
-            width,
-        } => (STORE_REG, width, 0, src, 0),
-        Op::Store {
-            src: Source::Imm(imm),
-            width,
-        } => (STORE_IMM, width, 0, Register::None, imm),
+        Op::XmmLoad { dst, .. } => (XMM_LOAD, 0, dst, 0, 0),
+        Op::XmmStore { src, .. } => (XMM_STORE, 0, src, 0, 0),
+        Op::AluReg { alu, reg, .. } => (ALU_REG, alu as u64, reg, 0, 0),
+        Op::AluMem { alu, src, .. } => {
+            let (reg, imm, flag) = source_parts(src);
+            (ALU_MEM, alu as u64, reg, imm, flag)
+        }
+        Op::Imul3 { dst, imm, .. } => (IMUL3, 0, dst, imm, 0),
     };
-    let op = kind | (width as u64) << 2 | extend << 6 | (reg as u64) << 8 | u64::from(d.len) << 16;
+    let op = kind | (d.width() as u64) << 4 | sub << 8 | (reg as u64) << 16 | u64::from(d.len) << 24 | flag;
     let mem = d.mem.base as u64 | (d.mem.index as u64) << 8 | u64::from(d.mem.scale) << 16;
     [op, imm, mem, d.mem.disp]
 }
@@ -90,26 +114,45 @@ fn pack(d: &Decoded) -> [u64; 4] {
 /// The inverse of [`pack`]; `None` for words that [`pack`] cannot produce.
 fn unpack([op, imm, mem, disp]: [u64; 4]) -> Option<Decoded> {
     let reg = |v: u64| Register::try_from((v & 0xff) as usize).ok();
-    let width = ((op >> 2) & 0xf) as usize;
-    let op_ = match op & 0x3 {
+    let width = ((op >> 4) & 0xf) as usize;
+    let sub = (op >> 8) & 0xff;
+    let r = reg(op >> 16)?;
+    let src = if op & SRC_IMM != 0 {
+        Source::Imm(imm)
+    } else {
+        Source::Reg(r)
+    };
+    let alu = || Alu::from_u8(sub as u8);
+    let op_ = match op & 0xf {
         LOAD => Op::Load {
-            dst: reg(op >> 8)?,
+            dst: r,
             width,
-            extend: match (op >> 6) & 0x3 {
+            extend: match sub {
                 0 => Extend::None,
                 1 => Extend::Zero,
                 2 => Extend::Sign,
+                3 => Extend::Swap,
                 _ => return None,
             },
         },
-        STORE_REG => Op::Store {
-            src: Source::Reg(reg(op >> 8)?),
+        STORE => Op::Store {
+            src,
+            width,
+            swap: sub != 0,
+        },
+        XMM_LOAD => Op::XmmLoad { dst: r, width },
+        XMM_STORE => Op::XmmStore { src: r, width },
+        ALU_REG => Op::AluReg {
+            alu: alu()?,
+            reg: r,
             width,
         },
-        STORE_IMM => Op::Store {
-            src: Source::Imm(imm),
+        ALU_MEM => Op::AluMem {
+            alu: alu()?,
+            src,
             width,
         },
+        IMUL3 => Op::Imul3 { dst: r, imm, width },
         _ => return None,
     };
     Some(Decoded {
@@ -120,7 +163,7 @@ fn unpack([op, imm, mem, disp]: [u64; 4]) -> Option<Decoded> {
             scale: (mem >> 16) as u8,
             disp,
         },
-        len: (op >> 16) as u8,
+        len: ((op >> 24) & 0xff) as u8,
     })
 }
 
@@ -204,7 +247,7 @@ mod tests {
 
     #[test]
     fn packs_every_form() {
-        let forms: [&[u8]; 8] = [
+        let forms: [&[u8]; 18] = [
             &[0x8a, 0x27],                               // mov ah,[rdi]
             &[0x48, 0x0f, 0xbe, 0x07],                   // movsx rax,byte [rdi]
             &[0x0f, 0xb7, 0x44, 0x8f, 0x10],             // movzx eax,word [rdi+rcx*4+0x10]
@@ -213,6 +256,16 @@ mod tests {
             &[0x8b, 0x05, 0x00, 0x01, 0x00, 0x00],       // mov eax,[rip+0x100]
             &[0x48, 0xa1, 1, 2, 3, 4, 5, 6, 7, 8],       // mov rax,[abs]
             &[0x67, 0x8b, 0x07],                         // mov eax,[edi]
+            &[0x0f, 0x38, 0xf0, 0x07],                   // movbe eax,[rdi]
+            &[0x0f, 0x38, 0xf1, 0x0f],                   // movbe [rdi],ecx
+            &[0xf2, 0x44, 0x0f, 0x10, 0x3f],             // movsd xmm15,[rdi]
+            &[0x66, 0x0f, 0xd6, 0x17],                   // movq [rdi],xmm2
+            &[0x03, 0x06],                               // add eax,[rsi]
+            &[0x01, 0x07],                               // add [rdi],eax
+            &[0x48, 0x83, 0x37, 0xff],                   // xor qword [rdi],-1
+            &[0x48, 0xf7, 0x1f],                         // neg qword [rdi]
+            &[0x0f, 0xba, 0x27, 0x05],                   // bt dword [rdi],5
+            &[0x6b, 0x07, 0xfd],                         // imul eax,[rdi],-3
         ];
         for bytes in forms {
             let d = decoded(bytes, 0x40_1000);

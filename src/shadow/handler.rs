@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 use libc::{c_int, c_void, siginfo_t, ucontext_t};
 
 use super::cache::CACHE;
-use super::emulate::{self, Decoded, Op, Regs, MAX_INSN_LEN};
+use super::emulate::{self, Bus, Decoded, ExecError, Regs, MAX_INSN_LEN};
 use super::registry::REGISTRY;
 use super::trace::{Access, AccessKind};
 use super::Shared;
@@ -119,7 +119,10 @@ extern "C" fn run_job(job: *mut c_void) {
     // SAFETY: with SA_SIGINFO the third argument of the handler is the
     // interrupted thread's ucontext_t, ours to read and change until it returns.
     let uc = unsafe { &mut *job.uc };
-    job.served = serve(job.shared, job.addr, Regs(&mut uc.uc_mcontext.gregs));
+    // SAFETY: `fpregs` is null or points to the SSE state the kernel saved in
+    // the same signal frame, which is as much ours as the ucontext.
+    let fpregs = unsafe { uc.uc_mcontext.fpregs.as_mut() };
+    job.served = serve(job.shared, job.addr, Regs::new(&mut uc.uc_mcontext.gregs, fpregs));
 }
 
 /// Bytes below the interrupted stack pointer that the x86-64 ABI lets a
@@ -312,44 +315,70 @@ fn emulate_at(
     {
         return Err(refuse("access runs past the end of the region"));
     }
-    let io_err = |e: io::Error| Refusal {
-        reason: "device access failed",
-        errno: e.raw_os_error(),
-    };
-    let mut buf = [0u8; 8];
-    let access = match decoded.op {
-        Op::Load { dst, width, extend } => {
-            // Checked before the device is read: a read may have side effects.
-            regs.get(dst)
-                .ok_or_else(|| refuse("destination register not in the saved context"))?;
-            shared.io.read_at(offset, &mut buf[..width]).map_err(io_err)?;
-            let raw = u64::from_le_bytes(buf);
-            let value = emulate::loaded_value(raw, width, extend);
-            regs.set(dst, value)
-                .ok_or_else(|| refuse("destination register not in the saved context"))?;
-            Access {
-                offset,
-                width: width as u8,
-                value: raw,
-                kind: AccessKind::Read,
-            }
-        }
-        Op::Store { src, width } => {
-            let value = emulate::store_value(regs, src, width)
-                .ok_or_else(|| refuse("source register not in the saved context"))?;
-            buf = value.to_le_bytes();
-            shared.io.write_at(offset, &buf[..width]).map_err(io_err)?;
-            Access {
-                offset,
-                width: width as u8,
-                value,
-                kind: AccessKind::Write,
-            }
-        }
-    };
+    check_alignment(ea, width)?;
+    let mut bus = DeviceBus { shared, offset };
+    emulate::execute(decoded.op, regs, &mut bus).map_err(|e| match e {
+        ExecError::Context(reason) => refuse(reason),
+        ExecError::Io(e) => Refusal {
+            reason: "device access failed",
+            errno: e.raw_os_error(),
+        },
+    })?;
     regs.set_rip(rip.wrapping_add(u64::from(decoded.len)));
-    shared.record(&access);
     Ok(())
+}
+
+/// Refuses an access that the device would not see as one access of its
+/// width: one that crosses a page (a mapped and a trapped page, or two
+/// trapped ones) or is not naturally aligned. vfio-pci splits such a
+/// `pread`/`pwrite` into narrower bus accesses.
+fn check_alignment(ea: usize, width: usize) -> Result<(), Refusal> {
+    let page = PAGE_SIZE.load(Ordering::Relaxed);
+    if ea / page != ea.wrapping_add(width - 1) / page {
+        return Err(refuse("access straddles a page boundary"));
+    }
+    if ea % width != 0 {
+        return Err(refuse(
+            "misaligned access (the device would see narrower accesses)",
+        ));
+    }
+    Ok(())
+}
+
+/// The device behind a shadow region at one offset, reporting each access
+/// to the region's hook and trace.
+struct DeviceBus<'a> {
+    shared: &'a Shared,
+    offset: u64,
+}
+
+impl DeviceBus<'_> {
+    fn record(&self, width: usize, value: u64, kind: AccessKind) {
+        self.shared.record(&Access {
+            offset: self.offset,
+            width: width as u8,
+            value,
+            kind,
+        });
+    }
+}
+
+impl Bus for DeviceBus<'_> {
+    fn read(&mut self, width: usize) -> io::Result<u64> {
+        let mut buf = [0u8; 8];
+        self.shared.io.read_at(self.offset, &mut buf[..width])?;
+        let value = u64::from_le_bytes(buf);
+        self.record(width, value, AccessKind::Read);
+        Ok(value)
+    }
+
+    fn write(&mut self, width: usize, value: u64) -> io::Result<()> {
+        self.shared
+            .io
+            .write_at(self.offset, &value.to_le_bytes()[..width])?;
+        self.record(width, value, AccessKind::Write);
+        Ok(())
+    }
 }
 
 /// Reads the instruction at `rip` and decodes it (or finds it in the decode
@@ -358,14 +387,18 @@ fn emulate_at(
 /// The CPU has just fetched that instruction, so its bytes are mapped and
 /// readable; barmap reads no further than the end of its page, and only reads
 /// on into the next page when the decoder says the instruction continues there.
-/// Code inside a shadow region (PROT_NONE holes) is refused before any read.
+/// It never reads a byte of a shadow region (a hole would fault, a mapped page
+/// is device memory): code just below one is decoded from the bytes before
+/// it, and an instruction that needs more is refused.
 fn fetch_and_decode(rip: u64, fetched: &mut Fetched) -> Result<Decoded, Refusal> {
     let at = rip as usize;
-    if REGISTRY.overlaps(at, at.saturating_add(MAX_INSN_LEN)) {
-        return Err(refuse("instruction bytes lie in a shadow region"));
+    let readable = readable_len(at);
+    let in_region = || refuse("instruction bytes lie in a shadow region");
+    if readable == 0 {
+        return Err(in_region());
     }
     let page = PAGE_SIZE.load(Ordering::Relaxed);
-    let first = MAX_INSN_LEN.min(page - at % page);
+    let first = readable.min(page - at % page);
     copy_code(at, &mut fetched.bytes[..first]);
     fetched.len = first;
     if let Some(decoded) = CACHE.get(rip, &fetched.bytes[..first]) {
@@ -374,20 +407,47 @@ fn fetch_and_decode(rip: u64, fetched: &mut Fetched) -> Result<Decoded, Refusal>
     }
     let insn = match emulate::decode(&fetched.bytes[..first], rip) {
         Some(insn) => insn,
-        None => {
-            copy_code(at + first, &mut fetched.bytes[first..]);
-            fetched.len = MAX_INSN_LEN;
-            emulate::decode(&fetched.bytes, rip).ok_or_else(|| refuse("truncated instruction"))?
+        None if first < readable => {
+            copy_code(at + first, &mut fetched.bytes[first..readable]);
+            fetched.len = readable;
+            match emulate::decode(&fetched.bytes[..readable], rip) {
+                Some(insn) => insn,
+                None if readable < MAX_INSN_LEN => return Err(in_region()),
+                None => return Err(refuse("truncated instruction")),
+            }
         }
+        None if readable < MAX_INSN_LEN => return Err(in_region()),
+        None => return Err(refuse("truncated instruction")),
     };
     if insn.is_invalid() {
         return Err(refuse("invalid instruction"));
     }
     fetched.len = insn.len();
-    let decoded = emulate::emulable(&insn)
-        .ok_or_else(|| refuse("instruction not emulated (only MOV/MOVZX/MOVSX of 1-8 bytes)"))?;
+    let decoded = emulate::emulable(&insn).ok_or_else(|| {
+        refuse("instruction not emulated (moves, SSE scalar moves and unlocked ALU forms of 1-8 bytes only)")
+    })?;
     CACHE.put(rip, &fetched.bytes[..fetched.len], &decoded);
     Ok(decoded)
+}
+
+/// How many of the [`MAX_INSN_LEN`] bytes from `at` come before the first
+/// shadow region (binary search over the registry's overlap test; only code
+/// within 15 bytes of a region pays for it).
+fn readable_len(at: usize) -> usize {
+    let mut hi = at.saturating_add(MAX_INSN_LEN) - at;
+    if !REGISTRY.overlaps(at, at + hi) {
+        return hi;
+    }
+    let mut lo = 0;
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if REGISTRY.overlaps(at, at + mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    lo
 }
 
 fn copy_code(from: usize, to: &mut [u8]) {

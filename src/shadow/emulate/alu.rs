@@ -1,0 +1,225 @@
+//! The arithmetic of emulated ALU instructions, done by the CPU itself.
+//!
+//! Each operation runs natively on register operands of the access width,
+//! with the interrupted thread's arithmetic flags loaded first (`popfq`, so
+//! `ADC`/`SBB` see its carry and `INC`/`DEC`/`BT` keep what they keep) and
+//! the flags read back after (`pushfq`). So the result and every flag,
+//! including the ones the manuals call undefined, are what this CPU produces
+//! for the same instruction on memory: nothing is modelled. Registers and
+//! the stack only: async-signal-safe.
+
+use std::arch::asm;
+
+use super::regs::mask;
+
+/// The arithmetic flags: CF, PF, AF, ZF, SF, OF.
+pub(crate) const ARITH_FLAGS: u64 = 0x8d5;
+
+/// RFLAGS bit 1, always set.
+const RESERVED_FLAG: u64 = 0x2;
+
+/// An ALU operation with a memory operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Alu {
+    Add,
+    Adc,
+    Sub,
+    Sbb,
+    And,
+    Or,
+    Xor,
+    Cmp,
+    Test,
+    Inc,
+    Dec,
+    Neg,
+    Not,
+    Imul,
+    Bt,
+}
+
+impl Alu {
+    /// Every operation, indexed by its discriminant.
+    const ALL: [Alu; 15] = [
+        Alu::Add,
+        Alu::Adc,
+        Alu::Sub,
+        Alu::Sbb,
+        Alu::And,
+        Alu::Or,
+        Alu::Xor,
+        Alu::Cmp,
+        Alu::Test,
+        Alu::Inc,
+        Alu::Dec,
+        Alu::Neg,
+        Alu::Not,
+        Alu::Imul,
+        Alu::Bt,
+    ];
+
+    /// The operation with discriminant `n`.
+    pub(crate) fn from_u8(n: u8) -> Option<Alu> {
+        Alu::ALL.get(usize::from(n)).copied()
+    }
+
+    /// Whether the result is written to the destination (`CMP`, `TEST` and
+    /// `BT` only set flags).
+    pub(crate) fn writes(self) -> bool {
+        !matches!(self, Alu::Cmp | Alu::Test | Alu::Bt)
+    }
+
+    /// Whether the operation exists for `width`-byte operands (`IMUL` with a
+    /// register destination and `BT` have no byte form).
+    pub(crate) fn has_width(self, width: usize) -> bool {
+        matches!(width, 2 | 4 | 8) || (width == 1 && !matches!(self, Alu::Imul | Alu::Bt))
+    }
+}
+
+/// Binary operations: `op a, b` with `a` read and written, `b` read.
+macro_rules! binary {
+    ($op:literal, $w:literal, $a:ident, $b:ident, $f:ident) => {
+        // SAFETY: register-only arithmetic; the pushes and pops are balanced
+        // (the block is not `nostack`, so the stack is there to use), and
+        // `popfq` loads only arithmetic flags plus the reserved bit: DF, TF
+        // and AC stay clear, as the asm! contract and the thread require.
+        unsafe {
+            asm!(
+                "push {f}",
+                "popfq",
+                concat!($op, " {a:", $w, "}, {b:", $w, "}"),
+                "pushfq",
+                "pop {f}",
+                a = inout(reg) $a,
+                b = in(reg) $b,
+                f = inout(reg) $f,
+            )
+        }
+    };
+}
+
+/// Unary operations: `op a`.
+macro_rules! unary {
+    ($op:literal, $w:literal, $a:ident, $f:ident) => {
+        // SAFETY: as for `binary!`.
+        unsafe {
+            asm!(
+                "push {f}",
+                "popfq",
+                concat!($op, " {a:", $w, "}"),
+                "pushfq",
+                "pop {f}",
+                a = inout(reg) $a,
+                f = inout(reg) $f,
+            )
+        }
+    };
+}
+
+/// One function per width that runs `alu` with operands of that width.
+macro_rules! width_fn {
+    ($name:ident, $w:literal, byte: $byte:literal) => {
+        fn $name(alu: Alu, a: &mut u64, b: u64, f: &mut u64) -> Option<()> {
+            let (mut x, mut fl) = (*a, *f);
+            match alu {
+                Alu::Add => binary!("add", $w, x, b, fl),
+                Alu::Adc => binary!("adc", $w, x, b, fl),
+                Alu::Sub => binary!("sub", $w, x, b, fl),
+                Alu::Sbb => binary!("sbb", $w, x, b, fl),
+                Alu::And => binary!("and", $w, x, b, fl),
+                Alu::Or => binary!("or", $w, x, b, fl),
+                Alu::Xor => binary!("xor", $w, x, b, fl),
+                Alu::Cmp => binary!("cmp", $w, x, b, fl),
+                Alu::Test => binary!("test", $w, x, b, fl),
+                Alu::Inc => unary!("inc", $w, x, fl),
+                Alu::Dec => unary!("dec", $w, x, fl),
+                Alu::Neg => unary!("neg", $w, x, fl),
+                Alu::Not => unary!("not", $w, x, fl),
+                Alu::Imul if !$byte => binary!("imul", $w, x, b, fl),
+                Alu::Bt if !$byte => binary!("bt", $w, x, b, fl),
+                Alu::Imul | Alu::Bt => return None,
+            }
+            *a = x;
+            *f = fl;
+            Some(())
+        }
+    };
+}
+
+width_fn!(run8, "l", byte: true);
+width_fn!(run16, "x", byte: false);
+width_fn!(run32, "e", byte: false);
+width_fn!(run64, "r", byte: false);
+
+/// Runs `alu` on `a` (the destination) and `b` (the source; unused by the
+/// unary operations) as `width`-byte operands, starting from the arithmetic
+/// flags of `rflags`. Returns the result (zero-extended from `width`) and
+/// `rflags` with its arithmetic flags replaced by the CPU's. `None` for an
+/// operation that has no such width.
+pub(crate) fn run(alu: Alu, width: usize, a: u64, b: u64, rflags: u64) -> Option<(u64, u64)> {
+    let mut x = a;
+    let mut f = (rflags & ARITH_FLAGS) | RESERVED_FLAG;
+    match width {
+        1 => run8(alu, &mut x, b, &mut f)?,
+        2 => run16(alu, &mut x, b, &mut f)?,
+        4 => run32(alu, &mut x, b, &mut f)?,
+        8 => run64(alu, &mut x, b, &mut f)?,
+        _ => return None,
+    }
+    Some((x & mask(width), (rflags & !ARITH_FLAGS) | (f & ARITH_FLAGS)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CF: u64 = 0x1;
+    const ZF: u64 = 0x40;
+    const SF: u64 = 0x80;
+    const OF: u64 = 0x800;
+
+    #[test]
+    fn discriminants_round_trip() {
+        for (n, alu) in Alu::ALL.iter().enumerate() {
+            assert_eq!(Alu::from_u8(n as u8), Some(*alu));
+        }
+        assert_eq!(Alu::from_u8(Alu::ALL.len() as u8), None);
+    }
+
+    #[test]
+    fn results_and_flags() {
+        // Unsigned overflow of a byte add: result wraps, CF and ZF set.
+        let (r, f) = run(Alu::Add, 1, 0xff, 1, 0x202).unwrap();
+        assert_eq!(r, 0);
+        assert_eq!(f & (CF | ZF | SF | OF), CF | ZF);
+        // Non-arithmetic bits of RFLAGS (IF here) are kept as they were.
+        assert_eq!(f & 0x200, 0x200);
+        // ADC uses the incoming carry; INC keeps it.
+        assert_eq!(run(Alu::Adc, 4, 1, 1, CF).unwrap().0, 3);
+        assert_eq!(
+            run(Alu::Inc, 2, 0x7fff, 0, CF).unwrap(),
+            (0x8000, CF | SF | OF | 0x10 | 0x4)
+        );
+        // Signed overflow of IMUL sets CF and OF; BT copies the bit to CF.
+        assert_eq!(
+            run(Alu::Imul, 4, 0x1_0000, 0x1_0000, 0).unwrap().1 & (CF | OF),
+            CF | OF
+        );
+        assert_eq!(run(Alu::Bt, 8, 1 << 40, 40, 0).unwrap().1 & CF, CF);
+        assert_eq!(run(Alu::Bt, 2, 1 << 3, 19, 0).unwrap().1 & CF, CF); // modulo 16
+                                                                        // CMP and TEST leave the destination as it was.
+        assert_eq!(run(Alu::Cmp, 8, 5, 7, 0).unwrap().0, 5);
+        assert_eq!(run(Alu::Neg, 1, 0, 0, CF).unwrap(), (0, ZF | 0x4));
+        assert_eq!(run(Alu::Not, 8, 0, 0, 0x8d5).unwrap(), (u64::MAX, 0x8d5));
+        assert_eq!(run(Alu::Sub, 4, 0x1_0000_0000, 1, 0).unwrap().0, 0xffff_ffff);
+    }
+
+    #[test]
+    fn byte_forms_that_do_not_exist_are_refused() {
+        assert_eq!(run(Alu::Imul, 1, 2, 3, 0), None);
+        assert_eq!(run(Alu::Bt, 1, 2, 3, 0), None);
+        assert_eq!(run(Alu::Add, 3, 2, 3, 0), None);
+        assert!(!Alu::Imul.has_width(1) && Alu::Imul.has_width(2) && Alu::Add.has_width(1));
+    }
+}

@@ -1,0 +1,96 @@
+//! Carrying out a decoded instruction: its device accesses, its registers and
+//! its flags.
+
+use std::io;
+
+use super::alu::{self, Alu};
+use super::{loaded_value, source_value, swap_bytes, Op, Regs};
+
+/// The device side of one emulated instruction, at the operand's address.
+/// Each call is one access of exactly `width` bytes.
+pub(crate) trait Bus {
+    /// Reads `width` bytes, little-endian.
+    fn read(&mut self, width: usize) -> io::Result<u64>;
+    /// Writes the low `width` bytes of `value`, little-endian.
+    fn write(&mut self, width: usize, value: u64) -> io::Result<()>;
+}
+
+/// Why an instruction could not be carried out.
+#[derive(Debug)]
+pub(crate) enum ExecError {
+    /// A register it names is not in the signal frame.
+    Context(&'static str),
+    /// The device access failed.
+    Io(io::Error),
+}
+
+impl From<io::Error> for ExecError {
+    fn from(e: io::Error) -> Self {
+        ExecError::Io(e)
+    }
+}
+
+fn need<T>(value: Option<T>, what: &'static str) -> Result<T, ExecError> {
+    value.ok_or(ExecError::Context(what))
+}
+
+const DST: &str = "destination register not in the saved context";
+const SRC: &str = "source register not in the saved context";
+const XMM: &str = "SSE registers not in the saved context";
+const WIDTH: &str = "operation has no such width";
+
+/// Carries out `op` on `regs` and `bus`: the reads, then the writes, then the
+/// registers and flags. Every register the instruction names is checked
+/// before the device is touched, as a read may have side effects. Does not
+/// move RIP.
+pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result<(), ExecError> {
+    match op {
+        Op::Load { dst, width, extend } => {
+            need(regs.get(dst), DST)?;
+            let raw = bus.read(width)?;
+            need(regs.set(dst, loaded_value(raw, width, extend)), DST)?;
+        }
+        Op::Store { src, width, swap } => {
+            let value = need(source_value(regs, src, width), SRC)?;
+            bus.write(width, if swap { swap_bytes(value, width) } else { value })?;
+        }
+        Op::XmmLoad { dst, width } => {
+            need(regs.xmm_low(dst), XMM)?;
+            let raw = bus.read(width)?;
+            need(
+                regs.set_xmm(dst, loaded_value(raw, width, super::Extend::Zero)),
+                XMM,
+            )?;
+        }
+        Op::XmmStore { src, width } => {
+            let value = need(regs.xmm_low(src), XMM)?;
+            bus.write(width, value & super::mask(width))?;
+        }
+        Op::AluReg { alu, reg, width } => {
+            let a = need(regs.get(reg), DST)?;
+            let m = bus.read(width)?;
+            let (result, rflags) = need(alu::run(alu, width, a, m, regs.rflags()), WIDTH)?;
+            if alu.writes() {
+                need(regs.set(reg, result), DST)?;
+            }
+            regs.set_rflags(rflags);
+        }
+        Op::AluMem { alu, src, width } => {
+            let b = need(source_value(regs, src, width), SRC)?;
+            let m = bus.read(width)?;
+            let (result, rflags) = need(alu::run(alu, width, m, b, regs.rflags()), WIDTH)?;
+            if alu.writes() {
+                bus.write(width, result)?;
+            }
+            regs.set_rflags(rflags);
+        }
+        Op::Imul3 { dst, imm, width } => {
+            need(regs.get(dst), DST)?;
+            let m = bus.read(width)?;
+            let (result, rflags) = need(alu::run(Alu::Imul, width, m, imm, regs.rflags()), WIDTH)?;
+            need(regs.set(dst, result), DST)?;
+            regs.set_rflags(rflags);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! x86-64 emulation of the instruction that faulted on a shadow hole.
+//!
+//! Emulated, with a memory operand of 1, 2, 4 or 8 bytes (what compilers
+//! emit for `read_volatile`/`write_volatile` of `u8`..`u64`, `f32`, `f64` at
+//! every optimisation level, LLVM and GCC alike):
+//!
+//! - moves between a general register (or an immediate) and memory: `MOV`
+//!   (also with a 64-bit absolute address), `MOVZX`, `MOVSX`, `MOVSXD`, and
+//!   the byte-swapping `MOVBE`;
+//! - moves between memory and the low part of an XMM register: `MOVD`,
+//!   `MOVQ`, `MOVSS`, `MOVSD` (legacy SSE encodings; a load zeroes the rest of
+//!   the 128-bit register);
+//! - ALU instructions with a memory operand: `ADD ADC SUB SBB AND OR XOR CMP`
+//!   (register and memory either way, or memory and immediate), `TEST` (memory
+//!   with register or immediate), `INC DEC NEG NOT` on memory, `IMUL` of a
+//!   register by memory (optionally by an immediate too), and `BT` of memory
+//!   by an immediate. A read-modify-write is one read then one write of the
+//!   same width, as on the bus; `CMP`, `TEST` and `BT` only read. Results and
+//!   RFLAGS come from running the same operation on the CPU ([`alu`]).
+//!
+//! Everything else is refused and the handler reports it rather than guess:
+//! `LOCK`-prefixed instructions and `XCHG` (atomic on the bus, which a read
+//! then a write is not), anything wider than 8 bytes, VEX/EVEX encodings,
+//! string instructions, `fs:`/`gs:` addressing.
+
+mod alu;
+mod exec;
+mod regs;
+
+use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, MemorySize, Mnemonic, OpKind, Register};
+
+pub(crate) use alu::Alu;
+pub(crate) use exec::{execute, Bus, ExecError};
+pub(crate) use regs::Regs;
+use regs::{gpr, mask, sign_extend, xmm};
+
+/// Longest x86 instruction.
+pub(crate) const MAX_INSN_LEN: usize = 15;
+
+/// What the faulting instruction does to memory and registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Read `width` bytes into the general register `dst`, widened or
+    /// byte-swapped as `extend` says.
+    Load {
+        dst: Register,
+        width: usize,
+        extend: Extend,
+    },
+    /// Write the low `width` bytes of `src`, byte-swapped if `swap` (`MOVBE`).
+    Store { src: Source, width: usize, swap: bool },
+    /// Read `width` bytes into the XMM register `dst`, zero-extended to 128 bits.
+    XmmLoad { dst: Register, width: usize },
+    /// Write the low `width` bytes of the XMM register `src`.
+    XmmStore { src: Register, width: usize },
+    /// `reg = reg <alu> [mem]`, or only the flags for `CMP`.
+    AluReg { alu: Alu, reg: Register, width: usize },
+    /// `[mem] = [mem] <alu> src`, or only the flags for `CMP`, `TEST`, `BT`.
+    /// Unary operations ignore `src`.
+    AluMem { alu: Alu, src: Source, width: usize },
+    /// `dst = [mem] * imm` (three-operand `IMUL`).
+    Imul3 { dst: Register, imm: u64, width: usize },
+}
+
+/// How a load into a general register treats the bytes it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Extend {
+    /// Same width as the destination (`MOV`).
+    None,
+    /// `MOVZX`.
+    Zero,
+    /// `MOVSX`/`MOVSXD`.
+    Sign,
+    /// `MOVBE`: the bytes in reverse order.
+    Swap,
+}
+
+/// A value an instruction takes from a register or its encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A general register.
+    Reg(Register),
+    /// An immediate, already sign-extended to 64 bits where the encoding says so.
+    Imm(u64),
+}
+
+/// The memory operand of an instruction: `base + index * scale + disp`.
+/// For RIP-relative operands `base` is `RIP` and `disp` already the
+/// absolute address (the decoder knew the instruction's address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mem {
+    pub(crate) base: Register,
+    pub(crate) index: Register,
+    pub(crate) scale: u8,
+    pub(crate) disp: u64,
+}
+
+/// Everything the handler needs of an emulable instruction at a known address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Decoded {
+    pub(crate) op: Op,
+    pub(crate) mem: Mem,
+    /// Length in bytes.
+    pub(crate) len: u8,
+}
+
+impl Op {
+    /// The access width in bytes.
+    pub(crate) fn width(&self) -> usize {
+        match *self {
+            Op::Load { width, .. }
+            | Op::Store { width, .. }
+            | Op::XmmLoad { width, .. }
+            | Op::XmmStore { width, .. }
+            | Op::AluReg { width, .. }
+            | Op::AluMem { width, .. }
+            | Op::Imul3 { width, .. } => width,
+        }
+    }
+}
+
+impl Decoded {
+    /// The access width in bytes.
+    pub(crate) fn width(&self) -> usize {
+        self.op.width()
+    }
+}
+
+/// Decodes one instruction from `bytes`, located at `ip`. Returns `None` if
+/// `bytes` end before the instruction does (the caller may fetch more), and
+/// an instruction for which [`Instruction::is_invalid`] holds if it is not
+/// valid x86-64.
+pub(crate) fn decode(bytes: &[u8], ip: u64) -> Option<Instruction> {
+    let mut decoder = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
+    let insn = decoder.decode();
+    (decoder.last_error() != DecoderError::NoMoreBytes).then_some(insn)
+}
+
+/// `insn` reduced to what the handler needs, if barmap emulates it.
+pub(crate) fn emulable(insn: &Instruction) -> Option<Decoded> {
+    Some(Decoded {
+        op: classify(insn)?,
+        mem: Mem {
+            base: insn.memory_base(),
+            index: insn.memory_index(),
+            scale: insn.memory_index_scale() as u8,
+            disp: insn.memory_displacement64(),
+        },
+        len: insn.len() as u8,
+    })
+}
+
+/// The width in bytes of a scalar memory operand of at most 8 bytes.
+fn scalar_width(size: MemorySize) -> Option<usize> {
+    Some(match size {
+        MemorySize::UInt8 | MemorySize::Int8 => 1,
+        MemorySize::UInt16 | MemorySize::Int16 => 2,
+        MemorySize::UInt32 | MemorySize::Int32 | MemorySize::Float32 => 4,
+        MemorySize::UInt64 | MemorySize::Int64 | MemorySize::Float64 => 8,
+        _ => return None,
+    })
+}
+
+/// The ALU operation of a mnemonic barmap emulates with a memory operand.
+fn alu_of(mnemonic: Mnemonic) -> Option<Alu> {
+    Some(match mnemonic {
+        Mnemonic::Add => Alu::Add,
+        Mnemonic::Adc => Alu::Adc,
+        Mnemonic::Sub => Alu::Sub,
+        Mnemonic::Sbb => Alu::Sbb,
+        Mnemonic::And => Alu::And,
+        Mnemonic::Or => Alu::Or,
+        Mnemonic::Xor => Alu::Xor,
+        Mnemonic::Cmp => Alu::Cmp,
+        Mnemonic::Test => Alu::Test,
+        Mnemonic::Inc => Alu::Inc,
+        Mnemonic::Dec => Alu::Dec,
+        Mnemonic::Neg => Alu::Neg,
+        Mnemonic::Not => Alu::Not,
+        Mnemonic::Imul => Alu::Imul,
+        Mnemonic::Bt => Alu::Bt,
+        _ => return None,
+    })
+}
+
+fn is_immediate(kind: OpKind) -> bool {
+    matches!(
+        kind,
+        OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+    )
+}
+
+/// The memory effect of `insn` if it is one barmap emulates.
+pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
+    // VEX/EVEX forms have mnemonics of their own (`VMOVSD`...), refused below.
+    if insn.has_lock_prefix() || matches!(insn.memory_segment(), Register::FS | Register::GS) {
+        return None;
+    }
+    let width = scalar_width(insn.memory_size())?;
+    let count = insn.op_count();
+    let kind = |i: u32| {
+        if i < count {
+            insn.op_kind(i)
+        } else {
+            OpKind::Register
+        }
+    };
+    let mem = |i: u32| i < count && insn.op_kind(i) == OpKind::Memory;
+    // A general register operand `i` exactly as wide as the access.
+    let gpr_at = |i: u32| {
+        let reg = insn.op_register(i);
+        (i < count && kind(i) == OpKind::Register && gpr(reg).is_some_and(|g| g.size == width)).then_some(reg)
+    };
+    let xmm_at = |i: u32| {
+        let reg = insn.op_register(i);
+        (i < count && kind(i) == OpKind::Register && xmm(reg).is_some()).then_some(reg)
+    };
+    // Operand 1 as a store's source: a register of the access width or an immediate.
+    let source = || match gpr_at(1) {
+        Some(reg) => Some(Source::Reg(reg)),
+        None => (count == 2 && is_immediate(kind(1))).then(|| Source::Imm(insn.immediate(1))),
+    };
+    let mnemonic = insn.mnemonic();
+    match mnemonic {
+        Mnemonic::Mov | Mnemonic::Movbe if count == 2 => {
+            let swap = mnemonic == Mnemonic::Movbe;
+            let extend = if swap { Extend::Swap } else { Extend::None };
+            if mem(1) {
+                return gpr_at(0).map(|dst| Op::Load { dst, width, extend });
+            }
+            let src = if swap {
+                gpr_at(1).map(Source::Reg)
+            } else {
+                source()
+            };
+            src.filter(|_| mem(0)).map(|src| Op::Store { src, width, swap })
+        }
+        Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd if count == 2 && mem(1) => {
+            let extend = if mnemonic == Mnemonic::Movzx {
+                Extend::Zero
+            } else {
+                Extend::Sign
+            };
+            let dst = insn.op0_register();
+            (kind(0) == OpKind::Register && gpr(dst).is_some_and(|g| g.size >= width)).then_some(Op::Load {
+                dst,
+                width,
+                extend,
+            })
+        }
+        Mnemonic::Movd | Mnemonic::Movq | Mnemonic::Movss | Mnemonic::Movsd if count == 2 => {
+            if mem(1) {
+                xmm_at(0).map(|dst| Op::XmmLoad { dst, width })
+            } else {
+                xmm_at(1)
+                    .filter(|_| mem(0))
+                    .map(|src| Op::XmmStore { src, width })
+            }
+        }
+        Mnemonic::Imul if count == 3 && mem(1) && is_immediate(kind(2)) => {
+            let dst = gpr_at(0)?;
+            Alu::Imul.has_width(width).then(|| Op::Imul3 {
+                dst,
+                imm: insn.immediate(2),
+                width,
+            })
+        }
+        _ => {
+            let alu = alu_of(mnemonic)?;
+            if !alu.has_width(width) {
+                return None;
+            }
+            let op = match (alu, count) {
+                (Alu::Inc | Alu::Dec | Alu::Neg | Alu::Not, 1) if mem(0) => Op::AluMem {
+                    alu,
+                    src: Source::Imm(0),
+                    width,
+                },
+                (Alu::Bt, 2) if mem(0) && is_immediate(kind(1)) => Op::AluMem {
+                    alu,
+                    src: Source::Imm(insn.immediate(1)),
+                    width,
+                },
+                (Alu::Inc | Alu::Dec | Alu::Neg | Alu::Not | Alu::Bt, _) => return None,
+                (Alu::Test, 2) if mem(0) => Op::AluMem {
+                    alu,
+                    src: source()?,
+                    width,
+                },
+                (Alu::Imul, 2) if mem(1) => Op::AluReg {
+                    alu,
+                    reg: gpr_at(0)?,
+                    width,
+                },
+                (Alu::Test | Alu::Imul, _) => return None,
+                (_, 2) if mem(1) => Op::AluReg {
+                    alu,
+                    reg: gpr_at(0)?,
+                    width,
+                },
+                (_, 2) if mem(0) => Op::AluMem {
+                    alu,
+                    src: source()?,
+                    width,
+                },
+                _ => return None,
+            };
+            Some(op)
+        }
+    }
+}
+
+impl Regs<'_> {
+    /// The address `mem` refers to, or `None` if it uses a register that is
+    /// not saved in the context.
+    pub(crate) fn effective_address(&self, mem: &Mem) -> Option<u64> {
+        let Mem {
+            base,
+            index,
+            scale,
+            disp,
+        } = *mem;
+        let mut ea = disp;
+        if !matches!(base, Register::None | Register::RIP | Register::EIP) {
+            ea = ea.wrapping_add(self.get(base)?);
+        }
+        if index != Register::None {
+            ea = ea.wrapping_add(self.get(index)?.wrapping_mul(u64::from(scale)));
+        }
+        let is32 = |r: Register| gpr(r).is_some_and(|g| g.size == 4);
+        let addr32 = is32(base) || is32(index) || base == Register::EIP;
+        Some(if addr32 { ea & mask(4) } else { ea })
+    }
+}
+
+/// The value a load of `width` bytes that read `raw` leaves in its
+/// destination, before the partial-register rule of [`Regs::set`].
+pub(crate) fn loaded_value(raw: u64, width: usize, extend: Extend) -> u64 {
+    match extend {
+        Extend::None | Extend::Zero => raw & mask(width),
+        Extend::Sign => sign_extend(raw, width),
+        Extend::Swap => swap_bytes(raw, width),
+    }
+}
+
+/// The low `width` bytes of `value` in reverse order.
+pub(crate) fn swap_bytes(value: u64, width: usize) -> u64 {
+    value.swap_bytes() >> (64 - 8 * width as u32)
+}
+
+/// The value of `src` cut to `width` bytes, or `None` if its register is not
+/// saved in the context.
+pub(crate) fn source_value(regs: &Regs<'_>, src: Source, width: usize) -> Option<u64> {
+    let value = match src {
+        Source::Reg(reg) => regs.get(reg)?,
+        Source::Imm(imm) => imm,
+    };
+    Some(value & mask(width))
+}
+
+#[cfg(test)]
+mod tests;
