@@ -337,7 +337,7 @@ fn check_alignment(ea: usize, width: usize) -> Result<(), Refusal> {
     if ea / page != ea.wrapping_add(width - 1) / page {
         return Err(refuse("access straddles a page boundary"));
     }
-    if ea % width != 0 {
+    if !ea.is_multiple_of(width) {
         return Err(refuse(
             "misaligned access (the device would see narrower accesses)",
         ));
