@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn packs_every_form() {
-        let forms: [&[u8]; 18] = [
+        let forms: [&[u8]; 19] = [
             &[0x8a, 0x27],                               // mov ah,[rdi]
             &[0x48, 0x0f, 0xbe, 0x07],                   // movsx rax,byte [rdi]
             &[0x0f, 0xb7, 0x44, 0x8f, 0x10],             // movzx eax,word [rdi+rcx*4+0x10]
@@ -266,6 +266,7 @@ mod tests {
             &[0x48, 0xf7, 0x1f],                         // neg qword [rdi]
             &[0x0f, 0xba, 0x27, 0x05],                   // bt dword [rdi],5
             &[0x6b, 0x07, 0xfd],                         // imul eax,[rdi],-3
+            &[0xd3, 0x3f],                               // sar dword [rdi],cl
         ];
         for bytes in forms {
             let d = decoded(bytes, 0x40_1000);

@@ -37,11 +37,16 @@ pub(crate) enum Alu {
     Not,
     Imul,
     Bt,
+    Shl,
+    Shr,
+    Sar,
+    Rol,
+    Ror,
 }
 
 impl Alu {
     /// Every operation, indexed by its discriminant.
-    const ALL: [Alu; 15] = [
+    const ALL: [Alu; 20] = [
         Alu::Add,
         Alu::Adc,
         Alu::Sub,
@@ -57,6 +62,11 @@ impl Alu {
         Alu::Not,
         Alu::Imul,
         Alu::Bt,
+        Alu::Shl,
+        Alu::Shr,
+        Alu::Sar,
+        Alu::Rol,
+        Alu::Ror,
     ];
 
     /// The operation with discriminant `n`.
@@ -117,6 +127,26 @@ macro_rules! unary {
     };
 }
 
+/// Shifts and rotates: `op a, cl`, the count being `b`'s low byte (the CPU
+/// masks it as it does for memory operands).
+macro_rules! shift {
+    ($op:literal, $w:literal, $a:ident, $b:ident, $f:ident) => {
+        // SAFETY: as for `binary!`.
+        unsafe {
+            asm!(
+                "push {f}",
+                "popfq",
+                concat!($op, " {a:", $w, "}, cl"),
+                "pushfq",
+                "pop {f}",
+                a = inout(reg) $a,
+                in("cl") $b as u8,
+                f = inout(reg) $f,
+            )
+        }
+    };
+}
+
 /// One function per width that runs `alu` with operands of that width.
 macro_rules! width_fn {
     ($name:ident, $w:literal, byte: $byte:literal) => {
@@ -139,6 +169,11 @@ macro_rules! width_fn {
                 Alu::Imul if !$byte => binary!("imul", $w, x, b, fl),
                 Alu::Bt if !$byte => binary!("bt", $w, x, b, fl),
                 Alu::Imul | Alu::Bt => return None,
+                Alu::Shl => shift!("shl", $w, x, b, fl),
+                Alu::Shr => shift!("shr", $w, x, b, fl),
+                Alu::Sar => shift!("sar", $w, x, b, fl),
+                Alu::Rol => shift!("rol", $w, x, b, fl),
+                Alu::Ror => shift!("ror", $w, x, b, fl),
             }
             *a = x;
             *f = fl;
@@ -213,6 +248,13 @@ mod tests {
         assert_eq!(run(Alu::Neg, 1, 0, 0, CF).unwrap(), (0, ZF | 0x4));
         assert_eq!(run(Alu::Not, 8, 0, 0, 0x8d5).unwrap(), (u64::MAX, 0x8d5));
         assert_eq!(run(Alu::Sub, 4, 0x1_0000_0000, 1, 0).unwrap().0, 0xffff_ffff);
+        // Shifts: CF is the last bit out; a count of 0 (after masking) keeps every flag.
+        let (r, f) = run(Alu::Shl, 4, 0x8000_0001, 1, 0).unwrap();
+        assert_eq!((r, f & (CF | ZF | SF | OF)), (2, CF | OF));
+        assert_eq!(run(Alu::Shr, 1, 0x81, 0x20, 0x8d5).unwrap(), (0x81, 0x8d5));
+        assert_eq!(run(Alu::Sar, 2, 0x8000, 15, 0).unwrap().0, 0xffff);
+        assert_eq!(run(Alu::Rol, 8, 1 << 63, 1, 0).unwrap().0, 1);
+        assert_eq!(run(Alu::Ror, 1, 1, 1, 0).unwrap().0, 0x80);
     }
 
     #[test]

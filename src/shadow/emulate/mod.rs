@@ -14,7 +14,8 @@
 //!   (register and memory either way, or memory and immediate), `TEST` (memory
 //!   with register or immediate), `INC DEC NEG NOT` on memory, `IMUL` of a
 //!   register by memory (optionally by an immediate too), and `BT` of memory
-//!   by an immediate. A read-modify-write is one read then one write of the
+//!   by an immediate, and the shifts and rotates `SHL SAL SHR SAR ROL ROR` of
+//!   memory by 1, an immediate or `CL`. A read-modify-write is one read then one write of the
 //!   same width, as on the bus; `CMP`, `TEST` and `BT` only read. Results and
 //!   RFLAGS come from running the same operation on the CPU ([`alu`]).
 //!
@@ -179,6 +180,11 @@ fn alu_of(mnemonic: Mnemonic) -> Option<Alu> {
         Mnemonic::Not => Alu::Not,
         Mnemonic::Imul => Alu::Imul,
         Mnemonic::Bt => Alu::Bt,
+        Mnemonic::Shl | Mnemonic::Sal => Alu::Shl,
+        Mnemonic::Shr => Alu::Shr,
+        Mnemonic::Sar => Alu::Sar,
+        Mnemonic::Rol => Alu::Rol,
+        Mnemonic::Ror => Alu::Ror,
         _ => return None,
     })
 }
@@ -288,7 +294,29 @@ pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
                     src: Source::Imm(insn.immediate(1)),
                     width,
                 },
-                (Alu::Inc | Alu::Dec | Alu::Neg | Alu::Not | Alu::Bt, _) => return None,
+                (Alu::Shl | Alu::Shr | Alu::Sar | Alu::Rol | Alu::Ror, 2) if mem(0) => {
+                    let src = if is_immediate(kind(1)) {
+                        Source::Imm(insn.immediate(1))
+                    } else if kind(1) == OpKind::Register && insn.op1_register() == Register::CL {
+                        Source::Reg(Register::CL)
+                    } else {
+                        return None;
+                    };
+                    Op::AluMem { alu, src, width }
+                }
+                (
+                    Alu::Inc
+                    | Alu::Dec
+                    | Alu::Neg
+                    | Alu::Not
+                    | Alu::Bt
+                    | Alu::Shl
+                    | Alu::Shr
+                    | Alu::Sar
+                    | Alu::Rol
+                    | Alu::Ror,
+                    _,
+                ) => return None,
                 (Alu::Test, 2) if mem(0) => Op::AluMem {
                     alu,
                     src: source()?,

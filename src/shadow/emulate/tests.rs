@@ -193,6 +193,24 @@ fn classifies_alu_forms() {
         classify(&one(&[0x0f, 0xba, 0x27, 0x05])),
         mem(Alu::Bt, Source::Imm(5), 4)
     ); // bt dword [rdi],5
+    assert_eq!(classify(&one(&[0xd1, 0x27])), mem(Alu::Shl, Source::Imm(1), 4)); // shl dword [rdi],1
+    assert_eq!(classify(&one(&[0xd1, 0x37])), mem(Alu::Shl, Source::Imm(1), 4)); // sal dword [rdi],1
+    assert_eq!(
+        classify(&one(&[0x48, 0xc1, 0x2f, 0x03])),
+        mem(Alu::Shr, Source::Imm(3), 8)
+    ); // shr qword [rdi],3
+    assert_eq!(
+        classify(&one(&[0xd3, 0x3f])),
+        mem(Alu::Sar, Source::Reg(Register::CL), 4)
+    ); // sar dword [rdi],cl
+    assert_eq!(
+        classify(&one(&[0x66, 0xd1, 0x07])),
+        mem(Alu::Rol, Source::Imm(1), 2)
+    ); // rol word [rdi],1
+    assert_eq!(
+        classify(&one(&[0xc0, 0x0f, 0x05])),
+        mem(Alu::Ror, Source::Imm(5), 1)
+    ); // ror byte [rdi],5
     assert_eq!(
         classify(&one(&[0x6b, 0x07, 0xfd])), // imul eax,[rdi],-3
         Some(Op::Imul3 {
@@ -205,7 +223,7 @@ fn classifies_alu_forms() {
 
 #[test]
 fn refuses_everything_else() {
-    let refused: [&[u8]; 16] = [
+    let refused: [&[u8]; 15] = [
         &[0x0f, 0x10, 0x07],       // movups xmm0,[rdi]
         &[0x66, 0x0f, 0x6f, 0x07], // movdqa xmm0,[rdi]
         &[0x87, 0x07],             // xchg [rdi],eax
@@ -220,7 +238,6 @@ fn refuses_everything_else() {
         &[0xf6, 0x2f],             // imul byte [rdi]
         &[0x0f, 0x6e, 0x07],       // movd mm0,[rdi]
         &[0xc5, 0xfb, 0x10, 0x07], // vmovsd xmm0,[rdi]
-        &[0xd1, 0x27],             // shl dword [rdi],1
         &[0x8c, 0x1f],             // mov [rdi],ds
     ];
     for bytes in refused {
