@@ -1,10 +1,9 @@
 //! Every instruction form the shadow fault handler emulates, checked against
 //! the CPU and against what compilers emit.
 //!
-//! - A differential test runs each form (inline assembly, every width, 240
-//!   of them) on
-//!   ordinary memory and on a trapped page of a shadow region over an
-//!   emulated device, from the same registers, flags and memory, many times
+//! - A differential test runs each of 240 forms (inline assembly, every
+//!   width) on ordinary memory and on a trapped page of a shadow region over
+//!   an emulated device, from the same registers, flags and memory, many times
 //!   with random operands, and compares every general register, XMM0/XMM1,
 //!   RFLAGS, the memory afterwards, and the device's access log.
 //! - Access patterns written in Rust and in C, compiled at test time by
