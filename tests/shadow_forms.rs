@@ -5,9 +5,11 @@
 //!   width) on ordinary memory and on a trapped page of a shadow region over
 //!   an emulated device, from the same registers, flags and memory, many times
 //!   with random operands, and compares every general register, XMM0/XMM1,
-//!   RFLAGS, the memory afterwards, and the device's access log.
+//!   RFLAGS, the memory afterwards, and the device's access log. The SSE
+//!   and AVX scalar moves are also compared on whole YMM/ZMM registers.
 //! - Access patterns written in Rust and in C, compiled at test time by
-//!   rustc (opt-level 0 and 3), gcc and clang (-O0 to -O3), loaded with
+//!   rustc (opt-level 0 and 3), gcc and clang (-O0 to -O3), and with MOVBE
+//!   and AVX2 where the CPU has them, loaded with
 //!   `dlopen`, run the same way: same results, and the device sees exactly
 //!   the reads and writes the source makes, one access each of the width.
 //! - Refused forms (locked, `xchg`, 16-byte SSE, misaligned, straddling a
@@ -862,13 +864,15 @@ fn run_tool(program: &str, args: &[&str], missing: &str) {
     );
 }
 
-/// Whether this CPU has MOVBE (code built with it would not run otherwise).
-fn cpu_has_movbe() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| info.split_whitespace().any(|w| w == "movbe"))
+/// Whether this CPU has MOVBE and AVX2 (code built for them would not run
+/// otherwise).
+fn cpu_has_movbe_and_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("movbe") && std::arch::is_x86_feature_detected!("avx2")
 }
 
 /// Builds the patterns every way: rustc at opt-level 0 and 3, gcc and clang at
-/// -O0 to -O3, and at the highest level with MOVBE where the CPU has it.
+/// -O0 to -O3, and at the highest level with MOVBE and AVX2 (so `MOVBE` and
+/// the VEX moves `VMOVSD`...) where the CPU has them.
 /// Returns (label, library path) pairs.
 fn build_libraries(dir: &Path) -> Vec<(String, String)> {
     let rs = dir.join("patterns.rs");
@@ -876,10 +880,10 @@ fn build_libraries(dir: &Path) -> Vec<(String, String)> {
     std::fs::write(&rs, RUST_PATTERNS).unwrap();
     std::fs::write(&c, C_PATTERNS).unwrap();
     let (rs, c) = (rs.to_str().unwrap(), c.to_str().unwrap());
-    let movbe = cpu_has_movbe();
+    let movbe = cpu_has_movbe_and_avx2();
     let mut libs = Vec::new();
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    for (opt, feature) in [("0", ""), ("3", ""), ("3", "+movbe")] {
+    for (opt, feature) in [("0", ""), ("3", ""), ("3", "+movbe,+avx2")] {
         if !feature.is_empty() && !movbe {
             continue;
         }
@@ -897,7 +901,7 @@ fn build_libraries(dir: &Path) -> Vec<(String, String)> {
     }
     for cc in ["gcc", "clang"] {
         let missing = format!("{cc} is needed to build the C patterns (CI installs it: qemu-scripts/lib.sh BARMAP_HOST_PACKAGES)");
-        for opt in ["-O0", "-O1", "-O2", "-O3", "-O3 -mmovbe"] {
+        for opt in ["-O0", "-O1", "-O2", "-O3", "-O3 -mmovbe -mavx2"] {
             if opt.contains("movbe") && !movbe {
                 continue;
             }
@@ -1274,4 +1278,189 @@ fn code_running_into_a_region_is_refused() {
         reached(name);
         f(keep[0].as_ptr());
     });
+}
+
+// ---- SSE and AVX moves against whole vector registers ----
+
+/// Like [`State`], with XMM0 and XMM1 as whole 512-bit registers (of which
+/// a CPU without AVX-512 sees the low 256 bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct VecState {
+    gpr: [u64; 16],
+    rflags: u64,
+    _pad: u64,
+    vec: [[u64; 8]; 2],
+}
+
+/// A vector-register form, run with YMM or (on AVX-512 CPUs) ZMM state.
+struct VecForm {
+    text: &'static str,
+    width: usize,
+    mem: Mem,
+    ymm: fn(&mut VecState),
+    zmm: fn(&mut VecState),
+}
+
+/// One harness of a [`VecForm`]: `$load` and `$store` move vector registers
+/// 0 and 1 between the state and the CPU.
+macro_rules! vec_harness {
+    ($insn:literal, $load0:literal, $load1:literal, $store0:literal, $store1:literal) => {{
+        fn run(s: &mut VecState) {
+            // SAFETY: as in `form!`; the vector registers it sets are
+            // caller-saved, declared clobbered (the compiler keeps nothing
+            // wider than XMM in them), and left clean with VZEROUPPER.
+            unsafe {
+                asm!(
+                    "push rbp",
+                    "push rbx",
+                    "push r15",
+                    "mov rax, [r15]",
+                    "mov rcx, [r15 + 8]",
+                    "mov rdx, [r15 + 16]",
+                    "mov rbx, [r15 + 24]",
+                    "mov rbp, [r15 + 40]",
+                    "mov rsi, [r15 + 48]",
+                    "mov rdi, [r15 + 56]",
+                    "mov r8, [r15 + 64]",
+                    "mov r9, [r15 + 72]",
+                    "mov r10, [r15 + 80]",
+                    "mov r11, [r15 + 88]",
+                    "mov r12, [r15 + 96]",
+                    "mov r13, [r15 + 104]",
+                    "mov r14, [r15 + 112]",
+                    $load0,
+                    $load1,
+                    "push qword ptr [r15 + 128]",
+                    "popfq",
+                    "mov r15, [r15 + 120]",
+                    $insn,
+                    "pushfq",
+                    "push r15",
+                    "mov r15, [rsp + 16]",
+                    "mov [r15], rax",
+                    "mov [r15 + 8], rcx",
+                    "mov [r15 + 16], rdx",
+                    "mov [r15 + 24], rbx",
+                    "mov [r15 + 40], rbp",
+                    "mov [r15 + 48], rsi",
+                    "mov [r15 + 56], rdi",
+                    "mov [r15 + 64], r8",
+                    "mov [r15 + 72], r9",
+                    "mov [r15 + 80], r10",
+                    "mov [r15 + 88], r11",
+                    "mov [r15 + 96], r12",
+                    "mov [r15 + 104], r13",
+                    "mov [r15 + 112], r14",
+                    $store0,
+                    $store1,
+                    "vzeroupper",
+                    "pop rax",
+                    "mov [r15 + 120], rax",
+                    "pop rax",
+                    "mov [r15 + 128], rax",
+                    "pop r15",
+                    "pop rbx",
+                    "pop rbp",
+                    inout("r15") s as *mut VecState => _,
+                    out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
+                    out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                    out("r12") _, out("r13") _, out("r14") _,
+                    out("xmm0") _, out("xmm1") _,
+                )
+            }
+        }
+        run
+    }};
+}
+
+macro_rules! vec_form {
+    ($insn:literal, $width:literal, $mem:ident) => {
+        VecForm {
+            text: $insn,
+            width: $width,
+            mem: $mem,
+            ymm: vec_harness!(
+                $insn,
+                "vmovdqu ymm0, [r15 + 144]",
+                "vmovdqu ymm1, [r15 + 208]",
+                "vmovdqu [r15 + 144], ymm0",
+                "vmovdqu [r15 + 208], ymm1"
+            ),
+            zmm: vec_harness!(
+                $insn,
+                "vmovdqu64 zmm0, [r15 + 144]",
+                "vmovdqu64 zmm1, [r15 + 208]",
+                "vmovdqu64 [r15 + 144], zmm0",
+                "vmovdqu64 [r15 + 208], zmm1"
+            ),
+        }
+    };
+}
+
+/// The SSE moves (which keep the bits above 127) and their VEX forms (which
+/// clear them).
+static VEC_FORMS: &[VecForm] = &[
+    vec_form!("movd xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("movq xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("movss xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("movsd xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("movsd qword ptr [rdi], xmm0", 8, W),
+    vec_form!("vmovd xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("vmovd dword ptr [rdi], xmm1", 4, W),
+    vec_form!("vmovq xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("vmovq qword ptr [rdi], xmm0", 8, W),
+    vec_form!("vmovss xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("vmovss dword ptr [rdi], xmm1", 4, W),
+    vec_form!("vmovsd xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("vmovsd qword ptr [rdi], xmm0", 8, W),
+];
+
+#[test]
+fn vector_moves_match_the_cpu_on_whole_vector_registers() {
+    let run = if std::arch::is_x86_feature_detected!("avx512f") {
+        |f: &VecForm| f.zmm
+    } else if std::arch::is_x86_feature_detected!("avx") {
+        |f: &VecForm| f.ymm
+    } else {
+        eprintln!("no AVX on this CPU: VEX moves not tested");
+        return;
+    };
+    let dev = Device::new(PAGE);
+    let region = dev.trap_all();
+    let mut rng = Rng(0x5eed_0fa5);
+    let mut native = Box::new([0u64; 2]);
+    for form in VEC_FORMS {
+        for round in 0..50 {
+            let offset = 0x300 + (round % 4) * 8;
+            let before = rng.operand();
+            let mut input = VecState {
+                gpr: [0; 16].map(|_| rng.operand()),
+                rflags: (rng.next() & ARITH_FLAGS) | 0x202,
+                _pad: 0,
+                vec: [[0; 8]; 2].map(|v| v.map(|_| rng.next())),
+            };
+            input.gpr[4] = 0;
+            native[0] = before;
+            let mut on_cpu = input;
+            on_cpu.gpr[RDI] = native.as_mut_ptr() as u64;
+            run(form)(&mut on_cpu);
+            dev.poke(offset, &before.to_le_bytes());
+            dev.log.take();
+            let mut emulated = input;
+            emulated.gpr[RDI] = region.as_ptr() as u64 + offset;
+            run(form)(&mut emulated);
+            let log = dev.log.take();
+            let after = word(&dev.peek(offset, 8));
+            let what = format!("{} on {before:#x} from {input:#x?}", form.text);
+            emulated.gpr[RDI] = on_cpu.gpr[RDI];
+            assert_eq!(emulated, on_cpu, "registers after {what}");
+            assert_eq!(after, native[0], "memory after {what}");
+            assert_eq!(
+                log,
+                expected(form.mem, offset, form.width, before, after),
+                "{what}"
+            );
+        }
+    }
 }

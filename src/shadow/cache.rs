@@ -87,8 +87,8 @@ fn source_parts(src: Source) -> (Register, u64, u64) {
 }
 
 /// Packs `d` into (op, imm, mem, disp) words. The op word holds the kind
-/// (bits 0..4), width (4..8), a kind-specific code (8..16: extension, swap
-/// or ALU operation), a register (16..24), the length (24..32) and
+/// (bits 0..4), width (4..8), a kind-specific code (8..16: extension, swap,
+/// VEX or ALU operation), a register (16..24), the length (24..32) and
 /// [`SRC_IMM`].
 fn pack(d: &Decoded) -> [u64; 4] {
     let (kind, sub, reg, imm, flag) = match d.op {
@@ -97,7 +97,7 @@ fn pack(d: &Decoded) -> [u64; 4] {
             let (reg, imm, flag) = source_parts(src);
             (STORE, u64::from(swap), reg, imm, flag)
         }
-        Op::XmmLoad { dst, .. } => (XMM_LOAD, 0, dst, 0, 0),
+        Op::XmmLoad { dst, vex, .. } => (XMM_LOAD, u64::from(vex), dst, 0, 0),
         Op::XmmStore { src, .. } => (XMM_STORE, 0, src, 0, 0),
         Op::AluReg { alu, reg, .. } => (ALU_REG, alu as u64, reg, 0, 0),
         Op::AluMem { alu, src, .. } => {
@@ -140,7 +140,11 @@ fn unpack([op, imm, mem, disp]: [u64; 4]) -> Option<Decoded> {
             width,
             swap: sub != 0,
         },
-        XMM_LOAD => Op::XmmLoad { dst: r, width },
+        XMM_LOAD => Op::XmmLoad {
+            dst: r,
+            width,
+            vex: sub != 0,
+        },
         XMM_STORE => Op::XmmStore { src: r, width },
         ALU_REG => Op::AluReg {
             alu: alu()?,

@@ -119,10 +119,11 @@ extern "C" fn run_job(job: *mut c_void) {
     // SAFETY: with SA_SIGINFO the third argument of the handler is the
     // interrupted thread's ucontext_t, ours to read and change until it returns.
     let uc = unsafe { &mut *job.uc };
-    // SAFETY: `fpregs` is null or points to the SSE state the kernel saved in
-    // the same signal frame, which is as much ours as the ucontext.
-    let fpregs = unsafe { uc.uc_mcontext.fpregs.as_mut() };
-    job.served = serve(job.shared, job.addr, Regs::new(&mut uc.uc_mcontext.gregs, fpregs));
+    // SAFETY: the kernel set `fpregs` to null or to the FP state it saved in
+    // the same signal frame (FXSAVE image, then XSAVE components as its
+    // software-reserved bytes describe), which is as much ours as the ucontext.
+    let regs = unsafe { Regs::new(&mut uc.uc_mcontext.gregs, uc.uc_mcontext.fpregs) };
+    job.served = serve(job.shared, job.addr, regs);
 }
 
 /// Bytes below the interrupted stack pointer that the x86-64 ABI lets a

@@ -54,11 +54,11 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
             let value = need(source_value(regs, src, width), SRC)?;
             bus.write(width, if swap { swap_bytes(value, width) } else { value })?;
         }
-        Op::XmmLoad { dst, width } => {
+        Op::XmmLoad { dst, width, vex } => {
             need(regs.xmm_low(dst), XMM)?;
             let raw = bus.read(width)?;
             need(
-                regs.set_xmm(dst, loaded_value(raw, width, super::Extend::Zero)),
+                regs.set_xmm(dst, loaded_value(raw, width, super::Extend::Zero), vex),
                 XMM,
             )?;
         }

@@ -7,9 +7,11 @@
 //! - moves between a general register (or an immediate) and memory: `MOV`
 //!   (also with a 64-bit absolute address), `MOVZX`, `MOVSX`, `MOVSXD`, and
 //!   the byte-swapping `MOVBE`;
-//! - moves between memory and the low part of an XMM register: `MOVD`,
-//!   `MOVQ`, `MOVSS`, `MOVSD` (legacy SSE encodings; a load zeroes the rest of
-//!   the 128-bit register);
+//! - moves between memory and the low part of an XMM register (XMM0..15):
+//!   `MOVD`, `MOVQ`, `MOVSS`, `MOVSD`, and their VEX/EVEX forms `VMOVD`
+//!   `VMOVQ` `VMOVSS` `VMOVSD` that compilers emit when AVX is enabled (a
+//!   load zeroes the rest of the 128-bit register, a VEX/EVEX load also the
+//!   rest of the YMM/ZMM register);
 //! - ALU instructions with a memory operand: `ADD ADC SUB SBB AND OR XOR CMP`
 //!   (register and memory either way, or memory and immediate), `TEST` (memory
 //!   with register or immediate), `INC DEC NEG NOT` on memory, `IMUL` of a
@@ -21,8 +23,8 @@
 //!
 //! Everything else is refused and the handler reports it rather than guess:
 //! `LOCK`-prefixed instructions and `XCHG` (atomic on the bus, which a read
-//! then a write is not), anything wider than 8 bytes, VEX/EVEX encodings,
-//! string instructions, `fs:`/`gs:` addressing.
+//! then a write is not), anything wider than 8 bytes, other VEX/EVEX
+//! instructions, masked EVEX moves, string instructions, `fs:`/`gs:` addressing.
 
 mod alu;
 mod exec;
@@ -50,8 +52,9 @@ pub(crate) enum Op {
     },
     /// Write the low `width` bytes of `src`, byte-swapped if `swap` (`MOVBE`).
     Store { src: Source, width: usize, swap: bool },
-    /// Read `width` bytes into the XMM register `dst`, zero-extended to 128 bits.
-    XmmLoad { dst: Register, width: usize },
+    /// Read `width` bytes into the XMM register `dst`, zero-extended to 128
+    /// bits, or to the widest vector register if `vex` (`VMOVSD`...).
+    XmmLoad { dst: Register, width: usize, vex: bool },
     /// Write the low `width` bytes of the XMM register `src`.
     XmmStore { src: Register, width: usize },
     /// `reg = reg <alu> [mem]`, or only the flags for `CMP`.
@@ -205,8 +208,12 @@ fn is_immediate(kind: OpKind) -> bool {
 
 /// The memory effect of `insn` if it is one barmap emulates.
 pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
-    // VEX/EVEX forms have mnemonics of their own (`VMOVSD`...), refused below.
-    if insn.has_lock_prefix() || matches!(insn.memory_segment(), Register::FS | Register::GS) {
+    // VEX/EVEX forms have mnemonics of their own (`VMOVSD`...): only the
+    // scalar moves are accepted below, and not with an EVEX opmask.
+    if insn.has_lock_prefix()
+        || insn.op_mask() != Register::None
+        || matches!(insn.memory_segment(), Register::FS | Register::GS)
+    {
         return None;
     }
     let width = scalar_width(insn.memory_size())?;
@@ -261,9 +268,22 @@ pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
                 extend,
             })
         }
-        Mnemonic::Movd | Mnemonic::Movq | Mnemonic::Movss | Mnemonic::Movsd if count == 2 => {
+        Mnemonic::Movd
+        | Mnemonic::Movq
+        | Mnemonic::Movss
+        | Mnemonic::Movsd
+        | Mnemonic::Vmovd
+        | Mnemonic::Vmovq
+        | Mnemonic::Vmovss
+        | Mnemonic::Vmovsd
+            if count == 2 =>
+        {
+            let vex = matches!(
+                mnemonic,
+                Mnemonic::Vmovd | Mnemonic::Vmovq | Mnemonic::Vmovss | Mnemonic::Vmovsd
+            );
             if mem(1) {
-                xmm_at(0).map(|dst| Op::XmmLoad { dst, width })
+                xmm_at(0).map(|dst| Op::XmmLoad { dst, width, vex })
             } else {
                 xmm_at(1)
                     .filter(|_| mem(0))

@@ -1,10 +1,16 @@
 //! The interrupted thread's registers as the signal frame saved them: the
 //! general registers, RIP and RFLAGS in `uc_mcontext.gregs`, the XMM
-//! registers in the FXSAVE image that `uc_mcontext.fpregs` points to.
+//! registers in the FXSAVE image that `uc_mcontext.fpregs` points to, and
+//! the upper halves of YMM/ZMM registers in the XSAVE components that
+//! follow it (when the kernel saved with XSAVE, which the magic number in
+//! the frame's software-reserved bytes says).
 //!
 //! Writes follow the CPU's partial-register rules: a 32-bit destination
 //! clears bits 32..63, an 8- or 16-bit one keeps the bits above it, and
 //! `AH`/`BH`/`CH`/`DH` are bits 8..15 of their register.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use iced_x86::Register;
 use libc::{_libc_fpstate, greg_t};
@@ -15,7 +21,38 @@ pub(crate) const NGREG: usize = 23;
 /// The saved registers of the interrupted thread.
 pub(crate) struct Regs<'a> {
     gregs: &'a mut [greg_t; NGREG],
-    fpregs: Option<&'a mut _libc_fpstate>,
+    /// The frame's FP state (FXSAVE image, then XSAVE components), or null.
+    fpregs: *mut u8,
+    _fp: PhantomData<&'a mut _libc_fpstate>,
+}
+
+/// Size of the FXSAVE image, where the XSAVE header starts.
+const FXSAVE_SIZE: usize = 512;
+/// Offset of the kernel's `_fpx_sw_bytes` in the FXSAVE image.
+const SW_BYTES: usize = 464;
+/// `_fpx_sw_bytes.magic1` when XSAVE components follow the image.
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+/// XSAVE component holding bits 128..255 of YMM0..15.
+const YMM_HI128: u32 = 2;
+/// XSAVE component holding bits 256..511 of ZMM0..15.
+const ZMM_HI256: u32 = 6;
+/// Standard-layout offset of [`ZMM_HI256`]; 0 until asked of CPUID.
+static ZMM_HI256_OFFSET: AtomicU32 = AtomicU32::new(0);
+
+/// The offset of XSAVE component `component` in the standard
+/// (non-compacted) layout the kernel uses for signal frames: architectural
+/// for YMM_Hi128, from CPUID leaf 0xD (asked once) for ZMM_Hi256. CPUID is
+/// one instruction: async-signal-safe.
+fn component_offset(component: u32) -> usize {
+    if component == YMM_HI128 {
+        return 576;
+    }
+    let mut offset = ZMM_HI256_OFFSET.load(Ordering::Relaxed);
+    if offset == 0 {
+        offset = std::arch::x86_64::__cpuid_count(0xd, component).ebx;
+        ZMM_HI256_OFFSET.store(offset, Ordering::Relaxed);
+    }
+    offset as usize
 }
 
 /// Saved-context slots of the 16 general registers, in encoding order
@@ -92,10 +129,22 @@ pub(crate) fn sign_extend(value: u64, width: usize) -> u64 {
 }
 
 impl<'a> Regs<'a> {
-    /// The registers of a signal frame: its general registers and, when the
-    /// kernel saved them, its SSE registers.
-    pub(crate) fn new(gregs: &'a mut [greg_t; NGREG], fpregs: Option<&'a mut _libc_fpstate>) -> Self {
-        Regs { gregs, fpregs }
+    /// The registers of a signal frame: its general registers and, unless
+    /// `fpregs` is null, its FP/SSE state.
+    ///
+    /// # Safety
+    ///
+    /// `fpregs` is null or points to FP state that only this value uses for
+    /// `'a`: an FXSAVE image of 512 bytes, followed (if its software-reserved
+    /// bytes carry `FP_XSTATE_MAGIC1`) by the XSAVE header and components in
+    /// the standard layout up to the `xstate_size` those bytes give, as the
+    /// kernel lays out a signal frame.
+    pub(crate) unsafe fn new(gregs: &'a mut [greg_t; NGREG], fpregs: *mut _libc_fpstate) -> Self {
+        Regs {
+            gregs,
+            fpregs: fpregs.cast(),
+            _fp: PhantomData,
+        }
     }
 
     /// Instruction pointer.
@@ -148,21 +197,64 @@ impl<'a> Regs<'a> {
         Some(())
     }
 
+    /// The FXSAVE image, if the frame has FP state.
+    fn fxsave(&mut self) -> Option<&mut _libc_fpstate> {
+        // SAFETY: null or valid and ours for this value's lifetime (see `new`).
+        unsafe { self.fpregs.cast::<_libc_fpstate>().as_mut() }
+    }
+
     /// Bits 0..63 of an XMM register; `None` if it is not one or the frame
     /// holds no SSE state.
     pub(crate) fn xmm_low(&self, reg: Register) -> Option<u64> {
-        let e = &self.fpregs.as_ref()?._xmm[xmm(reg)?].element;
+        // SAFETY: null or valid for this value's lifetime (see `new`).
+        let fx = unsafe { self.fpregs.cast::<_libc_fpstate>().as_ref() }?;
+        let e = &fx._xmm[xmm(reg)?].element;
         Some(u64::from(e[0]) | u64::from(e[1]) << 32)
     }
 
     /// Sets an XMM register to `value` zero-extended to 128 bits, as the
-    /// SSE loads `MOVD`/`MOVQ`/`MOVSS`/`MOVSD` from memory do (bits above 127,
-    /// which only VEX forms touch, are kept).
-    pub(crate) fn set_xmm(&mut self, reg: Register, value: u64) -> Option<()> {
+    /// SSE loads `MOVD`/`MOVQ`/`MOVSS`/`MOVSD` from memory do. Bits above 127
+    /// are kept, unless `vex`: the VEX loads zero them too, up to the widest
+    /// vector register the frame holds.
+    pub(crate) fn set_xmm(&mut self, reg: Register, value: u64, vex: bool) -> Option<()> {
         let n = xmm(reg)?;
-        let e = &mut self.fpregs.as_mut()?._xmm[n].element;
-        *e = [value as u32, (value >> 32) as u32, 0, 0];
+        self.fxsave()?._xmm[n].element = [value as u32, (value >> 32) as u32, 0, 0];
+        if vex {
+            self.zero_upper(n, YMM_HI128, 16);
+            self.zero_upper(n, ZMM_HI256, 32);
+        }
         Some(())
+    }
+
+    /// Zeroes register `n`'s `size`-byte slot of XSAVE component
+    /// `component`, if the frame holds that component in a non-init state
+    /// (in init state it reads as zero already). The frame has FP state.
+    fn zero_upper(&mut self, n: usize, component: u32, size: usize) {
+        // SAFETY: `fpregs` is non-null (the caller wrote the image) and valid
+        // for the FXSAVE image, which holds the software-reserved bytes.
+        let (magic, xstate_size) = unsafe {
+            let sw = self.fpregs.add(SW_BYTES);
+            (
+                sw.cast::<u32>().read_unaligned(),
+                sw.add(16).cast::<u32>().read_unaligned() as usize,
+            )
+        };
+        if magic != FP_XSTATE_MAGIC1 || xstate_size < FXSAVE_SIZE + 64 {
+            return;
+        }
+        // SAFETY: with the magic present the XSAVE header, whose first word
+        // is XSTATE_BV, follows the image within `xstate_size` (see `new`).
+        let xstate_bv = unsafe { self.fpregs.add(FXSAVE_SIZE).cast::<u64>().read_unaligned() };
+        if xstate_bv & (1 << component) == 0 {
+            return;
+        }
+        let at = component_offset(component) + n * size;
+        if at < FXSAVE_SIZE + 64 || at + size > xstate_size {
+            return;
+        }
+        // SAFETY: `at..at + size` lies past the header and within the
+        // frame's XSAVE area (checked against `xstate_size`), ours to change.
+        unsafe { self.fpregs.add(at).write_bytes(0, size) };
     }
 }
 
@@ -195,7 +287,8 @@ mod tests {
     #[test]
     fn partial_register_writes() {
         let mut gregs = [0 as greg_t; NGREG];
-        let mut regs = Regs::new(&mut gregs, None);
+        // SAFETY: no FP state.
+        let mut regs = unsafe { Regs::new(&mut gregs, std::ptr::null_mut()) };
         regs.set(Register::RAX, 0x1122_3344_5566_7788).unwrap();
         regs.set(Register::AL, 0xaa).unwrap();
         assert_eq!(regs.get(Register::RAX), Some(0x1122_3344_5566_77aa));
@@ -213,27 +306,73 @@ mod tests {
         assert_eq!(regs.set(Register::XMM0, 1), None);
     }
 
+    /// An XSAVE-layout signal-frame FP area: FXSAVE image, header, YMM_Hi128.
+    #[repr(C, align(64))]
+    struct Frame([u8; 1024]);
+
+    fn frame(xstate_bv: u64) -> Box<Frame> {
+        let mut f = Box::new(Frame([0xee; 1024]));
+        f.0[..FXSAVE_SIZE + 64].fill(0);
+        f.0[SW_BYTES..SW_BYTES + 4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+        f.0[SW_BYTES + 16..SW_BYTES + 20].copy_from_slice(&832u32.to_le_bytes());
+        f.0[FXSAVE_SIZE..FXSAVE_SIZE + 8].copy_from_slice(&xstate_bv.to_le_bytes());
+        f
+    }
+
     #[test]
     fn xmm_registers_live_in_the_fpstate() {
         let mut gregs = [0 as greg_t; NGREG];
-        // SAFETY: `_libc_fpstate` is plain integers; all zero is a valid value.
-        let mut fp: _libc_fpstate = unsafe { std::mem::zeroed() };
-        fp._xmm[3].element = [1, 2, 3, 4];
-        let mut regs = Regs::new(&mut gregs, Some(&mut fp));
-        assert_eq!(regs.xmm_low(Register::XMM3), Some(0x2_0000_0001));
-        regs.set_xmm(Register::XMM3, 0xaabb_ccdd).unwrap();
-        assert_eq!(regs.xmm_low(Register::XMM3), Some(0xaabb_ccdd));
-        assert_eq!(regs.set_xmm(Register::EAX, 0), None);
-        assert_eq!(fp._xmm[3].element, [0xaabb_ccdd, 0, 0, 0]);
-        let mut none = Regs::new(&mut gregs, None);
+        let mut f = frame(0x7);
+        let xmm3 = 160 + 3 * 16;
+        f.0[xmm3..xmm3 + 16].copy_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0]);
+        {
+            // SAFETY: `f` is a 1 KiB XSAVE-layout buffer that only `regs` uses.
+            let mut regs = unsafe { Regs::new(&mut gregs, f.0.as_mut_ptr().cast()) };
+            assert_eq!(regs.xmm_low(Register::XMM3), Some(0x2_0000_0001));
+            regs.set_xmm(Register::XMM3, 0xaabb_ccdd, false).unwrap();
+            assert_eq!(regs.xmm_low(Register::XMM3), Some(0xaabb_ccdd));
+            assert_eq!(regs.set_xmm(Register::EAX, 0, false), None);
+        }
+        assert_eq!(
+            f.0[xmm3..xmm3 + 16],
+            [0xdd, 0xcc, 0xbb, 0xaa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // A legacy load keeps the upper YMM half; a VEX load zeroes it.
+        let ymmh3 = 576 + 3 * 16;
+        assert_eq!(f.0[ymmh3], 0xee);
+        {
+            // SAFETY: as above.
+            let mut regs = unsafe { Regs::new(&mut gregs, f.0.as_mut_ptr().cast()) };
+            regs.set_xmm(Register::XMM3, 1, true).unwrap();
+        }
+        assert_eq!(f.0[ymmh3..ymmh3 + 16], [0; 16]);
+        assert_eq!(f.0[ymmh3 + 16], 0xee, "the next register's half is kept");
+        // SAFETY: no FP state.
+        let mut none = unsafe { Regs::new(&mut gregs, std::ptr::null_mut()) };
         assert_eq!(none.xmm_low(Register::XMM0), None);
-        assert_eq!(none.set_xmm(Register::XMM0, 0), None);
+        assert_eq!(none.set_xmm(Register::XMM0, 0, true), None);
+    }
+
+    #[test]
+    fn upper_halves_in_init_state_or_without_xsave_are_left_alone() {
+        let mut gregs = [0 as greg_t; NGREG];
+        let mut no_magic = frame(0x7);
+        no_magic.0[SW_BYTES] = 0;
+        for mut f in [frame(0x3), no_magic] {
+            {
+                // SAFETY: as in `xmm_registers_live_in_the_fpstate`.
+                let mut regs = unsafe { Regs::new(&mut gregs, f.0.as_mut_ptr().cast()) };
+                regs.set_xmm(Register::XMM0, 1, true).unwrap();
+            }
+            assert_eq!(f.0[576], 0xee);
+        }
     }
 
     #[test]
     fn flags_and_rip() {
         let mut gregs = [0 as greg_t; NGREG];
-        let mut regs = Regs::new(&mut gregs, None);
+        // SAFETY: no FP state.
+        let mut regs = unsafe { Regs::new(&mut gregs, std::ptr::null_mut()) };
         regs.set_rflags(0x246);
         regs.set_rip(0x1234);
         assert_eq!((regs.rflags(), regs.rip()), (0x246, 0x1234));

@@ -105,7 +105,20 @@ fn classifies_stores() {
 
 #[test]
 fn classifies_sse_moves() {
-    let xl = |dst, width| Some(Op::XmmLoad { dst, width });
+    let xl = |dst, width| {
+        Some(Op::XmmLoad {
+            dst,
+            width,
+            vex: false,
+        })
+    };
+    let vl = |dst, width| {
+        Some(Op::XmmLoad {
+            dst,
+            width,
+            vex: true,
+        })
+    };
     let xs = |src, width| Some(Op::XmmStore { src, width });
     assert_eq!(classify(&one(&[0x66, 0x0f, 0x6e, 0x07])), xl(Register::XMM0, 4)); // movd xmm0,[rdi]
     assert_eq!(
@@ -118,6 +131,20 @@ fn classifies_sse_moves() {
         xl(Register::XMM15, 4)
     ); // movss xmm15,[rdi]
     assert_eq!(classify(&one(&[0xf2, 0x0f, 0x10, 0x07])), xl(Register::XMM0, 8)); // movsd xmm0,[rdi]
+    assert_eq!(classify(&one(&[0xc5, 0xfb, 0x10, 0x07])), vl(Register::XMM0, 8)); // vmovsd xmm0,[rdi]
+    assert_eq!(classify(&one(&[0xc5, 0xfa, 0x10, 0x17])), vl(Register::XMM2, 4)); // vmovss xmm2,[rdi]
+    assert_eq!(classify(&one(&[0xc5, 0xf9, 0x6e, 0x07])), vl(Register::XMM0, 4)); // vmovd xmm0,[rdi]
+    assert_eq!(classify(&one(&[0xc5, 0xfa, 0x7e, 0x07])), vl(Register::XMM0, 8)); // vmovq xmm0,[rdi]
+    assert_eq!(classify(&one(&[0xc5, 0xfb, 0x11, 0x0f])), xs(Register::XMM1, 8)); // vmovsd [rdi],xmm1
+    assert_eq!(classify(&one(&[0xc5, 0xf9, 0x7e, 0x07])), xs(Register::XMM0, 4)); // vmovd [rdi],xmm0
+    assert_eq!(classify(&one(&[0xc5, 0xf9, 0xd6, 0x07])), xs(Register::XMM0, 8)); // vmovq [rdi],xmm0
+                                                                                  // EVEX: accepted unmasked on XMM0..15; masked or XMM16.. refused.
+    assert_eq!(
+        classify(&one(&[0x62, 0xf1, 0xff, 0x08, 0x10, 0x07])),
+        vl(Register::XMM0, 8)
+    );
+    assert_eq!(classify(&one(&[0x62, 0xf1, 0xff, 0x09, 0x10, 0x07])), None);
+    assert_eq!(classify(&one(&[0x62, 0xe1, 0xff, 0x08, 0x10, 0x07])), None);
     assert_eq!(classify(&one(&[0x66, 0x0f, 0x7e, 0x07])), xs(Register::XMM0, 4)); // movd [rdi],xmm0
     assert_eq!(classify(&one(&[0x66, 0x0f, 0xd6, 0x17])), xs(Register::XMM2, 8)); // movq [rdi],xmm2
     assert_eq!(
@@ -237,7 +264,7 @@ fn refuses_everything_else() {
         &[0x0f, 0xa3, 0x07],       // bt [rdi],eax (bit string)
         &[0xf6, 0x2f],             // imul byte [rdi]
         &[0x0f, 0x6e, 0x07],       // movd mm0,[rdi]
-        &[0xc5, 0xfb, 0x10, 0x07], // vmovsd xmm0,[rdi]
+        &[0xc5, 0xfc, 0x10, 0x07], // vmovups ymm0,[rdi]
         &[0x8c, 0x1f],             // mov [rdi],ds
     ];
     for bytes in refused {
@@ -269,7 +296,8 @@ fn extends_loaded_values() {
 #[test]
 fn effective_addresses() {
     let mut gregs = [0 as greg_t; NGREG];
-    let mut regs = Regs::new(&mut gregs, None);
+    // SAFETY: no FP state.
+    let mut regs = unsafe { Regs::new(&mut gregs, std::ptr::null_mut()) };
     regs.set(Register::RDI, 0x7000_0000_1000).unwrap();
     regs.set(Register::RCX, 3).unwrap();
     let mem = |bytes: &[u8]| emulable(&one(bytes)).unwrap().mem;
@@ -309,7 +337,8 @@ impl Bus for FakeBus {
 
 fn run(bytes: &[u8], word: u64, set: &[(Register, u64)]) -> (FakeBus, [greg_t; NGREG]) {
     let mut gregs = [0 as greg_t; NGREG];
-    let mut regs = Regs::new(&mut gregs, None);
+    // SAFETY: no FP state.
+    let mut regs = unsafe { Regs::new(&mut gregs, std::ptr::null_mut()) };
     for &(r, v) in set {
         regs.set(r, v).unwrap();
     }
@@ -354,7 +383,8 @@ fn read_modify_write_is_one_read_then_one_write() {
 #[test]
 fn sse_forms_need_the_sse_state() {
     let mut gregs = [0 as greg_t; NGREG];
-    let mut regs = Regs::new(&mut gregs, None);
+    // SAFETY: no FP state.
+    let mut regs = unsafe { Regs::new(&mut gregs, std::ptr::null_mut()) };
     let mut bus = FakeBus {
         word: 1,
         log: Vec::new(),
