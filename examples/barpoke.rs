@@ -31,7 +31,7 @@ use std::ops::Range;
 use std::process::ExitCode;
 
 use barmap::shadow::AccessKind;
-use barmap::{Bar, Device, Error, MapPolicy, PciAddress, RegionIndex, Result, Sysfs};
+use barmap::{Device, Error, MapPolicy, PciAddress, RegionIndex, Result, Sysfs};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
@@ -382,21 +382,21 @@ fn unbind(cli: &Cli, addr: PciAddress) -> Result<String> {
 fn info(cli: &Cli, addr: PciAddress) -> Result<String> {
     let device = Device::open(addr)?;
     let mut regions = Vec::new();
-    // What `--via auto` would do, without building shadow regions (and so
-    // without installing the fault handler) just to print it.
+    // What `--via auto` would do: the fault handler where there is one.
     let slow = if cfg!(target_arch = "x86_64") {
         AccessPath::Fault
     } else {
         AccessPath::Syscall
     };
     for info in device.regions().iter().filter(|r| r.size > 0) {
-        let bar = device.open_region(info.index, MapPolicy::Direct)?;
-        regions.push((info, bar.mapped_ranges(), slow));
+        let region = device.region(info.index, MapPolicy::Direct)?;
+        let kind = info.index.bar_number().and_then(|n| device.bar_kind(n));
+        regions.push((info, kind, region.mapped_ranges().to_vec(), slow));
     }
     if cli.json {
         let regions: Vec<Value> = regions
             .iter()
-            .map(|(r, mapped, slow)| format::region_json(r, mapped, *slow))
+            .map(|(r, kind, mapped, slow)| format::region_json(r, *kind, mapped, *slow))
             .collect();
         return Ok(json_doc(&json!({
             "address": addr.to_string(),
@@ -408,7 +408,7 @@ fn info(cli: &Cli, addr: PciAddress) -> Result<String> {
     rows.extend(
         regions
             .iter()
-            .map(|(r, mapped, slow)| format::region_row(r, mapped, *slow)),
+            .map(|(r, kind, mapped, slow)| format::region_row(r, *kind, mapped, *slow)),
     );
     Ok(format::columns(&rows))
 }
@@ -422,7 +422,7 @@ fn read(
     count: u64,
 ) -> Result<String> {
     let device = Device::open(addr)?;
-    let region = Region::open(&device, index, cli.via)?;
+    let region = Opened::open(&device, index, cli.via)?;
     let step = width.bytes() as u64;
     region.check_span(offset, count.saturating_mul(step))?;
     let values = (0..count)
@@ -452,7 +452,7 @@ fn write(
     width: Width,
 ) -> Result<String> {
     let device = Device::open(addr)?;
-    let region = Region::open(&device, index, cli.via)?;
+    let region = Opened::open(&device, index, cli.via)?;
     region.write(offset, width, value, cli.trace)?;
     Ok(if cli.json {
         json_doc(&json!({
@@ -483,7 +483,7 @@ fn dump(
     len: Option<u64>,
 ) -> Result<String> {
     let device = Device::open(addr)?;
-    let region = Region::open(&device, index, cli.via)?;
+    let region = Opened::open(&device, index, cli.via)?;
     let offset = offset.unwrap_or(0);
     let len = len.unwrap_or_else(|| region.bar.size().saturating_sub(offset).min(DEFAULT_DUMP_LEN));
     // A dump must start inside the region even when it shows nothing.
@@ -524,8 +524,8 @@ fn config(cli: &Cli, addr: PciAddress) -> Result<String> {
 }
 
 /// One region opened the way `--via` asks, with every access checked and traced.
-struct Region<'d> {
-    bar: Bar<'d>,
+struct Opened {
+    bar: barmap::Region,
     via: Via,
     /// The directly mapped ranges (empty under `--via syscall` and `fault`).
     mapped: Vec<Range<u64>>,
@@ -539,7 +539,7 @@ struct Region<'d> {
 /// unmapped parts, or `None` if it is fully mapped or this platform has no
 /// shadow regions (then those parts take pread/pwrite). Any other failure to
 /// set up the shadow region is an error.
-fn auto_shadow(bar: &Bar<'_>) -> Result<Option<*mut u8>> {
+fn auto_shadow(bar: &barmap::Region) -> Result<Option<*mut u8>> {
     if bar.is_fully_mapped() {
         return Ok(None);
     }
@@ -551,19 +551,19 @@ fn auto_shadow(bar: &Bar<'_>) -> Result<Option<*mut u8>> {
     }
 }
 
-impl<'d> Region<'d> {
+impl Opened {
     /// How `via` opens a region.
     fn policy(via: Via) -> MapPolicy {
         match via {
             Via::Auto | Via::Mmap => MapPolicy::Direct,
-            Via::Syscall => MapPolicy::Syscall,
+            Via::Syscall => MapPolicy::TrapAll,
             Via::Fault => MapPolicy::TrapAll,
         }
     }
 
-    fn open(device: &'d Device, index: RegionIndex, via: Via) -> Result<Region<'d>> {
-        let bar = device.open_region(index, Region::policy(via))?;
-        let mapped = bar.mapped_ranges();
+    fn open(device: &Device, index: RegionIndex, via: Via) -> Result<Opened> {
+        let bar = device.region(index, Opened::policy(via))?;
+        let mapped = bar.mapped_ranges().to_vec();
         if via == Via::Mmap && mapped.is_empty() {
             return Err(Error::NotMmapable {
                 addr: device.address(),
@@ -576,7 +576,7 @@ impl<'d> Region<'d> {
             Via::Auto => auto_shadow(&bar)?,
             Via::Mmap | Via::Syscall => None,
         };
-        Ok(Region {
+        Ok(Opened {
             bar,
             via,
             mapped,
@@ -598,10 +598,10 @@ impl<'d> Region<'d> {
         let size = self.bar.size();
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::OutOfRange {
-                addr: self.bar.device().address(),
+                addr: self.bar.address(),
                 region: self.bar.index(),
                 offset,
-                width: len,
+                len,
                 size,
             });
         }
@@ -616,7 +616,7 @@ impl<'d> Region<'d> {
         let path = AccessPath::of(&self.mapped, self.slow_path(), offset, len);
         if self.via == Via::Mmap && path != AccessPath::Mmap && self.check_span(offset, len).is_ok() {
             return Err(Error::NotMmapable {
-                addr: self.bar.device().address(),
+                addr: self.bar.address(),
                 region: self.bar.index(),
                 reason: "the access lies outside its mmapable areas (use --via auto or syscall)",
             });
@@ -651,6 +651,8 @@ impl<'d> Region<'d> {
                 self.bar.check_access(offset, width.bytes(), AccessKind::Write)?;
                 if width.bits() < 64 && value >> width.bits() != 0 {
                     return Err(Error::ValueTooWide {
+                        addr: self.bar.address(),
+                        region: self.bar.index(),
                         value,
                         width: width.bytes(),
                     });

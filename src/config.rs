@@ -667,7 +667,7 @@ impl<'a> ConfigSpace<'a> {
                 addr: self.addr,
                 region: RegionIndex::CONFIG,
                 offset: u64::from(offset),
-                width: len as u64,
+                len: len as u64,
                 size: self.size(),
             });
         }
@@ -1185,7 +1185,7 @@ mod tests {
             config.read32(0x100),
             Err(Error::OutOfRange {
                 offset: 0x100,
-                width: 4,
+                len: 4,
                 size: 256,
                 ..
             })
@@ -1222,7 +1222,7 @@ mod tests {
             config.capabilities(),
             Err(Error::OutOfRange {
                 offset: 0x40,
-                width: 2,
+                len: 2,
                 size: 64,
                 ..
             })
@@ -1232,7 +1232,7 @@ mod tests {
             ConfigSpace::new(&f.region(), addr()).header(),
             Err(Error::OutOfRange {
                 offset: 0,
-                width: 64,
+                len: 64,
                 size: 63,
                 ..
             })
@@ -1243,7 +1243,8 @@ mod tests {
     /// decode was turned off under VFIO.
     struct Failing;
 
-    impl RegionIo for Failing {
+    // SAFETY: every method returns at once, touching nothing.
+    unsafe impl RegionIo for Failing {
         fn size(&self) -> u64 {
             4096
         }

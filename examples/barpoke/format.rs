@@ -175,8 +175,8 @@ pub fn region_path(size: u64, mapped: &[Range<u64>], slow: AccessPath) -> String
 }
 
 /// What a region is: the BAR kind (`mem32`, `mem64, prefetchable`, `io`), `rom`, `config` or `-`.
-pub fn region_kind(info: &RegionInfo) -> String {
-    match (info.bar_kind, info.index) {
+pub fn region_kind(info: &RegionInfo, kind: Option<BarKind>) -> String {
+    match (kind, info.index) {
         (Some(kind), _) => kind.to_string(),
         (None, RegionIndex::ROM) => "rom".to_string(),
         (None, RegionIndex::CONFIG) => "config".to_string(),
@@ -201,13 +201,18 @@ pub fn cap_text(cap: &RegionCap) -> String {
 }
 
 /// `info` row: name, size, flags, kind, access path, capabilities (`-` for none).
-pub fn region_row(info: &RegionInfo, mapped: &[Range<u64>], slow: AccessPath) -> Vec<String> {
+pub fn region_row(
+    info: &RegionInfo,
+    kind: Option<BarKind>,
+    mapped: &[Range<u64>],
+    slow: AccessPath,
+) -> Vec<String> {
     let caps: Vec<String> = info.caps.iter().map(cap_text).collect();
     vec![
         info.index.to_string(),
         format!("{:#x}", info.size),
         info.flags.to_string(),
-        region_kind(info),
+        region_kind(info, kind),
         region_path(info.size, mapped, slow),
         if caps.is_empty() {
             "-".to_string()
@@ -225,16 +230,21 @@ pub fn region_header() -> Vec<String> {
 }
 
 /// `info --json` element.
-pub fn region_json(info: &RegionInfo, mapped: &[Range<u64>], slow: AccessPath) -> Value {
+pub fn region_json(
+    info: &RegionInfo,
+    kind: Option<BarKind>,
+    mapped: &[Range<u64>],
+    slow: AccessPath,
+) -> Value {
     json!({
         "region": info.index.to_string(),
-        "index": info.index.0,
+        "index": info.index.get(),
         "size": info.size,
         "flags": info.flags.to_string(),
         "readable": info.flags.readable(),
         "writable": info.flags.writable(),
         "mmapable": info.flags.mmapable(),
-        "kind": region_kind(info),
+        "kind": region_kind(info, kind),
         "access": region_path(info.size, mapped, slow),
         "mapped": mapped.iter().map(|r| json!([r.start, r.end])).collect::<Vec<_>>(),
         "caps": info.caps.iter().map(cap_text).collect::<Vec<_>>(),
@@ -421,7 +431,7 @@ mod tests {
         assert_eq!(
             trace_line(
                 "read",
-                RegionIndex(0),
+                RegionIndex::new(0),
                 0,
                 Width::W32,
                 0x0100_00ed,
@@ -432,7 +442,7 @@ mod tests {
         assert_eq!(
             trace_line(
                 "write",
-                RegionIndex(1),
+                RegionIndex::new(1),
                 0x83,
                 width("8").unwrap(),
                 0xfa,
@@ -441,7 +451,14 @@ mod tests {
             "trace: write bar1+0x83 w8 = 0xfa via syscall"
         );
         assert_eq!(
-            trace_line("read", RegionIndex(1), 4, Width::W32, 0x83, AccessPath::Fault),
+            trace_line(
+                "read",
+                RegionIndex::new(1),
+                4,
+                Width::W32,
+                0x83,
+                AccessPath::Fault
+            ),
             "trace: read bar1+0x4 w32 = 0x00000083 via fault"
         );
     }
@@ -534,15 +551,21 @@ mod tests {
         assert_eq!(region_path(0x100, &[], fault), "fault");
     }
 
-    fn region(index: u32, size: u64, flags: u32, caps: Vec<RegionCap>, kind: Option<BarKind>) -> RegionInfo {
-        RegionInfo {
-            index: RegionIndex(index),
+    fn region(
+        index: u32,
+        size: u64,
+        flags: u32,
+        caps: Vec<RegionCap>,
+        kind: Option<BarKind>,
+    ) -> (RegionInfo, Option<BarKind>) {
+        let info = RegionInfo::new(
+            RegionIndex::new(index),
             size,
-            offset: 0,
-            flags: RegionFlags(flags),
+            0,
+            RegionFlags::from_bits(flags),
             caps,
-            bar_kind: kind,
-        }
+        );
+        (info, kind)
     }
 
     #[test]
@@ -574,11 +597,11 @@ mod tests {
         );
         let table = columns(&[
             region_header(),
-            region_row(&edu, &[0..0x10_0000], AccessPath::Fault),
-            region_row(&io, &[], AccessPath::Fault),
-            region_row(&config, &[], AccessPath::Syscall),
-            region_row(&rom, &[], AccessPath::Fault),
-            region_row(&sparse, &[0..0x1000], AccessPath::Fault),
+            region_row(&edu.0, edu.1, &[0..0x10_0000], AccessPath::Fault),
+            region_row(&io.0, io.1, &[], AccessPath::Fault),
+            region_row(&config.0, config.1, &[], AccessPath::Syscall),
+            region_row(&rom.0, rom.1, &[], AccessPath::Fault),
+            region_row(&sparse.0, sparse.1, &[0..0x1000], AccessPath::Fault),
         ]);
         let expected = "\
 REGION SIZE     FLAGS KIND                ACCESS     CAPS
@@ -589,7 +612,7 @@ rom    0x8000   r--   rom                 fault      -
 bar2   0x4000   rwm   mem64, prefetchable mmap+fault sparse(0x0+0x1000) msix-mappable type(1:2) cap(id 9 v1)
 ";
         assert_eq!(table, expected);
-        let v = region_json(&sparse, &[0..0x1000], AccessPath::Fault);
+        let v = region_json(&sparse.0, sparse.1, &[0..0x1000], AccessPath::Fault);
         assert_eq!(v["region"], "bar2");
         assert_eq!(v["index"], 2);
         assert_eq!(v["size"], 0x4000);
@@ -602,7 +625,10 @@ bar2   0x4000   rwm   mem64, prefetchable mmap+fault sparse(0x0+0x1000) msix-map
         assert_eq!(v["access"], "mmap+fault");
         assert_eq!(v["mapped"], json!([[0, 0x1000]]));
         assert_eq!(v["caps"][0], "sparse(0x0+0x1000)");
-        assert_eq!(region_json(&io, &[], AccessPath::Syscall)["caps"], json!([]));
+        assert_eq!(
+            region_json(&io.0, io.1, &[], AccessPath::Syscall)["caps"],
+            json!([])
+        );
     }
 
     fn edu_header() -> ConfigHeader {

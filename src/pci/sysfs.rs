@@ -1044,7 +1044,10 @@ mod tests {
         fs::write(fake.state_dir().join(format!("{A}.prev-driver")), "../../evil\n").unwrap();
         let err = fake.sysfs().unbind(addr(A)).unwrap_err();
         assert!(matches!(err, Error::BindState { .. }), "{err:?}");
-        assert!(err.to_string().contains("not a driver name"), "{err}");
+        let source = std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(source.contains("not a driver name"), "{err}: {source}");
     }
 
     #[test]

@@ -329,7 +329,7 @@ fn emulate_at(
                 .ok_or_else(|| refuse("destination register not in the saved context"))?;
             Access {
                 offset,
-                width: width as u8,
+                width,
                 value: raw,
                 kind: AccessKind::Read,
             }
@@ -341,7 +341,7 @@ fn emulate_at(
             shared.io.write_at(offset, &buf[..width]).map_err(io_err)?;
             Access {
                 offset,
-                width: width as u8,
+                width,
                 value,
                 kind: AccessKind::Write,
             }

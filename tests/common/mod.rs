@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use barmap::{Bar, PciAddress};
+use barmap::{PciAddress, Region};
 
 fn from_env(var: &str, what: &str) -> PciAddress {
     let value = std::env::var(var)
@@ -36,7 +36,7 @@ pub mod edu_reg {
 }
 
 /// Computes n! on edu by polling the status register (1 s timeout).
-pub fn edu_factorial(bar0: &Bar<'_>, n: u32) -> u32 {
+pub fn edu_factorial(bar0: &Region, n: u32) -> u32 {
     wait_idle(bar0);
     bar0.write::<u32>(edu_reg::STATUS, 0).unwrap();
     bar0.write::<u32>(edu_reg::FACTORIAL, n).unwrap();
@@ -45,7 +45,7 @@ pub fn edu_factorial(bar0: &Bar<'_>, n: u32) -> u32 {
 }
 
 /// Waits until edu is not computing (panics after 5 s).
-pub fn wait_idle(bar0: &Bar<'_>) {
+pub fn wait_idle(bar0: &Region) {
     let start = Instant::now();
     while bar0.read::<u32>(edu_reg::STATUS).unwrap() & edu_reg::STATUS_COMPUTING != 0 {
         assert!(
@@ -68,7 +68,7 @@ pub struct TestHeader {
 }
 
 /// Reads the selected test's header with accesses of `width` bytes.
-pub fn read_header(bar: &Bar<'_>, width: usize) -> TestHeader {
+pub fn read_header(bar: &Region, width: usize) -> TestHeader {
     let mut bytes = [0u8; 64];
     for at in (0..64).step_by(width) {
         let v = bar.read_width(at as u64, width).unwrap();
