@@ -181,13 +181,12 @@ mod x86_64 {
 
     /// edu BAR0 with its first page trapped: the fault path reads the ID
     /// register through VFIO; the floor preads the same file offset.
-    #[allow(clippy::single_range_in_vec_init)] // one range to trap, not a range of values
     fn guest(c: &mut Criterion, edu: PciAddress) {
         let dev = Device::open(edu).expect("open edu");
         let bar0 = dev
             .region(
                 RegionIndex::bar(0).expect("BAR0"),
-                MapPolicy::Trap(vec![0..PAGE as u64]),
+                MapPolicy::trap_range(0..PAGE as u64),
             )
             .expect("BAR0 with its first page trapped");
         let base = bar0.as_ptr().expect("shadow range over BAR0");

@@ -201,7 +201,7 @@ fn trap_policies_keep_pages_off_the_mapping() {
     }];
     let region = e
         .builder(READ | WRITE | MMAP, &whole)
-        .policy(MapPolicy::Trap(vec![PAGE + 4..PAGE + 8]))
+        .policy(MapPolicy::trap_range(PAGE + 4..PAGE + 8))
         .build()
         .unwrap();
     assert_eq!(region.mapped_ranges(), [0..PAGE, 2 * PAGE..4 * PAGE]);

@@ -3,7 +3,6 @@
 //! through the raw pointer of [`Region::as_ptr`].
 #![cfg(target_arch = "x86_64")]
 // A trap list of one range is meant as such.
-#![allow(clippy::single_range_in_vec_init)]
 
 mod common;
 
@@ -118,7 +117,7 @@ fn edu_first_page_trapped_matches_the_direct_path() {
     let builder = dev.region_builder(RegionIndex::bar(0).unwrap()).unwrap();
     // SAFETY: `Seen::push` only stores into preallocated atomics.
     let builder = unsafe { builder.hook(move |a: &Access| hook.push(a)) };
-    let bar0 = builder.policy(MapPolicy::Trap(vec![0..0x1000])).build().unwrap();
+    let bar0 = builder.policy(MapPolicy::trap_range(0..0x1000)).build().unwrap();
     assert_eq!(bar0.mapped_ranges(), vec![0x1000..0x10_0000]);
     let base = bar0.as_mut_ptr().unwrap();
     edu_through_pointer(&dev, base);

@@ -614,7 +614,7 @@ fn explicit_trap_ranges_are_page_granular() {
                 size: 4 * PAGE,
             }],
         )
-        .policy(MapPolicy::Trap(vec![3 * PAGE..5 * PAGE]))
+        .policy(MapPolicy::trap_range(3 * PAGE..5 * PAGE))
         .build();
     let err = bad.unwrap_err();
     assert!(

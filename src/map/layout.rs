@@ -27,6 +27,18 @@ pub enum MapPolicy {
     TrapAll,
 }
 
+impl MapPolicy {
+    /// [`MapPolicy::Trap`] of one range.
+    ///
+    /// ```
+    /// use barmap::MapPolicy;
+    /// assert_eq!(MapPolicy::trap_range(0..0x1000), MapPolicy::Trap(vec![0..0x1000]));
+    /// ```
+    pub fn trap_range(range: Range<u64>) -> MapPolicy {
+        MapPolicy::Trap(vec![range])
+    }
+}
+
 /// A layout that cannot be built.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum LayoutError {

@@ -209,7 +209,7 @@ impl Device {
     /// use barmap::{Device, MapPolicy, RegionIndex};
     /// let edu = Device::open("0000:00:02.0".parse()?)?;
     /// // Map BAR0 except its first page, whose accesses take the slow path.
-    /// let bar0 = edu.region(RegionIndex::bar(0).unwrap(), MapPolicy::Trap(vec![0..0x1000]))?;
+    /// let bar0 = edu.region(RegionIndex::bar(0).unwrap(), MapPolicy::trap_range(0..0x1000))?;
     /// assert!(bar0.is_trapped(0) && !bar0.is_trapped(0x1000));
     /// # Ok::<(), barmap::Error>(())
     /// ```
