@@ -200,6 +200,18 @@ mod tests {
         assert_eq!(small.base() as usize % page, 0);
         assert!(is_mapped(r.base() as usize));
         assert!(Reservation::new(0).is_err());
+        let (base, len) = (r.base() as usize, r.len());
+        drop(r);
+        for at in (base..base + len).step_by(page) {
+            let mut resident = 0u8;
+            // SAFETY: mincore only inspects the page and writes one byte.
+            let rc = unsafe { libc::mincore(at as *mut libc::c_void, page, &mut resident) };
+            let errno = io::Error::last_os_error().raw_os_error();
+            assert!(
+                rc == -1 && errno == Some(libc::ENOMEM),
+                "{at:#x} still mapped after drop"
+            );
+        }
     }
 
     #[test]
