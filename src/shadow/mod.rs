@@ -51,11 +51,13 @@
 //!   zone (see [Stack use](#stack-use)): alternate stacks are small (8 KiB is
 //!   common) and mostly taken by the kernel's signal frame. It allocates
 //!   nothing, takes no lock and logs nothing; it saves and restores `errno`.
-//!   Chaining calls the previous `sa_sigaction` or `sa_handler` directly (its
-//!   `sa_mask` is not applied); before a previous `SIG_DFL`/`SIG_IGN` a fault
-//!   takes the default action, while a sent signal is ignored or re-raised
-//!   to the default action.
-//! - **Registry**: a fixed table of atomics, with room for 128 live shadow
+//!   Faults that are not barmap's go to the previous action as the kernel
+//!   would have delivered them: under the interrupted mask plus its
+//!   `sa_mask` (plus the signal unless `SA_NODEFER`), honouring
+//!   `SA_RESETHAND`; before a previous `SIG_DFL`/`SIG_IGN` a fault takes the
+//!   default action, while a sent signal is ignored or re-raised to the
+//!   default action. The handler is installed with one `sigaction` exchange.
+//! - **Registry**: a fixed table of atomics, with room for [`CAPACITY`] live shadow
 //!   regions (every open [`crate::Region`] on x86-64) in a process; one more
 //!   is refused with [`crate::Error::ShadowTableFull`]. A handler pins the slot it
 //!   reads; dropping a region clears its slot and waits until no handler pins

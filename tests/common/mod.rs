@@ -22,6 +22,24 @@ pub fn testdev() -> PciAddress {
     from_env("BARMAP_TESTDEV", "pci-testdev")
 }
 
+/// An address that no PCI device on this machine has, checked against
+/// `/sys/bus/pci/devices` now: the first of `ffff:ff:1f.7`, `fffe:ff:1f.7`,
+/// ... that it does not list. (No fixed address is safe: multi-socket Xeons
+/// put functions on bus 0x7f, and Hyper-V and VMD pick domains of their own.)
+pub fn missing_address() -> PciAddress {
+    let present: Vec<PciAddress> = std::fs::read_dir("/sys/bus/pci/devices")
+        .map(|dir| {
+            dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    (0..=0xffffu32)
+        .rev()
+        .map(|domain| format!("{domain:04x}:ff:1f.7").parse().unwrap())
+        .find(|addr| !present.contains(addr))
+        .expect("a free PCI address")
+}
+
 /// edu BAR0 registers.
 pub mod edu_reg {
     pub const ID: u64 = 0x00;
