@@ -39,4 +39,4 @@ pub use pci::{PciAddress, PciDeviceInfo, Sysfs};
 pub use region::{
     BarKind, FdRegion, MemoryRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo, SparseArea,
 };
-pub use vfio::{Container, Device};
+pub use vfio::{Container, Device, ResetKind};

@@ -50,6 +50,8 @@ pub struct Device {
 struct Inner {
     addr: PciAddress,
     group: u32,
+    /// `VFIO_DEVICE_GET_INFO` flags (`VFIO_DEVICE_FLAGS_*`).
+    flags: u32,
     regions: Vec<RegionInfo>,
     bar_kinds: [Option<BarKind>; 6],
     /// A duplicate of the device descriptor, shared by the regions' slow
@@ -104,9 +106,8 @@ impl Device {
             .try_clone_to_owned()
             .map(Arc::new)
             .map_err(step("duplicate the device descriptor"))?;
-        let count = ioctl::device_info(fd.as_raw_fd())
-            .map_err(step("get device info"))?
-            .num_regions;
+        let device_info = ioctl::device_info(fd.as_raw_fd()).map_err(step("get device info"))?;
+        let count = device_info.num_regions;
         let regions = (0..count)
             .map(|index| region_info(&vfio, fd.as_raw_fd(), addr, RegionIndex::new(index)))
             .collect::<Result<Vec<_>>>()?;
@@ -129,6 +130,7 @@ impl Device {
             inner: Arc::new(Inner {
                 addr,
                 group,
+                flags: device_info.flags,
                 regions,
                 bar_kinds,
                 fd,
@@ -228,6 +230,11 @@ impl Device {
             io,
             self.inner.fd.clone(),
         ))
+    }
+
+    /// The `VFIO_DEVICE_GET_INFO` flags.
+    pub(crate) fn device_flags(&self) -> u32 {
+        self.inner.flags
     }
 
     fn no_such_region(&self, region: RegionIndex) -> Error {
