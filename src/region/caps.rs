@@ -136,6 +136,11 @@ pub fn parse_region_caps(buf: &[u8], first: u32) -> Result<Vec<RegionCap>> {
         if extents.contains_key(&at) {
             return Err(malformed(at, "capability chain loops"));
         }
+        // Past here `at` is below `buf.len()`, so the field offsets added to
+        // it below cannot overflow, on 32-bit targets either.
+        if at >= buf.len() {
+            return Err(malformed(at, "capability header runs past the end of the buffer"));
+        }
         let (id, version, next) = match (
             u16_at(buf, at + ID),
             u16_at(buf, at + VERSION),
