@@ -33,7 +33,6 @@ pub use config::ConfigSpace;
 pub use error::{Error, Result};
 pub use pci::{PciAddress, PciDeviceInfo, Sysfs};
 pub use region::{
-    parse_region_caps, BarKind, FdRegion, MemoryRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo,
-    RegionIo, SparseArea,
+    BarKind, FdRegion, MemoryRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo, SparseArea,
 };
 pub use vfio::{Container, Device};

@@ -20,8 +20,9 @@ use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use barmap::region::parse_region_caps;
 use barmap::shadow::{Access, AccessKind, ShadowRegion, Trap};
-use barmap::{parse_region_caps, FdRegion, RegionIo, SparseArea};
+use barmap::{FdRegion, RegionIo, SparseArea};
 
 const PAGE: u64 = 0x1000;
 

@@ -102,7 +102,7 @@ fn malformed(offset: usize, reason: &'static str) -> Error {
 /// the offending capability.
 ///
 /// ```
-/// use barmap::{parse_region_caps, RegionCap};
+/// use barmap::region::{parse_region_caps, RegionCap};
 /// let mut buf = vec![0u8; 40];
 /// buf[32..34].copy_from_slice(&3u16.to_ne_bytes()); // MSI-X mappable, version 1, next 0
 /// buf[34..36].copy_from_slice(&1u16.to_ne_bytes());

@@ -10,7 +10,7 @@ use vfio_bindings::bindings::vfio::{vfio_region_info, VFIO_REGION_INFO_FLAG_CAPS
 use vfio_ioctls::{VfioDevice, VfioError};
 
 use super::{ioctl, Container};
-use crate::config::{ConfigSpace, PCI_BASE_ADDRESS_0};
+use crate::config::{regs::PCI_BASE_ADDRESS_0, ConfigSpace};
 use crate::error::{Error, Result};
 use crate::pci::{PciAddress, Sysfs, VFIO_PCI_DRIVER};
 use crate::region::{
