@@ -402,12 +402,16 @@ pub fn config_json(
 #[cfg(test)]
 #[allow(clippy::single_range_in_vec_init)] // one mapped range, not a range of values
 mod tests {
-    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
     use barmap::config::regs::{
         PCI_BASE_ADDRESS_0, PCI_CAPABILITY_LIST, PCI_COMMAND, PCI_INTERRUPT_LINE, PCI_REVISION_ID,
         PCI_SUBSYSTEM_VENDOR_ID, PCI_VENDOR_ID,
     };
-    use barmap::{BarKind, ConfigSpace, MemoryRegion, RegionFlags, SparseArea};
+    use barmap::{BarKind, ConfigSpace, MemoryRegion, RegionFlags, SparseArea, Sysfs};
+
+    use super::*;
 
     use crate::parse::width;
 
@@ -484,17 +488,27 @@ mod tests {
         assert_eq!(columns(&[]), "");
     }
 
+    /// edu as sysfs shows it, read from a tree of its attribute files.
     fn edu_info(driver: Option<&str>) -> PciDeviceInfo {
-        PciDeviceInfo {
-            address: "00:03.0".parse().unwrap(),
-            vendor: 0x1234,
-            device: 0x11e8,
-            class: 0xff00,
-            subsystem_vendor: Some(0x1af4),
-            subsystem_device: Some(0x1100),
-            driver: driver.map(String::from),
-            iommu_group: Some(5),
+        let root = tempfile::TempDir::new().unwrap();
+        let dir = root.path().join("bus/pci/devices/0000:00:03.0");
+        fs::create_dir_all(&dir).unwrap();
+        for (attr, value) in [
+            ("vendor", "0x1234"),
+            ("device", "0x11e8"),
+            ("class", "0x00ff00"),
+            ("subsystem_vendor", "0x1af4"),
+            ("subsystem_device", "0x1100"),
+        ] {
+            fs::write(dir.join(attr), format!("{value}\n")).unwrap();
         }
+        if let Some(driver) = driver {
+            symlink(format!("../../drivers/{driver}"), dir.join("driver")).unwrap();
+        }
+        symlink("../../../../kernel/iommu_groups/5", dir.join("iommu_group")).unwrap();
+        Sysfs::with_root(root.path())
+            .device("00:03.0".parse().unwrap())
+            .unwrap()
     }
 
     #[test]
