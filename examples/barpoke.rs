@@ -284,6 +284,13 @@ struct Register {
     offset: u64,
 }
 
+impl Register {
+    /// The device, the region and the offset.
+    fn parts(&self) -> (PciAddress, RegionIndex, u64) {
+        (self.region.device.addr, self.region.index, self.offset)
+    }
+}
+
 /// -w WIDTH: the width of each access.
 #[derive(Args, Debug)]
 struct WidthArg {
@@ -348,23 +355,9 @@ fn run(cli: &Cli) -> Outcome {
         Command::Bind(device) => bind(cli, device.addr),
         Command::Unbind(device) => unbind(cli, device.addr),
         Command::Info(device) => info(cli, device.addr),
-        Command::Read { at, width, count } => read(
-            cli,
-            at.region.device.addr,
-            at.region.index,
-            at.offset,
-            width.width,
-            *count,
-        ),
-        Command::Write { at, value, width } => write(
-            cli,
-            at.region.device.addr,
-            at.region.index,
-            at.offset,
-            *value,
-            width.width,
-        ),
-        Command::Dump { region, offset, len } => dump(cli, region.device.addr, region.index, *offset, *len),
+        Command::Read { at, width, count } => read(cli, at, width.width, *count),
+        Command::Write { at, value, width } => write(cli, at, *value, width.width),
+        Command::Dump { region, offset, len } => dump(cli, region, *offset, *len),
         Command::Config(device) => config(cli, device.addr),
     }
 }
@@ -466,7 +459,8 @@ fn info(cli: &Cli, addr: PciAddress) -> Outcome {
     Ok(format::columns(&rows))
 }
 
-fn read(cli: &Cli, addr: PciAddress, index: RegionIndex, offset: u64, width: Width, count: u64) -> Outcome {
+fn read(cli: &Cli, at: &Register, width: Width, count: u64) -> Outcome {
+    let (addr, index, offset) = at.parts();
     let device = Device::open(addr)?;
     let region = Region::open(&device, index, cli.via)?;
     let step = width.bytes() as u64;
@@ -489,7 +483,8 @@ fn read(cli: &Cli, addr: PciAddress, index: RegionIndex, offset: u64, width: Wid
     Ok(hex.iter().map(|h| format!("{h}\n")).collect())
 }
 
-fn write(cli: &Cli, addr: PciAddress, index: RegionIndex, offset: u64, value: u64, width: Width) -> Outcome {
+fn write(cli: &Cli, at: &Register, value: u64, width: Width) -> Outcome {
+    let (addr, index, offset) = at.parts();
     let device = Device::open(addr)?;
     let region = Region::open(&device, index, cli.via)?;
     region.write(offset, width, value, cli.trace)?;
@@ -514,7 +509,8 @@ fn dword_span(offset: u64, len: u64) -> Range<u64> {
     start..end
 }
 
-fn dump(cli: &Cli, addr: PciAddress, index: RegionIndex, offset: Option<u64>, len: Option<u64>) -> Outcome {
+fn dump(cli: &Cli, at: &RegionArgs, offset: Option<u64>, len: Option<u64>) -> Outcome {
+    let (addr, index) = (at.device.addr, at.index);
     let device = Device::open(addr)?;
     let region = Region::open(&device, index, cli.via)?;
     let offset = offset.unwrap_or(0);
