@@ -132,7 +132,7 @@ fn unbinding_and_rebinding_through_sysfs() {
         .iommu_group
         .expect("pci-testdev has an IOMMU group");
     // pci-testdev has no kernel driver of its own: unbinding leaves it driverless.
-    assert_eq!(sysfs.unbind(addr).unwrap(), None);
+    assert_eq!(sysfs.unbind(addr, None).unwrap(), None);
     assert_eq!(sysfs.device(addr).unwrap().driver, None);
     let err = Device::open(addr).unwrap_err();
     assert!(matches!(err, Error::NotBoundToVfio { driver: None, .. }), "{err}");

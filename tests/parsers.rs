@@ -15,11 +15,12 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
-use barmap::config::{
-    Capability, ConfigSpace, ExtendedCapability, PCI_CAPABILITY_LIST, PCI_CAP_LIST_NEXT,
-    PCI_CB_CAPABILITY_LIST, PCI_CFG_SPACE_SIZE, PCI_EXT_CAP_ID_NULL, PCI_HEADER_TYPE, PCI_HEADER_TYPE_BRIDGE,
-    PCI_HEADER_TYPE_CARDBUS, PCI_HEADER_TYPE_NORMAL, PCI_STATUS, PCI_STATUS_CAP_LIST, PCI_STD_HEADER_SIZEOF,
+use barmap::config::regs::{
+    PCI_CAPABILITY_LIST, PCI_CAP_LIST_NEXT, PCI_CB_CAPABILITY_LIST, PCI_CFG_SPACE_SIZE, PCI_EXT_CAP_ID_NULL,
+    PCI_HEADER_TYPE, PCI_HEADER_TYPE_BRIDGE, PCI_HEADER_TYPE_CARDBUS, PCI_HEADER_TYPE_NORMAL, PCI_STATUS,
+    PCI_STATUS_CAP_LIST, PCI_STD_HEADER_SIZEOF,
 };
+use barmap::config::{Capability, ConfigSpace, ExtendedCapability};
 use barmap::region::{MemoryRegion, RegionIo};
 use barmap::region::{parse_region_caps, CapChainError};
 use barmap::{Error, PciAddress, RegionCap, RegionIndex, SparseArea};

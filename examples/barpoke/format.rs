@@ -3,11 +3,11 @@
 use std::fmt::Write as _;
 use std::ops::Range;
 
-use barmap::config::{
-    Capability, ConfigHeader, ExtendedCapability, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO,
-    PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_HEADER_TYPE_BRIDGE, PCI_HEADER_TYPE_CARDBUS,
-    PCI_HEADER_TYPE_NORMAL, PCI_STATUS_CAP_LIST, PCI_STATUS_INTERRUPT,
+use barmap::config::regs::{
+    PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_HEADER_TYPE_BRIDGE,
+    PCI_HEADER_TYPE_CARDBUS, PCI_HEADER_TYPE_NORMAL, PCI_STATUS_CAP_LIST, PCI_STATUS_INTERRUPT,
 };
+use barmap::config::{Capability, ConfigHeader, ExtendedCapability};
 use barmap::{BarKind, PciAddress, PciDeviceInfo, RegionCap, RegionIndex, RegionInfo};
 use serde_json::{json, Value};
 
@@ -412,8 +412,16 @@ pub fn config_json(
 #[cfg(test)]
 #[allow(clippy::single_range_in_vec_init)] // one mapped range, not a range of values
 mod tests {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    use barmap::config::regs::{
+        PCI_BASE_ADDRESS_0, PCI_CAPABILITY_LIST, PCI_COMMAND, PCI_INTERRUPT_LINE, PCI_REVISION_ID,
+        PCI_SUBSYSTEM_VENDOR_ID, PCI_VENDOR_ID,
+    };
+    use barmap::{BarKind, ConfigSpace, MemoryRegion, RegionFlags, SparseArea, Sysfs};
+
     use super::*;
-    use barmap::{BarKind, RegionFlags, SparseArea};
 
     use crate::parse::width;
 
@@ -497,17 +505,27 @@ mod tests {
         assert_eq!(columns(&[]), "");
     }
 
+    /// edu as sysfs shows it, read from a tree of its attribute files.
     fn edu_info(driver: Option<&str>) -> PciDeviceInfo {
-        PciDeviceInfo {
-            address: "00:03.0".parse().unwrap(),
-            vendor: 0x1234,
-            device: 0x11e8,
-            class: 0xff00,
-            subsystem_vendor: Some(0x1af4),
-            subsystem_device: Some(0x1100),
-            driver: driver.map(String::from),
-            iommu_group: Some(5),
+        let root = tempfile::TempDir::new().unwrap();
+        let dir = root.path().join("bus/pci/devices/0000:00:03.0");
+        fs::create_dir_all(&dir).unwrap();
+        for (attr, value) in [
+            ("vendor", "0x1234"),
+            ("device", "0x11e8"),
+            ("class", "0x00ff00"),
+            ("subsystem_vendor", "0x1af4"),
+            ("subsystem_device", "0x1100"),
+        ] {
+            fs::write(dir.join(attr), format!("{value}\n")).unwrap();
         }
+        if let Some(driver) = driver {
+            symlink(format!("../../drivers/{driver}"), dir.join("driver")).unwrap();
+        }
+        symlink("../../../../kernel/iommu_groups/5", dir.join("iommu_group")).unwrap();
+        Sysfs::with_root(root.path())
+            .device("00:03.0".parse().unwrap())
+            .unwrap()
     }
 
     #[test]
@@ -631,24 +649,29 @@ bar2   0x4000   rwm   mem64, prefetchable mmap+fault sparse(0x0+0x1000) msix-map
         );
     }
 
+    /// edu's header, with more kinds of BAR than edu has, decoded from its
+    /// bytes as barpoke gets it.
     fn edu_header() -> ConfigHeader {
-        ConfigHeader {
-            vendor_id: 0x1234,
-            device_id: 0x11e8,
-            command: 0x0503,
-            status: 0x0010,
-            revision_id: 0x10,
-            class_code: 0xff00,
-            cache_line_size: 0,
-            latency_timer: 0,
-            header_type: 0,
-            bars: vec![0xfea0_0000, 0, 0xc00c, 0x1, 0xc001, 0],
-            subsystem_vendor_id: Some(0x1af4),
-            subsystem_id: Some(0x1100),
-            capabilities_pointer: 0x40,
-            interrupt_line: 11,
-            interrupt_pin: 1,
+        let mut bytes = vec![0u8; 64];
+        for (at, dword) in [
+            (PCI_VENDOR_ID, 0x11e8_1234u32),
+            (PCI_COMMAND, 0x0010_0503),
+            (PCI_REVISION_ID, 0x00ff_0010),
+            (PCI_BASE_ADDRESS_0, 0xfea0_0000),
+            (PCI_BASE_ADDRESS_0 + 8, 0xc00c),
+            (PCI_BASE_ADDRESS_0 + 12, 0x1),
+            (PCI_BASE_ADDRESS_0 + 16, 0xc001),
+            (PCI_SUBSYSTEM_VENDOR_ID, 0x1100_1af4),
+            (PCI_CAPABILITY_LIST, 0x40),
+            (PCI_INTERRUPT_LINE, 0x0100 | 11),
+        ] {
+            let at = usize::from(at);
+            bytes[at..at + 4].copy_from_slice(&dword.to_le_bytes());
         }
+        let region = MemoryRegion::new(bytes);
+        ConfigSpace::new(&region, "00:03.0".parse().unwrap())
+            .header()
+            .unwrap()
     }
 
     #[test]

@@ -12,7 +12,7 @@ use vfio_ioctls::{VfioDevice, VfioError};
 
 use super::{ioctl, Container};
 use crate::access::{Region, RegionBuilder};
-use crate::config::{ConfigSpace, PCI_BASE_ADDRESS_0};
+use crate::config::{regs::PCI_BASE_ADDRESS_0, ConfigSpace};
 use crate::error::{Error, Result};
 use crate::map::MapPolicy;
 use crate::pci::{PciAddress, Sysfs, VFIO_PCI_DRIVER};
