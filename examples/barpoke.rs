@@ -344,7 +344,17 @@ type Outcome = std::result::Result<String, Failure>;
 
 /// Reports an error the one way barpoke does: one line on stderr, exit status 1.
 fn fail(e: &Failure) -> ExitCode {
-    eprintln!("barpoke: error: {e}");
+    let mut line = format!("barpoke: error: {e}");
+    let error: &dyn std::error::Error = match e {
+        Failure::Barmap(e) => e,
+        Failure::Record(e) => e,
+    };
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{line}");
     ExitCode::FAILURE
 }
 
