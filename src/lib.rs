@@ -26,6 +26,7 @@ mod access;
 pub mod config;
 mod error;
 mod map;
+pub mod mmio;
 pub mod pci;
 pub mod region;
 pub mod shadow;

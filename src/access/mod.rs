@@ -8,4 +8,4 @@ mod scalar;
 
 pub use builder::RegionBuilder;
 pub use region::Region;
-pub use scalar::Scalar;
+pub use scalar::{read, write, Scalar};
