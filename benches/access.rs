@@ -1,8 +1,8 @@
 //! Mapped and syscall-path register reads against their floors, on edu BAR0
 //! in the QEMU guest (`qemu-scripts/guest-bench.sh`).
 //!
-//! - `mapped`: `Bar::read::<u32>` vs a raw `read_volatile` of the same pointer.
-//! - `syscall`: `Bar::read::<u32>` on a syscall-only handle vs a bare `pread`.
+//! - `mapped`: `Region::read::<u32>` vs a raw `read_volatile` of the same pointer.
+//! - `syscall`: `Region::read::<u32>` on a syscall-only handle vs a bare `pread`.
 //!
 //! Besides criterion's report, each pair is also timed interleaved (batches of
 //! A then B, repeated) and printed as one ratio line, so both sides see the
@@ -64,15 +64,15 @@ fn benches(c: &mut Criterion) {
     let Some(edu) = edu() else { return };
     let dev = Device::open(edu).expect("open edu");
     let mapped = dev.bar(0).expect("map BAR0");
-    let base = mapped.mapping_address().expect("BAR0 is mapped") as *const u32;
+    let base = mapped.mapping_address() as *const u32;
     let syscall = dev
-        .open_region(RegionIndex::bar(0).unwrap(), MapPolicy::Syscall)
+        .region(RegionIndex::bar(0).unwrap(), MapPolicy::TrapAll)
         .unwrap();
     let fd = dev.as_raw_fd();
     let file_offset = mapped.info().offset;
     // Both sides get their handle and offset through `black_box` on every call,
     // as a driver holding either one in a struct would: the raw side a pointer,
-    // barmap a `&Bar`.
+    // barmap a `&Region`.
     // SAFETY: `base` is the start of the live mapping of BAR0, which outlives
     // every use below; `ID` is a 4-byte aligned offset inside it.
     let raw = || unsafe { std::ptr::read_volatile(black_box(base).byte_add(black_box(ID) as usize)) };

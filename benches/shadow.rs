@@ -22,13 +22,13 @@
 mod x86_64 {
     use std::arch::asm;
     use std::hint::black_box;
-    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::ptr;
     use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use barmap::shadow::{ShadowRegion, Trap};
-    use barmap::{Device, FdRegion, MapPolicy, PciAddress, RegionIndex};
+    use barmap::{Device, FdRegion, MapPolicy, PciAddress, Region, RegionIndex};
     use criterion::{criterion_group, Criterion};
 
     const PAGE: usize = 0x1000;
@@ -229,26 +229,27 @@ mod x86_64 {
             assert_eq!(libc::ftruncate(fd, PAGE as libc::off_t), 0);
             OwnedFd::from_raw_fd(fd)
         };
-        let raw = fd.as_fd().as_raw_fd();
-        // SAFETY: `fd` (owned above) outlives `region`, which is dropped first.
-        let io = unsafe { FdRegion::new(raw, 0, PAGE as u64) };
-        let region = ShadowRegion::builder("bench memfd", Box::new(io))
-            .trap(Trap::All)
+        let fd = Arc::new(fd);
+        let raw = fd.as_raw_fd();
+        let io = Arc::new(FdRegion::new(fd.clone(), 0, PAGE as u64));
+        let addr = "0000:ee:00.0".parse().expect("a PCI address");
+        let region = Region::builder(addr, RegionIndex::bar(0).expect("BAR0"), io)
+            .policy(MapPolicy::TrapAll)
             .build()
             .expect("shadow region over a memfd");
-        fault_vs_floor(c, "host", region.as_ptr(), raw, 0, 500);
-        alu_vs_mov(c, "host", region.as_ptr(), 500);
+        let base = region.as_ptr().expect("trapped range");
+        fault_vs_floor(c, "host", base, raw, 0, 500);
+        alu_vs_mov(c, "host", base, 500);
     }
 
     /// edu BAR0 with its first page trapped: the fault path reads the ID
     /// register through VFIO; the floor preads the same file offset.
-    #[allow(clippy::single_range_in_vec_init)] // one range to trap, not a range of values
     fn guest(c: &mut Criterion, edu: PciAddress) {
         let dev = Device::open(edu).expect("open edu");
         let bar0 = dev
-            .open_region(
+            .region(
                 RegionIndex::bar(0).expect("BAR0"),
-                MapPolicy::Trap(vec![0..PAGE as u64]),
+                MapPolicy::trap_range(0..PAGE as u64),
             )
             .expect("BAR0 with its first page trapped");
         let base = bar0.as_ptr().expect("shadow range over BAR0");

@@ -25,18 +25,23 @@
 mod format;
 #[path = "barpoke/parse.rs"]
 mod parse;
+#[path = "barpoke/record.rs"]
+mod record;
 
+use std::fmt;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::process::ExitCode;
 
+use barmap::pci::VFIO_PCI_DRIVER;
 use barmap::shadow::AccessKind;
-use barmap::{Bar, Device, Error, MapPolicy, PciAddress, RegionIndex, Result, Sysfs};
-use clap::{Parser, Subcommand, ValueEnum};
+use barmap::{Device, Error, MapPolicy, PciAddress, RegionIndex, Result, Sysfs};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use format::AccessPath;
 use parse::Width;
+use record::{DriverRecords, RecordError};
 
 /// What `dump` shows when no LEN is given: at most this many bytes.
 const DEFAULT_DUMP_LEN: u64 = 256;
@@ -121,11 +126,7 @@ Example:
 
 The previous driver is recorded (in /run/barmap) for unbind.
 JSON (--json): {\"address\": \"0000:00:04.0\", \"driver\": \"vfio-pci\", \"iommu_group\": 4}")]
-    Bind {
-        /// PCI address: 0000:00:03.0 or 00:03.0
-        #[arg(value_name = "ADDR")]
-        addr: PciAddress,
-    },
+    Bind(DeviceArg),
 
     /// Give a device back to its previous (or default) driver
     #[command(after_help = "\
@@ -135,11 +136,7 @@ Example:
 
 Prints the driver the device has afterwards ('none' if no driver claims it).
 JSON (--json): {\"address\": \"0000:00:04.0\", \"driver\": null}")]
-    Unbind {
-        /// PCI address: 0000:00:03.0 or 00:03.0
-        #[arg(value_name = "ADDR")]
-        addr: PciAddress,
-    },
+    Unbind(DeviceArg),
 
     /// One row per region: name, size, flags (r/w/mmap), kind, access path, capabilities
     #[command(after_help = "\
@@ -158,11 +155,7 @@ JSON (--json): {\"address\": \"0000:00:04.0\", \"iommu_group\": 4, \"regions\": 
   {\"region\": \"bar0\", \"index\": 0, \"size\": 4096, \"flags\": \"rwm\", \"readable\": true,
    \"writable\": true, \"mmapable\": true, \"kind\": \"mem32\", \"access\": \"mmap\",
    \"mapped\": [[0, 4096]], \"caps\": []}, ...]}")]
-    Info {
-        /// PCI address: 0000:00:03.0 or 00:03.0
-        #[arg(value_name = "ADDR")]
-        addr: PciAddress,
-    },
+    Info(DeviceArg),
 
     /// Read COUNT registers of WIDTH bits from OFFSET on, one per line
     #[command(after_help = "\
@@ -178,18 +171,10 @@ zero-padded to WIDTH/4 digits.
 JSON (--json): {\"address\": \"0000:00:03.0\", \"region\": \"bar0\", \"offset\": 0,
   \"width\": 32, \"via\": \"auto\", \"values\": [16777453], \"hex\": [\"0x010000ed\"]}")]
     Read {
-        /// PCI address: 0000:00:03.0 or 00:03.0
-        #[arg(value_name = "ADDR")]
-        addr: PciAddress,
-        /// Region: bar0..bar5, rom or config
-        #[arg(value_name = "REGION")]
-        region: RegionIndex,
-        /// Offset in the region, decimal or 0x hex
-        #[arg(value_name = "OFFSET", value_parser = parse::number)]
-        offset: u64,
-        /// Access width in bits: 8, 16, 32 or 64
-        #[arg(short = 'w', long = "width", value_name = "WIDTH", value_parser = parse::width, default_value = "32")]
-        width: Width,
+        #[command(flatten)]
+        at: Register,
+        #[command(flatten)]
+        width: WidthArg,
         /// Number of values to read
         #[arg(short = 'n', long = "count", value_name = "COUNT", value_parser = parse::count, default_value = "1")]
         count: u64,
@@ -206,21 +191,13 @@ Prints nothing on success; a VALUE wider than WIDTH is refused.
 JSON (--json): {\"address\": \"0000:00:03.0\", \"region\": \"bar0\", \"offset\": 4,
   \"width\": 32, \"via\": \"auto\", \"value\": 305419896}")]
     Write {
-        /// PCI address: 0000:00:03.0 or 00:03.0
-        #[arg(value_name = "ADDR")]
-        addr: PciAddress,
-        /// Region: bar0..bar5, rom or config
-        #[arg(value_name = "REGION")]
-        region: RegionIndex,
-        /// Offset in the region, decimal or 0x hex
-        #[arg(value_name = "OFFSET", value_parser = parse::number)]
-        offset: u64,
+        #[command(flatten)]
+        at: Register,
         /// Value to write, decimal or 0x hex
         #[arg(value_name = "VALUE", value_parser = parse::number)]
         value: u64,
-        /// Access width in bits: 8, 16, 32 or 64
-        #[arg(short = 'w', long = "width", value_name = "WIDTH", value_parser = parse::width, default_value = "32")]
-        width: Width,
+        #[command(flatten)]
+        width: WidthArg,
     },
 
     /// hexdump -C of part of a region, read with 32-bit accesses
@@ -238,12 +215,8 @@ Repeated lines are not squeezed into '*'.
 JSON (--json): {\"address\": \"0000:00:03.0\", \"region\": \"bar0\", \"offset\": 0,
   \"len\": 32, \"via\": \"auto\", \"bytes\": [237, 0, 0, 1, ...]}")]
     Dump {
-        /// PCI address: 0000:00:03.0 or 00:03.0
-        #[arg(value_name = "ADDR")]
-        addr: PciAddress,
-        /// Region: bar0..bar5, rom or config
-        #[arg(value_name = "REGION")]
-        region: RegionIndex,
+        #[command(flatten)]
+        region: RegionArgs,
         /// First byte to show, decimal or 0x hex (default 0)
         #[arg(value_name = "OFFSET", value_parser = parse::number)]
         offset: Option<u64>,
@@ -280,11 +253,50 @@ JSON (--json): {\"address\": \"0000:00:03.0\", \"vendor_id\": 4660, \"device_id\
   \"capabilities_pointer\": 64, \"interrupt_line\": 11, \"interrupt_pin\": 1,
   \"capabilities\": [{\"id\": 5, \"offset\": 64, \"name\": \"MSI\"}],
   \"extended_capabilities\": [{\"id\": 1, \"version\": 2, \"offset\": 256, \"name\": ...}]}")]
-    Config {
-        /// PCI address: 0000:00:03.0 or 00:03.0
-        #[arg(value_name = "ADDR")]
-        addr: PciAddress,
-    },
+    Config(DeviceArg),
+}
+
+/// ADDR: the device a subcommand works on.
+#[derive(Args, Debug)]
+struct DeviceArg {
+    /// PCI address: 0000:00:03.0 or 00:03.0
+    #[arg(value_name = "ADDR")]
+    addr: PciAddress,
+}
+
+/// ADDR REGION: one region of a device.
+#[derive(Args, Debug)]
+struct RegionArgs {
+    #[command(flatten)]
+    device: DeviceArg,
+    /// Region: bar0..bar5, rom or config
+    #[arg(value_name = "REGION")]
+    index: RegionIndex,
+}
+
+/// ADDR REGION OFFSET: one register of a device.
+#[derive(Args, Debug)]
+struct Register {
+    #[command(flatten)]
+    region: RegionArgs,
+    /// Offset in the region, decimal or 0x hex
+    #[arg(value_name = "OFFSET", value_parser = parse::number)]
+    offset: u64,
+}
+
+impl Register {
+    /// The device, the region and the offset.
+    fn parts(&self) -> (PciAddress, RegionIndex, u64) {
+        (self.region.device.addr, self.region.index, self.offset)
+    }
+}
+
+/// -w WIDTH: the width of each access.
+#[derive(Args, Debug)]
+struct WidthArg {
+    /// Access width in bits: 8, 16, 32 or 64
+    #[arg(short = 'w', long = "width", value_name = "WIDTH", value_parser = parse::width, default_value = "32")]
+    width: Width,
 }
 
 fn main() -> ExitCode {
@@ -299,40 +311,64 @@ fn main() -> ExitCode {
     }
 }
 
+/// Why a command failed: the library's error, or one of barpoke's driver record.
+#[derive(Debug)]
+enum Failure {
+    Barmap(Error),
+    Record(RecordError),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Barmap(e)
+    }
+}
+
+impl From<RecordError> for Failure {
+    fn from(e: RecordError) -> Self {
+        Failure::Record(e)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Barmap(e) => e.fmt(f),
+            Failure::Record(e) => e.fmt(f),
+        }
+    }
+}
+
+/// What a command prints on stdout, or why it failed.
+type Outcome = std::result::Result<String, Failure>;
+
 /// Reports an error the one way barpoke does: one line on stderr, exit status 1.
-fn fail(e: &Error) -> ExitCode {
-    eprintln!("barpoke: error: {e}");
+fn fail(e: &Failure) -> ExitCode {
+    let mut line = format!("barpoke: error: {e}");
+    let error: &dyn std::error::Error = match e {
+        Failure::Barmap(e) => e,
+        Failure::Record(e) => e,
+    };
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{line}");
     ExitCode::FAILURE
 }
 
 /// Runs the command and returns what it prints on stdout.
-fn run(cli: &Cli) -> Result<String> {
+fn run(cli: &Cli) -> Outcome {
     match &cli.command {
         Command::List => list(cli),
-        Command::Bind { addr } => bind(cli, *addr),
-        Command::Unbind { addr } => unbind(cli, *addr),
-        Command::Info { addr } => info(cli, *addr),
-        Command::Read {
-            addr,
-            region,
-            offset,
-            width,
-            count,
-        } => read(cli, *addr, *region, *offset, *width, *count),
-        Command::Write {
-            addr,
-            region,
-            offset,
-            value,
-            width,
-        } => write(cli, *addr, *region, *offset, *value, *width),
-        Command::Dump {
-            addr,
-            region,
-            offset,
-            len,
-        } => dump(cli, *addr, *region, *offset, *len),
-        Command::Config { addr } => config(cli, *addr),
+        Command::Bind(device) => bind(cli, device.addr),
+        Command::Unbind(device) => unbind(cli, device.addr),
+        Command::Info(device) => info(cli, device.addr),
+        Command::Read { at, width, count } => read(cli, at, width.width, *count),
+        Command::Write { at, value, width } => write(cli, at, *value, width.width),
+        Command::Dump { region, offset, len } => dump(cli, region, *offset, *len),
+        Command::Config(device) => config(cli, device.addr),
     }
 }
 
@@ -350,7 +386,7 @@ fn via_name(via: Via) -> &'static str {
     }
 }
 
-fn list(cli: &Cli) -> Result<String> {
+fn list(cli: &Cli) -> Outcome {
     let devices = Sysfs::default().devices()?;
     if cli.json {
         return Ok(json_doc(&Value::Array(
@@ -361,8 +397,16 @@ fn list(cli: &Cli) -> Result<String> {
     Ok(format::columns(&rows))
 }
 
-fn bind(cli: &Cli, addr: PciAddress) -> Result<String> {
-    let group = Sysfs::default().bind_vfio(addr)?;
+fn bind(cli: &Cli, addr: PciAddress) -> Outcome {
+    let sysfs = Sysfs::default();
+    let bind = sysfs.prepare_vfio_bind(addr)?;
+    // The driver to give the device back to on unbind, recorded before the
+    // device leaves it; a device already on vfio-pci keeps its record.
+    match bind.current_driver() {
+        Some(VFIO_PCI_DRIVER) => {}
+        current => DriverRecords::default().remember(addr, current)?,
+    }
+    let group = bind.bind()?;
     Ok(if cli.json {
         json_doc(&json!({"address": addr.to_string(), "driver": "vfio-pci", "iommu_group": group}))
     } else {
@@ -370,8 +414,20 @@ fn bind(cli: &Cli, addr: PciAddress) -> Result<String> {
     })
 }
 
-fn unbind(cli: &Cli, addr: PciAddress) -> Result<String> {
-    let driver = Sysfs::default().unbind(addr)?;
+fn unbind(cli: &Cli, addr: PciAddress) -> Outcome {
+    let sysfs = Sysfs::default();
+    let records = DriverRecords::default();
+    // The library leaves a device of another driver alone; barpoke leaves its record alone then.
+    let from_vfio = sysfs.driver(addr)?.is_none_or(|d| d == VFIO_PCI_DRIVER);
+    let previous = if from_vfio {
+        records.previous_driver(addr)?
+    } else {
+        None
+    };
+    let driver = sysfs.unbind(addr, previous.as_deref())?;
+    if from_vfio {
+        records.forget(addr)?;
+    }
     Ok(if cli.json {
         json_doc(&json!({"address": addr.to_string(), "driver": driver}))
     } else {
@@ -379,24 +435,24 @@ fn unbind(cli: &Cli, addr: PciAddress) -> Result<String> {
     })
 }
 
-fn info(cli: &Cli, addr: PciAddress) -> Result<String> {
+fn info(cli: &Cli, addr: PciAddress) -> Outcome {
     let device = Device::open(addr)?;
     let mut regions = Vec::new();
-    // What `--via auto` would do, without building shadow regions (and so
-    // without installing the fault handler) just to print it.
+    // What `--via auto` would do: the fault handler where there is one.
     let slow = if cfg!(target_arch = "x86_64") {
         AccessPath::Fault
     } else {
         AccessPath::Syscall
     };
     for info in device.regions().iter().filter(|r| r.size > 0) {
-        let bar = device.open_region(info.index, MapPolicy::Direct)?;
-        regions.push((info, bar.mapped_ranges(), slow));
+        let region = device.region(info.index, MapPolicy::Direct)?;
+        let kind = info.index.bar_number().and_then(|n| device.bar_kind(n));
+        regions.push((info, kind, region.mapped_ranges().to_vec(), slow));
     }
     if cli.json {
         let regions: Vec<Value> = regions
             .iter()
-            .map(|(r, mapped, slow)| format::region_json(r, mapped, *slow))
+            .map(|(r, kind, mapped, slow)| format::region_json(r, *kind, mapped, *slow))
             .collect();
         return Ok(json_doc(&json!({
             "address": addr.to_string(),
@@ -408,21 +464,15 @@ fn info(cli: &Cli, addr: PciAddress) -> Result<String> {
     rows.extend(
         regions
             .iter()
-            .map(|(r, mapped, slow)| format::region_row(r, mapped, *slow)),
+            .map(|(r, kind, mapped, slow)| format::region_row(r, *kind, mapped, *slow)),
     );
     Ok(format::columns(&rows))
 }
 
-fn read(
-    cli: &Cli,
-    addr: PciAddress,
-    index: RegionIndex,
-    offset: u64,
-    width: Width,
-    count: u64,
-) -> Result<String> {
+fn read(cli: &Cli, at: &Register, width: Width, count: u64) -> Outcome {
+    let (addr, index, offset) = at.parts();
     let device = Device::open(addr)?;
-    let region = Region::open(&device, index, cli.via)?;
+    let region = Opened::open(&device, index, cli.via)?;
     let step = width.bytes() as u64;
     region.check_span(offset, count.saturating_mul(step))?;
     let values = (0..count)
@@ -443,16 +493,10 @@ fn read(
     Ok(hex.iter().map(|h| format!("{h}\n")).collect())
 }
 
-fn write(
-    cli: &Cli,
-    addr: PciAddress,
-    index: RegionIndex,
-    offset: u64,
-    value: u64,
-    width: Width,
-) -> Result<String> {
+fn write(cli: &Cli, at: &Register, value: u64, width: Width) -> Outcome {
+    let (addr, index, offset) = at.parts();
     let device = Device::open(addr)?;
-    let region = Region::open(&device, index, cli.via)?;
+    let region = Opened::open(&device, index, cli.via)?;
     region.write(offset, width, value, cli.trace)?;
     Ok(if cli.json {
         json_doc(&json!({
@@ -475,15 +519,10 @@ fn dword_span(offset: u64, len: u64) -> Range<u64> {
     start..end
 }
 
-fn dump(
-    cli: &Cli,
-    addr: PciAddress,
-    index: RegionIndex,
-    offset: Option<u64>,
-    len: Option<u64>,
-) -> Result<String> {
+fn dump(cli: &Cli, at: &RegionArgs, offset: Option<u64>, len: Option<u64>) -> Outcome {
+    let (addr, index) = (at.device.addr, at.index);
     let device = Device::open(addr)?;
-    let region = Region::open(&device, index, cli.via)?;
+    let region = Opened::open(&device, index, cli.via)?;
     let offset = offset.unwrap_or(0);
     let len = len.unwrap_or_else(|| region.bar.size().saturating_sub(offset).min(DEFAULT_DUMP_LEN));
     // A dump must start inside the region even when it shows nothing.
@@ -510,7 +549,7 @@ fn dump(
     Ok(format::hexdump(offset, shown))
 }
 
-fn config(cli: &Cli, addr: PciAddress) -> Result<String> {
+fn config(cli: &Cli, addr: PciAddress) -> Outcome {
     let device = Device::open(addr)?;
     let config = device.config()?;
     let header = config.header()?;
@@ -524,8 +563,8 @@ fn config(cli: &Cli, addr: PciAddress) -> Result<String> {
 }
 
 /// One region opened the way `--via` asks, with every access checked and traced.
-struct Region<'d> {
-    bar: Bar<'d>,
+struct Opened {
+    bar: barmap::Region,
     via: Via,
     /// The directly mapped ranges (empty under `--via syscall` and `fault`).
     mapped: Vec<Range<u64>>,
@@ -539,7 +578,7 @@ struct Region<'d> {
 /// unmapped parts, or `None` if it is fully mapped or this platform has no
 /// shadow regions (then those parts take pread/pwrite). Any other failure to
 /// set up the shadow region is an error.
-fn auto_shadow(bar: &Bar<'_>) -> Result<Option<*mut u8>> {
+fn auto_shadow(bar: &barmap::Region) -> Result<Option<*mut u8>> {
     if bar.is_fully_mapped() {
         return Ok(None);
     }
@@ -551,19 +590,19 @@ fn auto_shadow(bar: &Bar<'_>) -> Result<Option<*mut u8>> {
     }
 }
 
-impl<'d> Region<'d> {
+impl Opened {
     /// How `via` opens a region.
     fn policy(via: Via) -> MapPolicy {
         match via {
             Via::Auto | Via::Mmap => MapPolicy::Direct,
-            Via::Syscall => MapPolicy::Syscall,
+            Via::Syscall => MapPolicy::TrapAll,
             Via::Fault => MapPolicy::TrapAll,
         }
     }
 
-    fn open(device: &'d Device, index: RegionIndex, via: Via) -> Result<Region<'d>> {
-        let bar = device.open_region(index, Region::policy(via))?;
-        let mapped = bar.mapped_ranges();
+    fn open(device: &Device, index: RegionIndex, via: Via) -> Result<Opened> {
+        let bar = device.region(index, Opened::policy(via))?;
+        let mapped = bar.mapped_ranges().to_vec();
         if via == Via::Mmap && mapped.is_empty() {
             return Err(Error::NotMmapable {
                 addr: device.address(),
@@ -576,7 +615,7 @@ impl<'d> Region<'d> {
             Via::Auto => auto_shadow(&bar)?,
             Via::Mmap | Via::Syscall => None,
         };
-        Ok(Region {
+        Ok(Opened {
             bar,
             via,
             mapped,
@@ -598,10 +637,10 @@ impl<'d> Region<'d> {
         let size = self.bar.size();
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::OutOfRange {
-                addr: self.bar.device().address(),
+                addr: self.bar.address(),
                 region: self.bar.index(),
                 offset,
-                width: len,
+                len,
                 size,
             });
         }
@@ -616,7 +655,7 @@ impl<'d> Region<'d> {
         let path = AccessPath::of(&self.mapped, self.slow_path(), offset, len);
         if self.via == Via::Mmap && path != AccessPath::Mmap && self.check_span(offset, len).is_ok() {
             return Err(Error::NotMmapable {
-                addr: self.bar.device().address(),
+                addr: self.bar.address(),
                 region: self.bar.index(),
                 reason: "the access lies outside its mmapable areas (use --via auto or syscall)",
             });
@@ -651,6 +690,8 @@ impl<'d> Region<'d> {
                 self.bar.check_access(offset, width.bytes(), AccessKind::Write)?;
                 if width.bits() < 64 && value >> width.bits() != 0 {
                     return Err(Error::ValueTooWide {
+                        addr: self.bar.address(),
+                        region: self.bar.index(),
                         value,
                         width: width.bytes(),
                     });
@@ -729,10 +770,16 @@ mod tests {
         assert!(!cli.json && !cli.trace);
         match cli.command {
             Command::Read {
-                addr,
-                region,
-                offset,
-                width,
+                at:
+                    Register {
+                        region:
+                            RegionArgs {
+                                device: DeviceArg { addr },
+                                index: region,
+                            },
+                        offset,
+                    },
+                width: WidthArg { width },
                 count,
             } => {
                 assert_eq!(addr, "0000:00:03.0".parse().unwrap());
@@ -743,7 +790,13 @@ mod tests {
         }
         match parse(&["read", "0000:00:04.0", "config", "8"]).unwrap().command {
             Command::Read {
-                region, width, count, ..
+                at:
+                    Register {
+                        region: RegionArgs { index: region, .. },
+                        ..
+                    },
+                width: WidthArg { width },
+                count,
             } => assert_eq!((region, width, count), (RegionIndex::CONFIG, Width::W32, 1)),
             other => panic!("{other:?}"),
         }
@@ -777,7 +830,9 @@ mod tests {
             .command
         {
             Command::Write {
-                offset, value, width, ..
+                at: Register { offset, .. },
+                value,
+                width: WidthArg { width },
             } => assert_eq!((offset, value, width.bits()), (4, 0xedcb_a987, 64)),
             other => panic!("{other:?}"),
         }
@@ -787,7 +842,9 @@ mod tests {
         }
         match parse(&["dump", "00:03.0", "rom", "0x100", "32"]).unwrap().command {
             Command::Dump {
-                region, offset, len, ..
+                region: RegionArgs { index: region, .. },
+                offset,
+                len,
             } => assert_eq!((region, offset, len), (RegionIndex::ROM, Some(0x100), Some(32))),
             other => panic!("{other:?}"),
         }

@@ -36,7 +36,7 @@ pub enum Error {
     },
 
     /// Reading or writing a sysfs attribute failed.
-    #[error("sysfs access to {path} failed: {source}")]
+    #[error("sysfs access to {path} failed")]
     Sysfs {
         /// The sysfs file involved.
         path: PathBuf,
@@ -57,7 +57,7 @@ pub enum Error {
     },
 
     /// The VFIO container cannot be opened or lacks what barmap needs.
-    #[error("VFIO is not usable through {path}: {reason}: {source}")]
+    #[error("VFIO is not usable through {path}: {reason}")]
     VfioUnavailable {
         /// The node involved.
         path: PathBuf,
@@ -70,7 +70,7 @@ pub enum Error {
 
     /// The device is bound to another driver (or none) instead of vfio-pci.
     #[error(
-        "{addr} is not bound to vfio-pci (current driver: {}); bind it first, e.g. `barpoke bind {addr}`",
+        "{addr} is not bound to vfio-pci (current driver: {}); bind it first (sysfs driver_override, then drivers_probe)",
         driver.as_deref().unwrap_or("none")
     )]
     NotBoundToVfio {
@@ -113,7 +113,7 @@ pub enum Error {
     },
 
     /// The record of a device's previous driver (kept between `bind` and `unbind`) could not be used.
-    #[error("driver record {path} for {addr}: {source}")]
+    #[error("driver record {path} for {addr} is unusable")]
     BindState {
         /// The device.
         addr: PciAddress,
@@ -143,7 +143,7 @@ pub enum Error {
     },
 
     /// A VFIO step failed in the kernel.
-    #[error("VFIO {step} failed for {addr}: {source}")]
+    #[error("VFIO {step} failed for {addr}")]
     Vfio {
         /// The device.
         addr: PciAddress,
@@ -167,7 +167,7 @@ pub enum Error {
 
     /// An access reaches outside the region.
     #[error(
-        "{addr} {region}: {width}-byte access at offset {offset:#x} is out of range (region size {size:#x})"
+        "{addr} {region}: {len}-byte access at offset {offset:#x} is out of range (region size {size:#x})"
     )]
     OutOfRange {
         /// The device.
@@ -177,7 +177,7 @@ pub enum Error {
         /// The offset of the access in the region.
         offset: u64,
         /// The length of the access in bytes.
-        width: u64,
+        len: u64,
         /// The size of the region.
         size: u64,
     },
@@ -196,15 +196,23 @@ pub enum Error {
     },
 
     /// An access width other than 1, 2, 4 or 8 bytes.
-    #[error("unsupported access width of {width} bytes (use 1, 2, 4 or 8)")]
+    #[error("{addr} {region}: unsupported access width of {width} bytes (use 1, 2, 4 or 8)")]
     UnsupportedWidth {
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
         /// The width that was asked for, in bytes.
         width: usize,
     },
 
     /// A value to write does not fit in the access width.
-    #[error("value {value:#x} does not fit in {width} bytes")]
+    #[error("{addr} {region}: value {value:#x} does not fit in {width} bytes")]
     ValueTooWide {
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
         /// The value.
         value: u64,
         /// The width of the access in bytes.
@@ -241,7 +249,7 @@ pub enum Error {
     },
 
     /// `mmap` (or `munmap`/`mprotect`) failed.
-    #[error("mapping {addr} {region} offset {offset:#x} length {len:#x} failed: {source}")]
+    #[error("mapping {addr} {region} offset {offset:#x} length {len:#x} failed")]
     Mmap {
         /// The device.
         addr: PciAddress,
@@ -257,7 +265,7 @@ pub enum Error {
     },
 
     /// A read or write of the device through the VFIO file descriptor failed.
-    #[error("{addr} {region}: {len}-byte access at offset {offset:#x} failed: {source}")]
+    #[error("{addr} {region}: {len}-byte access at offset {offset:#x} failed")]
     Io {
         /// The device.
         addr: PciAddress,
@@ -272,11 +280,14 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// Setting up a shadow region (reserving, mapping or registering it) failed.
-    #[error("shadow region {name}: {step} failed at offset {offset:#x} length {len:#x}: {source}")]
+    /// Setting up a region's shadow part (reserving its range or registering
+    /// it with the fault handler) failed.
+    #[error("{addr} {region}: {step} failed at offset {offset:#x} length {len:#x}")]
     Shadow {
-        /// The region's name (e.g. `0000:00:03.0 bar0`).
-        name: String,
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
         /// The step that failed.
         step: &'static str,
         /// Offset in the region of the part involved.
@@ -291,18 +302,24 @@ pub enum Error {
     /// A shadow region could not be registered: the fault handler's table of
     /// live shadow regions is full.
     #[error(
-        "shadow region {name}: too many live shadow regions (the fault handler serves at most {capacity} at once); drop one first"
+        "{addr} {region}: too many live shadow regions (the fault handler serves at most {capacity} at once); drop one first"
     )]
     ShadowTableFull {
-        /// The region's name (e.g. `0000:00:03.0 bar0`).
-        name: String,
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
         /// How many shadow regions may be live at once in a process.
         capacity: usize,
     },
 
-    /// A VFIO capability chain is malformed.
-    #[error("malformed VFIO capability chain at byte {offset}: {reason}")]
+    /// The capability chain of a region's info is malformed.
+    #[error("{addr} {region}: malformed VFIO capability chain at byte {offset}: {reason}")]
     MalformedCapability {
+        /// The device.
+        addr: PciAddress,
+        /// The region whose info holds the chain.
+        region: RegionIndex,
         /// Byte offset in the info buffer where the problem was found.
         offset: usize,
         /// What is wrong.
@@ -321,8 +338,10 @@ pub enum Error {
     },
 
     /// Something this platform or kernel cannot do.
-    #[error("{what} is not supported: {reason}")]
+    #[error("{addr}: {what} is not supported: {reason}")]
     Unsupported {
+        /// The device.
+        addr: PciAddress,
         /// The feature.
         what: &'static str,
         /// Why not.

@@ -11,29 +11,33 @@
 //! BAR whose unmapped parts are served by a fault handler.
 //!
 //! The modules follow the data path: [`pci`] (addresses, sysfs) →
-//! VFIO container/group/device → [`region`] info → mapped BAR or shadow
-//! region → typed access. [`config`] reads config space (header and
-//! capability lists) through the same region I/O.
+//! VFIO container/group/device → [`region`] info → mapping and
+//! [`shadow`] fault handling → typed access through a [`Region`]. [`config`]
+//! reads config space (header and capability lists) through the same
+//! region I/O.
+//!
+//! Handles own what they need: a [`Device`] is a shareable handle, and a
+//! [`Region`] keeps its device open, so a driver can hold both in one struct.
 
 #![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod access;
-mod bar;
 pub mod config;
 mod error;
 mod map;
+pub mod mmio;
 pub mod pci;
 pub mod region;
 pub mod shadow;
 mod vfio;
 
-pub use access::Scalar;
-pub use bar::{Bar, MapPolicy};
+pub use access::{Region, RegionBuilder, Scalar};
 pub use config::ConfigSpace;
 pub use error::{Error, Result};
+pub use map::MapPolicy;
 pub use pci::{PciAddress, PciDeviceInfo, Sysfs};
 pub use region::{
-    parse_region_caps, BarKind, FdRegion, MemoryRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo,
-    RegionIo, SparseArea,
+    BarKind, FdRegion, MemoryRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo, SparseArea,
 };
-pub use vfio::{Container, Device};
+pub use vfio::{Container, Device, ResetKind};

@@ -40,7 +40,7 @@ fn check_against_sysfs(addr: PciAddress, expect_caps: &[u8]) {
 #[test]
 #[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
 fn edu_header_and_capabilities_match_sysfs() {
-    check_against_sysfs(edu(), &[barmap::config::PCI_CAP_ID_MSI]);
+    check_against_sysfs(edu(), &[barmap::config::regs::PCI_CAP_ID_MSI]);
     let dev = Device::open(edu()).unwrap();
     let config = dev.config().unwrap();
     assert_eq!(config.read32(0x00).unwrap(), 0x11e8_1234);
@@ -71,7 +71,7 @@ fn testdev_header_matches_sysfs_and_has_no_capabilities() {
 /// Sizes BAR `n` the classic way: write all ones, read back, restore.
 fn size_bar(dev: &Device, n: u16) -> u32 {
     let config = dev.config().unwrap();
-    let at = barmap::config::PCI_BASE_ADDRESS_0 + 4 * n;
+    let at = barmap::config::regs::PCI_BASE_ADDRESS_0 + 4 * n;
     let saved = config.read32(at).unwrap();
     config.write32(at, 0xffff_ffff).unwrap();
     let sized = config.read32(at).unwrap();

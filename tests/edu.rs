@@ -46,7 +46,7 @@ fn bar0_is_a_one_mib_mmapable_memory_bar() {
     let info = dev.region_info(RegionIndex::bar(0).unwrap()).unwrap();
     assert_eq!(info.size, 0x10_0000);
     assert!(info.flags.readable() && info.flags.writable() && info.flags.mmapable());
-    assert_eq!(info.bar_kind, Some(BarKind::Memory32 { prefetchable: false }));
+    assert_eq!(dev.bar_kind(0), Some(BarKind::Memory32 { prefetchable: false }));
     for n in 1..6 {
         let err = dev.bar(n).unwrap_err();
         assert!(matches!(err, Error::NoSuchRegion { .. }), "bar{n}: {err}");
@@ -61,7 +61,7 @@ fn bar0_is_a_one_mib_mmapable_memory_bar() {
 fn mapping_is_device_memory_and_goes_away_on_drop() {
     let dev = Device::open(edu()).unwrap();
     let bar0 = dev.bar(0).unwrap();
-    let addr = bar0.mapping_address().expect("BAR0 is mapped");
+    let addr = bar0.mapping_address();
     assert_eq!(addr % 0x10_0000, 0, "the reservation is aligned to the BAR size");
     bar0.read::<u32>(ID).unwrap();
     let flags = vm_flags(addr).expect("the mapping is in /proc/self/smaps");
@@ -82,7 +82,7 @@ fn syscall_path_agrees_with_the_mapping() {
     let dev = Device::open(edu()).unwrap();
     let mapped = dev.bar(0).unwrap();
     let syscall = dev
-        .open_region(RegionIndex::bar(0).unwrap(), MapPolicy::Syscall)
+        .region(RegionIndex::bar(0).unwrap(), MapPolicy::TrapAll)
         .unwrap();
     assert!(syscall.mapped_ranges().is_empty());
     assert_eq!(syscall.read::<u32>(ID).unwrap(), ID_VALUE);
@@ -140,72 +140,6 @@ fn register_state_survives_close_and_reopen() {
         let dev = Device::open(edu()).unwrap();
         assert_eq!(dev.bar(0).unwrap().read::<u32>(ID).unwrap(), ID_VALUE);
     }
-}
-
-#[test]
-#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
-fn out_of_range_and_misaligned_accesses_are_refused() {
-    let dev = Device::open(edu()).unwrap();
-    let addr = dev.address();
-    let bar0 = dev.bar(0).unwrap();
-    let err = bar0.read::<u32>(0x10_0000).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::OutOfRange {
-                offset: 0x10_0000,
-                width: 4,
-                size: 0x10_0000,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains(&addr.to_string()) && err.to_string().contains("bar0"),
-        "{err}"
-    );
-    let err = bar0.read::<u32>(0xffffe).unwrap_err();
-    assert!(matches!(err, Error::OutOfRange { offset: 0xffffe, .. }), "{err}");
-    assert!(matches!(
-        bar0.write::<u32>(u64::MAX - 1, 0).unwrap_err(),
-        Error::OutOfRange { .. }
-    ));
-    let err = bar0.read::<u32>(2).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Misaligned {
-                offset: 2,
-                width: 4,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(matches!(
-        bar0.write::<u64>(4, 0).unwrap_err(),
-        Error::Misaligned { .. }
-    ));
-    assert!(matches!(
-        bar0.read_width(0, 3).unwrap_err(),
-        Error::UnsupportedWidth { width: 3 }
-    ));
-    assert!(matches!(
-        bar0.write_width(0, 16, 0).unwrap_err(),
-        Error::UnsupportedWidth { width: 16 }
-    ));
-    assert!(matches!(
-        bar0.write_width(4, 1, 0x100).unwrap_err(),
-        Error::ValueTooWide { .. }
-    ));
-    let mut big = vec![0u8; 8];
-    assert!(matches!(
-        bar0.read_bytes(0xffffc, &mut big).unwrap_err(),
-        Error::OutOfRange { .. }
-    ));
-    // The device still works after every refusal.
-    assert_eq!(bar0.read::<u32>(ID).unwrap(), ID_VALUE);
 }
 
 #[test]

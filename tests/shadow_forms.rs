@@ -20,16 +20,26 @@
 use std::arch::asm;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use barmap::shadow::{ShadowRegion, Trap};
-use barmap::{FdRegion, RegionIo, SparseArea};
+use barmap::{FdRegion, MapPolicy, PciAddress, Region, RegionBuilder, RegionIndex, RegionIo, SparseArea};
 
 const PAGE: u64 = 0x1000;
+
+/// A builder for BAR0 of the emulated device, reached through `io`.
+fn emulated(io: Arc<dyn RegionIo>) -> RegionBuilder<'static> {
+    let addr: PciAddress = "0000:ee:00.0".parse().unwrap();
+    Region::builder(addr, RegionIndex::bar(0).unwrap(), io)
+}
+
+/// The start of `region`'s shadow range.
+fn base(region: &Region) -> *mut u8 {
+    region.as_mut_ptr().expect("a shadow range")
+}
 
 // ---- the emulated device ----
 
@@ -98,7 +108,9 @@ struct RecordingIo {
     log: Arc<Log>,
 }
 
-impl RegionIo for RecordingIo {
+// SAFETY: `read_at`/`write_at` are FdRegion's (pread/pwrite) plus
+// `Log::push`, which only stores into preallocated atomics: async-signal-safe.
+unsafe impl RegionIo for RecordingIo {
     fn size(&self) -> u64 {
         self.io.size()
     }
@@ -150,10 +162,9 @@ impl Device {
         }
     }
 
-    fn io(&self) -> Box<dyn RegionIo> {
-        // SAFETY: the RecordingIo keeps its own reference to the descriptor.
-        let io = unsafe { FdRegion::new(self.fd.as_raw_fd(), 0, self.size) };
-        Box::new(RecordingIo {
+    fn io(&self) -> Arc<dyn RegionIo> {
+        let io = FdRegion::new(self.fd.clone(), 0, self.size);
+        Arc::new(RecordingIo {
             _fd: self.fd.clone(),
             io,
             log: self.log.clone(),
@@ -184,11 +195,8 @@ impl Device {
     }
 
     /// A region with every page trapped.
-    fn trap_all(&self) -> ShadowRegion {
-        ShadowRegion::builder("forms", self.io())
-            .trap(Trap::All)
-            .build()
-            .unwrap()
+    fn trap_all(&self) -> Region {
+        emulated(self.io()).policy(MapPolicy::TrapAll).build().unwrap()
     }
 }
 
@@ -647,7 +655,7 @@ fn every_form_matches_the_cpu_on_random_operands() {
             dev.poke(offset, &before.to_le_bytes());
             dev.log.take();
             let mut emulated = input;
-            let trapped = region.as_ptr() as u64 + offset;
+            let trapped = base(&region) as u64 + offset;
             emulated.gpr[RDI] = trapped;
             (form.run)(&mut emulated);
             let log = dev.log.take();
@@ -699,7 +707,7 @@ fn flags_kept_by_inc_dec_and_set_by_bt_are_the_cpus() {
         (form.run)(&mut on_cpu);
         dev.poke(0, &value.to_le_bytes());
         let mut emulated = input;
-        emulated.gpr[RDI] = region.as_ptr() as u64;
+        emulated.gpr[RDI] = base(&region) as u64;
         (form.run)(&mut emulated);
         assert_eq!(emulated.rflags, on_cpu.rflags, "{text} on {value:#x}, CF={flags}");
         assert_eq!(
@@ -920,7 +928,7 @@ type PatternFn = unsafe extern "C" fn(*mut u8, u64) -> u64;
 
 /// Runs every pattern of the library at `path` on ordinary memory and on the
 /// trapped region, and compares results, memory and device accesses.
-fn check_library(label: &str, path: &str, dev: &Device, region: &ShadowRegion, rng: &mut Rng) {
+fn check_library(label: &str, path: &str, dev: &Device, region: &Region, rng: &mut Rng) {
     let cpath = CString::new(path).unwrap();
     // SAFETY: loads a library this test just built; its initialisers are the
     // compiler's own.
@@ -949,7 +957,7 @@ fn check_library(label: &str, path: &str, dev: &Device, region: &ShadowRegion, r
             dev.poke(offset, &bytes);
             dev.log.take();
             // SAFETY: 16 bytes inside the trapped region.
-            let got = unsafe { f(region.as_mut_ptr().add(offset as usize), x) };
+            let got = unsafe { f(base(region).add(offset as usize), x) };
             let log = dev.log.take();
             let after = dev.peek(offset, 16);
             let what = format!("{label}: {}(x = {x:#x}) on {init:#x?}", pat.name);
@@ -996,7 +1004,7 @@ fn patterns_in_this_binary_through_a_trapped_page() {
     use std::ptr::{read_volatile as rd, write_volatile as wr};
     let dev = Device::new(PAGE);
     let region = dev.trap_all();
-    let base = region.as_mut_ptr();
+    let base = base(&region);
     dev.poke(0, &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0x0c, 0x01, 0, 0]);
     dev.poke(0x10, &2.5f64.to_bits().to_le_bytes());
     dev.log.take();
@@ -1047,8 +1055,8 @@ fn patterns_in_this_binary_through_a_trapped_page() {
 /// Places `code` so that it ends exactly where `region` starts (in an
 /// executable page mapped just below it) and returns its first byte, or
 /// `None` if that page is taken.
-fn code_below(region: &ShadowRegion, code: &[u8]) -> Option<*const u8> {
-    let page = (region.as_ptr() as usize).checked_sub(PAGE as usize)?;
+fn code_below(region: &Region, code: &[u8]) -> Option<*const u8> {
+    let page = (base(region) as usize).checked_sub(PAGE as usize)?;
     // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; the
     // page is leaked on purpose (code may run from it until the process ends).
     unsafe {
@@ -1079,7 +1087,7 @@ fn code_below(region: &ShadowRegion, code: &[u8]) -> Option<*const u8> {
 
 /// A trapped region with `code` placed right below it; the regions made
 /// along the way stay alive in `keep`.
-fn region_with_code_below(dev: &Device, code: &[u8], keep: &mut Vec<ShadowRegion>) -> *const u8 {
+fn region_with_code_below(dev: &Device, code: &[u8], keep: &mut Vec<Region>) -> *const u8 {
     for _ in 0..16 {
         let region = dev.trap_all();
         let found = code_below(&region, code);
@@ -1109,7 +1117,7 @@ fn code_just_below_a_region_is_decoded() {
         // a trapped page of `region`, and returns.
         let f: extern "C" fn(*const u8) -> u64 = unsafe { std::mem::transmute(start) };
         dev.log.take();
-        let got = f(region.as_ptr()) & mask(if want > u64::from(u32::MAX) { 8 } else { 4 });
+        let got = f(base(region)) & mask(if want > u64::from(u32::MAX) { 8 } else { 4 });
         assert_eq!(got, want, "{code:02x?}");
         assert_eq!(dev.log.take().len(), 1, "{code:02x?}");
     }
@@ -1165,7 +1173,7 @@ fn reached(name: &str) {
 }
 
 /// A trapped region over a fresh device, kept alive for the child's life.
-fn trapped() -> &'static ShadowRegion {
+fn trapped() -> &'static Region {
     let dev = Box::leak(Box::new(Device::new(PAGE)));
     Box::leak(Box::new(dev.trap_all()))
 }
@@ -1175,7 +1183,7 @@ macro_rules! refused_asm {
         #[test]
         fn $test() {
             expect_refusal(stringify!($test), $reason, || {
-                let p = trapped().as_ptr().wrapping_add($offset);
+                let p = base(trapped()).wrapping_add($offset);
                 reached(stringify!($test));
                 // SAFETY: `p` is inside a trapped region; barmap refuses the
                 // instruction, which ends this child process.
@@ -1235,26 +1243,25 @@ refused_asm!(
 );
 
 #[test]
-#[allow(clippy::single_range_in_vec_init)] // one range to trap, not a range of values
 fn straddling_a_mapped_and_a_trapped_page_is_refused() {
     let name = "straddling_a_mapped_and_a_trapped_page_is_refused";
     expect_refusal(name, "straddles a page boundary", || {
         let dev = Box::leak(Box::new(Device::new(2 * PAGE)));
-        let region = ShadowRegion::builder("forms", dev.io())
+        let region = emulated(dev.io())
             .map_from(
-                dev.fd.as_fd(),
+                &*dev.fd,
                 0,
                 &[SparseArea {
                     offset: 0,
                     size: 2 * PAGE,
                 }],
             )
-            .trap(Trap::Ranges(vec![PAGE..2 * PAGE]))
+            .policy(MapPolicy::trap_range(PAGE..2 * PAGE))
             .build()
             .unwrap();
         let region = Box::leak(Box::new(region));
         assert!(!region.is_trapped(0) && region.is_trapped(PAGE));
-        let p = region.as_ptr().wrapping_add(PAGE as usize - 4);
+        let p = base(region).wrapping_add(PAGE as usize - 4);
         reached(name);
         // SAFETY: 8 bytes inside the region, half mapped and half trapped;
         // barmap refuses the access, which ends this child process.
@@ -1276,7 +1283,7 @@ fn code_running_into_a_region_is_refused() {
         // this child process.
         let f: extern "C" fn(*const u8) -> u64 = unsafe { std::mem::transmute(start) };
         reached(name);
-        f(keep[0].as_ptr());
+        f(base(&keep[0]));
     });
 }
 
@@ -1448,7 +1455,7 @@ fn vector_moves_match_the_cpu_on_whole_vector_registers() {
             dev.poke(offset, &before.to_le_bytes());
             dev.log.take();
             let mut emulated = input;
-            emulated.gpr[RDI] = region.as_ptr() as u64 + offset;
+            emulated.gpr[RDI] = base(&region) as u64 + offset;
             run(form)(&mut emulated);
             let log = dev.log.take();
             let after = word(&dev.peek(offset, 8));

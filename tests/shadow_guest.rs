@@ -1,9 +1,8 @@
 //! Shadow regions on real VFIO devices in the QEMU guest: edu BAR0 with its
 //! first page trapped or trapped whole, and pci-testdev's I/O BAR1, all driven
-//! through the raw pointer of [`Bar::as_ptr`].
+//! through the raw pointer of [`Region::as_ptr`].
 #![cfg(target_arch = "x86_64")]
 // A trap list of one range is meant as such.
-#![allow(clippy::single_range_in_vec_init)]
 
 mod common;
 
@@ -13,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use barmap::shadow::{Access, AccessKind};
-use barmap::{Device, MapPolicy};
+use barmap::{Device, MapPolicy, RegionIndex};
 use common::{edu, edu_factorial, edu_reg, testdev, TESTDEV_TESTS};
 
 /// A preallocated, lock-free record of what the access hook saw.
@@ -36,7 +35,7 @@ impl Seen {
         if let Some(c) = self.cells.get(i) {
             c[0].store(a.offset, Ordering::Relaxed);
             c[1].store(
-                u64::from(a.width) | u64::from(a.kind == AccessKind::Write) << 8,
+                a.width as u64 | u64::from(a.kind == AccessKind::Write) << 8,
                 Ordering::Relaxed,
             );
             c[2].store(a.value, Ordering::Release);
@@ -64,7 +63,7 @@ impl Seen {
 
 /// A 4-byte volatile read at `offset` of the pointer.
 fn rd32(base: *const u8, offset: u64) -> u32 {
-    // SAFETY: every caller passes an in-bounds, 4-aligned offset of a live Bar's range.
+    // SAFETY: every caller passes an in-bounds, 4-aligned offset of a live Region's range.
     unsafe { ptr::read_volatile(base.add(offset as usize).cast::<u32>()) }
 }
 
@@ -115,11 +114,10 @@ fn edu_first_page_trapped_matches_the_direct_path() {
     let dev = Device::open(edu()).unwrap();
     let seen = Seen::new();
     let hook = seen.clone();
-    let bar0 = dev
-        .map_bar(0, MapPolicy::Trap(vec![0..0x1000]), move |a: &Access| {
-            hook.push(a)
-        })
-        .unwrap();
+    let builder = dev.region_builder(RegionIndex::bar(0).unwrap()).unwrap();
+    // SAFETY: `Seen::push` only stores into preallocated atomics.
+    let builder = unsafe { builder.hook(move |a: &Access| hook.push(a)) };
+    let bar0 = builder.policy(MapPolicy::trap_range(0..0x1000)).build().unwrap();
     assert_eq!(bar0.mapped_ranges(), vec![0x1000..0x10_0000]);
     let base = bar0.as_mut_ptr().unwrap();
     edu_through_pointer(&dev, base);
@@ -148,9 +146,10 @@ fn edu_trapped_whole_matches_the_direct_path() {
     let dev = Device::open(edu()).unwrap();
     let seen = Seen::new();
     let hook = seen.clone();
-    let bar0 = dev
-        .map_bar(0, MapPolicy::TrapAll, move |a: &Access| hook.push(a))
-        .unwrap();
+    let builder = dev.region_builder(RegionIndex::bar(0).unwrap()).unwrap();
+    // SAFETY: `Seen::push` only stores into preallocated atomics.
+    let builder = unsafe { builder.hook(move |a: &Access| hook.push(a)) };
+    let bar0 = builder.policy(MapPolicy::TrapAll).build().unwrap();
     assert!(bar0.mapped_ranges().is_empty());
     let base = bar0.as_mut_ptr().unwrap();
     edu_through_pointer(&dev, base);
@@ -171,7 +170,7 @@ fn edu_trapped_whole_matches_the_direct_path() {
 fn fully_mapped_bar_pointer_is_the_mapping() {
     let dev = Device::open(edu()).unwrap();
     let bar0 = dev.bar(0).unwrap();
-    assert_eq!(bar0.as_ptr().unwrap() as usize, bar0.mapping_address().unwrap());
+    assert_eq!(bar0.as_ptr().unwrap() as usize, bar0.mapping_address());
     assert_eq!(rd32(bar0.as_ptr().unwrap(), edu_reg::ID), edu_reg::ID_VALUE);
 }
 

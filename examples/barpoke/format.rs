@@ -3,11 +3,11 @@
 use std::fmt::Write as _;
 use std::ops::Range;
 
-use barmap::config::{
-    Capability, ConfigHeader, ExtendedCapability, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO,
-    PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_HEADER_TYPE_BRIDGE, PCI_HEADER_TYPE_CARDBUS,
-    PCI_HEADER_TYPE_NORMAL, PCI_STATUS_CAP_LIST, PCI_STATUS_INTERRUPT,
+use barmap::config::regs::{
+    PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_HEADER_TYPE_BRIDGE,
+    PCI_HEADER_TYPE_CARDBUS, PCI_HEADER_TYPE_NORMAL, PCI_STATUS_CAP_LIST, PCI_STATUS_INTERRUPT,
 };
+use barmap::config::{Capability, ConfigHeader, ExtendedCapability};
 use barmap::{BarKind, PciAddress, PciDeviceInfo, RegionCap, RegionIndex, RegionInfo};
 use serde_json::{json, Value};
 
@@ -175,8 +175,8 @@ pub fn region_path(size: u64, mapped: &[Range<u64>], slow: AccessPath) -> String
 }
 
 /// What a region is: the BAR kind (`mem32`, `mem64, prefetchable`, `io`), `rom`, `config` or `-`.
-pub fn region_kind(info: &RegionInfo) -> String {
-    match (info.bar_kind, info.index) {
+pub fn region_kind(info: &RegionInfo, kind: Option<BarKind>) -> String {
+    match (kind, info.index) {
         (Some(kind), _) => kind.to_string(),
         (None, RegionIndex::ROM) => "rom".to_string(),
         (None, RegionIndex::CONFIG) => "config".to_string(),
@@ -201,13 +201,18 @@ pub fn cap_text(cap: &RegionCap) -> String {
 }
 
 /// `info` row: name, size, flags, kind, access path, capabilities (`-` for none).
-pub fn region_row(info: &RegionInfo, mapped: &[Range<u64>], slow: AccessPath) -> Vec<String> {
+pub fn region_row(
+    info: &RegionInfo,
+    kind: Option<BarKind>,
+    mapped: &[Range<u64>],
+    slow: AccessPath,
+) -> Vec<String> {
     let caps: Vec<String> = info.caps.iter().map(cap_text).collect();
     vec![
         info.index.to_string(),
         format!("{:#x}", info.size),
         info.flags.to_string(),
-        region_kind(info),
+        region_kind(info, kind),
         region_path(info.size, mapped, slow),
         if caps.is_empty() {
             "-".to_string()
@@ -225,16 +230,21 @@ pub fn region_header() -> Vec<String> {
 }
 
 /// `info --json` element.
-pub fn region_json(info: &RegionInfo, mapped: &[Range<u64>], slow: AccessPath) -> Value {
+pub fn region_json(
+    info: &RegionInfo,
+    kind: Option<BarKind>,
+    mapped: &[Range<u64>],
+    slow: AccessPath,
+) -> Value {
     json!({
         "region": info.index.to_string(),
-        "index": info.index.0,
+        "index": info.index.get(),
         "size": info.size,
         "flags": info.flags.to_string(),
         "readable": info.flags.readable(),
         "writable": info.flags.writable(),
         "mmapable": info.flags.mmapable(),
-        "kind": region_kind(info),
+        "kind": region_kind(info, kind),
         "access": region_path(info.size, mapped, slow),
         "mapped": mapped.iter().map(|r| json!([r.start, r.end])).collect::<Vec<_>>(),
         "caps": info.caps.iter().map(cap_text).collect::<Vec<_>>(),
@@ -402,8 +412,16 @@ pub fn config_json(
 #[cfg(test)]
 #[allow(clippy::single_range_in_vec_init)] // one mapped range, not a range of values
 mod tests {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    use barmap::config::regs::{
+        PCI_BASE_ADDRESS_0, PCI_CAPABILITY_LIST, PCI_COMMAND, PCI_INTERRUPT_LINE, PCI_REVISION_ID,
+        PCI_SUBSYSTEM_VENDOR_ID, PCI_VENDOR_ID,
+    };
+    use barmap::{BarKind, ConfigSpace, MemoryRegion, RegionFlags, SparseArea, Sysfs};
+
     use super::*;
-    use barmap::{BarKind, RegionFlags, SparseArea};
 
     use crate::parse::width;
 
@@ -421,7 +439,7 @@ mod tests {
         assert_eq!(
             trace_line(
                 "read",
-                RegionIndex(0),
+                RegionIndex::new(0),
                 0,
                 Width::W32,
                 0x0100_00ed,
@@ -432,7 +450,7 @@ mod tests {
         assert_eq!(
             trace_line(
                 "write",
-                RegionIndex(1),
+                RegionIndex::new(1),
                 0x83,
                 width("8").unwrap(),
                 0xfa,
@@ -441,7 +459,14 @@ mod tests {
             "trace: write bar1+0x83 w8 = 0xfa via syscall"
         );
         assert_eq!(
-            trace_line("read", RegionIndex(1), 4, Width::W32, 0x83, AccessPath::Fault),
+            trace_line(
+                "read",
+                RegionIndex::new(1),
+                4,
+                Width::W32,
+                0x83,
+                AccessPath::Fault
+            ),
             "trace: read bar1+0x4 w32 = 0x00000083 via fault"
         );
     }
@@ -480,17 +505,27 @@ mod tests {
         assert_eq!(columns(&[]), "");
     }
 
+    /// edu as sysfs shows it, read from a tree of its attribute files.
     fn edu_info(driver: Option<&str>) -> PciDeviceInfo {
-        PciDeviceInfo {
-            address: "00:03.0".parse().unwrap(),
-            vendor: 0x1234,
-            device: 0x11e8,
-            class: 0xff00,
-            subsystem_vendor: Some(0x1af4),
-            subsystem_device: Some(0x1100),
-            driver: driver.map(String::from),
-            iommu_group: Some(5),
+        let root = tempfile::TempDir::new().unwrap();
+        let dir = root.path().join("bus/pci/devices/0000:00:03.0");
+        fs::create_dir_all(&dir).unwrap();
+        for (attr, value) in [
+            ("vendor", "0x1234"),
+            ("device", "0x11e8"),
+            ("class", "0x00ff00"),
+            ("subsystem_vendor", "0x1af4"),
+            ("subsystem_device", "0x1100"),
+        ] {
+            fs::write(dir.join(attr), format!("{value}\n")).unwrap();
         }
+        if let Some(driver) = driver {
+            symlink(format!("../../drivers/{driver}"), dir.join("driver")).unwrap();
+        }
+        symlink("../../../../kernel/iommu_groups/5", dir.join("iommu_group")).unwrap();
+        Sysfs::with_root(root.path())
+            .device("00:03.0".parse().unwrap())
+            .unwrap()
     }
 
     #[test]
@@ -534,15 +569,21 @@ mod tests {
         assert_eq!(region_path(0x100, &[], fault), "fault");
     }
 
-    fn region(index: u32, size: u64, flags: u32, caps: Vec<RegionCap>, kind: Option<BarKind>) -> RegionInfo {
-        RegionInfo {
-            index: RegionIndex(index),
+    fn region(
+        index: u32,
+        size: u64,
+        flags: u32,
+        caps: Vec<RegionCap>,
+        kind: Option<BarKind>,
+    ) -> (RegionInfo, Option<BarKind>) {
+        let info = RegionInfo::new(
+            RegionIndex::new(index),
             size,
-            offset: 0,
-            flags: RegionFlags(flags),
+            0,
+            RegionFlags::from_bits(flags),
             caps,
-            bar_kind: kind,
-        }
+        );
+        (info, kind)
     }
 
     #[test]
@@ -574,11 +615,11 @@ mod tests {
         );
         let table = columns(&[
             region_header(),
-            region_row(&edu, &[0..0x10_0000], AccessPath::Fault),
-            region_row(&io, &[], AccessPath::Fault),
-            region_row(&config, &[], AccessPath::Syscall),
-            region_row(&rom, &[], AccessPath::Fault),
-            region_row(&sparse, &[0..0x1000], AccessPath::Fault),
+            region_row(&edu.0, edu.1, &[0..0x10_0000], AccessPath::Fault),
+            region_row(&io.0, io.1, &[], AccessPath::Fault),
+            region_row(&config.0, config.1, &[], AccessPath::Syscall),
+            region_row(&rom.0, rom.1, &[], AccessPath::Fault),
+            region_row(&sparse.0, sparse.1, &[0..0x1000], AccessPath::Fault),
         ]);
         let expected = "\
 REGION SIZE     FLAGS KIND                ACCESS     CAPS
@@ -589,7 +630,7 @@ rom    0x8000   r--   rom                 fault      -
 bar2   0x4000   rwm   mem64, prefetchable mmap+fault sparse(0x0+0x1000) msix-mappable type(1:2) cap(id 9 v1)
 ";
         assert_eq!(table, expected);
-        let v = region_json(&sparse, &[0..0x1000], AccessPath::Fault);
+        let v = region_json(&sparse.0, sparse.1, &[0..0x1000], AccessPath::Fault);
         assert_eq!(v["region"], "bar2");
         assert_eq!(v["index"], 2);
         assert_eq!(v["size"], 0x4000);
@@ -602,27 +643,35 @@ bar2   0x4000   rwm   mem64, prefetchable mmap+fault sparse(0x0+0x1000) msix-map
         assert_eq!(v["access"], "mmap+fault");
         assert_eq!(v["mapped"], json!([[0, 0x1000]]));
         assert_eq!(v["caps"][0], "sparse(0x0+0x1000)");
-        assert_eq!(region_json(&io, &[], AccessPath::Syscall)["caps"], json!([]));
+        assert_eq!(
+            region_json(&io.0, io.1, &[], AccessPath::Syscall)["caps"],
+            json!([])
+        );
     }
 
+    /// edu's header, with more kinds of BAR than edu has, decoded from its
+    /// bytes as barpoke gets it.
     fn edu_header() -> ConfigHeader {
-        ConfigHeader {
-            vendor_id: 0x1234,
-            device_id: 0x11e8,
-            command: 0x0503,
-            status: 0x0010,
-            revision_id: 0x10,
-            class_code: 0xff00,
-            cache_line_size: 0,
-            latency_timer: 0,
-            header_type: 0,
-            bars: vec![0xfea0_0000, 0, 0xc00c, 0x1, 0xc001, 0],
-            subsystem_vendor_id: Some(0x1af4),
-            subsystem_id: Some(0x1100),
-            capabilities_pointer: 0x40,
-            interrupt_line: 11,
-            interrupt_pin: 1,
+        let mut bytes = vec![0u8; 64];
+        for (at, dword) in [
+            (PCI_VENDOR_ID, 0x11e8_1234u32),
+            (PCI_COMMAND, 0x0010_0503),
+            (PCI_REVISION_ID, 0x00ff_0010),
+            (PCI_BASE_ADDRESS_0, 0xfea0_0000),
+            (PCI_BASE_ADDRESS_0 + 8, 0xc00c),
+            (PCI_BASE_ADDRESS_0 + 12, 0x1),
+            (PCI_BASE_ADDRESS_0 + 16, 0xc001),
+            (PCI_SUBSYSTEM_VENDOR_ID, 0x1100_1af4),
+            (PCI_CAPABILITY_LIST, 0x40),
+            (PCI_INTERRUPT_LINE, 0x0100 | 11),
+        ] {
+            let at = usize::from(at);
+            bytes[at..at + 4].copy_from_slice(&dword.to_le_bytes());
         }
+        let region = MemoryRegion::new(bytes);
+        ConfigSpace::new(&region, "00:03.0".parse().unwrap())
+            .header()
+            .unwrap()
     }
 
     #[test]

@@ -1,12 +1,17 @@
-//! Direct mapping of BAR areas into the process.
+//! The mapping layer: the address range a region lives in.
 //!
-//! Every region that is mapped at all gets one [`Reservation`]: an anonymous
-//! `PROT_NONE` range of the region's size (rounded up to pages), aligned so
+//! Every open region gets one [`Mapping`]: an anonymous `PROT_NONE`
+//! [`Reservation`] of the region's size (rounded up to pages), aligned so
 //! that kernels from 6.12 on can back it with huge page-table entries. Each
-//! mmapable area of the region is then placed into it with `MAP_FIXED |
-//! MAP_SHARED` from the VFIO device file descriptor. The parts in between stay
-//! `PROT_NONE`: the shadow region machinery serves them.
+//! mmapable area that the [`MapPolicy`] leaves untrapped is placed into it
+//! with `MAP_FIXED | MAP_SHARED` from the region's file descriptor. The pages
+//! in between stay `PROT_NONE`, and the mapping's registration with the fault
+//! handler ([`crate::shadow`]) serves them.
 
+mod layout;
+mod mapping;
 mod reservation;
 
-pub(crate) use reservation::{page_size, Reservation};
+pub use layout::MapPolicy;
+pub(crate) use mapping::{MapSource, Mapping};
+pub(crate) use reservation::page_size;

@@ -16,11 +16,18 @@ pub(crate) fn page_size() -> usize {
 }
 
 /// An anonymous `PROT_NONE` address range owned by this value and unmapped
-/// whole on drop, into which device areas are placed with `MAP_FIXED`.
+/// on drop, into which device areas are placed with `MAP_FIXED`.
+///
+/// `MAP_FIXED` is not atomic: the kernel removes the pages it replaces before
+/// the driver's mmap handler can fail. When a placement fails, the pages are
+/// reserved again at once with `MAP_FIXED_NOREPLACE`; if another mapping took
+/// them in between, they are recorded as `lost` and never unmapped by us.
 #[derive(Debug)]
 pub(crate) struct Reservation {
     base: NonNull<u8>,
     len: usize,
+    /// Byte ranges (offsets in the range) that are no longer ours.
+    lost: Vec<Range<usize>>,
 }
 
 // SAFETY: the reservation is only an address range; every access to the memory
@@ -76,7 +83,11 @@ impl Reservation {
             }
         }
         let base = NonNull::new(aligned as *mut u8).ok_or(io::ErrorKind::AddrNotAvailable)?;
-        Ok(Reservation { base, len })
+        Ok(Reservation {
+            base,
+            len,
+            lost: Vec::new(),
+        })
     }
 
     /// The start of the range.
@@ -93,7 +104,7 @@ impl Reservation {
     /// shared, readable, and writable if `writable`. `at` and `len` must be page
     /// aligned and inside the range.
     pub(crate) fn map_shared(
-        &self,
+        &mut self,
         at: usize,
         len: usize,
         fd: RawFd,
@@ -106,26 +117,70 @@ impl Reservation {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         let offset = libc::off_t::try_from(file_offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // A trial mapping at an address of the kernel's choice first: whatever
+        // makes the driver refuse (an fd that cannot be mapped, a bad offset)
+        // fails here, before MAP_FIXED has removed any of our pages.
+        // SAFETY: a new shared mapping at a free address touches no existing memory.
+        let trial = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, offset) };
+        if trial == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `trial..trial + len` is the mapping just made, used by nothing.
+        unsafe { libc::munmap(trial, len) };
         // SAFETY: [base + at, base + at + len) lies inside the reservation this
         // value owns, so MAP_FIXED replaces only our own PROT_NONE pages.
         let raw = unsafe {
             libc::mmap(
                 self.base.as_ptr().add(at).cast(),
                 len,
-                if writable {
-                    libc::PROT_READ | libc::PROT_WRITE
-                } else {
-                    libc::PROT_READ
-                },
+                prot,
                 libc::MAP_SHARED | libc::MAP_FIXED,
                 fd,
                 offset,
             )
         };
         if raw == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            let error = io::Error::last_os_error();
+            self.reserve_again(at, len);
+            return Err(error);
         }
         Ok(())
+    }
+
+    /// Puts `PROT_NONE` pages back at `at..at + len` after a failed `MAP_FIXED`
+    /// removed ours, without replacing anything another thread mapped there
+    /// meanwhile; what cannot be had back is recorded as lost.
+    fn reserve_again(&mut self, at: usize, len: usize) {
+        // SAFETY: the address lies in our range; MAP_FIXED_NOREPLACE never
+        // replaces an existing mapping, so nothing of anyone else is touched.
+        let raw = unsafe {
+            libc::mmap(
+                self.base.as_ptr().add(at).cast(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        // SAFETY: `at` is inside the range, checked by the caller.
+        let wanted = unsafe { self.base.as_ptr().add(at) }.cast::<libc::c_void>();
+        if raw == wanted {
+            return;
+        }
+        if raw != libc::MAP_FAILED {
+            // A kernel without MAP_FIXED_NOREPLACE (before 4.17) took the
+            // address as a hint and placed a fresh mapping elsewhere.
+            // SAFETY: `raw..raw + len` is the mapping just made, ours alone.
+            unsafe { libc::munmap(raw, len) };
+        }
+        log::warn!("pages {at:#x}+{len:#x} of a reservation were taken over while a mapping failed");
+        self.lost.push(at..at + len);
     }
 }
 
@@ -134,7 +189,7 @@ impl Reservation {
     /// `file_offset + range.start`, writable if `writable`; on failure, the
     /// range that failed and why.
     pub(crate) fn map_ranges(
-        &self,
+        &mut self,
         ranges: &[Range<u64>],
         fd: RawFd,
         file_offset: u64,
@@ -164,16 +219,29 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        // SAFETY: the range is owned by this value and nothing borrows it past its
-        // lifetime (views borrow the owner).
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.len);
+        self.lost.sort_by_key(|r| r.start);
+        let mut start = 0;
+        for piece in self
+            .lost
+            .iter()
+            .map(|lost| lost.start..lost.end)
+            .chain(std::iter::once(self.len..self.len))
+        {
+            if piece.start > start {
+                // SAFETY: `start..piece.start` lies in the range, is not lost,
+                // so it is ours; whoever handed out pointers into it (the
+                // mapping layer) is gone before the reservation drops.
+                unsafe { libc::munmap(self.base.as_ptr().add(start).cast(), piece.start - start) };
+            }
+            start = start.max(piece.end);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     fn is_mapped(addr: usize) -> bool {
@@ -200,14 +268,128 @@ mod tests {
         assert_eq!(small.base() as usize % page, 0);
         assert!(is_mapped(r.base() as usize));
         assert!(Reservation::new(0).is_err());
+        let (base, len) = (r.base() as usize, r.len());
+        drop(r);
+        for at in (base..base + len).step_by(page) {
+            let mut resident = 0u8;
+            // SAFETY: mincore only inspects the page and writes one byte.
+            let rc = unsafe { libc::mincore(at as *mut libc::c_void, page, &mut resident) };
+            let errno = io::Error::last_os_error().raw_os_error();
+            assert!(
+                rc == -1 && errno == Some(libc::ENOMEM),
+                "{at:#x} still mapped after drop"
+            );
+        }
+    }
+
+    /// The protection of the page holding `addr`, as /proc/self/maps shows it.
+    fn protection(addr: usize) -> Option<String> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (lo, hi) = fields.next()?.split_once('-')?;
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).ok()?,
+                usize::from_str_radix(hi, 16).ok()?,
+            );
+            (lo..hi)
+                .contains(&addr)
+                .then(|| fields.next().unwrap_or_default().to_string())
+        })
+    }
+
+    #[test]
+    fn a_failed_placement_leaves_the_pages_reserved() {
+        let page = page_size();
+        let mut r = Reservation::new(4 * page as u64).unwrap();
+        let (read_end, _write_end) = pipe();
+        // A pipe cannot be mmapped: the trial mapping finds out before any
+        // page of ours is replaced.
+        let err = r
+            .map_shared(page, 2 * page, read_end.as_raw_fd(), 0, false)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
+        for at in [page, 2 * page] {
+            assert_eq!(
+                protection(r.base() as usize + at).as_deref(),
+                Some("---p"),
+                "page at {at:#x}"
+            );
+        }
+        assert!(r.lost.is_empty(), "nothing was taken over");
+        let base = r.base() as usize;
+        drop(r);
+        assert!(!is_mapped(base + page));
+    }
+
+    #[test]
+    fn a_hole_left_by_a_failed_placement_is_reserved_again() {
+        let page = page_size();
+        let mut r = Reservation::new(3 * page as u64).unwrap();
+        let middle = r.base() as usize + page;
+        // What a MAP_FIXED whose driver then fails leaves: a hole.
+        // SAFETY: the middle page is ours.
+        assert_eq!(unsafe { libc::munmap(middle as *mut libc::c_void, page) }, 0);
+        assert!(!is_mapped(middle));
+        r.reserve_again(page, page);
+        assert_eq!(protection(middle).as_deref(), Some("---p"));
+        assert!(r.lost.is_empty());
+        drop(r);
+        assert!(!is_mapped(middle));
+    }
+
+    #[test]
+    fn pages_taken_over_are_never_unmapped() {
+        let page = page_size();
+        let mut r = Reservation::new(3 * page as u64).unwrap();
+        let middle = r.base() as usize + page;
+        // Somebody else's mapping lands in the middle of the range, as it can
+        // after a failed MAP_FIXED; the reservation records it as lost.
+        // SAFETY: the middle page is ours to replace in this test.
+        let theirs = unsafe {
+            libc::mmap(
+                middle as *mut libc::c_void,
+                page,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        assert_eq!(theirs as usize, middle);
+        r.reserve_again(page, page);
+        assert_eq!(r.lost, vec![page..2 * page]);
+        let base = r.base() as usize;
+        drop(r);
+        assert!(!is_mapped(base));
+        assert_eq!(
+            protection(middle).as_deref(),
+            Some("r--p"),
+            "the other mapping survives"
+        );
+        // SAFETY: the page mapped above, still ours to unmap.
+        unsafe { libc::munmap(theirs, page) };
+    }
+
+    fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just opened and are owned by nobody else.
+        unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        }
     }
 
     #[test]
     fn maps_a_shared_file_into_place() {
         let page = page_size();
         let file = tempfile_with(&[0xabu8; 8192]);
-        let r = Reservation::new(4 * page as u64).unwrap();
-        use std::os::fd::AsRawFd;
+        let mut r = Reservation::new(4 * page as u64).unwrap();
         r.map_shared(page, page, file.as_raw_fd(), page as u64, true)
             .unwrap();
         // SAFETY: the page at base + page was just mapped readable.

@@ -4,4 +4,4 @@ mod address;
 mod sysfs;
 
 pub use address::PciAddress;
-pub use sysfs::{PciDeviceInfo, Sysfs, VFIO_PCI_DRIVER};
+pub use sysfs::{PciDeviceInfo, Sysfs, VfioBind, VFIO_PCI_DRIVER};

@@ -17,8 +17,6 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_CAP_TYPE,
 };
 
-use crate::error::{Error, Result};
-
 /// One mmapable area of a region, in region offsets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SparseArea {
@@ -85,8 +83,22 @@ pub(crate) fn u64_at(buf: &[u8], at: usize) -> Option<u64> {
     bytes_at(buf, at).map(u64::from_ne_bytes)
 }
 
-fn malformed(offset: usize, reason: &'static str) -> Error {
-    Error::MalformedCapability { offset, reason }
+/// A malformed capability chain: where and what is wrong. [`crate::Device`]
+/// reports it as [`crate::Error::MalformedCapability`] with the device and region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed VFIO capability chain at byte {offset}: {reason}")]
+pub struct CapChainError {
+    /// Byte offset in the info buffer of the offending capability.
+    pub offset: usize,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// What the chain parser returns.
+type Result<T> = std::result::Result<T, CapChainError>;
+
+fn malformed(offset: usize, reason: &'static str) -> CapChainError {
+    CapChainError { offset, reason }
 }
 
 /// Parses the capability chain of a region info buffer.
@@ -98,11 +110,11 @@ fn malformed(offset: usize, reason: &'static str) -> Error {
 /// Every capability must start 4-byte aligned after the info header, lie
 /// wholly inside `buf` and not overlap another one (of a capability barmap
 /// does not interpret, only the 8-byte header counts). Anything else, and a
-/// chain that loops, is [`Error::MalformedCapability`] with the byte offset of
+/// chain that loops, is a [`CapChainError`] with the byte offset of
 /// the offending capability.
 ///
 /// ```
-/// use barmap::{parse_region_caps, RegionCap};
+/// use barmap::region::{parse_region_caps, RegionCap};
 /// let mut buf = vec![0u8; 40];
 /// buf[32..34].copy_from_slice(&3u16.to_ne_bytes()); // MSI-X mappable, version 1, next 0
 /// buf[34..36].copy_from_slice(&1u16.to_ne_bytes());
@@ -123,6 +135,11 @@ pub fn parse_region_caps(buf: &[u8], first: u32) -> Result<Vec<RegionCap>> {
         }
         if extents.contains_key(&at) {
             return Err(malformed(at, "capability chain loops"));
+        }
+        // Past here `at` is below `buf.len()`, so the field offsets added to
+        // it below cannot overflow, on 32-bit targets either.
+        if at >= buf.len() {
+            return Err(malformed(at, "capability header runs past the end of the buffer"));
         }
         let (id, version, next) = match (
             u16_at(buf, at + ID),
@@ -265,7 +282,7 @@ mod tests {
     #[track_caller]
     fn assert_malformed(result: Result<Vec<RegionCap>>, offset: usize) {
         match result {
-            Err(Error::MalformedCapability { offset: got, reason }) => {
+            Err(CapChainError { offset: got, reason }) => {
                 assert_eq!(got, offset, "wrong offset for {reason:?}")
             }
             other => panic!("expected MalformedCapability at {offset}, got {other:?}"),
@@ -551,7 +568,7 @@ mod tests {
         assert_eq!(f.parse(first).unwrap(), want);
         for len in 0..f.buf.len() {
             match parse_region_caps(&f.buf[..len], first) {
-                Err(Error::MalformedCapability { .. }) => {}
+                Err(CapChainError { .. }) => {}
                 other => panic!("truncated to {len} bytes: expected an error, got {other:?}"),
             }
         }
@@ -570,10 +587,9 @@ mod tests {
                     Ok(caps) if pos < INFO_LEN => assert_eq!(caps, want),
                     // Each capability takes at least a header, so no more than fit.
                     Ok(caps) => assert!(caps.len() <= (buf.len() - INFO_LEN) / HEADER_LEN),
-                    Err(Error::MalformedCapability { .. }) => {
+                    Err(CapChainError { .. }) => {
                         assert!(pos >= INFO_LEN, "byte {pos} of the info header broke the chain")
                     }
-                    Err(other) => panic!("byte {pos} = {value:#x}: unexpected error {other}"),
                 }
             }
             buf[pos] = original;

@@ -20,7 +20,7 @@ use vfio_bindings::bindings::vfio::{
 /// assert!("bar6".parse::<RegionIndex>().is_err());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RegionIndex(pub u32);
+pub struct RegionIndex(u32);
 
 impl RegionIndex {
     /// The expansion ROM region.
@@ -29,6 +29,17 @@ impl RegionIndex {
     pub const CONFIG: RegionIndex = RegionIndex(VFIO_PCI_CONFIG_REGION_INDEX);
     /// The legacy VGA region.
     pub const VGA: RegionIndex = RegionIndex(VFIO_PCI_VGA_REGION_INDEX);
+
+    /// The region with VFIO index `index` (e.g. a device-specific region
+    /// past `vga`).
+    pub const fn new(index: u32) -> RegionIndex {
+        RegionIndex(index)
+    }
+
+    /// The VFIO index of the region, as `VFIO_DEVICE_GET_REGION_INFO` takes it.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
 
     /// The region of BAR `n` (0..=5), or `None` for any other `n`.
     pub fn bar(n: u32) -> Option<RegionIndex> {

@@ -1,4 +1,4 @@
-//! What the kernel says about one region, plus the BAR kind from config space.
+//! What the kernel says about one region.
 
 use std::fmt;
 
@@ -10,9 +10,24 @@ use super::{RegionCap, RegionIndex, SparseArea};
 
 /// The access flags VFIO reports for a region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct RegionFlags(pub u32);
+pub struct RegionFlags(u32);
 
 impl RegionFlags {
+    /// Readable and writable, not mmapable: what a region reached only
+    /// through its [`super::RegionIo`] allows.
+    pub const READ_WRITE: RegionFlags = RegionFlags(VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE);
+
+    /// Flags from the `flags` word of a `vfio_region_info`.
+    pub const fn from_bits(bits: u32) -> RegionFlags {
+        RegionFlags(bits)
+    }
+
+    /// The `flags` word as the kernel reported it (including bits barmap does
+    /// not interpret, such as `VFIO_REGION_INFO_FLAG_CAPS`).
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
     /// The region can be read (pread).
     pub fn readable(self) -> bool {
         self.0 & VFIO_REGION_INFO_FLAG_READ != 0
@@ -88,6 +103,7 @@ impl fmt::Display for BarKind {
 
 /// One region of a VFIO device, as `VFIO_DEVICE_GET_REGION_INFO` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RegionInfo {
     /// Which region this is.
     pub index: RegionIndex,
@@ -99,11 +115,20 @@ pub struct RegionInfo {
     pub flags: RegionFlags,
     /// Capabilities parsed from the info's capability chain.
     pub caps: Vec<RegionCap>,
-    /// For BARs: what the BAR register in config space says it decodes.
-    pub bar_kind: Option<BarKind>,
 }
 
 impl RegionInfo {
+    /// A region's info from its parts.
+    pub fn new(index: RegionIndex, size: u64, offset: u64, flags: RegionFlags, caps: Vec<RegionCap>) -> Self {
+        RegionInfo {
+            index,
+            size,
+            offset,
+            flags,
+            caps,
+        }
+    }
+
     /// The parts of the region the kernel lets us mmap, in region offsets.
     ///
     /// A region without the mmap flag has none; one with a sparse-mmap
@@ -156,14 +181,7 @@ mod tests {
     }
 
     fn info(flags: u32, caps: Vec<RegionCap>) -> RegionInfo {
-        RegionInfo {
-            index: RegionIndex(0),
-            size: 0x4000,
-            offset: 0,
-            flags: RegionFlags(flags),
-            caps,
-            bar_kind: None,
-        }
+        RegionInfo::new(RegionIndex::new(0), 0x4000, 0, RegionFlags(flags), caps)
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The slow path: reading and writing a region through a file descriptor.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 /// Byte-addressed I/O on one region: the slow path behind every access that
 /// does not go through a direct mapping.
@@ -9,12 +10,18 @@ use std::os::fd::RawFd;
 /// Each call is one device access of exactly `buf.len()` bytes (1, 2, 4 or 8
 /// for register accesses; longer for bulk copies) at `offset` from the start
 /// of the region. It is implemented by [`FdRegion`] for VFIO devices and by
-/// test devices that record every access, and it is what the shadow region's
-/// fault handler calls, so implementations must be **async-signal-safe**: no
-/// allocation, no locks that a signalled thread may hold, no `log` calls.
-/// `io::Error::from_raw_os_error` and `io::Error::from(ErrorKind)` do not
-/// allocate and are the errors to return.
-pub trait RegionIo: Send + Sync {
+/// test devices that record every access.
+///
+/// # Safety
+///
+/// The fault handler of a [`crate::Region`] calls `read_at` and `write_at`
+/// inside a signal handler, on whatever thread touched a trapped page, while
+/// that thread may hold any lock. Implementations must therefore be
+/// **async-signal-safe**: no allocation, no locks, no `log` calls, nothing
+/// that may block on another thread. `io::Error::from_raw_os_error` and
+/// `io::Error::from(ErrorKind)` do not allocate and are the errors to return.
+/// Implementing the trait is the promise that this holds.
+pub unsafe trait RegionIo: Send + Sync {
     /// Size of the region in bytes.
     fn size(&self) -> u64;
 
@@ -25,28 +32,35 @@ pub trait RegionIo: Send + Sync {
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
 }
 
-/// A region reached through `pread`/`pwrite` on a VFIO device file descriptor.
+/// A region reached through `pread`/`pwrite` on a file descriptor (a VFIO
+/// device's, for [`crate::Device`]'s regions).
 ///
-/// It holds the descriptor as a raw number, so building one is `unsafe`: the
-/// builder promises the descriptor stays open for as long as the `FdRegion`
-/// is used. [`crate::Device`] builds them for its regions, and a
-/// [`crate::Bar`] keeps that promise by borrowing its device.
-#[derive(Clone, Copy, Debug)]
+/// It shares ownership of the descriptor, so the descriptor stays open for as
+/// long as any `FdRegion` over it lives, even inside the fault handler's table
+/// after the handle that made it was forgotten.
+///
+/// ```
+/// use std::sync::Arc;
+/// use barmap::region::{FdRegion, RegionIo};
+/// let file = tempfile::tempfile()?;
+/// file.set_len(16)?;
+/// let region = FdRegion::new(Arc::new(file.into()), 0, 16);
+/// region.write_at(4, &7u32.to_le_bytes())?;
+/// let mut word = [0u8; 4];
+/// region.read_at(4, &mut word)?;
+/// assert_eq!(u32::from_le_bytes(word), 7);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Debug)]
 pub struct FdRegion {
-    fd: RawFd,
+    fd: Arc<OwnedFd>,
     file_offset: u64,
     size: u64,
 }
 
 impl FdRegion {
     /// A region of `size` bytes at `file_offset` in `fd`.
-    ///
-    /// # Safety
-    ///
-    /// `fd` must stay open, and keep naming the same open file, for as long as
-    /// this value or any copy of it is used: every read and write goes to
-    /// whatever file `fd` names at that moment.
-    pub unsafe fn new(fd: RawFd, file_offset: u64, size: u64) -> Self {
+    pub fn new(fd: Arc<OwnedFd>, file_offset: u64, size: u64) -> Self {
         FdRegion {
             fd,
             file_offset,
@@ -66,7 +80,9 @@ impl FdRegion {
     }
 }
 
-impl RegionIo for FdRegion {
+// SAFETY: pread and pwrite are async-signal-safe, and so is `position` (plain
+// arithmetic); the errors are made from raw OS codes or kinds, without allocation.
+unsafe impl RegionIo for FdRegion {
     fn size(&self) -> u64 {
         self.size
     }
@@ -75,7 +91,7 @@ impl RegionIo for FdRegion {
         let pos = self.position(offset, buf.len())?;
         // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for the
         // duration of the call; pread writes at most that many bytes into it.
-        let n = unsafe { libc::pread(self.fd, buf.as_mut_ptr().cast(), buf.len(), pos) };
+        let n = unsafe { libc::pread(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), pos) };
         match n {
             n if n < 0 => Err(io::Error::last_os_error()),
             n if n as usize != buf.len() => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
@@ -87,7 +103,7 @@ impl RegionIo for FdRegion {
         let pos = self.position(offset, data.len())?;
         // SAFETY: `data` is a valid buffer of `data.len()` readable bytes for the
         // duration of the call; pwrite only reads from it.
-        let n = unsafe { libc::pwrite(self.fd, data.as_ptr().cast(), data.len(), pos) };
+        let n = unsafe { libc::pwrite(self.fd.as_raw_fd(), data.as_ptr().cast(), data.len(), pos) };
         match n {
             n if n < 0 => Err(io::Error::last_os_error()),
             n if n as usize != data.len() => Err(io::Error::from(io::ErrorKind::WriteZero)),

@@ -7,7 +7,7 @@ mod info;
 mod io;
 mod memory;
 
-pub use caps::{parse_region_caps, RegionCap, SparseArea};
+pub use caps::{parse_region_caps, CapChainError, RegionCap, SparseArea};
 pub(crate) use caps::{u32_at, u64_at};
 pub use index::{ParseRegionError, RegionIndex};
 pub use info::{BarKind, RegionFlags, RegionInfo};

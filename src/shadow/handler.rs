@@ -12,74 +12,107 @@
 //! A SIGSEGV sent by another thread or process (`kill`, `tgkill`,
 //! `sigqueue`) carries no fault address and always goes to the previous handler.
 //!
+//! Installing and chaining live in [`chain`]: one atomic `sigaction`
+//! exchange, and the previous handler called as the kernel would have called
+//! it (its `sa_mask`, `SA_NODEFER`, `SA_RESETHAND`).
+//!
 //! Everything here is async-signal-safe: atomics, `pread`/`pwrite`, `write`,
-//! `sigaction`, `raise`, formatting into a stack buffer. No
+//! `sigaction`, `rt_sigprocmask`, `raise`, formatting into a stack buffer. No
 //! allocation, locks or `log`.
+//!
+//! # Threads that block SIGSEGV or SIGBUS
+//!
+//! A thread that has SIGSEGV blocked cannot touch a trapped page: the kernel
+//! does not queue a synchronous fault for a blocked (or ignored) signal, it
+//! unblocks it, resets it to `SIG_DFL` and so kills the process, without
+//! barmap's handler ever running and without a diagnostic. The same holds for
+//! SIGBUS once barmap serves revoked BAR mappings through it. This catches
+//! the common pattern of blocking every signal in worker threads (`sigfillset`
+//! then `pthread_sigmask`) so that one thread takes them with `sigwait` or a
+//! `signalfd`: such a program must `sigdelset` SIGSEGV and SIGBUS from that
+//! set. It also covers code running inside another signal handler whose
+//! `sa_mask` holds SIGSEGV, and a trapped access from an
+//! [`AccessHook`](super::AccessHook) or a `RegionIo` (barmap's handler runs
+//! with every signal blocked).
+//!
+//! # seccomp
+//!
+//! A seccomp filter in a process that uses shadow regions must allow what
+//! the fault path calls (measured with `strace` on glibc 2.36):
+//!
+//! - every fault: `rt_sigreturn`;
+//! - a served access: whatever the region's `RegionIo` calls, which for
+//!   barmap's own [`FdRegion`](crate::FdRegion) (and so for VFIO regions) is
+//!   `pread64` or `pwrite64`; and whatever an access hook calls;
+//! - an access barmap refuses: `write` (the diagnostic on stderr) and
+//!   `rt_sigaction` (back to `SIG_DFL` before the fatal re-fault);
+//! - a fault chained to the previous handler: `rt_sigprocmask` (its mask is
+//!   set and restored), and whatever that handler calls; a fault chained to
+//!   `SIG_DFL` or `SIG_IGN`: `rt_sigaction`;
+//! - a SIGSEGV sent with `kill`/`tgkill` while the previous action was
+//!   `SIG_DFL`: `rt_sigaction`, then `raise`'s `gettid`, `getpid` and
+//!   `tgkill` (older glibc also calls `rt_sigprocmask` there).
+//!
+//! The handler makes no `sigaltstack` call (it reads the alternate stack from
+//! the signal frame), and maps nothing. Installing it, on the first shadow
+//! region, calls `rt_sigaction` and `rt_sigprocmask`; a filter installed
+//! after that need not allow them for installation. A filter that kills on a
+//! denied call ends the process inside the handler. A `pread64`/`pwrite64`
+//! denied with an error fails the access like any failing device access
+//! (diagnostic, then SIGSEGV); a denied `rt_sigaction` leaves a refused
+//! access faulting and reporting forever.
+//!
+//! # Debuggers
+//!
+//! gdb stops at every SIGSEGV by default, so at every trapped access. Let
+//! them through to barmap's handler with
+//!
+//! ```text
+//! (gdb) handle SIGSEGV nostop noprint pass
+//! ```
+//!
+//! (and the same for SIGBUS once barmap serves it). A fault barmap refuses is
+//! then not stopped at either: its one-line diagnostic names the instruction
+//! address, and `handle SIGSEGV stop print` brings the stop back. Under
+//! `strace`, each trapped access shows as a `--- SIGSEGV` line with
+//! `si_code=SEGV_ACCERR` followed by its `pread64`/`pwrite64`.
 
 use std::fmt::{self, Write as _};
 use std::io;
-use std::mem;
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
 use libc::{c_int, c_void, siginfo_t, ucontext_t};
 
+use self::chain::{Origin, SIGSEGV};
 use super::cache::CACHE;
 use super::emulate::{self, Bus, Decoded, ExecError, Regs, MAX_INSN_LEN};
 use super::registry::REGISTRY;
 use super::trace::{Access, AccessKind};
 use super::Shared;
 
-/// The SIGSEGV action that was in place before ours.
-static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
-/// The result of installing (an errno on failure).
-static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+pub(super) mod chain;
+
 /// The page size, read once outside signal context.
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
 /// Installs the handler unless it is already installed. Not async-signal-safe.
 pub(crate) fn install() -> io::Result<()> {
-    let result = INSTALLED.get_or_init(|| {
+    SIGSEGV.install(on_sigsegv, || {
         PAGE_SIZE.store(crate::map::page_size(), Ordering::Relaxed);
         // The decoder builds its tables (allocating) on first use: do that here,
         // not in the handler.
         let _ = emulate::decode(&[0x8b, 0x07], 0);
-        // SAFETY: an all-zero sigaction is a valid value (SIG_DFL, empty mask).
-        let mut old: libc::sigaction = unsafe { mem::zeroed() };
-        // SAFETY: querying the current action into a valid sigaction.
-        if unsafe { libc::sigaction(libc::SIGSEGV, ptr::null(), &mut old) } != 0 {
-            return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
-        }
-        let _ = PREVIOUS.set(old);
-        // SAFETY: as above.
-        let mut action: libc::sigaction = unsafe { mem::zeroed() };
-        action.sa_sigaction = on_sigsegv as extern "C" fn(c_int, *mut siginfo_t, *mut c_void) as usize;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-        // Every signal stays blocked while the handler runs: it leaves the
-        // alternate stack for the interrupted one (see
-        // `run_off_the_alternate_stack`), and a signal delivered meanwhile to
-        // another SA_ONSTACK handler would start at the top of the alternate
-        // stack, over this handler's live frames.
-        // SAFETY: `sa_mask` is a valid sigset_t to fill.
-        unsafe { libc::sigfillset(&mut action.sa_mask) };
-        // SAFETY: `action` is fully initialised; `on_sigsegv` has the SA_SIGINFO
-        // signature and is async-signal-safe.
-        if unsafe { libc::sigaction(libc::SIGSEGV, &action, ptr::null_mut()) } != 0 {
-            return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
-        }
-        Ok(())
-    });
-    result.map_err(io::Error::from_raw_os_error)
+    })
 }
 
-extern "C" fn on_sigsegv(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
+extern "C" fn on_sigsegv(_: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t.
     if unsafe { (*info).si_code } <= 0 {
         // Sent by kill, tgkill or sigqueue (SI_USER, SI_TKILL, SI_QUEUE): not a
         // fault, and `si_addr` is not an address (it overlays the sender's pid
         // and uid), so it is never ours.
-        return chain(sig, info, ctx, Origin::Sent);
+        return SIGSEGV.forward(info, ctx, Origin::Sent);
     }
     // SAFETY: the kernel passes a valid errno location for this thread.
     let errno = unsafe { *libc::__errno_location() };
@@ -99,8 +132,8 @@ extern "C" fn on_sigsegv(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
     unsafe { *libc::__errno_location() = errno };
     match served {
         Some(true) => {}
-        Some(false) => default_action(sig),
-        None => chain(sig, info, ctx, Origin::Fault),
+        Some(false) => SIGSEGV.default_action(),
+        None => SIGSEGV.forward(info, ctx, Origin::Fault),
     }
 }
 
@@ -202,57 +235,6 @@ fn must_leave_alternate_stack(saved: &libc::stack_t, rsp: usize) -> bool {
     let marker = 0u8;
     let here = std::hint::black_box(ptr::addr_of!(marker)) as usize;
     alternate.contains(&here) && !alternate.contains(&rsp)
-}
-
-/// How a SIGSEGV that is not ours came.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    /// A fault of the interrupted instruction: returning re-runs it.
-    Fault,
-    /// Sent by another thread or process (`kill`, `tgkill`, `sigqueue`).
-    Sent,
-}
-
-/// Hands a SIGSEGV that is not ours to the previous action.
-fn chain(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void, origin: Origin) {
-    let Some(prev) = PREVIOUS.get() else {
-        return default_action(sig);
-    };
-    match prev.sa_sigaction {
-        // A sent signal is ignored like any other...
-        libc::SIG_IGN if origin == Origin::Sent => {}
-        // ...or kills the process: re-sent to this thread, it is delivered
-        // (to the default action) when the handler returns. A fault is simply
-        // taken again.
-        libc::SIG_DFL if origin == Origin::Sent => {
-            default_action(sig);
-            // SAFETY: raise is async-signal-safe.
-            unsafe { libc::raise(sig) };
-        }
-        libc::SIG_DFL | libc::SIG_IGN => default_action(sig),
-        f if prev.sa_flags & libc::SA_SIGINFO != 0 => {
-            // SAFETY: the previous action was installed with SA_SIGINFO, so
-            // `f` is a handler with this signature.
-            let f: extern "C" fn(c_int, *mut siginfo_t, *mut c_void) = unsafe { mem::transmute(f) };
-            f(sig, info, ctx);
-        }
-        f => {
-            // SAFETY: the previous action was installed without SA_SIGINFO,
-            // so `f` is a plain `void (*)(int)` handler.
-            let f: extern "C" fn(c_int) = unsafe { mem::transmute(f) };
-            f(sig);
-        }
-    }
-}
-
-/// Restores the default action; returning re-runs the faulting instruction,
-/// which then kills the process with SIGSEGV (a synchronous fault cannot be
-/// ignored).
-fn default_action(sig: c_int) {
-    // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask.
-    let action: libc::sigaction = unsafe { mem::zeroed() };
-    // SAFETY: `action` is a valid sigaction; sigaction is async-signal-safe.
-    unsafe { libc::sigaction(sig, &action, ptr::null_mut()) };
 }
 
 /// Why a fault in a shadow region could not be served.
@@ -357,7 +339,7 @@ impl DeviceBus<'_> {
     fn record(&self, width: usize, value: u64, kind: AccessKind) {
         self.shared.record(&Access {
             offset: self.offset,
-            width: width as u8,
+            width,
             value,
             kind,
         });

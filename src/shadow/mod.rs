@@ -1,9 +1,10 @@
 //! Shadow regions: one contiguous pointer over a whole region, even where
 //! parts of it cannot be mapped.
 //!
-//! A shadow region is a reserved address range of the region's size. Pages
-//! the kernel lets us map (and that the [`Trap`] choice does not trap) are
-//! placed in it with `MAP_FIXED | MAP_SHARED` and reach the device directly.
+//! Every [`crate::Region`] lives in a reserved address range of the region's
+//! size. Pages the kernel lets us map (and that the [`crate::MapPolicy`] does
+//! not trap) are placed in it with `MAP_FIXED | MAP_SHARED` and reach the
+//! device directly.
 //! Every other page stays `PROT_NONE`: a load or store there raises SIGSEGV,
 //! and barmap's handler decodes the instruction, does the same access on the
 //! device through the region's [`RegionIo`] (one `pread`/`pwrite` of the same
@@ -13,7 +14,7 @@
 //! for every access.
 //!
 //! The handler is x86-64 only; elsewhere building a shadow region returns
-//! [`Error::Unsupported`]. It emulates `MOV`, `MOVZX`, `MOVSX` loads and `MOV`
+//! [`crate::Error::Unsupported`]. It emulates `MOV`, `MOVZX`, `MOVSX` loads and `MOV`
 //! stores of 1, 2, 4 and 8 bytes, which is what `ptr::read_volatile` and
 //! `ptr::write_volatile` of `u8`..`u64` compile to. Any other instruction on a
 //! trapped page (an SSE copy, `memcpy`'s `rep movs`, an atomic) ends the
@@ -50,13 +51,15 @@
 //!   zone (see [Stack use](#stack-use)): alternate stacks are small (8 KiB is
 //!   common) and mostly taken by the kernel's signal frame. It allocates
 //!   nothing, takes no lock and logs nothing; it saves and restores `errno`.
-//!   Chaining calls the previous `sa_sigaction` or `sa_handler` directly (its
-//!   `sa_mask` is not applied); before a previous `SIG_DFL`/`SIG_IGN` a fault
-//!   takes the default action, while a sent signal is ignored or re-raised
-//!   to the default action.
-//! - **Registry**: a fixed table of atomics, with room for 128 live shadow
-//!   regions (counting those of [`crate::Bar`]s with unmapped parts) in a
-//!   process; one more is refused with [`Error::ShadowTableFull`]. A handler pins the slot it
+//!   Faults that are not barmap's go to the previous action as the kernel
+//!   would have delivered them: under the interrupted mask plus its
+//!   `sa_mask` (plus the signal unless `SA_NODEFER`), honouring
+//!   `SA_RESETHAND`; before a previous `SIG_DFL`/`SIG_IGN` a fault takes the
+//!   default action, while a sent signal is ignored or re-raised to the
+//!   default action. The handler is installed with one `sigaction` exchange.
+//! - **Registry**: a fixed table of atomics, with room for [`CAPACITY`] live shadow
+//!   regions (every open [`crate::Region`] on x86-64) in a process; one more
+//!   is refused with [`crate::Error::ShadowTableFull`]. A handler pins the slot it
 //!   reads; dropping a region clears its slot and waits until no handler pins
 //!   it, then unmaps. So a region may be dropped at any time from any thread
 //!   while other threads fault on it or on other regions. (Dropping it from
@@ -71,7 +74,7 @@
 //!   supported.)
 //! - **Reporting**: the [`AccessHook`] is called in the handler (it must be
 //!   async-signal-safe); for `log`, accesses also go into a lock-free ring that
-//!   [`ShadowRegion::flush_trace`] drains into `log::trace!` lines outside the
+//!   [`crate::Region::flush_trace`] drains into `log::trace!` lines outside the
 //!   handler.
 //! - **Errors**: an access the handler cannot serve (unsupported instruction,
 //!   access past the region's end, a failing `pread`/`pwrite`, e.g. `EIO`
@@ -83,25 +86,24 @@
 //! accesses are one 8-byte `pread`/`pwrite`, which kernels before 6.11 split
 //! into two 4-byte device accesses.
 //!
-//! ```no_run
+//! ```
 //! # #[cfg(target_arch = "x86_64")] {
-//! use barmap::shadow::{ShadowRegion, Trap};
-//! use barmap::FdRegion;
-//! # let (fd, size) = (3, 0x2000);
-//! // Every access to this region goes through the fd (e.g. an I/O port BAR).
-//! // SAFETY: `fd` stays open for as long as the region lives.
-//! let io = unsafe { FdRegion::new(fd, 0, size) };
-//! let region = ShadowRegion::builder("bar1", Box::new(io))
-//!     .trap(Trap::All)
+//! use std::sync::Arc;
+//! use barmap::region::MemoryRegion;
+//! use barmap::{MapPolicy, Region, RegionIndex};
+//! // A fake device of 256 bytes; every access to it is trapped and served by
+//! // the fault handler from the MemoryRegion, as an I/O port BAR would be.
+//! let device = Arc::new(MemoryRegion::new(vec![0; 256]));
+//! let region = Region::builder("0000:00:03.0".parse()?, RegionIndex::bar(1).unwrap(), device.clone())
+//!     .policy(MapPolicy::TrapAll)
 //!     .build()?;
-//! // SAFETY: offset 0x10 is inside the region; u32 accesses are emulated.
-//! let id = unsafe { region.as_ptr().add(0x10).cast::<u32>().read_volatile() };
-//! # let _ = id;
+//! // SAFETY: offset 0x10 is inside the region and 4-byte aligned.
+//! unsafe { region.as_mut_ptr()?.add(0x10).cast::<u32>().write_volatile(0xfeed) };
+//! assert_eq!(device.bytes()[0x10..0x14], [0xed, 0xfe, 0, 0]);
 //! # }
 //! # Ok::<(), barmap::Error>(())
 //! ```
 
-mod layout;
 mod trace;
 
 #[cfg(target_arch = "x86_64")]
@@ -113,22 +115,21 @@ mod handler;
 #[cfg(target_arch = "x86_64")]
 mod registry;
 
-use std::fmt;
+/// How many regions may be live at once in a process (each holds a slot of
+/// the fault handler's table on x86-64).
+pub const CAPACITY: usize = 512;
+
 use std::io;
-use std::ops::Range;
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
-pub use layout::Trap;
-pub(crate) use layout::{direct_ranges, LayoutError};
 use trace::TraceRing;
 pub use trace::{Access, AccessHook, AccessKind};
 
-use crate::error::{Error, Result};
-use crate::map::{page_size, Reservation};
-use crate::region::{RegionIo, SparseArea};
+use crate::error::Error;
+use crate::pci::PciAddress;
+use crate::region::{RegionIndex, RegionIo};
 
-/// Records kept for [`ShadowRegion::flush_trace`] when tracing is on.
+/// Records kept for [`crate::Region::flush_trace`] when tracing is on.
 const TRACE_CAPACITY: usize = 4096;
 
 /// What the fault handler needs to know about one region. Immutable once
@@ -140,7 +141,7 @@ pub(crate) struct Shared {
     len: usize,
     size: u64,
     name: String,
-    io: Box<dyn RegionIo>,
+    io: Arc<dyn RegionIo>,
     hook: Option<AccessHook>,
     trace: Option<TraceRing>,
 }
@@ -179,34 +180,25 @@ impl Shared {
 
 /// Why a region could not be registered with the fault handler.
 #[derive(Debug)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum RegisterError {
-    /// The fault handler does not exist on this architecture.
-    #[cfg(not(target_arch = "x86_64"))]
-    Unsupported,
     /// Every slot of the registry is taken.
-    #[cfg(target_arch = "x86_64")]
     Full,
     /// `sigaction` failed.
     Install(io::Error),
 }
 
 impl RegisterError {
-    /// The barmap error for this, with `name` naming the region.
-    pub(crate) fn into_error(self, name: &str) -> Error {
+    /// The barmap error for this, about `region` of `addr`.
+    pub(crate) fn into_error(self, addr: PciAddress, region: RegionIndex) -> Error {
         match self {
-            #[cfg(not(target_arch = "x86_64"))]
-            RegisterError::Unsupported => Error::Unsupported {
-                what: "shadow regions (fault-driven access to unmapped parts of a region)",
-                reason: "the fault handler decodes x86-64 instructions only",
-            },
-            #[cfg(target_arch = "x86_64")]
             RegisterError::Full => Error::ShadowTableFull {
-                name: name.to_string(),
-                capacity: registry::CAPACITY,
+                addr,
+                region,
+                capacity: CAPACITY,
             },
             RegisterError::Install(source) => Error::Shadow {
-                name: name.to_string(),
+                addr,
+                region,
                 step: "installing the SIGSEGV handler",
                 offset: 0,
                 len: 0,
@@ -229,15 +221,16 @@ pub(crate) struct Registration {
 
 impl Registration {
     /// Registers the range `base..base + len` (holding a region of `size`
-    /// bytes) so that faults on its `PROT_NONE` pages are served from `io`.
+    /// bytes) so that faults on its `PROT_NONE` pages are served from `io`;
+    /// `None` where there is no fault handler (off x86-64).
     pub(crate) fn new(
         base: *mut u8,
         len: usize,
         size: u64,
         name: String,
-        io: Box<dyn RegionIo>,
+        io: Arc<dyn RegionIo>,
         hook: Option<AccessHook>,
-    ) -> std::result::Result<Registration, RegisterError> {
+    ) -> std::result::Result<Option<Registration>, RegisterError> {
         let trace = log::log_enabled!(log::Level::Trace).then(|| TraceRing::new(TRACE_CAPACITY));
         let shared = Arc::new(Shared {
             base: base as usize,
@@ -252,7 +245,7 @@ impl Registration {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn register(shared: Arc<Shared>) -> std::result::Result<Registration, RegisterError> {
+    fn register(shared: Arc<Shared>) -> std::result::Result<Option<Registration>, RegisterError> {
         handler::install().map_err(RegisterError::Install)?;
         let slot = registry::REGISTRY
             .register(Arc::as_ptr(&shared), shared.base, shared.base + shared.len)
@@ -263,17 +256,23 @@ impl Registration {
             shared.base,
             shared.base + shared.len
         );
-        Ok(Registration { shared, slot })
+        Ok(Some(Registration { shared, slot }))
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn register(_shared: Arc<Shared>) -> std::result::Result<Registration, RegisterError> {
-        Err(RegisterError::Unsupported)
+    fn register(_shared: Arc<Shared>) -> std::result::Result<Option<Registration>, RegisterError> {
+        Ok(None)
     }
 
     /// Drains the trace ring into `log::trace!` lines.
     pub(crate) fn flush_trace(&self) -> usize {
         self.shared.flush_trace()
+    }
+
+    /// Reports an access that a typed access made through the slow path, so
+    /// that the hook and the trace see it like a trapped one.
+    pub(crate) fn record(&self, access: &Access) {
+        self.shared.record(access);
     }
 }
 
@@ -282,237 +281,5 @@ impl Drop for Registration {
         #[cfg(target_arch = "x86_64")]
         registry::REGISTRY.unregister(self.slot);
         self.shared.flush_trace();
-    }
-}
-
-/// One contiguous range over a whole region: mapped areas reach the device
-/// directly, trapped pages are served by the fault handler.
-///
-/// Built with [`ShadowRegion::builder`]. The range stays valid until the
-/// region is dropped; dropping waits for faults in progress on it to finish,
-/// then unmaps it. A thread touching a trapped page needs 8 KiB of free stack
-/// below the access for the fault handler (see [Stack use](crate::shadow#stack-use)). A [`crate::Bar`] offers the same through
-/// [`crate::Bar::as_ptr`]; this type is for other slow paths (emulated
-/// devices in tests, a VMM's own regions).
-pub struct ShadowRegion {
-    // Declared first so that it is dropped (unregistered) before the range is unmapped.
-    registration: Registration,
-    reservation: Reservation,
-    mapped: Vec<Range<u64>>,
-    size: u64,
-}
-
-impl fmt::Debug for ShadowRegion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShadowRegion")
-            .field("name", &self.registration.shared.name)
-            .field("base", &self.reservation.base())
-            .field("size", &self.size)
-            .field("mapped", &self.mapped)
-            .finish()
-    }
-}
-
-/// Builds a [`ShadowRegion`]: see [`ShadowRegion::builder`].
-pub struct ShadowBuilder<'fd> {
-    name: String,
-    io: Box<dyn RegionIo>,
-    direct: Option<(BorrowedFd<'fd>, u64, Vec<SparseArea>)>,
-    trap: Trap,
-    hook: Option<AccessHook>,
-}
-
-impl ShadowRegion {
-    /// Starts a shadow region over the region that `io` reaches (its size is
-    /// `io.size()`), named `name` in diagnostics and trace lines. Without
-    /// [`ShadowBuilder::map_from`], every access is trapped.
-    pub fn builder<'fd>(name: impl Into<String>, io: Box<dyn RegionIo>) -> ShadowBuilder<'fd> {
-        ShadowBuilder {
-            name: name.into(),
-            io,
-            direct: None,
-            trap: Trap::Holes,
-            hook: None,
-        }
-    }
-
-    /// The start of the range: offset 0 of the region.
-    pub fn as_ptr(&self) -> *const u8 {
-        self.reservation.base()
-    }
-
-    /// The start of the range, for stores.
-    pub fn as_mut_ptr(&self) -> *mut u8 {
-        self.reservation.base()
-    }
-
-    /// The region's size in bytes (the range is this, rounded up to pages).
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The offset ranges mapped directly (page aligned, sorted); every other
-    /// page is trapped.
-    pub fn mapped_ranges(&self) -> &[Range<u64>] {
-        &self.mapped
-    }
-
-    /// Whether `offset` lies on a trapped page.
-    pub fn is_trapped(&self, offset: u64) -> bool {
-        offset < self.size && !self.mapped.iter().any(|r| r.contains(&offset))
-    }
-
-    /// Emits the trapped accesses recorded since the last call as
-    /// `log::trace!` lines and returns how many. Recording is on when the
-    /// `trace` level was enabled for barmap when the region was built; the
-    /// last records are flushed when the region is dropped.
-    pub fn flush_trace(&self) -> usize {
-        self.registration.flush_trace()
-    }
-}
-
-impl<'fd> ShadowBuilder<'fd> {
-    /// Maps `areas` (region offsets) directly from `fd`, where the region
-    /// starts at `file_offset`. Areas are shrunk to whole pages; partial pages
-    /// are trapped.
-    pub fn map_from(mut self, fd: BorrowedFd<'fd>, file_offset: u64, areas: &[SparseArea]) -> Self {
-        self.direct = Some((fd, file_offset, areas.to_vec()));
-        self
-    }
-
-    /// Chooses what to trap besides what cannot be mapped.
-    pub fn trap(mut self, trap: Trap) -> Self {
-        self.trap = trap;
-        self
-    }
-
-    /// Calls `hook` for every trapped access, inside the fault handler: it
-    /// must be async-signal-safe, and must neither touch a trapped page of any
-    /// shadow region nor drop one (see [`AccessHook`]).
-    pub fn hook(mut self, hook: impl Fn(&Access) + Send + Sync + 'static) -> Self {
-        self.hook = Some(Arc::new(hook));
-        self
-    }
-
-    /// Reserves the range, maps the direct areas and registers the rest with
-    /// the fault handler (installing it on first use).
-    pub fn build(self) -> Result<ShadowRegion> {
-        let size = self.io.size();
-        let name = self.name;
-        let setup = |step: &'static str, offset: u64, len: u64| {
-            let name = name.clone();
-            move |source: io::Error| Error::Shadow {
-                name,
-                step,
-                offset,
-                len,
-                source,
-            }
-        };
-        let reservation = Reservation::new(size).map_err(setup("reserving the range", 0, size))?;
-        let mut mapped = Vec::new();
-        if let Some((fd, file_offset, areas)) = &self.direct {
-            let ranges = direct_ranges(size, page_size() as u64, areas, &self.trap).map_err(|e| {
-                let (step, r) = match e {
-                    LayoutError::AreaOutside(a) => (
-                        "mmapable area outside the region",
-                        a.offset..a.offset.saturating_add(a.size),
-                    ),
-                    LayoutError::TrapOutside(r) => ("trap range outside the region", r),
-                };
-                setup(step, r.start, r.end.wrapping_sub(r.start))(io::ErrorKind::InvalidInput.into())
-            })?;
-            reservation
-                .map_ranges(&ranges, fd.as_raw_fd(), *file_offset, true)
-                .map_err(|(r, source)| setup("mapping an area", r.start, r.end - r.start)(source))?;
-            mapped = ranges.into_iter().map(|r| r.start..r.end.min(size)).collect();
-        }
-        let registration = Registration::new(
-            reservation.base(),
-            reservation.len(),
-            size,
-            name.clone(),
-            self.io,
-            self.hook,
-        )
-        .map_err(|e| e.into_error(&name))?;
-        Ok(ShadowRegion {
-            registration,
-            reservation,
-            mapped,
-            size,
-        })
-    }
-}
-
-/// The shadow part of a [`crate::Bar`]: its registration with the fault
-/// handler, over the Bar's own direct mapping when it has one, or over a
-/// reservation of its own when nothing of the region is mapped.
-///
-/// A `BarShadow` made over a borrowed reservation must be dropped before that
-/// reservation: `Bar` declares its shadow field before its mapping.
-pub(crate) struct BarShadow {
-    // Declared first: unregister before `_own` is unmapped.
-    registration: Registration,
-    /// The reservation, when the shadow has its own; held to unmap it on drop.
-    _own: Option<Reservation>,
-    base: *mut u8,
-}
-
-// SAFETY: `base` is only an address (handed out by `as_ptr`); the reservation
-// behind it is Send + Sync and so is the registration.
-unsafe impl Send for BarShadow {}
-// SAFETY: as above.
-unsafe impl Sync for BarShadow {}
-
-impl BarShadow {
-    /// Registers region `region` of `addr` (reached through `io`) with the
-    /// fault handler, over `mapped` if part of it is mapped there.
-    pub(crate) fn new(
-        addr: crate::PciAddress,
-        region: crate::RegionIndex,
-        mapped: Option<&Reservation>,
-        io: Box<dyn RegionIo>,
-        hook: Option<AccessHook>,
-    ) -> Result<BarShadow> {
-        let size = io.size();
-        let (own, base, len) = match mapped {
-            Some(r) => (None, r.base(), r.len()),
-            None => {
-                let r = Reservation::new(size).map_err(|source| Error::Mmap {
-                    addr,
-                    region,
-                    offset: 0,
-                    len: size,
-                    source,
-                })?;
-                let (base, len) = (r.base(), r.len());
-                (Some(r), base, len)
-            }
-        };
-        let name = format!("{addr} {region}");
-        let registration =
-            Registration::new(base, len, size, name.clone(), io, hook).map_err(|e| e.into_error(&name))?;
-        Ok(BarShadow {
-            registration,
-            _own: own,
-            base,
-        })
-    }
-
-    /// The start of the shadow range.
-    pub(crate) fn base(&self) -> *mut u8 {
-        self.base
-    }
-
-    /// Reports an access that the typed slow path made to an unmapped part,
-    /// so that the hook and the trace see it like a trapped one.
-    pub(crate) fn record(&self, access: &Access) {
-        self.registration.shared.record(access);
-    }
-
-    /// See [`ShadowRegion::flush_trace`].
-    pub(crate) fn flush_trace(&self) -> usize {
-        self.registration.flush_trace()
     }
 }

@@ -28,8 +28,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use super::Shared;
 
-/// How many shadow regions may be live at once in a process.
-pub(crate) const CAPACITY: usize = 128;
+use super::CAPACITY;
 
 struct Slot {
     claimed: AtomicBool,
@@ -194,7 +193,8 @@ mod tests {
 
     struct Nothing;
 
-    impl RegionIo for Nothing {
+    // SAFETY: every method returns at once, touching nothing.
+    unsafe impl RegionIo for Nothing {
         fn size(&self) -> u64 {
             0x1000
         }
@@ -212,7 +212,7 @@ mod tests {
             len: 0x1000,
             size: 0x1000,
             name: format!("test {base:#x}"),
-            io: Box::new(Nothing),
+            io: std::sync::Arc::new(Nothing),
             hook: None,
             trace: None,
         })

@@ -3,7 +3,7 @@
 //! The handler cannot call `log` (it may allocate or lock), so it reports each
 //! access two ways: it calls the region's [`AccessHook`] right away, and it
 //! pushes an [`Access`] into a fixed-size lock-free ring that
-//! [`super::ShadowRegion::flush_trace`] (and dropping the region) drains into
+//! [`crate::Region::flush_trace`] (and dropping the region) drains into
 //! `log::trace!` lines outside signal context.
 
 use std::fmt;
@@ -21,15 +21,28 @@ pub enum AccessKind {
 
 /// One trapped access, as the fault handler served it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Access {
     /// Offset of the access in the region.
     pub offset: u64,
     /// Width in bytes: 1, 2, 4 or 8.
-    pub width: u8,
+    pub width: usize,
     /// The value read from or written to the device (zero-extended).
     pub value: u64,
     /// Read or write.
     pub kind: AccessKind,
+}
+
+impl Access {
+    /// An access of `width` bytes at `offset` that moved `value`.
+    pub fn new(offset: u64, width: usize, value: u64, kind: AccessKind) -> Access {
+        Access {
+            offset,
+            width,
+            value,
+            kind,
+        }
+    }
 }
 
 impl fmt::Display for Access {
@@ -44,7 +57,7 @@ impl fmt::Display for Access {
             self.width * 8,
             self.offset,
             self.value,
-            w = usize::from(self.width) * 2 + 2
+            w = self.width * 2 + 2
         )
     }
 }
@@ -55,13 +68,13 @@ impl fmt::Display for Access {
 /// before the faulting instruction resumes, so it must be async-signal-safe:
 /// no allocation, no locks, no `log`/`println!`, no panics. Atomics (counters,
 /// a preallocated ring) are fine. For logging, use the `log::trace!` output of
-/// [`super::ShadowRegion::flush_trace`] instead.
+/// [`crate::Region::flush_trace`] instead.
 ///
 /// It must not:
 /// - touch a trapped page of **any** shadow region (its own or another, a
-///   [`crate::Bar`]'s included): SIGSEGV is blocked while the handler runs,
+///   [`crate::Region`]'s included): SIGSEGV is blocked while the handler runs,
 ///   so that fault is not served and the kernel kills the process;
-/// - drop any shadow region or the [`crate::Bar`] it belongs to: dropping its
+/// - drop any [`crate::Region`]: dropping its
 ///   own waits for the hook's own fault to finish, that is forever, and a drop
 ///   that unmaps allocates and takes locks.
 pub type AccessHook = Arc<dyn Fn(&Access) + Send + Sync>;
@@ -132,7 +145,7 @@ impl TraceRing {
                         cell.offset.store(access.offset, Ordering::Relaxed);
                         cell.value.store(access.value, Ordering::Relaxed);
                         cell.meta
-                            .store(u64::from(access.width) | kind << KIND_SHIFT, Ordering::Relaxed);
+                            .store(access.width as u64 | kind << KIND_SHIFT, Ordering::Relaxed);
                         cell.seq.store(pos + 1, Ordering::Release);
                         return;
                     }
@@ -163,7 +176,7 @@ impl TraceRing {
                         let access = Access {
                             offset: cell.offset.load(Ordering::Relaxed),
                             value: cell.value.load(Ordering::Relaxed),
-                            width: meta as u8,
+                            width: (meta & 0xff) as usize,
                             kind: if meta >> KIND_SHIFT == 0 {
                                 AccessKind::Read
                             } else {

@@ -3,15 +3,18 @@
 use std::fmt;
 use std::io;
 use std::mem::offset_of;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use vfio_bindings::bindings::vfio::{vfio_region_info, VFIO_REGION_INFO_FLAG_CAPS};
 use vfio_ioctls::{VfioDevice, VfioError};
 
 use super::{ioctl, Container};
-use crate::config::{ConfigSpace, PCI_BASE_ADDRESS_0};
+use crate::access::{Region, RegionBuilder};
+use crate::config::{regs::PCI_BASE_ADDRESS_0, ConfigSpace};
 use crate::error::{Error, Result};
+use crate::map::MapPolicy;
 use crate::pci::{PciAddress, Sysfs, VFIO_PCI_DRIVER};
 use crate::region::{
     parse_region_caps, u32_at, u64_at, BarKind, FdRegion, RegionFlags, RegionIndex, RegionInfo,
@@ -24,6 +27,10 @@ use crate::region::{
 /// a type1v2 container and reads every region's info. Each failure is a
 /// distinct [`Error`] naming the address.
 ///
+/// A `Device` is a cheap, shareable handle (an `Arc` inside): clones, and
+/// every [`Region`] opened from it, keep the VFIO device open; it closes when
+/// the last of them is dropped.
+///
 /// ```no_run
 /// use barmap::Device;
 /// let edu = Device::open("0000:00:02.0".parse()?)?;
@@ -34,21 +41,35 @@ use crate::region::{
 /// assert_eq!(bar0.read::<u32>(0)?, 0x010000ed);
 /// # Ok::<(), barmap::Error>(())
 /// ```
+#[derive(Clone)]
 pub struct Device {
+    inner: Arc<Inner>,
+}
+
+/// What every handle on one open device shares.
+struct Inner {
     addr: PciAddress,
     group: u32,
+    /// `VFIO_DEVICE_GET_INFO` flags (`VFIO_DEVICE_FLAGS_*`).
+    flags: u32,
     regions: Vec<RegionInfo>,
+    bar_kinds: [Option<BarKind>; 6],
+    /// A duplicate of the device descriptor, shared by the regions' slow
+    /// paths (and so by the fault handler's table while they are registered).
+    fd: Arc<OwnedFd>,
     config: Option<FdRegion>,
-    vfio: VfioDevice,
+    /// The device as vfio-ioctls opened it: held so that the device stays
+    /// open and its group attached while any handle lives.
+    _vfio: VfioDevice,
     container: Container,
 }
 
 impl fmt::Debug for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Device")
-            .field("addr", &self.addr)
-            .field("group", &self.group)
-            .field("regions", &self.regions)
+            .field("addr", &self.inner.addr)
+            .field("group", &self.inner.group)
+            .field("regions", &self.inner.regions)
             .finish_non_exhaustive()
     }
 }
@@ -72,7 +93,6 @@ impl Device {
     fn attach(sysfs: &Sysfs, container: &Container, addr: PciAddress, group: u32) -> Result<Device> {
         let vfio = VfioDevice::new(&sysfs.device_path(addr), container.inner().clone(), false)
             .map_err(|e| open_error(sysfs, addr, group, e))?;
-        let fd = vfio.as_raw_fd();
         let step = |step: &'static str| {
             move |e: io::Error| Error::Vfio {
                 addr,
@@ -80,69 +100,81 @@ impl Device {
                 source: Box::new(e),
             }
         };
-        let count = ioctl::device_info(fd)
-            .map_err(step("get device info"))?
-            .num_regions;
-        let mut regions = (0..count)
-            .map(|index| read_region_info(fd, addr, index))
+        // SAFETY: `vfio` owns this descriptor and keeps it open for the borrow,
+        // which ends with the duplication.
+        let fd = unsafe { BorrowedFd::borrow_raw(vfio.as_raw_fd()) }
+            .try_clone_to_owned()
+            .map(Arc::new)
+            .map_err(step("duplicate the device descriptor"))?;
+        let device_info = ioctl::device_info(fd.as_raw_fd()).map_err(step("get device info"))?;
+        let count = device_info.num_regions;
+        let regions = (0..count)
+            .map(|index| region_info(&vfio, fd.as_raw_fd(), addr, RegionIndex::new(index)))
             .collect::<Result<Vec<_>>>()?;
         let config = regions
             .iter()
             .find(|r| r.index == RegionIndex::CONFIG && r.size > 0 && r.flags.readable())
-            // SAFETY: `fd` is the device descriptor, owned by the Device built
-            // below together with this FdRegion, and closed only when it drops.
-            .map(|r| unsafe { FdRegion::new(fd, r.offset, r.size) });
+            .map(|r| FdRegion::new(fd.clone(), r.offset, r.size));
+        let mut bar_kinds = [None; 6];
         if let Some(io) = &config {
             let space = ConfigSpace::new(io, addr);
-            for region in regions.iter_mut().filter(|r| r.size > 0) {
+            for region in regions.iter().filter(|r| r.size > 0) {
                 if let Some(n) = region.index.bar_number() {
                     let register = space.read32(PCI_BASE_ADDRESS_0 + 4 * n as u16)?;
-                    region.bar_kind = Some(BarKind::from_register(register));
+                    bar_kinds[n as usize] = Some(BarKind::from_register(register));
                 }
             }
         }
         log::debug!("opened {addr} (IOMMU group {group}) with {count} regions");
         Ok(Device {
-            addr,
-            group,
-            regions,
-            config,
-            vfio,
-            container: container.clone(),
+            inner: Arc::new(Inner {
+                addr,
+                group,
+                flags: device_info.flags,
+                regions,
+                bar_kinds,
+                fd,
+                config,
+                _vfio: vfio,
+                container: container.clone(),
+            }),
         })
     }
 
     /// The device's PCI address.
     pub fn address(&self) -> PciAddress {
-        self.addr
+        self.inner.addr
     }
 
     /// The device's IOMMU group.
     pub fn iommu_group(&self) -> u32 {
-        self.group
+        self.inner.group
     }
 
     /// The container the device is attached to.
     pub fn container(&self) -> &Container {
-        &self.container
+        &self.inner.container
     }
 
     /// Every region the device reports, in index order (unimplemented BARs have size 0).
     pub fn regions(&self) -> &[RegionInfo] {
-        &self.regions
+        &self.inner.regions
     }
 
     /// The info of one region; [`Error::NoSuchRegion`] if the device has no such
     /// region or it has size 0.
     pub fn region_info(&self, index: RegionIndex) -> Result<&RegionInfo> {
-        self.regions
+        self.inner
+            .regions
             .iter()
             .find(|r| r.index == index && r.size > 0)
-            .ok_or(Error::NoSuchRegion {
-                addr: self.addr,
-                region: index,
-                count: self.regions.len() as u32,
-            })
+            .ok_or_else(|| self.no_such_region(index))
+    }
+
+    /// What BAR `n` decodes, from its register in config space (read once, at
+    /// open); `None` for a BAR the device does not implement.
+    pub fn bar_kind(&self, n: u32) -> Option<BarKind> {
+        self.inner.bar_kinds.get(n as usize).copied().flatten()
     }
 
     /// Typed access to the device's config space (through pread/pwrite; vfio-pci
@@ -158,31 +190,75 @@ impl Device {
     /// # Ok::<(), barmap::Error>(())
     /// ```
     pub fn config(&self) -> Result<ConfigSpace<'_>> {
-        let io = self.config.as_ref().ok_or(Error::NoSuchRegion {
-            addr: self.addr,
-            region: RegionIndex::CONFIG,
-            count: self.regions.len() as u32,
-        })?;
-        Ok(ConfigSpace::new(io, self.addr))
+        let io = self
+            .inner
+            .config
+            .as_ref()
+            .ok_or_else(|| self.no_such_region(RegionIndex::CONFIG))?;
+        Ok(ConfigSpace::new(io, self.inner.addr))
     }
 
-    /// The slow-path I/O of a region: pread/pwrite on the device descriptor.
-    pub(crate) fn region_io(&self, info: &RegionInfo) -> FdRegion {
-        // SAFETY: the descriptor lives as long as `self`; callers keep the
-        // FdRegion no longer than their borrow of the device (a Bar borrows it).
-        unsafe { FdRegion::new(self.raw_fd(), info.offset, info.size) }
+    /// Opens BAR `n` with [`MapPolicy::Direct`]: every mmapable area mapped, the
+    /// rest (or all of an I/O BAR) through pread/pwrite.
+    pub fn bar(&self, n: u32) -> Result<Region> {
+        let index = RegionIndex::bar(n).ok_or_else(|| self.no_such_region(RegionIndex::new(n)))?;
+        self.region(index, MapPolicy::Direct)
     }
 
-    pub(crate) fn raw_fd(&self) -> RawFd {
-        self.vfio.as_raw_fd()
+    /// Opens any region (BAR, `rom`, `config`) with the given policy.
+    ///
+    /// ```no_run
+    /// use barmap::{Device, MapPolicy, RegionIndex};
+    /// let edu = Device::open("0000:00:02.0".parse()?)?;
+    /// // Map BAR0 except its first page, whose accesses take the slow path.
+    /// let bar0 = edu.region(RegionIndex::bar(0).unwrap(), MapPolicy::trap_range(0..0x1000))?;
+    /// assert!(bar0.is_trapped(0) && !bar0.is_trapped(0x1000));
+    /// # Ok::<(), barmap::Error>(())
+    /// ```
+    pub fn region(&self, index: RegionIndex, policy: MapPolicy) -> Result<Region> {
+        self.region_builder(index)?.policy(policy).build()
+    }
+
+    /// A [`RegionBuilder`] for region `index`, to choose a policy and an
+    /// access hook before opening it.
+    pub fn region_builder(&self, index: RegionIndex) -> Result<RegionBuilder<'static>> {
+        let info = self.region_info(index)?;
+        let io = Arc::new(FdRegion::new(self.inner.fd.clone(), info.offset, info.size));
+        Ok(RegionBuilder::for_device(
+            self.clone(),
+            info,
+            io,
+            self.inner.fd.clone(),
+        ))
+    }
+
+    /// The `VFIO_DEVICE_GET_INFO` flags.
+    pub(crate) fn device_flags(&self) -> u32 {
+        self.inner.flags
+    }
+
+    fn no_such_region(&self, region: RegionIndex) -> Error {
+        Error::NoSuchRegion {
+            addr: self.inner.addr,
+            region,
+            count: self.inner.regions.len() as u32,
+        }
+    }
+}
+
+impl AsFd for Device {
+    /// The VFIO device descriptor (a duplicate of the one vfio-ioctls opened:
+    /// the same open device), for calls barmap does not wrap (pread at a
+    /// region's [`RegionInfo::offset`], ioctls).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.fd.as_fd()
     }
 }
 
 impl AsRawFd for Device {
-    /// The VFIO device descriptor, for calls barmap does not wrap (pread at a
-    /// region's [`RegionInfo::offset`], ioctls). Closing it is not allowed.
+    /// The VFIO device descriptor, as [`AsFd::as_fd`].
     fn as_raw_fd(&self) -> RawFd {
-        self.raw_fd()
+        self.inner.fd.as_raw_fd()
     }
 }
 
@@ -208,23 +284,41 @@ fn check_openable(sysfs: &Sysfs, addr: PciAddress) -> Result<u32> {
     Ok(group)
 }
 
+/// One region's info.
+///
+/// vfio-ioctls has already asked the kernel for the size, offset and flags of
+/// every region while opening the device, so those are taken from it for the
+/// BARs, the ROM and config space. vfio-ioctls keeps no raw capability chain,
+/// and stores regions by position rather than index, skipping any whose info
+/// failed (as the VGA region's does on devices without VGA): so a region that
+/// has capabilities, and every region from `vga` on, is read here with
+/// barmap's own call, and its chain parsed with barmap's bounds-checked parser.
+fn region_info(vfio: &VfioDevice, fd: RawFd, addr: PciAddress, index: RegionIndex) -> Result<RegionInfo> {
+    let i = index.get();
+    let flags = vfio.get_region_flags(i);
+    if i < RegionIndex::VGA.get() && flags & VFIO_REGION_INFO_FLAG_CAPS == 0 {
+        let (size, offset) = (vfio.get_region_size(i), vfio.get_region_offset(i));
+        return Ok(RegionInfo::new(
+            index,
+            size,
+            offset,
+            RegionFlags::from_bits(flags),
+            vec![],
+        ));
+    }
+    read_region_info(fd, addr, index)
+}
+
 /// Reads and parses one region's info, capabilities included.
 ///
 /// vfio-pci counts the VGA region among its regions but refuses its info with
 /// `EINVAL` on devices without VGA: such a region is reported with size 0.
-fn read_region_info(fd: RawFd, addr: PciAddress, index: u32) -> Result<RegionInfo> {
-    let bytes = match ioctl::region_info_bytes(fd, index) {
+fn read_region_info(fd: RawFd, addr: PciAddress, index: RegionIndex) -> Result<RegionInfo> {
+    let bytes = match ioctl::region_info_bytes(fd, index.get()) {
         Ok(bytes) => bytes,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            log::debug!("{addr}: region {} is not implemented", RegionIndex(index));
-            return Ok(RegionInfo {
-                index: RegionIndex(index),
-                size: 0,
-                offset: 0,
-                flags: RegionFlags(0),
-                caps: vec![],
-                bar_kind: None,
-            });
+            log::debug!("{addr}: region {index} is not implemented");
+            return Ok(RegionInfo::new(index, 0, 0, RegionFlags::default(), vec![]));
         }
         Err(e) => {
             return Err(Error::Vfio {
@@ -242,18 +336,22 @@ fn read_region_info(fd: RawFd, addr: PciAddress, index: u32) -> Result<RegionInf
     let size = field64(offset_of!(vfio_region_info, size));
     let offset = field64(offset_of!(vfio_region_info, offset));
     let caps = if flags & VFIO_REGION_INFO_FLAG_CAPS != 0 {
-        parse_region_caps(&bytes, cap_offset)?
+        parse_region_caps(&bytes, cap_offset).map_err(|e| Error::MalformedCapability {
+            addr,
+            region: index,
+            offset: e.offset,
+            reason: e.reason,
+        })?
     } else {
         vec![]
     };
-    Ok(RegionInfo {
-        index: RegionIndex(index),
+    Ok(RegionInfo::new(
+        index,
         size,
         offset,
-        flags: RegionFlags(flags),
+        RegionFlags::from_bits(flags),
         caps,
-        bar_kind: None,
-    })
+    ))
 }
 
 /// Turns a vfio-ioctls open failure into the error that says what happened.

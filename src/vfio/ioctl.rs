@@ -1,11 +1,15 @@
-//! The VFIO ioctls barmap issues itself (vfio-ioctls does not expose the raw
-//! region-info bytes), one safe function each.
+//! The VFIO ioctls barmap issues itself, one safe function each: vfio-ioctls
+//! does not expose the raw region-info bytes, its `reset` drops the kernel's
+//! answer, and it has no hot reset.
 
 use std::io;
-use std::mem::size_of;
+use std::mem::{size_of, size_of_val};
 use std::os::fd::RawFd;
 
-use vfio_bindings::bindings::vfio::{vfio_device_info, vfio_region_info, VFIO_BASE, VFIO_TYPE};
+use vfio_bindings::bindings::vfio::{
+    vfio_device_info, vfio_pci_dependent_device, vfio_pci_hot_reset, vfio_pci_hot_reset_info, vfio_region_info,
+    VFIO_BASE, VFIO_TYPE,
+};
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + nr)`.
 const fn vfio_io(nr: u32) -> libc::c_ulong {
@@ -14,6 +18,12 @@ const fn vfio_io(nr: u32) -> libc::c_ulong {
 
 const VFIO_DEVICE_GET_INFO: libc::c_ulong = vfio_io(7);
 const VFIO_DEVICE_GET_REGION_INFO: libc::c_ulong = vfio_io(8);
+const VFIO_DEVICE_RESET: libc::c_ulong = vfio_io(11);
+const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: libc::c_ulong = vfio_io(12);
+const VFIO_DEVICE_PCI_HOT_RESET: libc::c_ulong = vfio_io(13);
+
+/// Upper bound on the devices a hot reset may affect, against a bogus count.
+const MAX_HOT_RESET_DEVICES: usize = 4096;
 
 /// Upper bound on the info buffer the kernel may ask for, against a bogus argsz.
 const MAX_REGION_INFO_LEN: usize = 64 * 1024;
@@ -64,4 +74,67 @@ pub(crate) fn region_info_bytes(fd: RawFd, index: u32) -> io::Result<Vec<u8>> {
         }
         argsz = wanted;
     }
+}
+
+/// `VFIO_DEVICE_RESET`: a function-level reset (FLR, PM or a bus reset of a
+/// device alone on its bus, whichever the kernel has for the device).
+pub(crate) fn device_reset(fd: RawFd) -> io::Result<()> {
+    // SAFETY: VFIO_DEVICE_RESET takes no argument and touches no user memory.
+    let ret = unsafe { libc::ioctl(fd, VFIO_DEVICE_RESET) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`: the IOMMU groups of every device a
+/// hot reset of this one's bus would reset, deduplicated.
+pub(crate) fn hot_reset_groups(fd: RawFd) -> io::Result<Vec<u32>> {
+    let header = size_of::<vfio_pci_hot_reset_info>();
+    let entry = size_of::<vfio_pci_dependent_device>();
+    let mut count = 0usize;
+    loop {
+        let argsz = header + count * entry;
+        // u32 words keep the buffer aligned for the kernel's fields.
+        let mut words = vec![0u32; argsz.div_ceil(4)];
+        words[0] = argsz as u32;
+        // SAFETY: the buffer is `argsz` bytes, as its first word tells the
+        // kernel, which writes no further.
+        let ret = unsafe { libc::ioctl(fd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, words.as_mut_ptr()) };
+        let wanted = words[2] as usize;
+        match ret {
+            0 => {
+                // Each entry is (group or devid: u32, segment: u16, bus: u8, devfn: u8).
+                let mut groups: Vec<u32> = words[3..].chunks(entry / 4).take(wanted).map(|d| d[0]).collect();
+                groups.sort_unstable();
+                groups.dedup();
+                return Ok(groups);
+            }
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSPC) && wanted > count => {
+                if wanted > MAX_HOT_RESET_DEVICES {
+                    return Err(io::Error::from(io::ErrorKind::InvalidData));
+                }
+                count = wanted;
+            }
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+/// `VFIO_DEVICE_PCI_HOT_RESET`: resets the device's bus; `group_fds` must hold
+/// an open descriptor of every group [`hot_reset_groups`] named.
+pub(crate) fn hot_reset(fd: RawFd, group_fds: &[RawFd]) -> io::Result<()> {
+    let header = size_of::<vfio_pci_hot_reset>();
+    let argsz = header + size_of_val(group_fds);
+    let mut words = vec![0i32; argsz.div_ceil(4)];
+    words[0] = argsz as i32;
+    words[2] = group_fds.len() as i32;
+    words[header / 4..].copy_from_slice(group_fds);
+    // SAFETY: the buffer is `argsz` bytes as its first word says; the kernel
+    // only reads it.
+    let ret = unsafe { libc::ioctl(fd, VFIO_DEVICE_PCI_HOT_RESET, words.as_mut_ptr()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -3,6 +3,8 @@
 mod container;
 mod device;
 mod ioctl;
+mod reset;
 
 pub use container::Container;
 pub use device::Device;
+pub use reset::ResetKind;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use barmap::{Bar, PciAddress};
+use barmap::{PciAddress, Region};
 
 fn from_env(var: &str, what: &str) -> PciAddress {
     let value = std::env::var(var)
@@ -22,6 +22,24 @@ pub fn testdev() -> PciAddress {
     from_env("BARMAP_TESTDEV", "pci-testdev")
 }
 
+/// An address that no PCI device on this machine has, checked against
+/// `/sys/bus/pci/devices` now: the first of `ffff:ff:1f.7`, `fffe:ff:1f.7`,
+/// ... that it does not list. (No fixed address is safe: multi-socket Xeons
+/// put functions on bus 0x7f, and Hyper-V and VMD pick domains of their own.)
+pub fn missing_address() -> PciAddress {
+    let present: Vec<PciAddress> = std::fs::read_dir("/sys/bus/pci/devices")
+        .map(|dir| {
+            dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    (0..=0xffffu32)
+        .rev()
+        .map(|domain| format!("{domain:04x}:ff:1f.7").parse().unwrap())
+        .find(|addr| !present.contains(addr))
+        .expect("a free PCI address")
+}
+
 /// edu BAR0 registers.
 pub mod edu_reg {
     pub const ID: u64 = 0x00;
@@ -36,7 +54,7 @@ pub mod edu_reg {
 }
 
 /// Computes n! on edu by polling the status register (1 s timeout).
-pub fn edu_factorial(bar0: &Bar<'_>, n: u32) -> u32 {
+pub fn edu_factorial(bar0: &Region, n: u32) -> u32 {
     wait_idle(bar0);
     bar0.write::<u32>(edu_reg::STATUS, 0).unwrap();
     bar0.write::<u32>(edu_reg::FACTORIAL, n).unwrap();
@@ -45,7 +63,7 @@ pub fn edu_factorial(bar0: &Bar<'_>, n: u32) -> u32 {
 }
 
 /// Waits until edu is not computing (panics after 5 s).
-pub fn wait_idle(bar0: &Bar<'_>) {
+pub fn wait_idle(bar0: &Region) {
     let start = Instant::now();
     while bar0.read::<u32>(edu_reg::STATUS).unwrap() & edu_reg::STATUS_COMPUTING != 0 {
         assert!(
@@ -68,7 +86,7 @@ pub struct TestHeader {
 }
 
 /// Reads the selected test's header with accesses of `width` bytes.
-pub fn read_header(bar: &Bar<'_>, width: usize) -> TestHeader {
+pub fn read_header(bar: &Region, width: usize) -> TestHeader {
     let mut bytes = [0u8; 64];
     for at in (0..64).step_by(width) {
         let v = bar.read_width(at as u64, width).unwrap();

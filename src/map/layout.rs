@@ -1,24 +1,42 @@
-//! How a region is laid out in its shadow range: which pages map the device
+//! How a region is laid out in its reserved range: which pages map the device
 //! directly and which are trapped.
 
 use std::ops::Range;
 
 use crate::region::SparseArea;
 
-/// Which parts of a region are trapped (served by the fault handler) instead
-/// of mapped directly.
+/// How a region is laid out when it is opened: which pages are mapped
+/// directly and which are trapped (reached with `pread`/`pwrite` by typed
+/// accesses, and served by the fault handler for accesses through
+/// [`crate::Region::as_ptr`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Trap {
-    /// Trap only what the kernel does not let us map: holes between the
-    /// sparse-mmap areas, partial pages at unaligned area edges, and whole
-    /// regions that are not mmapable (I/O port BARs).
+#[non_exhaustive]
+pub enum MapPolicy {
+    /// Map every page the kernel lets us mmap; trap only the rest: holes
+    /// between sparse-mmap areas, partial pages at unaligned area edges, and
+    /// whole regions that are not mmapable (I/O port BARs, config space).
     #[default]
-    Holes,
-    /// Also trap these offset ranges. Each is widened to whole pages: a page
-    /// is either mapped or trapped.
-    Ranges(Vec<Range<u64>>),
-    /// Trap every access (like QEMU's `x-no-mmap`), e.g. to trace them all.
-    All,
+    Direct,
+    /// Like `Direct`, but also trap the pages covering these offset ranges,
+    /// e.g. to watch a few registers through the access hook. Each range is
+    /// widened to whole pages: a page is either mapped or trapped.
+    Trap(Vec<Range<u64>>),
+    /// Map nothing (like QEMU's `x-no-mmap`): typed accesses use
+    /// `pread`/`pwrite`, and every access through the pointer is trapped,
+    /// e.g. to trace them all.
+    TrapAll,
+}
+
+impl MapPolicy {
+    /// [`MapPolicy::Trap`] of one range.
+    ///
+    /// ```
+    /// use barmap::MapPolicy;
+    /// assert_eq!(MapPolicy::trap_range(0..0x1000), MapPolicy::Trap(vec![0..0x1000]));
+    /// ```
+    pub fn trap_range(range: Range<u64>) -> MapPolicy {
+        MapPolicy::Trap(vec![range])
+    }
 }
 
 /// A layout that cannot be built.
@@ -42,7 +60,7 @@ fn round_down(x: u64, page: u64) -> u64 {
 
 /// The page-aligned offset ranges of a region of `size` bytes to map
 /// directly, sorted and merged, given the areas the kernel allows to mmap and
-/// what `trap` asks to trap. Everything else in `0..round_up(size, page)` is
+/// what `policy` asks to trap. Everything else in `0..round_up(size, page)` is
 /// trapped.
 ///
 /// Areas are shrunk to the whole pages inside them, except that an area
@@ -52,7 +70,7 @@ pub(crate) fn direct_ranges(
     size: u64,
     page: u64,
     areas: &[SparseArea],
-    trap: &Trap,
+    policy: &MapPolicy,
 ) -> Result<Vec<Range<u64>>, LayoutError> {
     if let Some(bad) = areas
         .iter()
@@ -60,10 +78,10 @@ pub(crate) fn direct_ranges(
     {
         return Err(LayoutError::AreaOutside(*bad));
     }
-    let trapped: Vec<Range<u64>> = match trap {
-        Trap::All => return Ok(Vec::new()),
-        Trap::Holes => Vec::new(),
-        Trap::Ranges(ranges) => {
+    let trapped: Vec<Range<u64>> = match policy {
+        MapPolicy::TrapAll => return Ok(Vec::new()),
+        MapPolicy::Direct => Vec::new(),
+        MapPolicy::Trap(ranges) => {
             if let Some(bad) = ranges.iter().find(|r| r.start > r.end || r.end > size) {
                 return Err(LayoutError::TrapOutside(bad.clone()));
             }
@@ -123,19 +141,22 @@ mod tests {
 
     #[test]
     fn whole_region_maps_whole() {
-        let got = direct_ranges(0x4000, PAGE, &[area(0, 0x4000)], &Trap::Holes).unwrap();
+        let got = direct_ranges(0x4000, PAGE, &[area(0, 0x4000)], &MapPolicy::Direct).unwrap();
         assert_eq!(got, vec![0..0x4000]);
         assert_eq!(
-            direct_ranges(0x4000, PAGE, &[area(0, 0x4000)], &Trap::All).unwrap(),
+            direct_ranges(0x4000, PAGE, &[area(0, 0x4000)], &MapPolicy::TrapAll).unwrap(),
             vec![]
         );
-        assert_eq!(direct_ranges(0x100, PAGE, &[], &Trap::Holes).unwrap(), vec![]);
+        assert_eq!(
+            direct_ranges(0x100, PAGE, &[], &MapPolicy::Direct).unwrap(),
+            vec![]
+        );
     }
 
     #[test]
     fn small_region_maps_its_page() {
         assert_eq!(
-            direct_ranges(0x100, PAGE, &[area(0, 0x100)], &Trap::Holes).unwrap(),
+            direct_ranges(0x100, PAGE, &[area(0, 0x100)], &MapPolicy::Direct).unwrap(),
             vec![0..PAGE]
         );
     }
@@ -143,14 +164,14 @@ mod tests {
     #[test]
     fn unaligned_areas_shrink_to_whole_pages() {
         let areas = [area(0x800, 0x2000), area(0x3000, 0x1800)];
-        let got = direct_ranges(0x5000, PAGE, &areas, &Trap::Holes).unwrap();
+        let got = direct_ranges(0x5000, PAGE, &areas, &MapPolicy::Direct).unwrap();
         assert_eq!(got, vec![0x1000..0x2000, 0x3000..0x4000]);
     }
 
     #[test]
     fn areas_are_sorted_and_merged() {
         let areas = [area(0x3000, 0x3000), area(0, 0x1000), area(0x1000, 0x1000)];
-        let got = direct_ranges(0x6000, PAGE, &areas, &Trap::Holes).unwrap();
+        let got = direct_ranges(0x6000, PAGE, &areas, &MapPolicy::Direct).unwrap();
         assert_eq!(got, vec![0..0x2000, 0x3000..0x6000]);
     }
 
@@ -158,19 +179,19 @@ mod tests {
     fn area_outside_region_is_refused() {
         let bad = area(0x3000, 0x9000);
         assert_eq!(
-            direct_ranges(0x6000, PAGE, &[area(0, 0x1000), bad], &Trap::Holes),
+            direct_ranges(0x6000, PAGE, &[area(0, 0x1000), bad], &MapPolicy::Direct),
             Err(LayoutError::AreaOutside(bad))
         );
         let wraps = area(u64::MAX, 2);
         assert_eq!(
-            direct_ranges(0x6000, PAGE, &[wraps], &Trap::Holes),
+            direct_ranges(0x6000, PAGE, &[wraps], &MapPolicy::Direct),
             Err(LayoutError::AreaOutside(wraps))
         );
     }
 
     #[test]
     fn trap_ranges_widen_to_pages_and_split_areas() {
-        let trap = Trap::Ranges(vec![0x10..0x14, 0x2ff0..0x3004, 0x5000..0x5000]);
+        let trap = MapPolicy::Trap(vec![0x10..0x14, 0x2ff0..0x3004, 0x5000..0x5000]);
         let got = direct_ranges(0x8000, PAGE, &[area(0, 0x8000)], &trap).unwrap();
         assert_eq!(got, vec![0x1000..0x2000, 0x4000..0x8000]);
     }
@@ -181,28 +202,31 @@ mod tests {
         // The region's last page would end past u64::MAX: it cannot be kept.
         let whole = area(0, max);
         assert_eq!(
-            direct_ranges(max, PAGE, &[whole], &Trap::Holes),
+            direct_ranges(max, PAGE, &[whole], &MapPolicy::Direct),
             Err(LayoutError::AreaOutside(whole))
         );
         let tail = area(max - 0x10, 0x10);
         assert_eq!(
-            direct_ranges(max, PAGE, &[tail], &Trap::Holes),
+            direct_ranges(max, PAGE, &[tail], &MapPolicy::Direct),
             Err(LayoutError::AreaOutside(tail))
         );
         // Areas that do not reach the end shrink as usual, even inside the last page.
         let areas = [area(0, 0x4000), area(max - 0x10, 0x8)];
         assert_eq!(
-            direct_ranges(max, PAGE, &areas, &Trap::Holes).unwrap(),
+            direct_ranges(max, PAGE, &areas, &MapPolicy::Direct).unwrap(),
             vec![0..0x4000]
         );
-        assert_eq!(direct_ranges(max, PAGE, &areas, &Trap::All).unwrap(), vec![]);
+        assert_eq!(
+            direct_ranges(max, PAGE, &areas, &MapPolicy::TrapAll).unwrap(),
+            vec![]
+        );
         // A trap range up to the end covers the last page.
-        let trap = Trap::Ranges(vec![0x1000..0x1004, 0x3000..max]);
+        let trap = MapPolicy::Trap(vec![0x1000..0x1004, 0x3000..max]);
         assert_eq!(
             direct_ranges(max, PAGE, &areas, &trap).unwrap(),
             vec![0..0x1000, 0x2000..0x3000]
         );
-        let trap = Trap::Ranges(vec![0x1000..0x1004, max - 1..max]);
+        let trap = MapPolicy::Trap(vec![0x1000..0x1004, max - 1..max]);
         assert_eq!(
             direct_ranges(max, PAGE, &areas, &trap).unwrap(),
             vec![0..0x1000, 0x2000..0x4000]
@@ -213,7 +237,7 @@ mod tests {
 
     #[test]
     fn trap_outside_region_is_refused() {
-        let trap = Trap::Ranges(vec![0..0x10, 0x7000..0x9000]);
+        let trap = MapPolicy::Trap(vec![0..0x10, 0x7000..0x9000]);
         assert_eq!(
             direct_ranges(0x8000, PAGE, &[area(0, 0x8000)], &trap),
             Err(LayoutError::TrapOutside(0x7000..0x9000))

@@ -1,0 +1,11 @@
+//! Typed, checked access to an open region: the [`Region`] handle, the
+//! scalar types an access can have, and the one place where device memory is
+//! touched with volatile loads and stores.
+
+mod builder;
+mod region;
+mod scalar;
+
+pub use builder::RegionBuilder;
+pub use region::Region;
+pub use scalar::{read, write, Scalar};

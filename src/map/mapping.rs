@@ -1,0 +1,170 @@
+//! One region's reserved range, the parts of it mapped to the device, and its
+//! registration with the fault handler, dropped in that order's reverse.
+
+use std::ops::Range;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
+
+use super::layout::{direct_ranges, LayoutError, MapPolicy};
+use super::reservation::{page_size, Reservation};
+use crate::error::{Error, Result};
+use crate::pci::PciAddress;
+use crate::region::{RegionIndex, RegionIo, SparseArea};
+use crate::shadow::{Access, AccessHook, Registration};
+
+/// Where the directly mapped parts of a region come from.
+pub(crate) struct MapSource<'fd> {
+    /// The descriptor to mmap (it is needed only while the mapping is made).
+    pub(crate) fd: BorrowedFd<'fd>,
+    /// Offset of the region's start in `fd`.
+    pub(crate) file_offset: u64,
+    /// The areas the kernel allows to mmap, in region offsets.
+    pub(crate) areas: Vec<SparseArea>,
+    /// Whether to map them writable.
+    pub(crate) writable: bool,
+}
+
+/// A region's address range: reservation, direct mappings, fault-handler
+/// registration.
+///
+/// The registration is dropped first, by [`Drop`], so that no fault handler
+/// can be serving a page of the range when the reservation unmaps it.
+pub(crate) struct Mapping {
+    /// `None` where no fault handler exists (off x86-64): then only a whole
+    /// mapping offers a pointer.
+    registration: Option<Registration>,
+    reservation: Reservation,
+    /// Mapped byte ranges in region offsets, sorted, clipped to the region size.
+    mapped: Vec<Range<u64>>,
+    /// Whether `mapped` covers the whole region.
+    whole: bool,
+    addr: PciAddress,
+}
+
+impl Mapping {
+    /// Reserves a range of `io.size()` bytes for `region` of `addr`, maps the
+    /// areas of `source` that `policy` leaves untrapped, and registers the
+    /// range with the fault handler (installing it on first use; x86-64 only).
+    pub(crate) fn new(
+        addr: PciAddress,
+        region: RegionIndex,
+        io: Arc<dyn RegionIo>,
+        source: Option<MapSource<'_>>,
+        policy: &MapPolicy,
+        hook: Option<AccessHook>,
+    ) -> Result<Mapping> {
+        let size = io.size();
+        let page = page_size() as u64;
+        let areas = source.as_ref().map_or(&[][..], |s| &s.areas[..]);
+        let ranges = direct_ranges(size, page, areas, policy).map_err(|e| match e {
+            LayoutError::AreaOutside(_) => Error::NotMmapable {
+                addr,
+                region,
+                reason: "a sparse-mmap area lies outside the region",
+            },
+            LayoutError::TrapOutside(r) => Error::OutOfRange {
+                addr,
+                region,
+                offset: r.start,
+                len: r.end.wrapping_sub(r.start),
+                size,
+            },
+        })?;
+        let mut reservation = Reservation::new(size).map_err(|source| Error::Shadow {
+            addr,
+            region,
+            step: "reserving the address range",
+            offset: 0,
+            len: size,
+            source,
+        })?;
+        if let Some(source) = &source {
+            reservation
+                .map_ranges(
+                    &ranges,
+                    source.fd.as_raw_fd(),
+                    source.file_offset,
+                    source.writable,
+                )
+                .map_err(|(range, error)| Error::Mmap {
+                    addr,
+                    region,
+                    offset: range.start,
+                    len: range.end - range.start,
+                    source: error,
+                })?;
+        }
+        let mapped: Vec<Range<u64>> = ranges.into_iter().map(|r| r.start..r.end.min(size)).collect();
+        let whole = mapped.len() == 1 && mapped[0] == (0..size);
+        let registration = register(addr, region, &reservation, io, hook)?;
+        Ok(Mapping {
+            registration,
+            reservation,
+            mapped,
+            whole,
+            addr,
+        })
+    }
+
+    /// The start of the range: offset 0 of the region.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.reservation.base()
+    }
+
+    /// The directly mapped byte ranges.
+    pub(crate) fn mapped(&self) -> &[Range<u64>] {
+        &self.mapped
+    }
+
+    /// Whether the whole region is directly mapped.
+    pub(crate) fn is_whole(&self) -> bool {
+        self.whole
+    }
+
+    /// The start of the range, if every page of it is either mapped or
+    /// served by the fault handler.
+    pub(crate) fn pointer(&self) -> Result<*mut u8> {
+        if self.whole || self.registration.is_some() {
+            return Ok(self.base());
+        }
+        Err(Error::Unsupported {
+            addr: self.addr,
+            what: "a pointer over a region with unmapped parts",
+            reason: "the fault handler decodes x86-64 instructions only",
+        })
+    }
+
+    /// Reports an access that a typed access made through the slow path to
+    /// the hook and the trace.
+    pub(crate) fn record(&self, access: &Access) {
+        if let Some(registration) = &self.registration {
+            registration.record(access);
+        }
+    }
+
+    /// Drains the trace ring into `log::trace!` lines; returns how many.
+    pub(crate) fn flush_trace(&self) -> usize {
+        self.registration.as_ref().map_or(0, Registration::flush_trace)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // Unregister (waiting for faults in progress) before the fields drop
+        // and the reservation unmaps the range.
+        drop(self.registration.take());
+    }
+}
+
+/// Registers the range with the fault handler, where there is one.
+fn register(
+    addr: PciAddress,
+    region: RegionIndex,
+    reservation: &Reservation,
+    io: Arc<dyn RegionIo>,
+    hook: Option<AccessHook>,
+) -> Result<Option<Registration>> {
+    let name = format!("{addr} {region}");
+    Registration::new(reservation.base(), reservation.len(), io.size(), name, io, hook)
+        .map_err(|e| e.into_error(addr, region))
+}
