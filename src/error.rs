@@ -112,18 +112,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// The record of a device's previous driver (kept between `bind` and `unbind`) could not be used.
-    #[error("driver record {path} for {addr} is unusable")]
-    BindState {
-        /// The device.
-        addr: PciAddress,
-        /// The record file.
-        path: PathBuf,
-        /// The OS error, or `InvalidData` for a record that does not hold a driver name.
-        #[source]
-        source: io::Error,
-    },
-
     /// The group is already open in another process or container.
     #[error("IOMMU group {group} of {addr} is busy: /dev/vfio/{group} is already held by another process or container")]
     GroupBusy {
@@ -276,6 +264,24 @@ pub enum Error {
         /// Length of the access.
         len: u64,
         /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The device refused accesses made through the region's mapping or
+    /// pointer, which were completed as PCIe completes an unsupported
+    /// request: reads returned all-ones, writes were dropped. vfio-pci does
+    /// this while the device's memory decoding is off (command register) and
+    /// when a reset cannot be waited out.
+    #[error("{addr} {region}: the device refused {count} access(es) (reads returned all-ones, writes were dropped)")]
+    Refused {
+        /// The device.
+        addr: PciAddress,
+        /// The region.
+        region: RegionIndex,
+        /// How many accesses were refused since the record was last taken.
+        count: u64,
+        /// The OS error of the last one (`EIO` while decoding is off).
         #[source]
         source: io::Error,
     },

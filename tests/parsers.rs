@@ -21,8 +21,8 @@ use barmap::config::regs::{
     PCI_STATUS_CAP_LIST, PCI_STD_HEADER_SIZEOF,
 };
 use barmap::config::{Capability, ConfigSpace, ExtendedCapability};
-use barmap::region::{MemoryRegion, RegionIo};
 use barmap::region::{parse_region_caps, CapChainError};
+use barmap::region::{MemoryRegion, RegionIo};
 use barmap::{Error, PciAddress, RegionCap, RegionIndex, SparseArea};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -192,7 +192,10 @@ fn chain(min: usize) -> impl Strategy<Value = (Vec<RegionCap>, Chain)> {
 }
 
 /// Asserts a `CapChainError` found at `offset`.
-fn assert_malformed_at(result: Result<Vec<RegionCap>, CapChainError>, offset: usize) -> Result<(), TestCaseError> {
+fn assert_malformed_at(
+    result: Result<Vec<RegionCap>, CapChainError>,
+    offset: usize,
+) -> Result<(), TestCaseError> {
     match result {
         Err(CapChainError { offset: got, reason }) => {
             prop_assert_eq!(got, offset, "reported at the wrong offset: {}", reason);
@@ -209,19 +212,17 @@ fn assert_malformed_at(result: Result<Vec<RegionCap>, CapChainError>, offset: us
 /// that an accepted chain re-encodes to one that parses the same.
 fn region_caps_well_behaved(buf: Vec<u8>, first: u32) -> Result<(), TestCaseError> {
     let len = buf.len();
-    match bounded(move || parse_region_caps(&buf, first)) {
-        Ok(caps) => {
-            prop_assert!(
-                caps.len() <= len.saturating_sub(INFO_LEN) / CAP_HEADER_LEN,
-                "{} capabilities in {} bytes",
-                caps.len(),
-                len
-            );
-            let order: Vec<usize> = (0..caps.len()).collect();
-            let again = Chain::build(&caps, &order, &vec![0; caps.len()]);
-            prop_assert_eq!(again.parse().ok(), Some(caps));
-        }
-        Err(CapChainError { .. }) => {}
+    // Refusing is fine: the error type says only where and why.
+    if let Ok(caps) = bounded(move || parse_region_caps(&buf, first)) {
+        prop_assert!(
+            caps.len() <= len.saturating_sub(INFO_LEN) / CAP_HEADER_LEN,
+            "{} capabilities in {} bytes",
+            caps.len(),
+            len
+        );
+        let order: Vec<usize> = (0..caps.len()).collect();
+        let again = Chain::build(&caps, &order, &vec![0; caps.len()]);
+        prop_assert_eq!(again.parse().ok(), Some(caps));
     }
     Ok(())
 }

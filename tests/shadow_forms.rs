@@ -17,6 +17,8 @@
 //!   process with the one-line diagnostic.
 #![cfg(target_arch = "x86_64")]
 
+mod common;
+
 use std::arch::asm;
 use std::ffi::CString;
 use std::io;
@@ -27,6 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use barmap::{FdRegion, MapPolicy, PciAddress, Region, RegionBuilder, RegionIndex, RegionIo, SparseArea};
+use common::child::{fault_next, in_child, run_child};
 
 const PAGE: u64 = 0x1000;
 
@@ -1125,51 +1128,23 @@ fn code_just_below_a_region_is_decoded() {
 
 // ---- refusals: each ends a child process ----
 
-const CHILD_ENV: &str = "SHADOW_FORMS_CHILD";
-/// Printed by a child right before the access it must die of.
-const REACHED: &str = "shadow_forms: reached the refused access of";
-
 /// In the parent, re-runs test `name` in a child and checks that it reached
 /// the refused access and died of it with the diagnostic mentioning `reason`.
-/// In the child, runs `body` (which calls [`reached`] right before the access).
+/// In the child, runs `body` (which calls [`fault_next`] right before the access).
 fn expect_refusal(name: &str, reason: &str, body: impl FnOnce()) {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(&format!("{REACHED} {name}\n")),
-            "the child did not run {name} up to its refused access:\n{stderr}"
-        );
-        let line = stderr
+    if !in_child() {
+        let child = run_child(name);
+        child.assert_killed_by(libc::SIGSEGV);
+        let line = child
+            .stderr
             .lines()
             .find(|l| l.starts_with("barmap: cannot emulate"))
-            .unwrap_or_else(|| panic!("no diagnostic from {name}:\n{stderr}"));
+            .unwrap_or_else(|| panic!("no diagnostic from {name}: {child}"));
         assert!(line.contains(reason), "{name}: {line}");
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGSEGV),
-            "{name}: {:?}\n{stderr}",
-            out.status
-        );
         return;
     }
-    let none = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: setrlimit with a valid struct (no core files from this death).
-    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
     body();
     panic!("{name}: the refused access was served");
-}
-
-fn reached(name: &str) {
-    eprintln!("{REACHED} {name}");
 }
 
 /// A trapped region over a fresh device, kept alive for the child's life.
@@ -1184,7 +1159,7 @@ macro_rules! refused_asm {
         fn $test() {
             expect_refusal(stringify!($test), $reason, || {
                 let p = base(trapped()).wrapping_add($offset);
-                reached(stringify!($test));
+                fault_next();
                 // SAFETY: `p` is inside a trapped region; barmap refuses the
                 // instruction, which ends this child process.
                 unsafe { asm!($insn, in("rdi") p, out("eax") _, out("xmm0") _) };
@@ -1262,7 +1237,7 @@ fn straddling_a_mapped_and_a_trapped_page_is_refused() {
         let region = Box::leak(Box::new(region));
         assert!(!region.is_trapped(0) && region.is_trapped(PAGE));
         let p = base(region).wrapping_add(PAGE as usize - 4);
-        reached(name);
+        fault_next();
         // SAFETY: 8 bytes inside the region, half mapped and half trapped;
         // barmap refuses the access, which ends this child process.
         unsafe { asm!("mov rax, qword ptr [rdi]", in("rdi") p, out("rax") _) };
@@ -1282,7 +1257,7 @@ fn code_running_into_a_region_is_refused() {
         // of the instruction from the region; barmap refuses that, ending
         // this child process.
         let f: extern "C" fn(*const u8) -> u64 = unsafe { std::mem::transmute(start) };
-        reached(name);
+        fault_next();
         f(base(&keep[0]));
     });
 }

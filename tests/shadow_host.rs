@@ -7,15 +7,16 @@
 //! through `read_volatile`/`write_volatile` compile differently at opt-level 0
 //! and 3, and the inline-assembly forms pin down each decoded form exactly.
 //! Tests whose outcome is a dead process re-run this binary as a child with
-//! `SHADOW_CHILD` set.
+//! `BARMAP_TEST_CHILD` set.
 #![cfg(target_arch = "x86_64")]
 // Layouts are lists of offset ranges; a list of one range is meant as such.
 #![allow(clippy::single_range_in_vec_init)]
 
+mod common;
+
 use std::arch::asm;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use barmap::region::parse_region_caps;
 use barmap::shadow::{Access, AccessKind};
 use barmap::{FdRegion, RegionIo, SparseArea};
 use barmap::{MapPolicy, PciAddress, Region, RegionBuilder, RegionIndex};
+use common::child::{fault_next, in_child, run_child};
 
 const PAGE: u64 = 0x1000;
 
@@ -811,98 +813,6 @@ fn regions_come_and_go_while_others_fault() {
 }
 
 // ---- child-process tests ----
-
-const CHILD_ENV: &str = "SHADOW_CHILD";
-
-/// What a child run of one test gave.
-struct Child {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Printed on stderr by a child right before the access or signal meant to
-/// end it (see [`fault_next`]).
-const FAULT_NEXT: &str = "shadow child: the deliberate fault comes next";
-
-/// Tells the parent that the child got as far as its deliberate fault, so
-/// that a death from anything earlier does not pass for it.
-fn fault_next() {
-    eprintln!("{FAULT_NEXT}");
-}
-
-/// Runs this test binary's test `name` alone in a child with `SHADOW_CHILD=1`.
-///
-/// Panics unless the child started exactly that test: `--exact` selects it by
-/// its full name, and libtest's "running 1 test" and "test NAME ..." lines
-/// show it was found (for a name that matches nothing, libtest runs 0 tests
-/// and exits 0).
-fn run_child(name: &str) -> Child {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let child = Child {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        child.stdout.contains("\nrunning 1 test\n") && child.stdout.contains(&format!("\ntest {name} ... ")),
-        "the child did not run exactly {name}: {child}"
-    );
-    child
-}
-
-impl Child {
-    /// Asserts that the child's one test passed.
-    fn assert_passed(&self) {
-        assert!(
-            self.status.success() && self.stdout.contains("test result: ok. 1 passed; 0 failed;"),
-            "child failed: {self}"
-        );
-    }
-
-    /// Asserts that the child died of `signal` after it got to its
-    /// deliberate fault ([`fault_next`]).
-    fn assert_killed_by(&self, signal: i32) {
-        assert_eq!(signal_of(self.status), Some(signal), "{self}");
-        assert!(
-            self.stderr.contains(FAULT_NEXT),
-            "died before its deliberate fault: {self}"
-        );
-    }
-}
-
-impl std::fmt::Display for Child {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:?}\n--- stdout\n{}--- stderr\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-fn in_child() -> bool {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return false;
-    }
-    // No core files from the deaths this child is meant to die.
-    let none = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: setrlimit with a valid struct.
-    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
-    true
-}
-
-fn signal_of(status: std::process::ExitStatus) -> Option<i32> {
-    use std::os::unix::process::ExitStatusExt;
-    status.signal()
-}
 
 static FOREIGN_HITS: AtomicUsize = AtomicUsize::new(0);
 

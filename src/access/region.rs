@@ -76,13 +76,18 @@ impl FastWindow {
         }
     }
 
-    /// The address of `offset` if a naturally aligned `width`-byte access there
-    /// stays below `end`. `end` is a multiple of 8 (or 0), so an aligned access
-    /// of at most 8 bytes that starts below it also ends at or below it.
+    /// `offset` as an index from the base if a naturally aligned
+    /// `width`-byte access there stays below `end`. `end` is a multiple of 8
+    /// (or 0), so an aligned access of at most 8 bytes that starts below it
+    /// also ends at or below it.
     #[inline(always)]
-    fn at(&self, offset: u64, width: usize, end: u64) -> Option<*mut u8> {
+    fn at(&self, offset: u64, width: usize, end: u64) -> Option<usize> {
         let fits = (offset < end) & (offset & (width as u64 - 1) == 0);
-        fits.then(|| (self.base + offset as usize) as *mut u8)
+        fits.then_some(offset as usize)
+    }
+
+    fn base(&self) -> *mut u8 {
+        self.base as *mut u8
     }
 }
 
@@ -213,23 +218,67 @@ impl Region {
     /// On a fully mapped region this is a bounds and alignment check and one
     /// volatile load, inlined; anything else (holes, slow path, errors) goes
     /// out of line.
+    ///
+    /// While vfio-pci has revoked the mapping (memory decoding off, a reset
+    /// in progress), the load faults and is served by the fault handler with
+    /// `pread`, which waits out a reset; if the device refuses it, the load
+    /// reads all-ones and `read` returns [`Error::Refused`].
     #[inline]
     pub fn read<T: Scalar>(&self, offset: u64) -> Result<T> {
         match self.fast.at(offset, T::WIDTH, self.fast.read_end) {
-            // SAFETY: the fast window covers only a whole, live MAP_SHARED mapping
-            // owned by self, and `at` checked bounds and natural alignment.
-            Some(ptr) => Ok(unsafe { load::<T>(ptr) }),
+            Some(at) => {
+                // SAFETY: the fast window covers only a whole, live MAP_SHARED mapping
+                // owned by self, and `at` checked bounds and natural alignment.
+                let value = unsafe { load::<T>(self.fast.base(), at) };
+                if value == T::ALL_ONES {
+                    return self.check_refused(value);
+                }
+                Ok(value)
+            }
             None => self.read_slow(offset),
         }
+    }
+
+    /// `value` (all-ones), or [`Error::Refused`] if the device refused
+    /// accesses since the record was last taken.
+    #[cold]
+    #[inline(never)]
+    fn check_refused<T: Scalar>(&self, value: T) -> Result<T> {
+        match self.take_error() {
+            Some(error) => Err(error),
+            None => Ok(value),
+        }
+    }
+
+    /// Takes the record of accesses the device refused since the last call
+    /// (or since a typed read reported them): [`Error::Refused`] with how
+    /// many, or `None`.
+    ///
+    /// vfio-pci revokes a device's BAR mappings while its memory decoding is
+    /// off and during resets. barmap's fault handler then serves accesses
+    /// through the region's mapping or pointer with `pread`/`pwrite`; when the
+    /// device refuses one (`EIO`), it completes it as PCIe completes an
+    /// unsupported request (reads return all-ones, writes are dropped) and
+    /// records it here. A typed read that returns all-ones reports the
+    /// record itself; a dropped write is reported by the next such read or
+    /// by this call.
+    pub fn take_error(&self) -> Option<Error> {
+        let (count, errno) = self.mapping.take_refused()?;
+        Some(Error::Refused {
+            addr: self.addr,
+            region: self.info.index,
+            count,
+            source: std::io::Error::from_raw_os_error(errno),
+        })
     }
 
     /// Writes one `T` at `offset`: on a fully mapped region, one volatile store.
     #[inline]
     pub fn write<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
         match self.fast.at(offset, T::WIDTH, self.fast.write_end) {
-            Some(ptr) => {
+            Some(at) => {
                 // SAFETY: as in `read`.
-                unsafe { store::<T>(ptr, value) };
+                unsafe { store::<T>(self.fast.base(), at, value) };
                 Ok(())
             }
             None => self.write_slow(offset, value),
@@ -243,7 +292,11 @@ impl Region {
         if let Some(ptr) = self.mapped_ptr(offset, T::WIDTH) {
             // SAFETY: `mapped_ptr` returns a pointer only for an in-bounds range of a
             // live MAP_SHARED mapping owned by self; `check` ensured natural alignment.
-            return Ok(unsafe { load::<T>(ptr) });
+            let value = unsafe { load::<T>(ptr, 0) };
+            if value == T::ALL_ONES {
+                return self.check_refused(value);
+            }
+            return Ok(value);
         }
         let mut word = [0u8; 8];
         self.io
@@ -260,7 +313,7 @@ impl Region {
         self.check(offset, T::WIDTH, AccessKind::Write)?;
         if let Some(ptr) = self.mapped_ptr(offset, T::WIDTH) {
             // SAFETY: as in `read_slow`.
-            unsafe { store::<T>(ptr, value) };
+            unsafe { store::<T>(ptr, 0, value) };
             return Ok(());
         }
         let word = value.to_le_word();

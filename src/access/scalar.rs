@@ -12,6 +12,19 @@ mod sealed {
         /// As for [`super::read()`].
         unsafe fn pinned_load(ptr: *const Self) -> Self;
 
+        /// [`Sealed::pinned_load`] at `base + offset`, the addition done by
+        /// the instruction's addressing (one instruction in all).
+        ///
+        /// # Safety
+        /// As for [`super::read()`] at `base + offset`.
+        unsafe fn pinned_load_at(base: *const u8, offset: usize) -> Self;
+
+        /// [`Sealed::pinned_store`] at `base + offset`, likewise.
+        ///
+        /// # Safety
+        /// As for [`super::write()`] at `base + offset`.
+        unsafe fn pinned_store_at(base: *mut u8, offset: usize, value: Self);
+
         /// One store of exactly `size_of::<Self>()` bytes, as given.
         ///
         /// # Safety
@@ -25,6 +38,9 @@ mod sealed {
 pub trait Scalar: sealed::Sealed + Copy + Send + Sync + Eq + std::fmt::Debug + 'static {
     /// Width of the access in bytes.
     const WIDTH: usize;
+
+    /// Every bit set: what a read of a device that does not answer returns.
+    const ALL_ONES: Self;
 
     /// The value as little-endian bytes (PCI is little-endian), `WIDTH` of them in the first places.
     fn to_le_word(self) -> [u8; 8];
@@ -49,6 +65,7 @@ macro_rules! scalar {
     ($($t:ty),*) => {$(
         impl Scalar for $t {
             const WIDTH: usize = std::mem::size_of::<$t>();
+            const ALL_ONES: Self = <$t>::MAX;
 
             fn to_le_word(self) -> [u8; 8] {
                 (self as u64).to_le_bytes()
@@ -85,7 +102,7 @@ scalar!(u8, u16, u32, u64);
 /// must be neither merged, hoisted nor dropped.
 #[cfg(target_arch = "x86_64")]
 macro_rules! pinned {
-    ($t:ty, $class:ident, $load:literal, $store:literal) => {
+    ($t:ty, $class:ident, $load:literal, $store:literal, $load_at:literal, $store_at:literal) => {
         impl sealed::Sealed for $t {
             #[inline(always)]
             unsafe fn pinned_load(ptr: *const $t) -> $t {
@@ -109,27 +126,65 @@ macro_rules! pinned {
                         options(nostack, preserves_flags));
                 }
             }
+
+            #[inline(always)]
+            unsafe fn pinned_load_at(base: *const u8, offset: usize) -> $t {
+                let value: $t;
+                // SAFETY: as in `pinned_load`, for the address `base + offset`.
+                unsafe {
+                    std::arch::asm!($load_at, v = lateout($class) value, b = in(reg) base,
+                        o = in(reg) offset, options(nostack, preserves_flags, readonly));
+                }
+                value
+            }
+
+            #[inline(always)]
+            unsafe fn pinned_store_at(base: *mut u8, offset: usize, value: $t) {
+                // SAFETY: as in `pinned_store`, for the address `base + offset`.
+                unsafe {
+                    std::arch::asm!($store_at, b = in(reg) base, o = in(reg) offset,
+                        v = in($class) value, options(nostack, preserves_flags));
+                }
+            }
         }
     };
 }
 
 #[cfg(target_arch = "x86_64")]
-pinned!(u8, reg_byte, "mov {v}, byte ptr [{p}]", "mov byte ptr [{p}], {v}");
+pinned!(
+    u8,
+    reg_byte,
+    "mov {v}, byte ptr [{p}]",
+    "mov byte ptr [{p}], {v}",
+    "mov {v}, byte ptr [{b} + {o}]",
+    "mov byte ptr [{b} + {o}], {v}"
+);
 #[cfg(target_arch = "x86_64")]
-pinned!(u16, reg, "mov {v:x}, word ptr [{p}]", "mov word ptr [{p}], {v:x}");
+pinned!(
+    u16,
+    reg,
+    "mov {v:x}, word ptr [{p}]",
+    "mov word ptr [{p}], {v:x}",
+    "mov {v:x}, word ptr [{b} + {o}]",
+    "mov word ptr [{b} + {o}], {v:x}"
+);
 #[cfg(target_arch = "x86_64")]
 pinned!(
     u32,
     reg,
     "mov {v:e}, dword ptr [{p}]",
-    "mov dword ptr [{p}], {v:e}"
+    "mov dword ptr [{p}], {v:e}",
+    "mov {v:e}, dword ptr [{b} + {o}]",
+    "mov dword ptr [{b} + {o}], {v:e}"
 );
 #[cfg(target_arch = "x86_64")]
 pinned!(
     u64,
     reg,
     "mov {v:r}, qword ptr [{p}]",
-    "mov qword ptr [{p}], {v:r}"
+    "mov qword ptr [{p}], {v:r}",
+    "mov {v:r}, qword ptr [{b} + {o}]",
+    "mov qword ptr [{b} + {o}], {v:r}"
 );
 
 /// Elsewhere, volatile accesses: one access of the type's width, though the
@@ -148,6 +203,18 @@ macro_rules! pinned {
             unsafe fn pinned_store(ptr: *mut $t, value: $t) {
                 // SAFETY: guaranteed by the caller, as for `write`.
                 unsafe { ptr.write_volatile(value) }
+            }
+
+            #[inline(always)]
+            unsafe fn pinned_load_at(base: *const u8, offset: usize) -> $t {
+                // SAFETY: guaranteed by the caller, as for `read`.
+                unsafe { base.add(offset).cast::<$t>().read_volatile() }
+            }
+
+            #[inline(always)]
+            unsafe fn pinned_store_at(base: *mut u8, offset: usize, value: $t) {
+                // SAFETY: guaranteed by the caller, as for `write`.
+                unsafe { base.add(offset).cast::<$t>().write_volatile(value) }
             }
         }
     )*};
@@ -201,22 +268,23 @@ pub unsafe fn write<T: Scalar>(ptr: *mut T, value: T) {
     unsafe { T::pinned_store(ptr, value.cpu_to_le()) }
 }
 
-/// [`read()`] at a byte address, for the region's typed fast and slow paths.
+/// [`read()`] at `base + offset`, for the region's typed fast and slow paths:
+/// still one `mov`, with the addition in its addressing.
 ///
 /// # Safety
-/// As for [`read()`].
+/// As for [`read()`] at `base + offset`.
 #[inline(always)]
-pub(crate) unsafe fn load<T: Scalar>(ptr: *const u8) -> T {
+pub(crate) unsafe fn load<T: Scalar>(base: *const u8, offset: usize) -> T {
     // SAFETY: guaranteed by the caller.
-    unsafe { read(ptr.cast::<T>()) }
+    unsafe { T::pinned_load_at(base, offset) }.le_to_cpu()
 }
 
-/// [`write()`] at a byte address.
+/// [`write()`] at `base + offset`.
 ///
 /// # Safety
-/// As for [`write()`].
+/// As for [`write()`] at `base + offset`.
 #[inline(always)]
-pub(crate) unsafe fn store<T: Scalar>(ptr: *mut u8, value: T) {
+pub(crate) unsafe fn store<T: Scalar>(base: *mut u8, offset: usize, value: T) {
     // SAFETY: guaranteed by the caller.
-    unsafe { write(ptr.cast::<T>(), value) }
+    unsafe { T::pinned_store_at(base, offset, value.cpu_to_le()) }
 }

@@ -142,6 +142,12 @@ impl Mapping {
         }
     }
 
+    /// Takes the record of accesses the device refused (see
+    /// [`crate::Region::take_error`]): how many, and the last errno.
+    pub(crate) fn take_refused(&self) -> Option<(u64, i32)> {
+        self.registration.as_ref().and_then(Registration::take_refused)
+    }
+
     /// Drains the trace ring into `log::trace!` lines; returns how many.
     pub(crate) fn flush_trace(&self) -> usize {
         self.registration.as_ref().map_or(0, Registration::flush_trace)

@@ -1,9 +1,17 @@
-//! The process-wide SIGSEGV handler that serves shadow holes (x86-64).
+//! The process-wide SIGSEGV and SIGBUS handlers that serve shadow holes and
+//! revoked mappings (x86-64).
 //!
-//! Installed once, on the first shadow region. For a fault inside a
-//! registered region it decodes the instruction at RIP, does the load or store
-//! on the device through the region's [`RegionIo`](crate::region::RegionIo),
-//! updates the saved registers and returns past the instruction. Any other
+//! Installed once, on the first region. For a SIGSEGV inside a registered
+//! region (a trapped page), and for a SIGBUS there (a mapped page that
+//! vfio-pci revoked: memory decoding off, a reset running), it decodes the
+//! instruction at RIP, does the load or store on the device through the
+//! region's [`RegionIo`](crate::region::RegionIo), updates the saved
+//! registers and returns past the instruction. `pread`/`pwrite` wait out a
+//! reset; when the device refuses the access (`EIO` while decoding is off) it
+//! is completed as PCIe completes an unsupported request, reads all-ones and
+//! writes dropped, and recorded for [`crate::Region::take_error`]. A SIGBUS
+//! from a machine check (`BUS_MCEERR_AR`/`AO`), or outside every region, goes
+//! to the previous handler. Any other
 //! fault goes to the handler that was installed before (so Rust's stack
 //! overflow report and other crates' handlers keep working). A fault in a
 //! region that cannot be emulated writes one line to stderr and then takes
@@ -26,7 +34,7 @@
 //! does not queue a synchronous fault for a blocked (or ignored) signal, it
 //! unblocks it, resets it to `SIG_DFL` and so kills the process, without
 //! barmap's handler ever running and without a diagnostic. The same holds for
-//! SIGBUS once barmap serves revoked BAR mappings through it. This catches
+//! SIGBUS on a mapped page while vfio-pci has revoked it. This catches
 //! the common pattern of blocking every signal in worker threads (`sigfillset`
 //! then `pthread_sigmask`) so that one thread takes them with `sigwait` or a
 //! `signalfd`: such a program must `sigdelset` SIGSEGV and SIGBUS from that
@@ -71,7 +79,7 @@
 //! (gdb) handle SIGSEGV nostop noprint pass
 //! ```
 //!
-//! (and the same for SIGBUS once barmap serves it). A fault barmap refuses is
+//! and `handle SIGBUS nostop noprint pass`. A fault barmap refuses is
 //! then not stopped at either: its one-line diagnostic names the instruction
 //! address, and `handle SIGSEGV stop print` brings the stop back. Under
 //! `strace`, each trapped access shows as a `--- SIGSEGV` line with
@@ -84,7 +92,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libc::{c_int, c_void, siginfo_t, ucontext_t};
 
-use self::chain::{Origin, SIGSEGV};
+use self::chain::{Chain, Origin, SIGBUS, SIGSEGV};
 use super::cache::CACHE;
 use super::emulate::{self, Bus, Decoded, ExecError, Regs, MAX_INSN_LEN};
 use super::registry::REGISTRY;
@@ -96,23 +104,41 @@ pub(super) mod chain;
 /// The page size, read once outside signal context.
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
-/// Installs the handler unless it is already installed. Not async-signal-safe.
+/// Installs the handlers unless they are installed. Not async-signal-safe.
 pub(crate) fn install() -> io::Result<()> {
     SIGSEGV.install(on_sigsegv, || {
         PAGE_SIZE.store(crate::map::page_size(), Ordering::Relaxed);
         // The decoder builds its tables (allocating) on first use: do that here,
         // not in the handler.
         let _ = emulate::decode(&[0x8b, 0x07], 0);
-    })
+    })?;
+    SIGBUS.install(on_sigbus, || {})
 }
 
 extern "C" fn on_sigsegv(_: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
+    on_fault(&SIGSEGV, info, ctx, |_| true);
+}
+
+extern "C" fn on_sigbus(_: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
+    // Only an access to a page whose mapping is gone (BUS_ADRERR: vfio-pci's
+    // VM_FAULT_SIGBUS) is ours; a machine check (BUS_MCEERR_AR/AO) or an
+    // alignment fault belongs to whoever handled them before.
+    on_fault(&SIGBUS, info, ctx, |code| code == libc::BUS_ADRERR);
+}
+
+/// Serves a fault of `chain`'s signal in a registered region, or passes it on.
+/// `ours` says which fault codes barmap serves.
+fn on_fault(chain: &'static Chain, info: *mut siginfo_t, ctx: *mut c_void, ours: impl Fn(c_int) -> bool) {
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t.
-    if unsafe { (*info).si_code } <= 0 {
+    let code = unsafe { (*info).si_code };
+    if code <= 0 {
         // Sent by kill, tgkill or sigqueue (SI_USER, SI_TKILL, SI_QUEUE): not a
         // fault, and `si_addr` is not an address (it overlays the sender's pid
         // and uid), so it is never ours.
-        return SIGSEGV.forward(info, ctx, Origin::Sent);
+        return chain.forward(info, ctx, Origin::Sent);
+    }
+    if !ours(code) {
+        return chain.forward(info, ctx, Origin::Fault);
     }
     // SAFETY: the kernel passes a valid errno location for this thread.
     let errno = unsafe { *libc::__errno_location() };
@@ -132,8 +158,8 @@ extern "C" fn on_sigsegv(_: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
     unsafe { *libc::__errno_location() = errno };
     match served {
         Some(true) => {}
-        Some(false) => SIGSEGV.default_action(),
-        None => SIGSEGV.forward(info, ctx, Origin::Fault),
+        Some(false) => chain.default_action(),
+        None => chain.forward(info, ctx, Origin::Fault),
     }
 }
 
@@ -346,19 +372,39 @@ impl DeviceBus<'_> {
     }
 }
 
+/// Whether the device refused an access (`EIO`: vfio-pci's answer while
+/// memory decoding is off), which PCIe completes without failing.
+fn refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EIO)
+}
+
 impl Bus for DeviceBus<'_> {
+    /// A refused read returns all-ones of its width and is recorded.
     fn read(&mut self, width: usize) -> io::Result<u64> {
         let mut buf = [0u8; 8];
-        self.shared.io.read_at(self.offset, &mut buf[..width])?;
-        let value = u64::from_le_bytes(buf);
+        let value = match self.shared.io.read_at(self.offset, &mut buf[..width]) {
+            Ok(()) => u64::from_le_bytes(buf),
+            Err(e) if refused(&e) => {
+                self.shared.note_refused(libc::EIO);
+                u64::MAX >> (64 - 8 * width)
+            }
+            Err(e) => return Err(e),
+        };
         self.record(width, value, AccessKind::Read);
         Ok(value)
     }
 
+    /// A refused write is dropped and recorded.
     fn write(&mut self, width: usize, value: u64) -> io::Result<()> {
-        self.shared
+        match self
+            .shared
             .io
-            .write_at(self.offset, &value.to_le_bytes()[..width])?;
+            .write_at(self.offset, &value.to_le_bytes()[..width])
+        {
+            Ok(()) => {}
+            Err(e) if refused(&e) => self.shared.note_refused(libc::EIO),
+            Err(e) => return Err(e),
+        }
         self.record(width, value, AccessKind::Write);
         Ok(())
     }

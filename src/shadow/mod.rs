@@ -14,12 +14,19 @@
 //! for every access.
 //!
 //! The handler is x86-64 only; elsewhere building a shadow region returns
-//! [`crate::Error::Unsupported`]. It emulates `MOV`, `MOVZX`, `MOVSX` loads and `MOV`
-//! stores of 1, 2, 4 and 8 bytes, which is what `ptr::read_volatile` and
-//! `ptr::write_volatile` of `u8`..`u64` compile to. Any other instruction on a
-//! trapped page (an SSE copy, `memcpy`'s `rep movs`, an atomic) ends the
-//! process with a one-line diagnostic on stderr naming the address, the region
-//! offset and the instruction bytes; it is never served with a wrong width.
+//! [`crate::Error::Unsupported`]. It emulates every form compilers emit for
+//! volatile accesses of 1 to 8 bytes at any optimisation level: `MOV`,
+//! `MOVZX`/`MOVSX`, `MOVBE`, ALU instructions with a memory operand (`add`,
+//! `cmp`, `test`, `or`, `inc`, `imul`, `bt`, shifts...), and scalar SSE/AVX
+//! moves (`movd`, `movq`, `movss`, `movsd` and their VEX forms); see the
+//! `emulate` module for the list. A read-modify-write is one read and one
+//! write of the same width, and flags are computed by the CPU itself. Any
+//! other instruction on a trapped page (an SSE copy of 16 bytes, `memcpy`'s
+//! `rep movs`, a `lock`ed or `xchg` atomic), and a misaligned access or one
+//! that straddles a page, ends the process with a one-line diagnostic on
+//! stderr naming the address, the region offset and the instruction bytes;
+//! it is never served with a wrong width. [`crate::mmio`]'s pinned accessors
+//! emit plain `MOV`s only.
 //!
 //! Faults outside every shadow region go to the SIGSEGV handler that was
 //! installed before barmap's (Rust's stack-overflow report, other crates), and
@@ -77,14 +84,21 @@
 //!   [`crate::Region::flush_trace`] drains into `log::trace!` lines outside the
 //!   handler.
 //! - **Errors**: an access the handler cannot serve (unsupported instruction,
-//!   access past the region's end, a failing `pread`/`pwrite`, e.g. `EIO`
-//!   while the device's memory decoding is off) prints one line to stderr and
-//!   kills the process with SIGSEGV: a load never gets a made-up value.
+//!   access past the region's end, a `pread`/`pwrite` failing with anything
+//!   but `EIO`) prints one line to stderr and kills the process with SIGSEGV:
+//!   a load never gets a made-up value.
+//! - **Revocation**: vfio-pci zaps a device's BAR mappings while its memory
+//!   decoding is off and while a reset runs; a touch of a mapped page then
+//!   raises SIGBUS, which the same handler serves through `pread`/`pwrite`
+//!   (they wait out a reset). A device that refuses (`EIO`, decoding off) is
+//!   answered as PCIe answers an unsupported request: reads return all-ones,
+//!   writes are dropped, and the region records it
+//!   ([`crate::Region::take_error`]). Machine-check SIGBUSes
+//!   (`BUS_MCEERR_*`) and SIGBUSes outside every region go to the previous
+//!   handler.
 //!
-//! Not covered: SIGBUS (vfio-pci revokes BAR mappings on reset, and a touch of
-//! a revoked mapped page raises SIGBUS, which barmap leaves alone). 8-byte
-//! accesses are one 8-byte `pread`/`pwrite`, which kernels before 6.11 split
-//! into two 4-byte device accesses.
+//! 8-byte accesses are one 8-byte `pread`/`pwrite`, which kernels before 6.11
+//! split into two 4-byte device accesses.
 //!
 //! ```
 //! # #[cfg(target_arch = "x86_64")] {
@@ -120,6 +134,7 @@ mod registry;
 pub const CAPACITY: usize = 512;
 
 use std::io;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use trace::TraceRing;
@@ -144,9 +159,31 @@ pub(crate) struct Shared {
     io: Arc<dyn RegionIo>,
     hook: Option<AccessHook>,
     trace: Option<TraceRing>,
+    /// Accesses the device refused (EIO: memory decoding off, or a reset in
+    /// a state it cannot wait out) since the owner last took the record, and
+    /// the errno of the last one.
+    refused: AtomicU64,
+    refused_errno: AtomicI32,
 }
 
 impl Shared {
+    /// Records an access the device refused with `errno`, which the fault
+    /// handler completed as PCIe does (all-ones read, dropped write).
+    /// Async-signal-safe.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn note_refused(&self, errno: i32) {
+        self.refused_errno.store(errno, Ordering::Relaxed);
+        self.refused.fetch_add(1, Ordering::Release);
+    }
+
+    /// Takes the record of refused accesses: how many, and the last errno.
+    fn take_refused(&self) -> Option<(u64, i32)> {
+        match self.refused.swap(0, Ordering::Acquire) {
+            0 => None,
+            n => Some((n, self.refused_errno.load(Ordering::Relaxed))),
+        }
+    }
+
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn contains(&self, addr: usize) -> bool {
         addr.wrapping_sub(self.base) < self.len
@@ -199,7 +236,7 @@ impl RegisterError {
             RegisterError::Install(source) => Error::Shadow {
                 addr,
                 region,
-                step: "installing the SIGSEGV handler",
+                step: "installing the SIGSEGV and SIGBUS handlers",
                 offset: 0,
                 len: 0,
                 source,
@@ -240,6 +277,8 @@ impl Registration {
             io,
             hook,
             trace,
+            refused: AtomicU64::new(0),
+            refused_errno: AtomicI32::new(0),
         });
         Registration::register(shared)
     }
@@ -267,6 +306,12 @@ impl Registration {
     /// Drains the trace ring into `log::trace!` lines.
     pub(crate) fn flush_trace(&self) -> usize {
         self.shared.flush_trace()
+    }
+
+    /// Takes the record of accesses the device refused since the last call:
+    /// how many, and the errno of the last one.
+    pub(crate) fn take_refused(&self) -> Option<(u64, i32)> {
+        self.shared.take_refused()
     }
 
     /// Reports an access that a typed access made through the slow path, so

@@ -215,6 +215,8 @@ mod tests {
             io: std::sync::Arc::new(Nothing),
             hook: None,
             trace: None,
+            refused: Default::default(),
+            refused_errno: Default::default(),
         })
     }
 

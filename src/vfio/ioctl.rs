@@ -7,8 +7,8 @@ use std::mem::{size_of, size_of_val};
 use std::os::fd::RawFd;
 
 use vfio_bindings::bindings::vfio::{
-    vfio_device_info, vfio_pci_dependent_device, vfio_pci_hot_reset, vfio_pci_hot_reset_info, vfio_region_info,
-    VFIO_BASE, VFIO_TYPE,
+    vfio_device_info, vfio_pci_dependent_device, vfio_pci_hot_reset, vfio_pci_hot_reset_info,
+    vfio_region_info, VFIO_BASE, VFIO_TYPE,
 };
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + nr)`.

@@ -2,6 +2,8 @@
 //! driving edu and pci-testdev.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod child;
+
 use std::time::{Duration, Instant};
 
 use barmap::{PciAddress, Region};
@@ -38,6 +40,12 @@ pub fn missing_address() -> PciAddress {
         .map(|domain| format!("{domain:04x}:ff:1f.7").parse().unwrap())
         .find(|addr| !present.contains(addr))
         .expect("a free PCI address")
+}
+
+/// The address of the virtio device with function-level reset, alone behind a
+/// PCIe root port, in the guest.
+pub fn flr_dev() -> PciAddress {
+    from_env("BARMAP_FLR_DEV", "function-level-reset")
 }
 
 /// edu BAR0 registers.

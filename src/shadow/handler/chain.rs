@@ -3,8 +3,8 @@
 //! delivered it to that action. HotSpot's `PosixSignals::chained_handler` is
 //! the model.
 //!
-//! One [`Chain`] serves one signal: [`SIGSEGV`] for the shadow regions; a
-//! SIGBUS handler declares a `static` of its own with [`Chain::new`].
+//! One [`Chain`] serves one signal: [`SIGSEGV`] for the shadow regions'
+//! trapped pages, [`SIGBUS`] for their revoked mapped pages.
 //!
 //! # Installing
 //!
@@ -88,6 +88,9 @@ pub(crate) struct Chain {
 
 /// The chain for SIGSEGV, which serves shadow regions.
 pub(crate) static SIGSEGV: Chain = Chain::new(libc::SIGSEGV);
+
+/// The chain for SIGBUS, which serves mapped pages that vfio-pci revoked.
+pub(crate) static SIGBUS: Chain = Chain::new(libc::SIGBUS);
 
 /// The highest signal number the kernel knows on x86-64 (`_NSIG`), and so
 /// the width of its signal masks.

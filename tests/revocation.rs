@@ -1,0 +1,246 @@
+//! Revocation and reset: vfio-pci zaps every BAR mapping while memory
+//! decoding is off or a reset runs. Accesses through a region then reach the
+//! fault handler (SIGBUS on a mapped page, SIGSEGV on a trapped one), which
+//! serves them with pread/pwrite; a device that refuses gets PCIe's answer
+//! (all-ones reads, dropped writes) and the region records it.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use barmap::config::regs::{PCI_CAPABILITY_LIST, PCI_CAP_ID_VNDR, PCI_COMMAND, PCI_COMMAND_MEMORY};
+use barmap::{Device, Error, MapPolicy, Region, RegionIndex, ResetKind};
+use common::{edu, edu_reg, flr_dev};
+
+/// Turns memory decoding of `dev` on or off through its command register.
+fn set_decode(dev: &Device, on: bool) {
+    let config = dev.config().unwrap();
+    let command = config.read16(PCI_COMMAND).unwrap();
+    let command = if on {
+        command | PCI_COMMAND_MEMORY
+    } else {
+        command & !PCI_COMMAND_MEMORY
+    };
+    config.write16(PCI_COMMAND, command).unwrap();
+}
+
+/// Reads edu's ID register through `region`'s pointer.
+fn id_through_pointer(region: &Region) -> u32 {
+    let p = region.as_ptr().unwrap();
+    // SAFETY: offset 0 is inside BAR0 and 4-byte aligned; the region is live.
+    unsafe { p.add(edu_reg::ID as usize).cast::<u32>().read_volatile() }
+}
+
+fn assert_refused(error: Option<Error>, at_least: u64) {
+    match error {
+        Some(Error::Refused { count, source, .. }) => {
+            assert!(count >= at_least, "{count} refused, expected at least {at_least}");
+            assert_eq!(source.raw_os_error(), Some(libc::EIO), "{source}");
+        }
+        other => panic!("expected a refused-access record, got {other:?}"),
+    }
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn decode_off_gives_typed_errors_or_all_ones_and_kills_nothing() {
+    let dev = Device::open(edu()).unwrap();
+    let mapped = dev.bar(0).unwrap();
+    let trapped = dev
+        .region(RegionIndex::bar(0).unwrap(), MapPolicy::TrapAll)
+        .unwrap();
+    assert!(mapped.is_fully_mapped() && trapped.mapped_ranges().is_empty());
+    assert_eq!(mapped.read::<u32>(edu_reg::ID).unwrap(), edu_reg::ID_VALUE);
+
+    set_decode(&dev, false);
+    // Typed read of the mapping: SIGBUS, served with pread, refused: a typed error.
+    let err = mapped.read::<u32>(edu_reg::ID).unwrap_err();
+    assert!(matches!(&err, Error::Refused { count: 1, .. }), "{err:?}");
+    // Through the pointer: PCIe's all-ones, recorded.
+    assert_eq!(id_through_pointer(&mapped), u32::MAX);
+    assert_refused(mapped.take_error(), 1);
+    assert!(mapped.take_error().is_none(), "taking the record clears it");
+    // A write is dropped and recorded.
+    mapped.write::<u32>(edu_reg::LIVENESS, 0x1234_5678).unwrap();
+    assert_refused(mapped.take_error(), 1);
+    // The trapped region: the pointer gets all-ones, typed accesses the OS error.
+    assert_eq!(id_through_pointer(&trapped), u32::MAX);
+    assert_refused(trapped.take_error(), 1);
+    let err = trapped.read::<u32>(edu_reg::ID).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EIO)),
+        "{err:?}"
+    );
+
+    set_decode(&dev, true);
+    assert_eq!(mapped.read::<u32>(edu_reg::ID).unwrap(), edu_reg::ID_VALUE);
+    assert_eq!(id_through_pointer(&mapped), edu_reg::ID_VALUE);
+    assert_eq!(id_through_pointer(&trapped), edu_reg::ID_VALUE);
+    assert!(mapped.take_error().is_none() && trapped.take_error().is_none());
+    // The dropped write never reached the device.
+    mapped.write::<u32>(edu_reg::LIVENESS, 7).unwrap();
+    assert_eq!(mapped.read::<u32>(edu_reg::LIVENESS).unwrap(), !7);
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn threads_see_right_values_or_recorded_all_ones_while_decode_toggles() {
+    let dev = Device::open(edu()).unwrap();
+    let mapped = Arc::new(dev.bar(0).unwrap());
+    let trapped = Arc::new(
+        dev.region(RegionIndex::bar(0).unwrap(), MapPolicy::TrapAll)
+            .unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let ones = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let refused = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let readers: Vec<_> = (0..8)
+        .map(|t| {
+            let region = if t % 2 == 0 {
+                mapped.clone()
+            } else {
+                trapped.clone()
+            };
+            let (stop, ones, refused) = (stop.clone(), ones.clone(), refused.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let value = id_through_pointer(&region);
+                    assert!(
+                        value == edu_reg::ID_VALUE || value == u32::MAX,
+                        "thread {t} read {value:#x}"
+                    );
+                    if value == u32::MAX {
+                        ones[t % 2].fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(Error::Refused { count, .. }) = region.take_error() {
+                        refused[t % 2].fetch_add(count, Ordering::Relaxed);
+                    }
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for _ in 0..40 {
+        set_decode(&dev, false);
+        std::thread::sleep(Duration::from_millis(3));
+        set_decode(&dev, true);
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads: u64 = readers
+        .into_iter()
+        .map(|r| r.join().expect("a reader died"))
+        .sum();
+    for (i, region) in [&mapped, &trapped].into_iter().enumerate() {
+        if let Some(Error::Refused { count, .. }) = region.take_error() {
+            refused[i].fetch_add(count, Ordering::Relaxed);
+        }
+        let (ones, refused) = (
+            ones[i].load(Ordering::Relaxed),
+            refused[i].load(Ordering::Relaxed),
+        );
+        assert!(
+            refused >= ones,
+            "region {i}: {ones} all-ones reads but {refused} recorded refusals"
+        );
+        assert_eq!(id_through_pointer(region), edu_reg::ID_VALUE);
+    }
+    assert!(reads > 0);
+}
+
+/// The offset in BAR `bar` of a virtio device's common configuration, from
+/// its vendor capabilities (cfg_type 1).
+fn virtio_common_cfg(dev: &Device) -> (u32, u64) {
+    let config = dev.config().unwrap();
+    let mut at = config.read8(PCI_CAPABILITY_LIST).unwrap() as u16;
+    while at != 0 {
+        if config.read8(at).unwrap() == PCI_CAP_ID_VNDR && config.read8(at + 3).unwrap() == 1 {
+            let bar = u32::from(config.read8(at + 4).unwrap());
+            return (bar, u64::from(config.read32(at + 8).unwrap()));
+        }
+        at = config.read8(at + 1).unwrap() as u16;
+    }
+    panic!("no virtio common configuration capability on {}", dev.address());
+}
+
+/// `device_status` in virtio's common configuration.
+const VIRTIO_DEVICE_STATUS: u64 = 0x14;
+
+#[test]
+#[ignore = "needs QEMU's virtio-rng behind a PCIe root port bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn a_function_reset_resets_the_device_and_mappings_work_after() {
+    let dev = Device::open(flr_dev()).unwrap();
+    let (bar, common) = virtio_common_cfg(&dev);
+    let region = dev.bar(bar).unwrap();
+    let status = common + VIRTIO_DEVICE_STATUS;
+    region.write::<u8>(status, 1).unwrap(); // ACKNOWLEDGE
+    assert_eq!(region.read::<u8>(status).unwrap(), 1);
+    assert_eq!(dev.reset().unwrap(), ResetKind::Function);
+    assert_eq!(
+        region.read::<u8>(status).unwrap(),
+        0,
+        "the reset cleared device_status"
+    );
+    region.write::<u8>(status, 1).unwrap();
+    assert_eq!(
+        region.read::<u8>(status).unwrap(),
+        1,
+        "the mapping works after the reset"
+    );
+    region.write::<u8>(status, 0).unwrap();
+    assert!(region.take_error().is_none());
+}
+
+#[test]
+#[ignore = "needs QEMU's virtio-rng behind a PCIe root port bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn accesses_during_resets_wait_them_out() {
+    let dev = Device::open(flr_dev()).unwrap();
+    let (bar, common) = virtio_common_cfg(&dev);
+    let region = Arc::new(dev.bar(bar).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (region, stop) = (region.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // num_queues: 1 for virtio-rng, whatever the reset state.
+                    match region.read::<u16>(common + 0x12) {
+                        Ok(queues) => assert_eq!(queues, 1),
+                        Err(e) => panic!("a read during a reset failed: {e}"),
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        assert_eq!(dev.reset().unwrap(), ResetKind::Function);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads: u64 = readers
+        .into_iter()
+        .map(|r| r.join().expect("a reader died"))
+        .sum();
+    assert!(reads > 0);
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn a_device_without_any_reset_says_so() {
+    let dev = Device::open(edu()).unwrap();
+    let err = dev.reset().unwrap_err();
+    assert!(
+        matches!(&err, Error::Unsupported { addr, .. } if *addr == dev.address()),
+        "{err:?}"
+    );
+    assert_eq!(
+        dev.bar(0).unwrap().read::<u32>(edu_reg::ID).unwrap(),
+        edu_reg::ID_VALUE
+    );
+}
