@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# guest-test.sh [6.1|6.12|all] [-- LIBTEST-ARGS...]: builds the test binaries statically, boots the guest on
-# each kernel (default: all) and runs every test binary in it with --include-ignored --test-threads=1 (plus
-# LIBTEST-ARGS, e.g. a name filter), one after another, each killed after $BARMAP_TEST_TIMEOUT seconds.
-# Prints the results per kernel and binary and ends with the line "N passed, M failed". Exits non-zero if a
-# test failed, a binary crashed or gave no result, the guest timed out or did not report completion.
+# guest-test.sh [6.1|6.12|7.3|all] [-- LIBTEST-ARGS...]: builds the test binaries statically, boots the
+# guest on each kernel (default: all) and runs every test binary in it with --include-ignored
+# --test-threads=1 (plus LIBTEST-ARGS, e.g. a name filter), one after another, each killed after
+# $BARMAP_TEST_TIMEOUT seconds. Prints the results per kernel and binary and ends with the line "N passed,
+# M failed". Exits non-zero if a test failed, a binary crashed or gave no result, the guest timed out or did
+# not report completion.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
