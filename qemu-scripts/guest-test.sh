@@ -26,11 +26,12 @@ printf 'BARMAP_TEST_TIMEOUT=%d barmap-run-tests --include-ignored --test-threads
 
 passed=0 failed=0 summary=()
 for series in "${kernels[@]}"; do
+    start=$SECONDS
     guest_run "$series" "$RUN_DIR/build.list" "$RUN_DIR/job.sh" </dev/null
     rc=$GUEST_STATUS
     results=$(parse_guest_tests "$BARMAP_GUEST_WORK/logs/$series-output.log")
     read -r _ p f n <<<"$(tail -n 1 <<<"$results")"
-    summary+=("kernel $series: $p passed, $f failed in $n test binaries (guest status $rc)")
+    summary+=("kernel $series: $p passed, $f failed in $n test binaries (guest status $rc, $((SECONDS - start)) s)")
     summary+=("$(sed '$d' <<<"$results")")
     if ((rc != 0 && f == 0)); then
         # The guest failed without a counted test failure: no binaries, timeout, crash of the guest.
