@@ -161,7 +161,7 @@ kernel_apt_update() {
     local series=$1 mirror
     case "$series" in
     7.3)
-        mirror=$(debian_mirror)
+        mirror=$(debian_mirror) || return 1
         mkdir -p "$BARMAP_BACKPORTS_APT"/{lists/partial,cache/archives/partial}
         printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s trixie-backports main\n' \
             "$mirror" >"$BARMAP_BACKPORTS_APT/sources.list"
