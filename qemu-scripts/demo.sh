@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# demo.sh [KERNEL]: the main job. Boots the guest (default kernel 6.12) and pokes QEMU's edu device with the
-# barpoke example (examples/barpoke.rs): identity, liveness register, factorial, a dump. Exits with the status
-# of the first command that fails. The guest commands are the DEMO list below: edit them there.
+# demo.sh [KERNEL]: the main job. Boots the guest (KERNEL 6.1, 6.12 or 7.3; default 6.12) and pokes QEMU's edu
+# device with the barpoke example (examples/barpoke.rs): identity, liveness register, factorial, a dump.
+# Exits with the status of the first command that fails. The guest commands are the DEMO list below: edit
+# them there.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# fetch-kernels.sh [6.1|6.12|all]: installs the host packages and downloads, caches and extracts the guest
-# kernels (newest Debian signed image of each series) into $BARMAP_CACHE. Prints each kernel's directory.
-# The other scripts do this on demand; run it alone to warm a cache or to check a fresh one.
+# fetch-kernels.sh [6.1|6.12|7.3|all]: installs the host packages and downloads, caches and extracts the guest
+# kernels (newest Debian signed image of each series; 7.3 comes from trixie-backports) into $BARMAP_CACHE.
+# Prints each kernel's directory. The other scripts do this on demand; run it alone to warm a cache or to
+# check a fresh one.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

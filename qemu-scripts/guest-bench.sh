@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # guest-bench.sh [KERNEL] [-- CRITERION-ARGS...]: builds the criterion benches statically (bench profile),
-# boots the guest (default kernel 6.12) and runs each bench binary there with `--bench $BARMAP_BENCH_ARGS`
-# (default: short warm-up and measurement) followed by CRITERION-ARGS (e.g. a benchmark name filter).
-# Prints their output; exits non-zero if a bench failed.
+# boots the guest (KERNEL 6.1, 6.12 or 7.3; default 6.12) and runs each bench binary there with
+# `--bench $BARMAP_BENCH_ARGS` (default: short warm-up and measurement) followed by CRITERION-ARGS (e.g. a
+# benchmark name filter). Prints their output; exits non-zero if a bench failed.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# guest-test.sh [6.1|6.12|all] [-- LIBTEST-ARGS...]: builds the test binaries statically, boots the guest on
-# each kernel (default: all) and runs every test binary in it with --include-ignored --test-threads=1 (plus
-# LIBTEST-ARGS, e.g. a name filter), one after another, each killed after $BARMAP_TEST_TIMEOUT seconds.
-# Prints the results per kernel and binary and ends with the line "N passed, M failed". Exits non-zero if a
-# test failed, a binary crashed or gave no result, the guest timed out or did not report completion.
+# guest-test.sh [6.1|6.12|7.3|all] [-- LIBTEST-ARGS...]: builds the test binaries statically, boots the
+# guest on each kernel (default: all) and runs every test binary in it with --include-ignored
+# --test-threads=1 (plus LIBTEST-ARGS, e.g. a name filter), one after another, each killed after
+# $BARMAP_TEST_TIMEOUT seconds. Prints the results per kernel and binary and ends with the line "N passed,
+# M failed". Exits non-zero if a test failed, a binary crashed or gave no result, the guest timed out or did
+# not report completion.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -25,11 +26,12 @@ printf 'BARMAP_TEST_TIMEOUT=%d barmap-run-tests --include-ignored --test-threads
 
 passed=0 failed=0 summary=()
 for series in "${kernels[@]}"; do
+    start=$SECONDS
     guest_run "$series" "$RUN_DIR/build.list" "$RUN_DIR/job.sh" </dev/null
     rc=$GUEST_STATUS
     results=$(parse_guest_tests "$BARMAP_GUEST_WORK/logs/$series-output.log")
     read -r _ p f n <<<"$(tail -n 1 <<<"$results")"
-    summary+=("kernel $series: $p passed, $f failed in $n test binaries (guest status $rc)")
+    summary+=("kernel $series: $p passed, $f failed in $n test binaries (guest status $rc, $((SECONDS - start)) s)")
     summary+=("$(sed '$d' <<<"$results")")
     if ((rc != 0 && f == 0)); then
         # The guest failed without a counted test failure: no binaries, timeout, crash of the guest.

@@ -23,8 +23,11 @@ if [[ -z "${BARMAP_CACHE:-}" ]]; then
 fi
 BARMAP_GUEST_WORK="$BARMAP_GUEST_TARGET/qemu"
 BARMAP_RUST_TARGET=x86_64-unknown-linux-gnu
-BARMAP_KERNELS=(6.1 6.12)
-BARMAP_HOST_PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils jq libc6-dev clang)
+BARMAP_KERNELS=(6.1 6.12 7.3)
+BARMAP_HOST_PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils jq libc6-dev zstd clang)
+# Kernel command line of every guest: virtio_pci is built in from 6.12 on and would take the virtio device
+# meant for vfio-pci (BARMAP_FLR_DEV) before /init runs; the guest uses no other virtio device.
+BARMAP_GUEST_KERNEL_ARGS='initcall_blacklist=virtio_pci_driver_init'
 # Printed by the guest (qemu-scripts/guest/*) on a line of its own; parsed by the host.
 BARMAP_MARKER='@@BARMAP@@'
 
@@ -69,20 +72,32 @@ ensure_host_packages() {
 
 # ---------------------------------------------------------------------------------------------------------
 # Guest kernels: Debian's signed images, newest of each series, cached in $BARMAP_CACHE/<package>/
+#   6.1, 6.12: linux-image-* from the host's own apt sources (bookworm, bookworm-security);
+#   7.3: linux-binary-* (vmlinuz), linux-modules-* and linux-base-* (config) from trixie-backports, through a
+#        private apt state in $BARMAP_CACHE/apt-trixie-backports: the host's sources and lists stay untouched.
 
 # kernel_check SERIES: dies unless SERIES is a known kernel series.
 kernel_check() {
     case "$1" in
-    6.1 | 6.12) ;;
+    6.1 | 6.12 | 7.3) ;;
     *) die "unknown kernel '$1' (expected one of: ${BARMAP_KERNELS[*]})" ;;
     esac
 }
 
-# kernel_package_regex SERIES: the apt package name pattern of the series.
+# kernel_package_regex SERIES: the apt package name pattern of the series (the package holding vmlinuz).
 kernel_package_regex() {
     case "$1" in
     6.1) echo '^linux-image-6\.1\.0-[0-9]+-amd64$' ;;
     6.12) echo '^linux-image-6\.12\.[0-9]+\+deb12-amd64$' ;;
+    7.3) echo '^linux-binary-7\.3\.[0-9]+\+deb13-amd64$' ;;
+    esac
+}
+
+# kernel_packages SERIES PACKAGE: every package to fetch for the kernel whose vmlinuz is in PACKAGE.
+kernel_packages() {
+    case "$1" in
+    7.3) echo "$2" "${2/#linux-binary-/linux-modules-}" "${2/#linux-binary-/linux-base-}" ;;
+    *) echo "$2" ;;
     esac
 }
 
@@ -90,37 +105,117 @@ kernel_package_regex() {
 kernel_modules() {
     case "$1" in
     6.1) echo irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci ccp kvm kvm-amd ;;
-    6.12) echo irqbypass vfio vfio_iommu_type1 vfio-pci-core vfio-pci ccp kvm kvm-amd ;;
+    6.12 | 7.3) echo irqbypass vfio vfio_iommu_type1 vfio-pci-core vfio-pci ccp kvm kvm-amd ;;
     esac
 }
 
-# kernel_newest_package SERIES: newest package of the series known to apt, else the newest cached .deb.
-kernel_newest_package() {
-    local regex pkg
-    regex=$(kernel_package_regex "$1")
-    pkg=$(apt-cache search --names-only "$regex" | awk '{print $1}' | sort -V | tail -n 1)
-    if [[ -z "$pkg" && $EUID -eq 0 ]]; then
-        log "no $1 kernel package known to apt: running apt-get update"
+BARMAP_BACKPORTS_APT="$BARMAP_CACHE/apt-trixie-backports"
+
+# kernel_apt SERIES apt-get|apt-cache ARGS...: runs the apt command for the series' archive: the host's
+# configuration for 6.1 and 6.12, the private trixie-backports state for 7.3.
+kernel_apt() {
+    local series=$1 cmd=$2
+    shift 2
+    case "$series" in
+    7.3)
+        "$cmd" -o Dir::Etc::sourcelist="$BARMAP_BACKPORTS_APT/sources.list" \
+            -o Dir::Etc::sourceparts=/dev/null -o Dir::State::Lists="$BARMAP_BACKPORTS_APT/lists" \
+            -o Dir::Cache="$BARMAP_BACKPORTS_APT/cache" "$@"
+        ;;
+    *) "$cmd" "$@" ;;
+    esac
+}
+
+# apt_source_of CODENAME: the archive URI of the host's apt source for release CODENAME (needs its lists).
+apt_source_of() {
+    # shellcheck disable=SC2016 # apt's format fields, not shell expansions
+    apt-get indextargets --format '$(RELEASE) $(REPO_URI)' | awk -v c="$1" '$1 == c && !uri { uri = $2 }
+        END { if (uri) print uri }'
+}
+
+# debian_mirror: the Debian archive the host's apt uses for its own release (bookworm), or
+# $BARMAP_DEBIAN_MIRROR if set. Runs `apt-get update` (root) if the host's apt has no lists yet.
+debian_mirror() {
+    local codename uri
+    if [[ -n "${BARMAP_DEBIAN_MIRROR:-}" ]]; then
+        echo "$BARMAP_DEBIAN_MIRROR"
+        return 0
+    fi
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    [[ -n "$codename" ]] || die "no VERSION_CODENAME in /etc/os-release: set BARMAP_DEBIAN_MIRROR"
+    uri=$(apt_source_of "$codename")
+    if [[ -z "$uri" && $EUID -eq 0 ]]; then
+        log "the host's apt has no lists for $codename: running apt-get update"
         apt-get update -q >&2
-        pkg=$(apt-cache search --names-only "$regex" | awk '{print $1}' | sort -V | tail -n 1)
+        uri=$(apt_source_of "$codename")
+    fi
+    [[ -n "$uri" ]] ||
+        die "cannot tell the host's Debian mirror (no apt source for $codename): set BARMAP_DEBIAN_MIRROR"
+    echo "$uri"
+}
+
+# kernel_apt_update SERIES: refreshes the package lists the series is found in. 6.1 and 6.12: the host's
+# `apt-get update` (root only; returns 1 otherwise). 7.3: the private state, created on first use; the
+# archive's signature is checked against Debian's keyring, as for the host's own sources.
+kernel_apt_update() {
+    local series=$1 mirror
+    case "$series" in
+    7.3)
+        mirror=$(debian_mirror) || return 1
+        mkdir -p "$BARMAP_BACKPORTS_APT"/{lists/partial,cache/archives/partial}
+        printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s trixie-backports main\n' \
+            "$mirror" >"$BARMAP_BACKPORTS_APT/sources.list"
+        log "updating the trixie-backports package lists in $BARMAP_BACKPORTS_APT ($mirror)"
+        kernel_apt "$series" apt-get update -q -o APT::Sandbox::User="$(id -un)" >&2
+        ;;
+    *)
+        [[ $EUID -eq 0 ]] || return 1
+        log "running apt-get update"
+        apt-get update -q >&2
+        ;;
+    esac
+}
+
+# kernel_apt_newest SERIES: the newest package of the series that apt knows (nothing if none).
+kernel_apt_newest() {
+    local regex
+    regex=$(kernel_package_regex "$1")
+    [[ $1 != 7.3 || -d "$BARMAP_BACKPORTS_APT/lists" ]] || return 0
+    kernel_apt "$1" apt-cache search --names-only "$regex" | awk '{print $1}' | sort -V | tail -n 1
+}
+
+# kernel_newest_package SERIES: newest package of the series known to apt (its lists are updated first if
+# they know none), else the newest cached .deb.
+kernel_newest_package() {
+    local series=$1 regex pkg
+    regex=$(kernel_package_regex "$series")
+    pkg=$(kernel_apt_newest "$series")
+    if [[ -z "$pkg" ]]; then
+        log "no $series kernel package known to apt"
+        if kernel_apt_update "$series"; then
+            pkg=$(kernel_apt_newest "$series")
+        else
+            log "warning: could not update the package lists for $series"
+        fi
     fi
     if [[ -z "$pkg" ]]; then
-        pkg=$(find "$BARMAP_CACHE" -maxdepth 1 -name 'linux-image-*.deb' -printf '%f\n' 2>/dev/null |
+        pkg=$(find "$BARMAP_CACHE" -maxdepth 1 -name 'linux-*.deb' -printf '%f\n' 2>/dev/null |
             sed 's/_.*//' | grep -E "$regex" | sort -V | tail -n 1 || true)
     fi
     [[ -n "$pkg" ]] || die "no package matches $regex in apt or in $BARMAP_CACHE"
     echo "$pkg"
 }
 
-# kernel_prepare SERIES: prints the directory holding `vmlinuz` and `modules/NN-name.ko` (decompressed),
-# downloading and extracting the kernel package on first use. Holds a lock on the cache (shared by worktrees).
+# kernel_prepare SERIES: prints the directory holding `vmlinuz`, `config` and `modules/NN-name.ko`
+# (decompressed), downloading and extracting the kernel's packages on first use. Holds a lock on the cache
+# (shared by worktrees).
 kernel_prepare() {
     local series=$1 pkg dir
     kernel_check "$series"
-    pkg=$(kernel_newest_package "$series")
+    mkdir -p "$BARMAP_CACHE"
+    pkg=$(cache_locked kernel_newest_package "$series") # apt-get update inside must not race another run's
     dir="$BARMAP_CACHE/$pkg"
     if [[ ! -f "$dir/.complete" ]]; then
-        mkdir -p "$BARMAP_CACHE"
         (
             flock 9
             if [[ ! -f "$dir/.complete" ]]; then
@@ -131,31 +226,80 @@ kernel_prepare() {
     echo "$dir"
 }
 
-# kernel_extract SERIES PACKAGE DIR: downloads PACKAGE's .deb into the cache if absent and fills DIR.
-kernel_extract() {
-    local series=$1 pkg=$2 dir=$3 deb tmp i m ko
-    rm -rf "$BARMAP_CACHE"/.extract.*
-    deb=$(find "$BARMAP_CACHE" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n 1)
-    if [[ -z "$deb" ]]; then
-        log "downloading $pkg into $BARMAP_CACHE"
-        (cd "$BARMAP_CACHE" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >&2)
-        deb=$(find "$BARMAP_CACHE" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n 1)
-        [[ -n "$deb" ]] || die "apt-get download $pkg left no .deb in $BARMAP_CACHE"
+# cache_locked CMD...: runs CMD in a subshell holding the kernel cache's lock.
+cache_locked() {
+    (
+        flock 9
+        "$@"
+    ) 9>"$BARMAP_CACHE/.lock"
+}
+
+# kernel_cached_deb PACKAGE: the newest cached .deb of PACKAGE, or nothing.
+kernel_cached_deb() {
+    find "$BARMAP_CACHE" -maxdepth 1 -name "${1}_*.deb" | sort -V | tail -n 1
+}
+
+# kernel_download SERIES PACKAGE...: downloads the packages' .debs into the cache. Lists that name a version
+# the archive no longer has are updated once and the download retried.
+kernel_download() {
+    local series=$1
+    shift
+    log "downloading $* into $BARMAP_CACHE"
+    if ! (cd "$BARMAP_CACHE" && kernel_apt "$series" apt-get download -q -o APT::Sandbox::User="$(id -un)" \
+        "$@" >&2); then
+        log "download failed: updating the package lists and trying again"
+        kernel_apt_update "$series" || die "cannot update the package lists for $series (not root?)"
+        (cd "$BARMAP_CACHE" && kernel_apt "$series" apt-get download -q -o APT::Sandbox::User="$(id -un)" \
+            "$@" >&2) || die "apt-get download $* failed"
     fi
-    log "extracting $(basename "$deb")"
+}
+
+# kernel_decompress FILE OUT: writes the module FILE (.ko, .ko.xz, .ko.zst or .ko.gz) uncompressed to OUT.
+kernel_decompress() {
+    case "$1" in
+    *.ko) cp "$1" "$2" ;;
+    *.xz) xz -dc "$1" >"$2" ;;
+    *.zst) zstd -q -dc "$1" >"$2" ;;
+    *.gz) gzip -dc "$1" >"$2" ;;
+    *) die "unknown module compression: $1" ;;
+    esac
+}
+
+# kernel_extract SERIES PACKAGE DIR: downloads the kernel's .debs into the cache if absent and fills DIR.
+# Handles both layouts: /boot/vmlinuz-VER and /lib/modules/VER (bookworm), and /usr/lib/modules/VER/vmlinuz
+# with the modules under /usr/lib/modules/VER/kernel (trixie, merged /usr).
+kernel_extract() {
+    local series=$1 pkg=$2 dir=$3 deb tmp i m ko p
+    local -a pkgs missing=() debs=() found
+    rm -rf "$BARMAP_CACHE"/.extract.*
+    read -r -a pkgs <<<"$(kernel_packages "$series" "$pkg")"
+    for p in "${pkgs[@]}"; do
+        [[ -n "$(kernel_cached_deb "$p")" ]] || missing+=("$p")
+    done
+    ((${#missing[@]} == 0)) || kernel_download "$series" "${missing[@]}"
+    for p in "${pkgs[@]}"; do
+        deb=$(kernel_cached_deb "$p")
+        [[ -n "$deb" ]] || die "apt-get download $p left no .deb in $BARMAP_CACHE"
+        debs+=("$deb")
+    done
     tmp=$(mktemp -d "$BARMAP_CACHE/.extract.XXXXXX")
     rm -rf "$dir"
     mkdir -p "$dir/modules"
-    dpkg -x "$deb" "$tmp"
-    cp "$tmp"/boot/vmlinuz-* "$dir/vmlinuz" || die "no boot/vmlinuz-* in $deb"
+    for deb in "${debs[@]}"; do
+        log "extracting $(basename "$deb")"
+        dpkg -x "$deb" "$tmp"
+    done
+    mapfile -t found < <(find "$tmp/boot" "$tmp/usr/lib/modules" -maxdepth 2 -name 'vmlinuz*' 2>/dev/null)
+    ((${#found[@]} == 1)) || die "expected one vmlinuz in ${pkgs[*]}, found ${#found[@]}"
+    cp "${found[0]}" "$dir/vmlinuz"
+    mapfile -t found < <(find "$tmp/boot" "$tmp/usr/lib/modules" -maxdepth 2 \
+        \( -name 'config-*' -o -name config \) 2>/dev/null)
+    ((${#found[@]} == 0)) || cp "${found[0]}" "$dir/config"
     i=10
     for m in $(kernel_modules "$series"); do
-        ko=$(find "$tmp/lib/modules" -name "$m.ko" -o -name "$m.ko.xz" | head -n 1)
-        [[ -n "$ko" ]] || die "module $m not found in $deb"
-        case "$ko" in
-        *.xz) xz -dc "$ko" >"$dir/modules/$i-$m.ko" ;;
-        *) cp "$ko" "$dir/modules/$i-$m.ko" ;;
-        esac
+        ko=$(find "$tmp" -path '*/modules/*' \( -name "$m.ko" -o -name "$m.ko.*" \) | head -n 1)
+        [[ -n "$ko" ]] || die "module $m not found in ${pkgs[*]}"
+        kernel_decompress "$ko" "$dir/modules/$i-$m.ko"
         i=$((i + 1))
     done
     rm -rf "$tmp"
@@ -165,16 +309,27 @@ kernel_extract() {
 # ---------------------------------------------------------------------------------------------------------
 # Static build of the binaries that go into the guest
 
+# Device tests of the fault path that also run built at opt-level 3 (as users ship code: the compiler
+# folds volatile accesses into other instruction forms there), as test binaries named `opt3-test-NAME`.
+BARMAP_OPT3_TESTS=(shadow_guest revocation)
+
 # guest_build MODE OUT: builds statically (separate target dir) and writes "KIND NAME PATH" lines to OUT:
-#   MODE test:  KIND test (lib unit tests, integration tests) and example (examples, normal build);
+#   MODE test:  KIND test (lib unit tests, integration tests) and example (examples, normal build), then
+#               the BARMAP_OPT3_TESTS again in release as KIND test named opt3-test-NAME;
 #   MODE bench: KIND bench (criterion bench binaries, bench profile).
 guest_build() {
-    local mode=$1 out=$2 filter json="$2.json" format=json rc=0
+    local mode=$1 out=$2 filter json="$2.json" format=json rc=0 prefix="" t
     local -a cmd
     case "$mode" in
     test)
         cmd=(test --no-run)
         filter='(.profile.test and (.target.kind[0] != "bench")) or .target.kind[0] == "example"'
+        ;;
+    opt3)
+        cmd=(test --release --no-run)
+        for t in "${BARMAP_OPT3_TESTS[@]}"; do cmd+=(--test "$t"); done
+        filter='.profile.test'
+        prefix="opt3-"
         ;;
     bench)
         cmd=(bench --no-run)
@@ -192,7 +347,11 @@ guest_build() {
     jq -r "select(.reason == \"compiler-artifact\" and .executable != null and ($filter))
            | [(if .target.kind[0] == \"example\" or .target.kind[0] == \"bench\"
                then .target.kind[0] else \"test\" end),
-              .target.kind[0] + \"-\" + .target.name, .executable] | @tsv" "$json" >"$out"
+              \"$prefix\" + .target.kind[0] + \"-\" + .target.name, .executable] | @tsv" "$json" >"$out"
+    if [[ $mode == test ]]; then
+        guest_build opt3 "$out.opt3"
+        cat "$out.opt3" >>"$out"
+    fi
 }
 
 # guest_build_has BUILD_LIST KIND NAME: true if the build list holds that binary
@@ -249,13 +408,14 @@ testdev_rom() {
     truncate -s 4096 "$1"
 }
 
-# guest_boot SERIES KERNEL_DIR INITRAMFS: boots the guest under TCG with edu and pci-testdev behind an
-# intel-iommu, streams the job's output (guest ttyS1) to stdout and into $BARMAP_GUEST_WORK/logs/
-# SERIES-output.log, and keeps the kernel console (ttyS0) in SERIES-console.log (also streamed to stderr if
-# BARMAP_CONSOLE=1). Returns QEMU's (or timeout's) exit status. Stdin is passed through to the job (use
-# </dev/null for unattended runs).
+# guest_boot SERIES KERNEL_DIR INITRAMFS: boots the guest under TCG behind an intel-iommu with the test
+# devices: edu, pci-testdev, a modern-only virtio-rng (function-level reset) alone behind a pcie-root-port,
+# and an NVMe controller on a fresh sparse 8 MiB raw image in $RUN_DIR. Streams the job's output (guest
+# ttyS1) to stdout and into $BARMAP_GUEST_WORK/logs/SERIES-output.log, and keeps the kernel console (ttyS0)
+# in SERIES-console.log (also streamed to stderr if BARMAP_CONSOLE=1). Returns QEMU's (or timeout's) exit
+# status. Stdin is passed through to the job (use </dev/null for unattended runs).
 guest_boot() {
-    local series=$1 kdir=$2 initrd=$3 logs="$BARMAP_GUEST_WORK/logs" rc=0 tail_pid=
+    local series=$1 kdir=$2 initrd=$3 logs="$BARMAP_GUEST_WORK/logs" rc=0 tail_pid="" nvme_img
     local -a extra
     read -r -a extra <<<"$BARMAP_QEMU_ARGS"
     mkdir -p "$logs"
@@ -265,14 +425,19 @@ guest_boot() {
         tail_pid=$!
     fi
     testdev_rom "$BARMAP_GUEST_WORK/testdev-rom.bin"
+    nvme_img="$RUN_DIR/nvme-$series.img"
+    rm -f "$nvme_img"
+    truncate -s 8M "$nvme_img"
     log "booting guest kernel $series ($(basename "$kdir")), timeout ${BARMAP_GUEST_TIMEOUT}s"
     timeout --foreground -k 10 "$BARMAP_GUEST_TIMEOUT" \
         qemu-system-x86_64 -machine q35,kernel-irqchip=split -accel tcg -cpu max -smp 1 \
         -m "$BARMAP_GUEST_MEM" \
         -device intel-iommu,intremap=on,caching-mode=on -nic none -device edu \
         -device "pci-testdev,romfile=$BARMAP_GUEST_WORK/testdev-rom.bin" \
+        -device pcie-root-port,id=flr-port,chassis=1 -device virtio-rng-pci,bus=flr-port,disable-legacy=on \
+        -drive "file=$nvme_img,if=none,id=nvm,format=raw" -device nvme,serial=barmap0001,drive=nvm \
         -kernel "$kdir/vmlinuz" -initrd "$initrd" \
-        -append "console=ttyS0 intel_iommu=on panic=1 $BARMAP_KERNEL_ARGS" \
+        -append "console=ttyS0 intel_iommu=on panic=1 $BARMAP_GUEST_KERNEL_ARGS $BARMAP_KERNEL_ARGS" \
         -display none -monitor none -no-reboot \
         -serial "file:$logs/$series-console.log" -chardev stdio,id=job,signal=on -serial chardev:job \
         "${extra[@]}" | tee "$logs/$series-output.log" || rc=$?
@@ -280,6 +445,7 @@ guest_boot() {
         sleep 0.2 # let tail show the console's last lines
         kill "$tail_pid"
     fi
+    rm -f "$nvme_img"
     return "$rc"
 }
 

@@ -11,11 +11,12 @@ mkdir -p "$BARMAP_GUEST_WORK/logs"
 host_log="$BARMAP_GUEST_WORK/logs/host-test.log"
 guest_log="$BARMAP_GUEST_WORK/logs/guest-test.log"
 
-log "host: cargo test --all-targets; cargo test --doc; cargo test --release --test shadow_host --test shadow_forms (--no-fail-fast)"
+log "host: cargo test --all-targets; cargo test --doc; cargo test --release --test shadow_host --test shadow_forms --test revocation_host --test region_host --test mmio_host (--no-fail-fast)"
 host_rc=0
 (cd "$BARMAP_REPO" && cargo test --all-targets --no-fail-fast) 2>&1 | tee "$host_log" || host_rc=$?
 (cd "$BARMAP_REPO" && cargo test --doc --no-fail-fast) 2>&1 | tee -a "$host_log" || host_rc=$?
-(cd "$BARMAP_REPO" && cargo test --release --test shadow_host --test shadow_forms --no-fail-fast) 2>&1 | tee -a "$host_log" ||
+(cd "$BARMAP_REPO" && cargo test --release --test shadow_host --test shadow_forms --test revocation_host --test region_host \
+    --test mmio_host --no-fail-fast) 2>&1 | tee -a "$host_log" ||
     host_rc=$?
 read -r host_passed host_failed < <(parse_cargo_tests "$host_log")
 if ((host_rc != 0 && host_failed == 0)); then

@@ -212,3 +212,195 @@ fn testdev_io_bar_through_a_raw_pointer_runs_the_protocol() {
     wr8(0, 0xff);
     assert_eq!(rd32(0), 0, "deselected");
 }
+
+// ---- everyday access patterns, as the compiler builds them ----
+//
+// Each function is kept out of line so that the build's optimisation level
+// decides its instructions: at opt-level 0 plain MOVs, at opt-level 3 (the
+// `opt3-` binaries of the guest run) ALU forms with a memory operand (`add`,
+// `cmp`, `test`, `or`, `inc`, `imul`...). The inline `asm!` tests pin the
+// forms whatever the level.
+
+/// `acc += read_volatile(p)` over `n` reads: `add reg, [mem]` at opt-level 3.
+#[inline(never)]
+fn sum_of_reads(p: *const u32, n: u32) -> u32 {
+    let mut acc = 0u32;
+    for _ in 0..n {
+        // SAFETY: callers pass an aligned pointer into a live region.
+        acc = acc.wrapping_add(unsafe { ptr::read_volatile(p) });
+    }
+    acc
+}
+
+/// A register compared with an immediate: `cmp dword [mem], imm`.
+#[inline(never)]
+fn equals(p: *const u32, want: u32) -> bool {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(p) == want }
+}
+
+/// A bit test, as a polling loop's: `test dword [mem], imm`.
+#[inline(never)]
+fn bit_set(p: *const u32, bit: u32) -> bool {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(p) & bit != 0 }
+}
+
+/// Read-modify-write with `|`: `or dword [mem], imm`.
+#[inline(never)]
+fn set_bits(p: *mut u32, bits: u32) {
+    // SAFETY: as above.
+    unsafe { ptr::write_volatile(p, ptr::read_volatile(p) | bits) }
+}
+
+/// Read-modify-write with `+ 1`: `inc dword [mem]` (or `add [mem], 1`).
+#[inline(never)]
+fn increment(p: *mut u32) {
+    // SAFETY: as above.
+    unsafe { ptr::write_volatile(p, ptr::read_volatile(p).wrapping_add(1)) }
+}
+
+/// A product with a read: `imul reg, [mem], imm`.
+#[inline(never)]
+fn times_three(p: *const u32) -> u32 {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(p).wrapping_mul(3) }
+}
+
+/// A byte-swapped read: `movbe` with +movbe, `mov` + `bswap` otherwise.
+#[inline(never)]
+fn big_endian(p: *const u32) -> u32 {
+    // SAFETY: as above.
+    u32::from_be(unsafe { ptr::read_volatile(p) })
+}
+
+/// f64 bits moved through a float: `movsd`/`movq` forms.
+#[inline(never)]
+fn as_f64(p: *const u64) -> f64 {
+    // SAFETY: as above.
+    f64::from_bits(unsafe { ptr::read_volatile(p) })
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn compiled_patterns_through_trapped_edu_bar0_are_served_with_the_right_values() {
+    let dev = Device::open(edu()).unwrap();
+    let seen = Seen::new();
+    let hook = seen.clone();
+    let builder = dev.region_builder(RegionIndex::bar(0).unwrap()).unwrap();
+    // SAFETY: `Seen::push` only stores into preallocated atomics.
+    let bar0 = unsafe { builder.hook(move |a: &Access| hook.push(a)) }
+        .policy(MapPolicy::TrapAll)
+        .build()
+        .unwrap();
+    let base = bar0.as_mut_ptr().unwrap();
+    // SAFETY (pointer arithmetic below): every offset is an edu register, in range and 4-aligned.
+    let reg = |offset: u64| unsafe { base.add(offset as usize).cast::<u32>() };
+    let id = edu_reg::ID_VALUE;
+
+    assert_eq!(sum_of_reads(reg(edu_reg::ID), 3), id.wrapping_mul(3));
+    assert_eq!(seen.take(), vec![(edu_reg::ID, 4, u64::from(id), false); 3]);
+    assert!(equals(reg(edu_reg::ID), id) && !equals(reg(edu_reg::ID), id + 1));
+    assert_eq!(seen.take().len(), 2, "one read per comparison");
+    assert!(
+        !bit_set(reg(edu_reg::STATUS), edu_reg::STATUS_COMPUTING),
+        "edu is idle"
+    );
+    assert_eq!(times_three(reg(edu_reg::ID)), id.wrapping_mul(3));
+    assert_eq!(big_endian(reg(edu_reg::ID)), id.swap_bytes());
+    seen.take();
+
+    // Liveness reads back the NOT of the last write: x written, !x read.
+    wr32(base, edu_reg::LIVENESS, 0x1234_5678);
+    seen.take();
+    set_bits(reg(edu_reg::LIVENESS), 0x4);
+    let wrote = !0x1234_5678u32 | 0x4;
+    assert_eq!(
+        seen.take(),
+        vec![
+            (edu_reg::LIVENESS, 4, u64::from(!0x1234_5678u32), false),
+            (edu_reg::LIVENESS, 4, u64::from(wrote), true)
+        ],
+        "one read, then one write of the same width"
+    );
+    assert_eq!(rd32(base, edu_reg::LIVENESS), !wrote);
+    wr32(base, edu_reg::LIVENESS, 41);
+    increment(reg(edu_reg::LIVENESS));
+    assert_eq!(rd32(base, edu_reg::LIVENESS), !(!41u32).wrapping_add(1));
+    seen.take();
+
+    // The 64-bit DMA source register, read as an f64 through the pointer:
+    // one 8-byte device access, the same as the typed slow path's 8-byte
+    // pread (kernels before 6.11 split both into two 4-byte accesses, and
+    // edu answers the upper one with all-ones).
+    let dma = base.wrapping_add(edu_reg::DMA_SRC as usize).cast::<u64>();
+    let bits = 2.5f64.to_bits();
+    // SAFETY: 0x80 is edu's 8-byte DMA source register, 8-aligned.
+    unsafe { ptr::write_volatile(dma, bits) };
+    let through_pointer = as_f64(dma).to_bits();
+    assert_eq!(through_pointer, bar0.read::<u64>(edu_reg::DMA_SRC).unwrap());
+    let records = seen.take();
+    assert_eq!(records[0], (edu_reg::DMA_SRC, 8, bits, true));
+    assert_eq!(records[1], (edu_reg::DMA_SRC, 8, through_pointer, false));
+    // SAFETY: as above.
+    unsafe { ptr::write_volatile(dma, 0) };
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn pinned_alu_forms_through_trapped_edu_bar0_match_the_cpu() {
+    use std::arch::asm;
+    let dev = Device::open(edu()).unwrap();
+    let bar0 = dev
+        .region(RegionIndex::bar(0).unwrap(), MapPolicy::TrapAll)
+        .unwrap();
+    let id_ptr = bar0.as_ptr().unwrap();
+    let id = edu_reg::ID_VALUE;
+    let (sum, flags): (u32, u64);
+    // SAFETY: `id_ptr` is edu's ID register (4-aligned) in a live trapped
+    // region; `add` reads it once and the flags are read right after.
+    unsafe {
+        asm!("add {v:e}, dword ptr [{p}]", "pushfq", "pop {f}", p = in(reg) id_ptr, v = inout(reg) 0xfeff_ff13u32 => sum, f = out(reg) flags)
+    };
+    // The CPU's own result and flags for the same operands.
+    let (want, want_flags): (u32, u64);
+    // SAFETY: register-only arithmetic.
+    unsafe {
+        asm!("add {v:e}, {s:e}", "pushfq", "pop {f}", s = in(reg) id, v = inout(reg) 0xfeff_ff13u32 => want, f = out(reg) want_flags)
+    };
+    const ARITH: u64 = 0x8d5; // CF PF AF ZF SF OF
+    assert_eq!((sum, flags & ARITH), (want, want_flags & ARITH));
+    let zero: u64;
+    // SAFETY: as above; `cmp` only reads, `sete` takes ZF.
+    unsafe {
+        asm!("cmp dword ptr [{p}], {imm:e}", "sete {z:l}", "movzx {z:e}, {z:l}", p = in(reg) id_ptr, imm = in(reg) id, z = out(reg) zero)
+    };
+    assert_eq!(zero, 1, "cmp of the ID register with its value sets ZF");
+}
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn compiled_patterns_through_the_testdev_io_bar_are_served() {
+    let dev = Device::open(testdev()).unwrap();
+    let bar1 = dev.bar(1).unwrap();
+    let base = bar1.as_mut_ptr().unwrap();
+    // Select I/O test 0 (portio-no-eventfd: test 3, offset 0x83, data 0xFA).
+    // SAFETY: offset 0 is inside the 256-byte BAR.
+    unsafe { ptr::write_volatile(base, 0) };
+    // SAFETY: offsets 4 and 12 are inside the BAR and 4-aligned.
+    let (offset_reg, count_reg) = unsafe { (base.add(4).cast::<u32>(), base.add(12).cast::<u32>()) };
+    assert_eq!(sum_of_reads(offset_reg, 2), 2 * 0x83);
+    assert!(equals(offset_reg, 0x83));
+    assert_eq!(times_three(offset_reg), 3 * 0x83);
+    assert_eq!(big_endian(offset_reg), 0x8300_0000);
+    let before = rd32(base, 12);
+    // The byte at 0x83 reads 0: `|= 0xFA` writes 0xFA there, which counts.
+    // SAFETY: offset 0x83 is inside the BAR (a byte access).
+    let data = unsafe { base.add(0x83) };
+    // SAFETY: as above.
+    unsafe { ptr::write_volatile(data, ptr::read_volatile(data) | 0xfa) };
+    assert_eq!(rd32(base, 12), before + 1);
+    assert!(!bit_set(count_reg, 1 << 31));
+    // SAFETY: as above.
+    unsafe { ptr::write_volatile(base, 0xff) };
+}
