@@ -33,11 +33,11 @@ pub mod shadow;
 mod vfio;
 
 pub use access::{Region, RegionBuilder, Scalar};
-pub use config::ConfigSpace;
+pub use config::{BarKind, ConfigSpace};
 pub use error::{Error, Result};
 pub use map::MapPolicy;
 pub use pci::{PciAddress, PciDeviceInfo, Sysfs};
 pub use region::{
-    BarKind, FdRegion, MemoryRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo, SparseArea,
+    FdRegion, MemoryRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo, SparseArea,
 };
 pub use vfio::{Container, Device, ResetKind};

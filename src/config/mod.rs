@@ -14,6 +14,7 @@
 //! | `header` | [`ConfigHeader`], the decoded standard header |
 //! | `caps` | [`Capability`] and the standard list walk |
 //! | `ext_caps` | [`ExtendedCapability`] and the PCIe extended list walk |
+//! | `bar` | [`BarKind`]: what a BAR register says it decodes |
 //!
 //! ```
 //! use barmap::config::regs::{PCI_CAP_ID_MSI, PCI_CAPABILITY_LIST, PCI_STATUS, PCI_STATUS_CAP_LIST};
@@ -39,6 +40,7 @@
 //! # Ok::<(), barmap::Error>(())
 //! ```
 
+mod bar;
 mod caps;
 mod ext_caps;
 #[cfg(test)]
@@ -47,6 +49,7 @@ mod header;
 pub mod regs;
 mod space;
 
+pub use bar::BarKind;
 pub use caps::Capability;
 pub use ext_caps::ExtendedCapability;
 pub use header::ConfigHeader;

@@ -10,6 +10,6 @@ mod memory;
 pub use caps::{parse_region_caps, CapChainError, RegionCap, SparseArea};
 pub(crate) use caps::{u32_at, u64_at};
 pub use index::{ParseRegionError, RegionIndex};
-pub use info::{BarKind, RegionFlags, RegionInfo};
+pub use info::{RegionFlags, RegionInfo};
 pub use io::{FdRegion, RegionIo};
 pub use memory::MemoryRegion;

@@ -12,13 +12,11 @@ use vfio_ioctls::{VfioDevice, VfioError};
 
 use super::{ioctl, Container};
 use crate::access::{Region, RegionBuilder};
-use crate::config::{regs::PCI_BASE_ADDRESS_0, ConfigSpace};
+use crate::config::{BarKind, ConfigSpace};
 use crate::error::{Error, Result};
 use crate::map::MapPolicy;
 use crate::pci::{PciAddress, Sysfs, VFIO_PCI_DRIVER};
-use crate::region::{
-    parse_region_caps, u32_at, u64_at, BarKind, FdRegion, RegionFlags, RegionIndex, RegionInfo,
-};
+use crate::region::{parse_region_caps, u32_at, u64_at, FdRegion, RegionFlags, RegionIndex, RegionInfo};
 
 /// A PCI device opened through VFIO.
 ///
@@ -120,8 +118,7 @@ impl Device {
             let space = ConfigSpace::new(io, addr);
             for region in regions.iter().filter(|r| r.size > 0) {
                 if let Some(n) = region.index.bar_number() {
-                    let register = space.read32(PCI_BASE_ADDRESS_0 + 4 * n as u16)?;
-                    bar_kinds[n as usize] = Some(BarKind::from_register(register));
+                    bar_kinds[n as usize] = Some(space.bar_kind(n as u8)?);
                 }
             }
         }
