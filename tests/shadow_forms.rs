@@ -108,6 +108,87 @@ struct Form {
     run: fn(&mut State),
 }
 
+/// A function that loads every general register, vector registers 0 and 1
+/// and the flags from a `$state`, runs `$insn`, and stores them all back;
+/// then `$tail` (VZEROUPPER after registers wider than XMM). `$state` is laid
+/// out as [`State`] up to byte 144, where vector register 0 starts, and
+/// register 1 starts at byte `$vec1`; `$mov` moves a whole `$reg` (`xmm`,
+/// `ymm`, `zmm`) between them and the CPU.
+macro_rules! harness {
+    ($state:ty, $insn:literal, $mov:literal, $reg:literal, $vec1:literal $(, $tail:literal)?) => {{
+        fn run(s: &mut $state) {
+            // SAFETY: every register the block changes is restored (RBX,
+            // RBP, the flags' DF/TF which stay clear) or declared clobbered;
+            // the vector registers it sets are caller-saved and declared
+            // clobbered (the compiler keeps nothing wider than XMM in them),
+            // and `$tail` leaves any upper halves clean with VZEROUPPER; `s`
+            // is a valid `$state`; RDI points to 8 bytes of ordinary memory
+            // or of a trapped page of a live shadow region, which is all
+            // `$insn` touches.
+            unsafe {
+                asm!(
+                    "push rbp",
+                    "push rbx",
+                    "push r15",
+                    "mov rax, [r15]",
+                    "mov rcx, [r15 + 8]",
+                    "mov rdx, [r15 + 16]",
+                    "mov rbx, [r15 + 24]",
+                    "mov rbp, [r15 + 40]",
+                    "mov rsi, [r15 + 48]",
+                    "mov rdi, [r15 + 56]",
+                    "mov r8, [r15 + 64]",
+                    "mov r9, [r15 + 72]",
+                    "mov r10, [r15 + 80]",
+                    "mov r11, [r15 + 88]",
+                    "mov r12, [r15 + 96]",
+                    "mov r13, [r15 + 104]",
+                    "mov r14, [r15 + 112]",
+                    concat!($mov, " ", $reg, "0, [r15 + 144]"),
+                    concat!($mov, " ", $reg, "1, [r15 + ", $vec1, "]"),
+                    "push qword ptr [r15 + 128]",
+                    "popfq",
+                    "mov r15, [r15 + 120]",
+                    $insn,
+                    "pushfq",
+                    "push r15",
+                    "mov r15, [rsp + 16]",
+                    "mov [r15], rax",
+                    "mov [r15 + 8], rcx",
+                    "mov [r15 + 16], rdx",
+                    "mov [r15 + 24], rbx",
+                    "mov [r15 + 40], rbp",
+                    "mov [r15 + 48], rsi",
+                    "mov [r15 + 56], rdi",
+                    "mov [r15 + 64], r8",
+                    "mov [r15 + 72], r9",
+                    "mov [r15 + 80], r10",
+                    "mov [r15 + 88], r11",
+                    "mov [r15 + 96], r12",
+                    "mov [r15 + 104], r13",
+                    "mov [r15 + 112], r14",
+                    concat!($mov, " [r15 + 144], ", $reg, "0"),
+                    concat!($mov, " [r15 + ", $vec1, "], ", $reg, "1"),
+                    $($tail,)?
+                    "pop rax",
+                    "mov [r15 + 120], rax",
+                    "pop rax",
+                    "mov [r15 + 128], rax",
+                    "pop r15",
+                    "pop rbx",
+                    "pop rbp",
+                    inout("r15") s as *mut $state => _,
+                    out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
+                    out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                    out("r12") _, out("r13") _, out("r14") _,
+                    out("xmm0") _, out("xmm1") _,
+                )
+            }
+        }
+        run
+    }};
+}
+
 /// A form: a function that loads every general register, XMM0, XMM1 and the
 /// flags from a [`State`], runs the instruction, and stores them all back.
 macro_rules! form {
@@ -116,74 +197,7 @@ macro_rules! form {
             text: $insn,
             width: $width,
             mem: $mem,
-            run: {
-                fn run(s: &mut State) {
-                    // SAFETY: every register the block changes is restored
-                    // (RBX, RBP, the flags' DF/TF which stay clear) or
-                    // declared clobbered; `s` is a valid State; RDI points to
-                    // 8 bytes of ordinary memory or of a trapped page of a
-                    // live shadow region, which is all `$insn` touches.
-                    unsafe {
-                        asm!(
-                            "push rbp",
-                            "push rbx",
-                            "push r15",
-                            "mov rax, [r15]",
-                            "mov rcx, [r15 + 8]",
-                            "mov rdx, [r15 + 16]",
-                            "mov rbx, [r15 + 24]",
-                            "mov rbp, [r15 + 40]",
-                            "mov rsi, [r15 + 48]",
-                            "mov rdi, [r15 + 56]",
-                            "mov r8, [r15 + 64]",
-                            "mov r9, [r15 + 72]",
-                            "mov r10, [r15 + 80]",
-                            "mov r11, [r15 + 88]",
-                            "mov r12, [r15 + 96]",
-                            "mov r13, [r15 + 104]",
-                            "mov r14, [r15 + 112]",
-                            "movups xmm0, [r15 + 144]",
-                            "movups xmm1, [r15 + 160]",
-                            "push qword ptr [r15 + 128]",
-                            "popfq",
-                            "mov r15, [r15 + 120]",
-                            $insn,
-                            "pushfq",
-                            "push r15",
-                            "mov r15, [rsp + 16]",
-                            "mov [r15], rax",
-                            "mov [r15 + 8], rcx",
-                            "mov [r15 + 16], rdx",
-                            "mov [r15 + 24], rbx",
-                            "mov [r15 + 40], rbp",
-                            "mov [r15 + 48], rsi",
-                            "mov [r15 + 56], rdi",
-                            "mov [r15 + 64], r8",
-                            "mov [r15 + 72], r9",
-                            "mov [r15 + 80], r10",
-                            "mov [r15 + 88], r11",
-                            "mov [r15 + 96], r12",
-                            "mov [r15 + 104], r13",
-                            "mov [r15 + 112], r14",
-                            "movups [r15 + 144], xmm0",
-                            "movups [r15 + 160], xmm1",
-                            "pop rax",
-                            "mov [r15 + 120], rax",
-                            "pop rax",
-                            "mov [r15 + 128], rax",
-                            "pop r15",
-                            "pop rbx",
-                            "pop rbp",
-                            inout("r15") s as *mut State => _,
-                            out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
-                            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
-                            out("r12") _, out("r13") _, out("r14") _,
-                            out("xmm0") _, out("xmm1") _,
-                        )
-                    }
-                }
-                run
-            },
+            run: harness!(State, $insn, "movups", "xmm", 160),
         }
     };
 }
@@ -1105,7 +1119,9 @@ struct VecState {
     vec: [[u64; 8]; 2],
 }
 
-/// A vector-register form, run with YMM or (on AVX-512 CPUs) ZMM state.
+/// A vector-register form, run with YMM or (on AVX-512 CPUs) ZMM state: each
+/// is a [`harness!`] that moves vector registers 0 and 1 whole between the
+/// state and the CPU.
 struct VecForm {
     text: &'static str,
     width: usize,
@@ -1114,98 +1130,14 @@ struct VecForm {
     zmm: fn(&mut VecState),
 }
 
-/// One harness of a [`VecForm`]: `$load` and `$store` move vector registers
-/// 0 and 1 between the state and the CPU.
-macro_rules! vec_harness {
-    ($insn:literal, $load0:literal, $load1:literal, $store0:literal, $store1:literal) => {{
-        fn run(s: &mut VecState) {
-            // SAFETY: as in `form!`; the vector registers it sets are
-            // caller-saved, declared clobbered (the compiler keeps nothing
-            // wider than XMM in them), and left clean with VZEROUPPER.
-            unsafe {
-                asm!(
-                    "push rbp",
-                    "push rbx",
-                    "push r15",
-                    "mov rax, [r15]",
-                    "mov rcx, [r15 + 8]",
-                    "mov rdx, [r15 + 16]",
-                    "mov rbx, [r15 + 24]",
-                    "mov rbp, [r15 + 40]",
-                    "mov rsi, [r15 + 48]",
-                    "mov rdi, [r15 + 56]",
-                    "mov r8, [r15 + 64]",
-                    "mov r9, [r15 + 72]",
-                    "mov r10, [r15 + 80]",
-                    "mov r11, [r15 + 88]",
-                    "mov r12, [r15 + 96]",
-                    "mov r13, [r15 + 104]",
-                    "mov r14, [r15 + 112]",
-                    $load0,
-                    $load1,
-                    "push qword ptr [r15 + 128]",
-                    "popfq",
-                    "mov r15, [r15 + 120]",
-                    $insn,
-                    "pushfq",
-                    "push r15",
-                    "mov r15, [rsp + 16]",
-                    "mov [r15], rax",
-                    "mov [r15 + 8], rcx",
-                    "mov [r15 + 16], rdx",
-                    "mov [r15 + 24], rbx",
-                    "mov [r15 + 40], rbp",
-                    "mov [r15 + 48], rsi",
-                    "mov [r15 + 56], rdi",
-                    "mov [r15 + 64], r8",
-                    "mov [r15 + 72], r9",
-                    "mov [r15 + 80], r10",
-                    "mov [r15 + 88], r11",
-                    "mov [r15 + 96], r12",
-                    "mov [r15 + 104], r13",
-                    "mov [r15 + 112], r14",
-                    $store0,
-                    $store1,
-                    "vzeroupper",
-                    "pop rax",
-                    "mov [r15 + 120], rax",
-                    "pop rax",
-                    "mov [r15 + 128], rax",
-                    "pop r15",
-                    "pop rbx",
-                    "pop rbp",
-                    inout("r15") s as *mut VecState => _,
-                    out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
-                    out("r8") _, out("r9") _, out("r10") _, out("r11") _,
-                    out("r12") _, out("r13") _, out("r14") _,
-                    out("xmm0") _, out("xmm1") _,
-                )
-            }
-        }
-        run
-    }};
-}
-
 macro_rules! vec_form {
     ($insn:literal, $width:literal, $mem:ident) => {
         VecForm {
             text: $insn,
             width: $width,
             mem: $mem,
-            ymm: vec_harness!(
-                $insn,
-                "vmovdqu ymm0, [r15 + 144]",
-                "vmovdqu ymm1, [r15 + 208]",
-                "vmovdqu [r15 + 144], ymm0",
-                "vmovdqu [r15 + 208], ymm1"
-            ),
-            zmm: vec_harness!(
-                $insn,
-                "vmovdqu64 zmm0, [r15 + 144]",
-                "vmovdqu64 zmm1, [r15 + 208]",
-                "vmovdqu64 [r15 + 144], zmm0",
-                "vmovdqu64 [r15 + 208], zmm1"
-            ),
+            ymm: harness!(VecState, $insn, "vmovdqu", "ymm", 208, "vzeroupper"),
+            zmm: harness!(VecState, $insn, "vmovdqu64", "zmm", 208, "vzeroupper"),
         }
     };
 }
