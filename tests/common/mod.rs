@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod child;
+pub mod emulated;
 
 use std::time::{Duration, Instant};
 
