@@ -32,7 +32,7 @@ use std::sync::Mutex;
 
 pub use info::{IrqFlags, IrqIndex, IrqInfo};
 pub use set::Interrupts;
-pub use vector::Vector;
+pub use vector::{wait_any, Vector};
 
 /// Which interrupt indices of one device are enabled: INTx, MSI and MSI-X
 /// exclude each other (the kernel drives one of them at a time); ERR and REQ
