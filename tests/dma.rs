@@ -212,7 +212,8 @@ fn edu_dma_errors_too_large_exhausted_reuse_over_mask_reserved_window() {
     let freed = bufs[5].iova();
     let mut bufs = bufs;
     bufs.remove(5).unmap().unwrap();
-    assert_eq!(small.alloc(4096).unwrap().iova(), freed, "reuse after a drop");
+    let reused = small.alloc(4096).unwrap();
+    assert_eq!(reused.iova(), freed, "reuse after a drop");
     // The full-mask handle still finds space above.
     assert!(dma.alloc(4096).unwrap().iova() >= 1 << 16);
 

@@ -74,7 +74,9 @@ impl Device {
         self.enable_irqs(IrqIndex::Req, 1)
     }
 
-    /// Enables vectors `0..n` of `index`, one eventfd each.
+    /// Enables vectors `0..n` of `index`, one eventfd each. For MSI and
+    /// MSI-X it turns bus mastering on first: a message is a memory write by
+    /// the device, dropped without it.
     ///
     /// Fails with [`Error::NoSuchIrq`] if the device has no such interrupts,
     /// [`Error::IrqVectorOutOfRange`] if it has fewer than `n`
