@@ -63,6 +63,10 @@ fn edu_factorial_over_msi_then_intx() {
     let (dev, bar0) = quiet_edu();
 
     let msi = dev.enable_msi(1).unwrap();
+    assert!(
+        dev.bus_master().unwrap(),
+        "MSI needs bus mastering: enabling MSI turns it on"
+    );
     let vector = msi.vector(0).unwrap();
     assert_eq!(vector.try_wait().unwrap(), None);
     for (n, result) in [(6, 720), (7, 5040)] {
@@ -272,29 +276,4 @@ fn edu_release_request_on_unbind_from_another_process() {
     assert!(info.is_bound_to_vfio(), "rebound: {:?}", info.driver);
     let dev = Device::open(addr).unwrap();
     assert_eq!(dev.bar(0).unwrap().read::<u32>(ID).unwrap(), ID_VALUE);
-}
-
-#[test]
-#[ignore = "probe"]
-fn zz_probe_msi_after_dma_setup() {
-    let (dev, bar0) = quiet_edu();
-    let _dma = dev.dma(barmap::DmaMask::bits(28)).unwrap();
-    let msi = dev.enable_msi(1).unwrap();
-    factorial_with_irq(&bar0, 6);
-    eprintln!("PROBE after dma: {:?}", msi.vector(0).unwrap().wait(Duration::from_secs(2)));
-}
-
-#[test]
-#[ignore = "probe"]
-fn zz_probe_msi_with_mapping() {
-    let (dev, bar0) = quiet_edu();
-    let msi = dev.enable_msi(1).unwrap();
-    eprintln!("PROBE bm {:?}", dev.bus_master());
-    let buf = dev.dma(barmap::DmaMask::bits(28)).unwrap().alloc(4096).unwrap();
-    factorial_with_irq(&bar0, 6);
-    eprintln!("PROBE with mapping: {:?} {buf:?}", msi.vector(0).unwrap().wait(Duration::from_secs(2)));
-    bar0.write::<u32>(IRQ_ACK, 0xffff_ffff).unwrap();
-    drop(buf);
-    factorial_with_irq(&bar0, 6);
-    eprintln!("PROBE after unmapping: {:?}", msi.vector(0).unwrap().wait(Duration::from_secs(2)));
 }

@@ -56,7 +56,10 @@ fn wait_ready(bar0: &Region, ready: bool, timeout: Duration) {
         if (csts & CSTS_RDY != 0) == ready {
             return;
         }
-        assert!(start.elapsed() < timeout, "CSTS.RDY did not become {ready} in {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "CSTS.RDY did not become {ready} in {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -83,7 +86,10 @@ fn nvme_identify_controller_over_msix() {
     let cap = bar0.read::<u64>(CAP).unwrap();
     let timeout = Duration::from_millis(500 * ((cap >> 24) & 0xff).max(1));
     let stride = 4u64 << ((cap >> 32) & 0xf);
-    assert!(u64::from(QUEUE_ENTRIES) <= (cap & 0xffff) + 1, "CAP.MQES {cap:#x}");
+    assert!(
+        u64::from(QUEUE_ENTRIES) <= (cap & 0xffff) + 1,
+        "CAP.MQES {cap:#x}"
+    );
 
     // Reset, then give the controller its admin queues.
     bar0.write::<u32>(CC, 0).unwrap();
@@ -93,7 +99,8 @@ fn nvme_identify_controller_over_msix() {
     let cq = dma.alloc(QUEUE_ENTRIES as usize * CQE_SIZE).unwrap();
     let data = dma.alloc(4096).unwrap();
     cq.as_volatile_slice().write_slice(&[0u8; 4096], 0).unwrap();
-    bar0.write::<u32>(AQA, (QUEUE_ENTRIES - 1) | (QUEUE_ENTRIES - 1) << 16).unwrap();
+    bar0.write::<u32>(AQA, (QUEUE_ENTRIES - 1) | (QUEUE_ENTRIES - 1) << 16)
+        .unwrap();
     bar0.write::<u64>(ASQ, sq.iova()).unwrap();
     bar0.write::<u64>(ACQ, cq.iova()).unwrap();
     let vectors = dev.enable_msix(1).unwrap();
@@ -101,7 +108,9 @@ fn nvme_identify_controller_over_msix() {
     wait_ready(&bar0, true, timeout);
 
     let cid = 0x2a;
-    sq.as_volatile_slice().write_slice(&identify_command(cid, &data), 0).unwrap();
+    sq.as_volatile_slice()
+        .write_slice(&identify_command(cid, &data), 0)
+        .unwrap();
     bar0.write::<u32>(DOORBELLS, 1).unwrap(); // admin SQ tail
     let count = vectors.vector(0).unwrap().wait(Duration::from_secs(5)).unwrap();
     assert!(count >= 1);
@@ -112,12 +121,20 @@ fn nvme_identify_controller_over_msix() {
     assert_eq!(u16::from_le_bytes([cqe[12], cqe[13]]), cid, "completion {cqe:x?}");
     assert_eq!(status & 1, 1, "phase tag of the first pass");
     assert_eq!(status >> 1, 0, "status code");
-    assert_eq!(u16::from_le_bytes([cqe[8], cqe[9]]), 1, "SQ head moved past the command");
+    assert_eq!(
+        u16::from_le_bytes([cqe[8], cqe[9]]),
+        1,
+        "SQ head moved past the command"
+    );
     bar0.write::<u32>(DOORBELLS + stride, 1).unwrap(); // admin CQ head
 
     let mut id = [0u8; 4096];
     data.as_volatile_slice().read_slice(&mut id, 0).unwrap();
-    assert_eq!(u16::from_le_bytes([id[0], id[1]]), 0x1b36, "PCI vendor in the data");
+    assert_eq!(
+        u16::from_le_bytes([id[0], id[1]]),
+        0x1b36,
+        "PCI vendor in the data"
+    );
     assert_eq!(ascii(&id[4..24]), SERIAL);
     assert_eq!(ascii(&id[24..64]), MODEL);
 

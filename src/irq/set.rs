@@ -75,7 +75,7 @@ impl Device {
     }
 
     /// Enables vectors `0..n` of `index`, one eventfd each. For MSI and
-    /// MSI-X it turns bus mastering on first: a message is a memory write by
+    /// MSI-X it turns bus mastering on too: a message is a memory write by
     /// the device, dropped without it.
     ///
     /// Fails with [`Error::NoSuchIrq`] if the device has no such interrupts,
@@ -124,6 +124,12 @@ impl Device {
                     step: "enable interrupts",
                     source: Box::new(e),
                 })?;
+            if matches!(index, IrqIndex::Msi | IrqIndex::Msix) {
+                // A message is a memory write by the device: without bus
+                // mastering it is dropped, silently. Set after the enable,
+                // which was seen to leave the bit off (kernel 6.12, QEMU edu).
+                self.set_bus_master(true)?;
+            }
             Ok(vectors)
         };
         match enable() {
