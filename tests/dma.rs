@@ -48,7 +48,10 @@ fn wait_dma_idle(bar0: &Region) {
 
 /// Starts a copy of `len` bytes (1..=4095, inside edu's buffer).
 fn start_dma(bar0: &Region, src: u64, dst: u64, len: usize, cmd: u64) {
-    assert!(len >= 1 && len <= SAFE_LEN, "QEMU 7.2 edu aborts on this length");
+    assert!(
+        (1..=SAFE_LEN).contains(&len),
+        "QEMU 7.2 edu aborts on this length"
+    );
     bar0.write::<u64>(DMA_SRC, src).unwrap();
     bar0.write::<u64>(DMA_DST, dst).unwrap();
     bar0.write::<u64>(DMA_COUNT, len as u64).unwrap();
