@@ -96,7 +96,7 @@ pub enum IovaError {
 /// assert_eq!((a, b), (0, 0x1000));
 /// iova.free(a);
 /// assert_eq!(iova.alloc(0x800, 0x1000, limit)?, 0); // reused, size rounded up
-/// assert!(matches!(iova.alloc(1 << 28, 0x1000, limit), Err(IovaError::TooLarge { .. })));
+/// assert!(matches!(iova.alloc((1 << 28) + 0x1000, 0x1000, limit), Err(IovaError::TooLarge { .. })));
 /// assert!(matches!(iova.reserve(0xfee0_0000, 0x1000, u64::MAX), Err(IovaError::Outside { .. })));
 /// # Ok::<(), IovaError>(())
 /// ```
