@@ -580,7 +580,10 @@ fn barpoke_traces_every_access() {
     assert_eq!(trace.lines().count(), 4, "one 32-bit read per dword: {trace}");
     assert!(trace.lines().all(|l| l.ends_with(" via mmap")), "{trace}");
     let (_, trace) = ok_traced(&["--trace", "--via", "fault", "dump", &testdev, "bar0", "0", "8"]);
-    assert!(trace.lines().count() == 2 && trace.lines().all(|l| l.ends_with(" via fault")), "{trace}");
+    assert!(
+        trace.lines().count() == 2 && trace.lines().all(|l| l.ends_with(" via fault")),
+        "{trace}"
+    );
 }
 
 #[test]

@@ -60,6 +60,8 @@ struct Inner {
     /// open and its group attached while any handle lives.
     _vfio: VfioDevice,
     container: Container,
+    /// Which interrupt indices are enabled, against a second enable.
+    irqs: crate::irq::IrqState,
 }
 
 impl fmt::Debug for Device {
@@ -134,6 +136,7 @@ impl Device {
                 config,
                 _vfio: vfio,
                 container: container.clone(),
+                irqs: crate::irq::IrqState::default(),
             }),
         })
     }
@@ -376,5 +379,32 @@ fn open_error(sysfs: &Sysfs, addr: PciAddress, group: u32, err: VfioError) -> Er
             step: "attach group and open device",
             source: Box::new(other),
         },
+    }
+}
+
+/// What the interrupt and DMA modules need of an open device.
+impl Device {
+    /// The device as vfio-ioctls opened it.
+    pub(crate) fn vfio(&self) -> &VfioDevice {
+        &self.inner._vfio
+    }
+
+    /// Which interrupt indices are enabled.
+    pub(crate) fn irq_state(&self) -> &crate::irq::IrqState {
+        &self.inner.irqs
+    }
+
+    /// `VFIO_DEVICE_SET_IRQS` on this device (see [`ioctl::set_irqs`]), for
+    /// what vfio-ioctls' wrappers cannot express: a start vector other than 0,
+    /// masking, and unmasking other indices than INTx.
+    pub(crate) fn set_irqs(
+        &self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: &[RawFd],
+    ) -> io::Result<()> {
+        ioctl::set_irqs(self.inner.fd.as_raw_fd(), index, flags, start, count, fds)
     }
 }

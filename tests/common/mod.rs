@@ -49,6 +49,11 @@ pub fn flr_dev() -> PciAddress {
     from_env("BARMAP_FLR_DEV", "function-level-reset")
 }
 
+/// The address of QEMU's NVMe controller (serial `barmap0001`) in the guest.
+pub fn nvme() -> PciAddress {
+    from_env("BARMAP_NVME", "NVMe")
+}
+
 /// edu BAR0 registers.
 pub mod edu_reg {
     pub const ID: u64 = 0x00;
