@@ -3,7 +3,7 @@
 //! MSI is unavailable), and DMA-copies a buffer through the device and back.
 //!
 //! ```text
-//! edu [ADDR] [--intx]      ADDR defaults to $BARMAP_EDU
+//! edu [--intx] ADDR      ADDR defaults to $BARMAP_EDU
 //! ```
 //!
 //! QEMU 7.2's edu aborts the VM on a DMA of 0 bytes or one touching its
@@ -107,17 +107,21 @@ impl Edu {
     }
 }
 
+/// A userspace driver for QEMU's edu device.
+#[derive(clap::Parser)]
+struct Cli {
+    /// The device's PCI address (bound to vfio-pci).
+    #[arg(env = "BARMAP_EDU")]
+    addr: PciAddress,
+    /// Wait on INTx even where MSI is available.
+    #[arg(long)]
+    intx: bool,
+}
+
 fn main() -> Result<(), Box<dyn StdError>> {
-    let mut args = std::env::args().skip(1).collect::<Vec<_>>();
-    let force_intx = args.iter().any(|a| a == "--intx");
-    args.retain(|a| a != "--intx");
-    let addr: PciAddress = match args.first() {
-        Some(a) => a.parse()?,
-        None => std::env::var("BARMAP_EDU")
-            .map_err(|_| "usage: edu [ADDR] [--intx] (or set BARMAP_EDU)")?
-            .parse()?,
-    };
-    let edu = Edu::open(addr, force_intx)?;
+    let cli = <Cli as clap::Parser>::parse();
+    let addr = cli.addr;
+    let edu = Edu::open(addr, cli.intx)?;
 
     let id = edu.bar0.read::<u32>(reg::ID)?;
     if id & 0xffff != 0x00ed {
