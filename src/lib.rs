@@ -48,3 +48,8 @@ pub use vfio::{Container, Device, ResetKind};
 /// The vm-memory crate barmap's DMA buffers are built on (its `Bytes` and
 /// `VolatileMemory` traits reach their contents).
 pub use vm_memory;
+
+/// The README's examples, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
