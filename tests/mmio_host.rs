@@ -9,7 +9,7 @@
 
 mod common;
 
-use barmap::mmio::{self, ReadOnly, ReadPure, ReadPureWrite, ReadWrite, WriteOnly};
+use barmap::mmio::{self, ReadOnly, ReadPure, ReadPureWrite, ReadWrite, RegisterBlock, WriteOnly};
 use barmap::{field, Error, MapPolicy, Region, RegionFlags};
 use common::emulated::{emulated, Device, PAGE};
 
@@ -124,6 +124,12 @@ struct Queue {
     head: ReadPureWrite<u32>,
     tail: ReadPureWrite<u32>,
 }
+
+// SAFETY: repr(C) structs of register wrappers, arrays of them and padding,
+// without Deref.
+unsafe impl RegisterBlock for Regs {}
+// SAFETY: as above.
+unsafe impl RegisterBlock for Queue {}
 
 // The layout the expected offsets below rely on.
 const _: () = assert!(std::mem::offset_of!(Regs, counter) == 0x18);
