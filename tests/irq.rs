@@ -47,14 +47,18 @@ fn edu_irq_info_matches_the_device() {
     assert!(msi.flags.eventfd() && msi.flags.noresize() && !msi.flags.maskable());
     assert_eq!(dev.irq_info(IrqIndex::Msix).unwrap().count, 0);
     assert_eq!(dev.irq_info(IrqIndex::Req).unwrap().count, 1);
-    assert!(matches!(
-        dev.irq_info(IrqIndex::Err),
+    // ERR (AER reporting) is refused for edu, a conventional PCI device, by
+    // kernels before 7.x; newer ones report the index, with what count they
+    // choose. barmap says what the kernel says, and lists exactly those.
+    let err = dev.irq_info(IrqIndex::Err);
+    match &err {
         Err(Error::NoSuchIrq {
-            index: IrqIndex::Err,
-            ..
-        })
-    ));
-    assert_eq!(dev.irq_infos().len(), 4);
+            index: IrqIndex::Err, ..
+        }) => {}
+        Ok(info) => assert_eq!(info.index, IrqIndex::Err),
+        other => panic!("ERR info: {other:?}"),
+    }
+    assert_eq!(dev.irq_infos().len(), 4 + usize::from(err.is_ok()));
 }
 
 #[test]
@@ -222,13 +226,19 @@ fn edu_irq_errors() {
             ..
         })
     ));
-    assert!(matches!(
-        dev.enable_irqs(IrqIndex::Err, 1),
+    // ERR where the kernel refuses it or reports no vector: NoSuchIrq;
+    // where it reports one (newer kernels), it can be enabled.
+    let err_vectors = dev.irq_info(IrqIndex::Err).map_or(0, |info| info.count);
+    match dev.enable_irqs(IrqIndex::Err, 1) {
         Err(Error::NoSuchIrq {
-            index: IrqIndex::Err,
-            ..
-        })
-    ));
+            index: IrqIndex::Err, ..
+        }) => assert_eq!(err_vectors, 0),
+        Ok(set) => {
+            assert!(err_vectors >= 1);
+            set.disable().unwrap();
+        }
+        other => panic!("enabling ERR: {other:?}"),
+    }
     // After the disable the index is free again, and INTx with it.
     drop(dev.enable_msi(1).unwrap());
     let mut intx = dev.enable_intx().unwrap();
