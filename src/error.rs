@@ -1,8 +1,13 @@
 //! The one error type of barmap.
 //!
-//! Every variant carries what a user needs to act on it: the PCI address, the
-//! region, the offset and width involved, and the underlying OS error where there
-//! is one. Errors are always returned, never only logged.
+//! Every variant carries what a user needs to act on it: the PCI address of
+//! the device it is about, the region, the offset and width involved, and the
+//! underlying OS error as its `source()` (never repeated in its message).
+//! Four variants come before any one device is known, and name what they are
+//! about instead: the text of a malformed address ([`Error::InvalidAddress`]),
+//! the sysfs file ([`Error::Sysfs`], [`Error::SysfsParse`]) and the VFIO
+//! container node ([`Error::VfioUnavailable`]). Errors are always returned,
+//! never only logged.
 
 use std::io;
 use std::path::PathBuf;
