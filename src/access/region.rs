@@ -44,6 +44,8 @@ use crate::vfio::Device;
 /// ```
 pub struct Region {
     fast: FastWindow,
+    /// Whether slow-path accesses are reported (a hook or the trace is on).
+    observed: bool,
     info: RegionInfo,
     addr: PciAddress,
     io: Arc<dyn RegionIo>,
@@ -113,6 +115,7 @@ impl Region {
     ) -> Region {
         Region {
             fast: FastWindow::new(&info, &mapping),
+            observed: mapping.is_observed(),
             info,
             addr,
             io,
@@ -328,7 +331,11 @@ impl Region {
     }
 
     /// Tells the hook and the trace about a typed access that took the slow path.
+    #[inline(always)]
     fn record(&self, offset: u64, width: usize, value: u64, kind: AccessKind) {
+        if !self.observed {
+            return;
+        }
         self.mapping.record(&Access {
             offset,
             width,

@@ -135,6 +135,11 @@ impl Mapping {
         })
     }
 
+    /// Whether a hook or the trace ring sees the slow path's accesses.
+    pub(crate) fn is_observed(&self) -> bool {
+        self.registration.as_ref().is_some_and(Registration::is_observed)
+    }
+
     /// Reports an access that a typed access made through the slow path to
     /// the hook and the trace.
     pub(crate) fn record(&self, access: &Access) {

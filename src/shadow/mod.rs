@@ -308,6 +308,12 @@ impl Registration {
         self.shared.flush_trace()
     }
 
+    /// Whether anything observes accesses (a hook or the trace ring): if
+    /// not, [`Registration::record`] does nothing.
+    pub(crate) fn is_observed(&self) -> bool {
+        self.shared.hook.is_some() || self.shared.trace.is_some()
+    }
+
     /// Takes the record of accesses the device refused since the last call:
     /// how many, and the errno of the last one.
     pub(crate) fn take_refused(&self) -> Option<(u64, i32)> {
