@@ -3,11 +3,12 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use super::region::SlowPath;
 use super::Region;
 use crate::error::Result;
 use crate::map::{MapPolicy, MapSource, Mapping};
 use crate::pci::PciAddress;
-use crate::region::{RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo, SparseArea};
+use crate::region::{FdRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo, SparseArea};
 use crate::shadow::{Access, AccessHook};
 use crate::vfio::Device;
 
@@ -42,7 +43,7 @@ enum MapFd<'fd> {
 pub struct RegionBuilder<'fd> {
     addr: PciAddress,
     index: RegionIndex,
-    io: Arc<dyn RegionIo>,
+    io: SlowPath,
     flags: RegionFlags,
     caps: Vec<RegionCap>,
     map: Option<(MapFd<'fd>, u64, Vec<SparseArea>)>,
@@ -61,7 +62,7 @@ impl Region {
         RegionBuilder {
             addr,
             index,
-            io,
+            io: SlowPath::Any(io),
             flags: RegionFlags::READ_WRITE,
             caps: Vec::new(),
             map: None,
@@ -75,16 +76,11 @@ impl Region {
 impl RegionBuilder<'static> {
     /// A builder for `info`, a region of `device`, reached through `io` and
     /// mapped from the device's descriptor `fd`.
-    pub(crate) fn for_device(
-        device: Device,
-        info: &RegionInfo,
-        io: Arc<dyn RegionIo>,
-        fd: Arc<OwnedFd>,
-    ) -> Self {
+    pub(crate) fn for_device(device: Device, info: &RegionInfo, io: FdRegion, fd: Arc<OwnedFd>) -> Self {
         RegionBuilder {
             addr: device.address(),
             index: info.index,
-            io,
+            io: SlowPath::Fd(io),
             flags: info.flags,
             caps: info.caps.clone(),
             map: Some((MapFd::Shared(fd), info.offset, info.mmap_areas())),
@@ -185,7 +181,7 @@ impl<'fd> RegionBuilder<'fd> {
             self.addr,
             self.index,
             size,
-            self.io.clone(),
+            self.io.shared(),
             source,
             &self.policy,
             self.hook,

@@ -8,7 +8,7 @@ use super::scalar::{load, store, Scalar};
 use crate::error::{Error, Result};
 use crate::map::Mapping;
 use crate::pci::PciAddress;
-use crate::region::{RegionIndex, RegionInfo, RegionIo};
+use crate::region::{FdRegion, RegionIndex, RegionInfo, RegionIo};
 use crate::shadow::{Access, AccessKind};
 use crate::vfio::Device;
 
@@ -48,10 +48,50 @@ pub struct Region {
     observed: bool,
     info: RegionInfo,
     addr: PciAddress,
-    io: Arc<dyn RegionIo>,
+    io: SlowPath,
     mapping: Mapping,
     /// Keeps a device's descriptor and container open; dropped last.
     _device: Option<Device>,
+}
+
+/// A region's slow path: a VFIO device's descriptor, called directly (the
+/// common case, without an indirect call), or any [`RegionIo`].
+pub(crate) enum SlowPath {
+    Fd(FdRegion),
+    Any(Arc<dyn RegionIo>),
+}
+
+impl SlowPath {
+    /// The slow path as the fault handler's table holds it.
+    pub(crate) fn shared(&self) -> Arc<dyn RegionIo> {
+        match self {
+            SlowPath::Fd(io) => Arc::new(io.clone()),
+            SlowPath::Any(io) => io.clone(),
+        }
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        match self {
+            SlowPath::Fd(io) => io.size(),
+            SlowPath::Any(io) => io.size(),
+        }
+    }
+
+    #[inline]
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            SlowPath::Fd(io) => io.read_at(offset, buf),
+            SlowPath::Any(io) => io.read_at(offset, buf),
+        }
+    }
+
+    #[inline]
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            SlowPath::Fd(io) => io.write_at(offset, data),
+            SlowPath::Any(io) => io.write_at(offset, data),
+        }
+    }
 }
 
 /// What the inlined fast path of [`Region::read`]/[`Region::write`] needs,
@@ -109,7 +149,7 @@ impl Region {
     pub(crate) fn from_parts(
         addr: PciAddress,
         info: RegionInfo,
-        io: Arc<dyn RegionIo>,
+        io: SlowPath,
         mapping: Mapping,
         device: Option<Device>,
     ) -> Region {

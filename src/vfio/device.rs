@@ -223,7 +223,7 @@ impl Device {
     /// access hook before opening it.
     pub fn region_builder(&self, index: RegionIndex) -> Result<RegionBuilder<'static>> {
         let info = self.region_info(index)?;
-        let io = Arc::new(FdRegion::new(self.inner.fd.clone(), info.offset, info.size));
+        let io = FdRegion::new(self.inner.fd.clone(), info.offset, info.size);
         Ok(RegionBuilder::for_device(
             self.clone(),
             info,
