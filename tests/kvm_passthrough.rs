@@ -101,7 +101,10 @@ fn kvm_dma_into_guest_memory() {
     assert_eq!(mapping.ranges(), [(0, guest::RAM_SIZE as u64)]);
     let pattern: Vec<u8> = (0..LEN).map(|i| (i * 7 + 3) as u8).collect();
     guest.ram.write_slice(&pattern, GuestAddress(SRC.into())).unwrap();
-    guest.ram.write_slice(&[0u8; LEN + 16], GuestAddress(DST.into())).unwrap();
+    guest
+        .ram
+        .write_slice(&[0u8; LEN + 16], GuestAddress(DST.into()))
+        .unwrap();
     let mut asm = Asm::default();
     asm.set_ds(EDU_SEG).wait_clear(DMA_CMD, 1);
     // Guest RAM to edu's buffer, then edu's buffer to guest RAM at DST.
@@ -164,7 +167,11 @@ fn kvm_msi_runs_the_guest_handler() {
     guest.load(&asm.code);
     guest.set_handler(VECTOR, handler);
     let run = guest.run(&[&bar0]);
-    assert_eq!(run.reports, [1, 120], "the handler ran once and saw the factorial done");
+    assert_eq!(
+        run.reports,
+        [1, 120],
+        "the handler ran once and saw the factorial done"
+    );
     assert_eq!(guest.ram.read_obj::<u8>(GuestAddress(FLAG.into())).unwrap(), 1);
     assert_eq!((run.mmio_served, run.mmio_unserved.len()), (0, 0), "no MMIO exit");
     drop(irq);
@@ -234,10 +241,20 @@ fn kvm_trapped_page_exits_once_per_access() {
     let run = guest.run(&[&bar0]);
     assert_eq!(
         run.reports,
-        [ID_VALUE, ID_VALUE, ID_VALUE, 0x0f0f_f0f0, 0xffff_ffff, 0xffff_ffff]
+        [
+            ID_VALUE,
+            ID_VALUE,
+            ID_VALUE,
+            0x0f0f_f0f0,
+            0xffff_ffff,
+            0xffff_ffff
+        ]
     );
     println!("MMIO exits: {} for 5 trapped accesses", run.mmio_served);
-    assert_eq!(run.mmio_served, 5, "one exit per trapped access, none for mapped pages");
+    assert_eq!(
+        run.mmio_served, 5,
+        "one exit per trapped access, none for mapped pages"
+    );
     assert_eq!(hooked.load(Ordering::Relaxed), 5, "the access hook saw each");
     assert!(run.mmio_unserved.is_empty());
 }
@@ -255,15 +272,27 @@ fn kvm_drop_removes_the_slots_and_move_follows_the_guest() {
     guest.load(&read_id((MOVED >> 4) as u16, 1));
     let run = guest.run(&[&bar0]);
     assert_eq!(run.reports, [ID_VALUE]);
-    assert_eq!((run.mmio_served, run.mmio_unserved.len()), (0, 0), "moved: no exit");
+    assert_eq!(
+        (run.mmio_served, run.mmio_unserved.len()),
+        (0, 0),
+        "moved: no exit"
+    );
     guest.load(&read_id(EDU_SEG, 1));
     let run = guest.run(&[&bar0]);
-    assert_eq!(run.mmio_unserved, [EDU_GPA], "the old address exits, and is not the BAR's");
+    assert_eq!(
+        run.mmio_unserved,
+        [EDU_GPA],
+        "the old address exits, and is not the BAR's"
+    );
 
     guest.load(&read_id((MOVED >> 4) as u16, 2));
     drop(bar0);
     let run = guest.run(&[]);
-    assert_eq!(run.mmio_unserved, [MOVED, MOVED], "after the drop every access exits");
+    assert_eq!(
+        run.mmio_unserved,
+        [MOVED, MOVED],
+        "after the drop every access exits"
+    );
     assert_eq!(run.reports, [0xffff_ffff; 2]);
 
     // The slot numbers are free again.

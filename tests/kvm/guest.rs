@@ -91,8 +91,13 @@ impl Guest {
 
     /// Points the vCPU at [`CODE`] again with ECX = `ecx`.
     pub fn restart(&mut self, ecx: u64) {
+        self.restart_at(CODE, ecx);
+    }
+
+    /// Points the vCPU at `rip` with ECX = `ecx` (interrupts off).
+    pub fn restart_at(&mut self, rip: u64, ecx: u64) {
         let mut regs = self.vcpu.get_regs().unwrap();
-        regs.rip = CODE;
+        regs.rip = rip;
         regs.rflags = 2;
         regs.rsp = u64::from(STACK);
         regs.rcx = ecx;
@@ -191,12 +196,16 @@ impl Asm {
 
     /// `mov byte [es:off], imm8`
     pub fn es_store8(&mut self, off: u16, imm: u8) -> &mut Self {
-        self.emit(&[0x26, 0xc6, 0x06]).emit(&off.to_le_bytes()).emit(&[imm])
+        self.emit(&[0x26, 0xc6, 0x06])
+            .emit(&off.to_le_bytes())
+            .emit(&[imm])
     }
 
     /// `cmp byte [es:off], imm8`
     pub fn es_cmp8(&mut self, off: u16, imm: u8) -> &mut Self {
-        self.emit(&[0x26, 0x80, 0x3e]).emit(&off.to_le_bytes()).emit(&[imm])
+        self.emit(&[0x26, 0x80, 0x3e])
+            .emit(&off.to_le_bytes())
+            .emit(&[imm])
     }
 
     /// `test al, imm8`
