@@ -11,7 +11,7 @@ BARMAP_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BARMAP_SCRIPTS="$BARMAP_REPO/qemu-scripts"
 : "${BARMAP_GUEST_TARGET:=$BARMAP_REPO/target/guest}"
 : "${BARMAP_GUEST_TIMEOUT:=900}"
-: "${BARMAP_GUEST_MEM:=1536}"
+: "${BARMAP_GUEST_MEM:=2048}"
 : "${BARMAP_QEMU_ARGS:=}"
 : "${BARMAP_KERNEL_ARGS:=}"
 if [[ -z "${BARMAP_CACHE:-}" ]]; then
