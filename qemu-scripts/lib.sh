@@ -342,6 +342,8 @@ guest_build() {
         filter='.target.kind[0] == "bench"'
         ;;
     esac
+    # The guest has /dev/kvm: build the KVM passthrough (tests, example, bench) too.
+    cmd+=(--features kvm)
     [[ -t 2 ]] && format='json-diagnostic-rendered-ansi'
     log "static build ($mode) in $BARMAP_GUEST_TARGET"
     (cd "$BARMAP_REPO" && RUSTFLAGS='-C target-feature=+crt-static' cargo "${cmd[@]}" \

@@ -438,4 +438,50 @@ pub enum Error {
         /// How many mappings the container may hold.
         limit: u32,
     },
+    /// A KVM call made for a passed-through device failed.
+    #[error("{addr}: KVM could not {step}")]
+    Kvm {
+        /// The device.
+        addr: PciAddress,
+        /// What was being done (e.g. "set a user memory region for a BAR").
+        step: &'static str,
+        /// The error from kvm-ioctls (the kernel's errno).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Every memory slot barmap may use in the VM is taken.
+    #[error("{addr} {region}: no free KVM memory slot (barmap uses slots {first}..{limit}, all taken)")]
+    KvmNoFreeSlot {
+        /// The device.
+        addr: PciAddress,
+        /// The region to pass through.
+        region: RegionIndex,
+        /// The first slot number barmap may use.
+        first: u32,
+        /// One past the last slot number (`KVM_CAP_NR_MEMSLOTS`).
+        limit: u32,
+    },
+
+    /// A BAR cannot be placed at this guest address.
+    #[error("{addr} {region}: cannot place the BAR at guest address {base:#x}: {reason}")]
+    GuestPlacement {
+        /// The device.
+        addr: PciAddress,
+        /// The region to pass through.
+        region: RegionIndex,
+        /// The guest-physical address (or port) asked for.
+        base: u64,
+        /// Why not.
+        reason: &'static str,
+    },
+
+    /// Every GSI barmap may route in the VM is taken.
+    #[error("{addr}: no free GSI to route an interrupt on ({limit} routes at most)")]
+    KvmNoFreeGsi {
+        /// The device.
+        addr: PciAddress,
+        /// One past the last GSI (`KVM_CAP_IRQ_ROUTING`).
+        limit: u32,
+    },
 }

@@ -27,6 +27,8 @@ pub mod config;
 pub mod dma;
 mod error;
 pub mod irq;
+#[cfg(feature = "kvm")]
+pub mod kvm;
 mod map;
 pub mod mmio;
 pub mod pci;

@@ -68,6 +68,12 @@ impl Vector {
         &self.eventfd
     }
 
+    /// The device the vector belongs to (for barmap::kvm's errors).
+    #[cfg(feature = "kvm")]
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The interrupt index.
     pub fn index(&self) -> IrqIndex {
         self.index

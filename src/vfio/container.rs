@@ -43,7 +43,13 @@ impl fmt::Debug for Container {
 impl Container {
     /// Opens `/dev/vfio/vfio` and checks the API version and type1v2 support.
     pub fn new() -> Result<Container> {
-        let inner = VfioContainer::new(None).map_err(|e| match e {
+        Container::with_device_fd(None)
+    }
+
+    /// [`Container::new`], with the hypervisor's VFIO device (the KVM-VFIO
+    /// device) that vfio-ioctls registers each group with as it is attached.
+    pub(crate) fn with_device_fd(device_fd: Option<Arc<vfio_ioctls::VfioDeviceFd>>) -> Result<Container> {
+        let inner = VfioContainer::new(device_fd).map_err(|e| match e {
             VfioError::OpenContainer(source) => Error::VfioUnavailable {
                 path: PathBuf::from(VFIO_CONTAINER_PATH),
                 reason: match source.kind() {

@@ -1,0 +1,65 @@
+//! Device passthrough to a KVM guest (feature `kvm`), on kvm-ioctls and vm-memory.
+//!
+//! A VMM that passes a device through does four things, each a call here:
+//!
+//! 1. **BARs into the guest.** [`BarPassthrough::new`] registers each
+//!    directly mapped part of a [`Region`](crate::Region) as a KVM memory
+//!    slot at a guest-physical address, so the guest reaches it with no exit
+//!    at all. What is left (sparse holes, pages trapped with a
+//!    [`MapPolicy`](crate::MapPolicy), a whole I/O BAR) exits to the VMM, and
+//!    [`BarPassthrough::handle_exit`] serves those `KVM_EXIT_MMIO` and
+//!    `KVM_EXIT_IO` exits through the region's slow path and access hook, with
+//!    the guest's width. Dropping it removes the slots;
+//!    [`BarPassthrough::move_to`] follows a guest that reprograms the BAR.
+//! 2. **DMA into guest memory.** [`Dma::map_guest_memory`](crate::Dma::map_guest_memory)
+//!    maps a vm-memory `GuestMemoryMmap` into the device's container with
+//!    IOVA = guest-physical address; its [`GuestMapping`](crate::dma::GuestMapping)
+//!    unmaps it again.
+//! 3. **Interrupts into the guest.** [`Vm::route_msi`] routes a device
+//!    [`Vector`](crate::Vector)'s eventfd to an MSI or MSI-X message through a
+//!    KVM irqfd; the VMM can instead take the eventfd itself (a `Vector` is
+//!    [`AsFd`](std::os::fd::AsFd)).
+//! 4. **The KVM-VFIO device.** [`Vm::open_device`] opens devices in one
+//!    container per VM that registers each group with KVM's VFIO device.
+//!
+//! KVM keeps two tables for a whole VM that it cannot be asked about: memory
+//! slots and GSI routes. [`Vm`] keeps barmap's share of both, so that several
+//! passthroughs (and the VMM's own slots and routes, below the numbers it
+//! hands barmap) do not collide.
+//!
+//! ```no_run
+//! use barmap::kvm::{BarPassthrough, MsiMessage, Vm};
+//! use barmap::dma::DmaMask;
+//! use barmap::vm_memory::{GuestAddress, GuestMemoryMmap};
+//! use kvm_ioctls::{Kvm, VcpuExit};
+//!
+//! let kvm = Kvm::new().unwrap();
+//! let vm = Vm::new(&kvm, kvm.create_vm().unwrap(), 1, 24);
+//! vm.fd().create_irq_chip().unwrap();
+//! let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+//! // ... register `ram` as slot 0 (the VMM's own) with vm.fd().set_user_memory_region ...
+//! let edu = vm.open_device("0000:00:02.0".parse()?)?;
+//! let bar0 = BarPassthrough::new(&vm, edu.bar(0)?, 0x20000)?;
+//! let _dma = edu.dma(DmaMask::bits(28))?.map_guest_memory(&ram)?;
+//! let msi = edu.enable_msi(1)?;
+//! let _irq = vm.route_msi(msi.vector(0)?, MsiMessage::fixed(0, 0x40))?;
+//! let mut vcpu = vm.fd().create_vcpu(0).unwrap();
+//! loop {
+//!     let mut exit = vcpu.run().unwrap();
+//!     if !bar0.handle_exit(&mut exit)? {
+//!         match exit {
+//!             VcpuExit::Hlt => break,
+//!             other => println!("{other:?}"),
+//!         }
+//!     }
+//! }
+//! # Ok::<(), barmap::Error>(())
+//! ```
+
+mod bar;
+mod irq;
+mod vm;
+
+pub use bar::BarPassthrough;
+pub use irq::{GuestInterrupt, MsiMessage};
+pub use vm::Vm;
