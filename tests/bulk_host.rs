@@ -128,7 +128,7 @@ fn unmapped_parts_take_one_slow_access_per_element_at_its_width() {
             size: PAGE,
         }],
     );
-    assert_eq!(region.mapped_ranges(), &[PAGE..2 * PAGE]);
+    assert_eq!(region.mapped_ranges(), std::slice::from_ref(&(PAGE..2 * PAGE)));
     let start = PAGE - 16;
     let mut words = vec![0u64; (PAGE as usize + 32) / 8];
     region.read_slice(start, &mut words).unwrap();
