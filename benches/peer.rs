@@ -413,7 +413,7 @@ fn bulk(ivshmem: PciAddress) {
         let shm = dev.bar(2).expect("map BAR2");
         let base = shm.mapping_address() as *mut u64;
         touch_raw(base.cast(), BULK); // first-touch faults out of the figures
-        let t = rounds(5, 3, |k| match k {
+        let t = rounds(7, 3, |k| match k {
             0 => shm.read_slice(0, &mut buf).unwrap(),
             1 => {
                 for (i, w) in buf.iter_mut().enumerate() {
@@ -434,7 +434,7 @@ fn bulk(ivshmem: PciAddress) {
             mib_s(t[2]),
             t[2] / t[0],
         );
-        let t = rounds(5, 3, |k| match k {
+        let t = rounds(7, 3, |k| match k {
             0 => shm.write_slice(0, &src).unwrap(),
             1 => {
                 for (i, w) in src.iter().enumerate() {
