@@ -80,7 +80,9 @@ fn a_trapped_region_sees_only_eight_byte_accesses() {
     .build()
     .unwrap();
     // 0x1f00..0x2100: 32 words on the trapped second page, 32 on the mapped third.
-    let data: Vec<u64> = (0..64).map(|i| 0x1111_2222_3333_4444 * (i + 1)).collect();
+    let data: Vec<u64> = (0..64u64)
+        .map(|i| 0x1111_2222_3333_4444u64.wrapping_mul(i + 1))
+        .collect();
     shm.write_slice(0x1f00, &data).unwrap();
     let mut back = vec![0u64; 64];
     shm.read_slice(0x1f00, &mut back).unwrap();
