@@ -32,7 +32,10 @@ use std::fmt;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use barmap::mmio;
 use barmap::pci::VFIO_PCI_DRIVER;
 use barmap::shadow::AccessKind;
 use barmap::{Device, Error, MapPolicy, PciAddress, RegionIndex, Result, Sysfs};
@@ -566,6 +569,9 @@ fn config(cli: &Cli, addr: PciAddress) -> Outcome {
 struct Opened {
     bar: barmap::Region,
     via: Via,
+    /// Accesses that did not go straight to a mapping, counted by the
+    /// region's access hook: what `--trace` reports as the path taken.
+    trapped: Arc<AtomicU64>,
     /// The directly mapped ranges (empty under `--via syscall` and `fault`).
     mapped: Vec<Range<u64>>,
     /// One pointer over the whole region whose unmapped pages are trapped (a
@@ -601,7 +607,11 @@ impl Opened {
     }
 
     fn open(device: &Device, index: RegionIndex, via: Via) -> Result<Opened> {
-        let bar = device.region(index, Opened::policy(via))?;
+        let trapped = Arc::new(AtomicU64::new(0));
+        let count = trapped.clone();
+        let builder = device.region_builder(index)?.policy(Opened::policy(via));
+        // SAFETY: the hook only increments an atomic counter: async-signal-safe.
+        let bar = unsafe { builder.hook(move |_| _ = count.fetch_add(1, Ordering::Relaxed)) }.build()?;
         let mapped = bar.mapped_ranges().to_vec();
         if via == Via::Mmap && mapped.is_empty() {
             return Err(Error::NotMmapable {
@@ -618,6 +628,7 @@ impl Opened {
         Ok(Opened {
             bar,
             via,
+            trapped,
             mapped,
             shadow,
         })
@@ -663,17 +674,30 @@ impl Opened {
         Ok(path)
     }
 
+    /// The path the access just made took: straight to the mapping if the
+    /// hook saw nothing since `before`, else through the fault handler (the
+    /// pointer) or pread/pwrite (typed accesses).
+    fn taken(&self, before: u64) -> AccessPath {
+        match (self.trapped.load(Ordering::Relaxed) > before, self.shadow) {
+            (false, _) => AccessPath::Mmap,
+            (true, Some(_)) => AccessPath::Fault,
+            (true, None) => AccessPath::Syscall,
+        }
+    }
+
     fn read(&self, offset: u64, width: Width, trace: bool) -> Result<u64> {
-        let path = self.path(offset, width)?;
+        self.path(offset, width)?;
+        let before = self.trapped.load(Ordering::Relaxed);
         let value = match self.shadow {
             Some(base) => {
                 self.bar.check_access(offset, width.bytes(), AccessKind::Read)?;
                 // SAFETY: `base` spans the whole region while `self.bar` lives, and
-                // `Bar::check_access` put `offset..offset + width` inside it, aligned.
+                // `Region::check_access` put `offset..offset + width` inside it, aligned.
                 unsafe { load(base.add(offset as usize), width) }
             }
             None => self.bar.read_width(offset, width.bytes())?,
         };
+        let path = self.taken(before);
         if trace {
             eprintln!(
                 "{}",
@@ -684,7 +708,8 @@ impl Opened {
     }
 
     fn write(&self, offset: u64, width: Width, value: u64, trace: bool) -> Result<()> {
-        let path = self.path(offset, width)?;
+        self.path(offset, width)?;
+        let before = self.trapped.load(Ordering::Relaxed);
         match self.shadow {
             Some(base) => {
                 self.bar.check_access(offset, width.bytes(), AccessKind::Write)?;
@@ -701,6 +726,7 @@ impl Opened {
             }
             None => self.bar.write_width(offset, width.bytes(), value)?,
         }
+        let path = self.taken(before);
         if trace {
             eprintln!(
                 "{}",
@@ -711,27 +737,27 @@ impl Opened {
     }
 }
 
-/// One volatile little-endian load of `width` at `ptr`, zero-extended: a
-/// plain `mov` on a mapped page, emulated by barmap's fault handler on a
-/// trapped one.
+/// One little-endian load of `width` at `ptr`, zero-extended: one pinned
+/// `mov` ([`barmap::mmio::read`]), reaching the device on a mapped page and
+/// emulated by barmap's fault handler on a trapped one.
 ///
 /// # Safety
-/// `ptr` must point into a live device mapping or shadow region, with `width`
-/// bytes readable from it, aligned to `width`.
+/// `ptr` must point into a live region's range, with `width` bytes readable
+/// from it, aligned to `width`.
 unsafe fn load(ptr: *const u8, width: Width) -> u64 {
-    // SAFETY: guaranteed by the caller; volatile accesses of exactly the
-    // access width, never a reference to device memory.
+    // SAFETY: guaranteed by the caller, for each width.
     unsafe {
         match width.bytes() {
-            1 => u64::from(ptr.read_volatile()),
-            2 => u64::from(u16::from_le(ptr.cast::<u16>().read_volatile())),
-            4 => u64::from(u32::from_le(ptr.cast::<u32>().read_volatile())),
-            _ => u64::from_le(ptr.cast::<u64>().read_volatile()),
+            1 => u64::from(mmio::read(ptr)),
+            2 => u64::from(mmio::read(ptr.cast::<u16>())),
+            4 => u64::from(mmio::read(ptr.cast::<u32>())),
+            _ => mmio::read(ptr.cast::<u64>()),
         }
     }
 }
 
-/// One volatile little-endian store of the low `width` bits of `value` at `ptr`.
+/// One little-endian store of the low `width` bits of `value` at `ptr`, one
+/// pinned `mov` ([`barmap::mmio::write`]).
 ///
 /// # Safety
 /// As for [`load`], with the bytes writable.
@@ -739,10 +765,10 @@ unsafe fn store(ptr: *mut u8, width: Width, value: u64) {
     // SAFETY: as in `load`.
     unsafe {
         match width.bytes() {
-            1 => ptr.write_volatile(value as u8),
-            2 => ptr.cast::<u16>().write_volatile((value as u16).to_le()),
-            4 => ptr.cast::<u32>().write_volatile((value as u32).to_le()),
-            _ => ptr.cast::<u64>().write_volatile(value.to_le()),
+            1 => mmio::write(ptr, value as u8),
+            2 => mmio::write(ptr.cast::<u16>(), value as u16),
+            4 => mmio::write(ptr.cast::<u32>(), value as u32),
+            _ => mmio::write(ptr.cast::<u64>(), value),
         }
     }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# demo.sh [KERNEL]: the main job. Boots the guest (KERNEL 6.1, 6.12 or 7.3; default 6.12) and pokes QEMU's edu
-# device with the barpoke example (examples/barpoke.rs): identity, liveness register, factorial, a dump.
+# demo.sh [KERNEL]: the main job. Boots the guest (KERNEL 6.1, 6.12 or 7.3; default 6.12), pokes QEMU's edu
+# device with the barpoke example (examples/barpoke.rs): identity, liveness register, factorial, a dump; then
+# runs the userspace edu driver (examples/edu.rs): factorials on MSI and on INTx, a DMA copy in and out.
 # Exits with the status of the first command that fails. The guest commands are the DEMO list below: edit
 # them there.
 set -euo pipefail
@@ -19,6 +20,8 @@ DEMO=(
     'barpoke read $BARMAP_EDU bar0 0x8'            # ... is 0x78
     'barpoke dump $BARMAP_EDU bar0 0x0 0x40'
     'barpoke info $BARMAP_TESTDEV'
+    'edu $BARMAP_EDU'         # the driver: identify, factorials waiting on MSI, DMA in and out
+    'edu $BARMAP_EDU --intx'  # the same, waiting on INTx
 )
 
 series=${1:-6.12}
@@ -26,8 +29,10 @@ kernel_check "$series"
 ensure_host_packages
 run_dir_init
 guest_build test "$RUN_DIR/build.list"
-guest_build_has "$RUN_DIR/build.list" example example-barpoke ||
-    die "the demo needs the barpoke example (examples/barpoke.rs), which does not exist yet"
+for example in barpoke edu; do
+    guest_build_has "$RUN_DIR/build.list" example "example-$example" ||
+        die "the demo needs the $example example (examples/$example.rs)"
+done
 
 {
     echo 'set -e'

@@ -11,7 +11,7 @@ BARMAP_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BARMAP_SCRIPTS="$BARMAP_REPO/qemu-scripts"
 : "${BARMAP_GUEST_TARGET:=$BARMAP_REPO/target/guest}"
 : "${BARMAP_GUEST_TIMEOUT:=900}"
-: "${BARMAP_GUEST_MEM:=1024}"
+: "${BARMAP_GUEST_MEM:=2048}"
 : "${BARMAP_QEMU_ARGS:=}"
 : "${BARMAP_KERNEL_ARGS:=}"
 if [[ -z "${BARMAP_CACHE:-}" ]]; then
@@ -24,7 +24,7 @@ fi
 BARMAP_GUEST_WORK="$BARMAP_GUEST_TARGET/qemu"
 BARMAP_RUST_TARGET=x86_64-unknown-linux-gnu
 BARMAP_KERNELS=(6.1 6.12 7.3)
-BARMAP_HOST_PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils jq libc6-dev zstd clang)
+BARMAP_HOST_PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils jq libc6-dev zstd clang binutils)
 # Kernel command line of every guest: virtio_pci is built in from 6.12 on and would take the virtio device
 # meant for vfio-pci (BARMAP_FLR_DEV) before /init runs; the guest uses no other virtio device.
 BARMAP_GUEST_KERNEL_ARGS='initcall_blacklist=virtio_pci_driver_init'
@@ -309,6 +309,10 @@ kernel_extract() {
 # ---------------------------------------------------------------------------------------------------------
 # Static build of the binaries that go into the guest
 
+# Host-only test binaries, left out of the guest: they build code at test time with rustc, gcc and clang,
+# which the guest does not have.
+BARMAP_HOST_ONLY_TESTS=(shadow_forms)
+
 # Device tests of the fault path that also run built at opt-level 3 (as users ship code: the compiler
 # folds volatile accesses into other instruction forms there), as test binaries named `opt3-test-NAME`.
 BARMAP_OPT3_TESTS=(shadow_guest revocation)
@@ -323,7 +327,9 @@ guest_build() {
     case "$mode" in
     test)
         cmd=(test --no-run)
-        filter='(.profile.test and (.target.kind[0] != "bench")) or .target.kind[0] == "example"'
+        # shellcheck disable=SC2016 # $host_only is jq's, given with --argjson below
+        filter='(.profile.test and (.target.kind[0] != "bench")
+                 and ([.target.name] | inside($host_only) | not)) or .target.kind[0] == "example"'
         ;;
     opt3)
         cmd=(test --release --no-run)
@@ -344,7 +350,8 @@ guest_build() {
     # With JSON output the compiler's warnings and errors are in the JSON: show them as cargo would.
     jq -j 'select(.reason == "compiler-message") | .message.rendered' "$json" >&2
     ((rc == 0)) || die "static $mode build failed (cargo exit $rc)"
-    jq -r "select(.reason == \"compiler-artifact\" and .executable != null and ($filter))
+    jq -r --argjson host_only "$(printf '%s\n' "${BARMAP_HOST_ONLY_TESTS[@]}" | jq -R . | jq -s .)" \
+        "select(.reason == \"compiler-artifact\" and .executable != null and ($filter))
            | [(if .target.kind[0] == \"example\" or .target.kind[0] == \"bench\"
                then .target.kind[0] else \"test\" end),
               \"$prefix\" + .target.kind[0] + \"-\" + .target.name, .executable] | @tsv" "$json" >"$out"
@@ -380,9 +387,10 @@ initramfs_build() {
     cp "$kdir"/modules/*.ko "$root/lib/modules/barmap/"
     while IFS=$'\t' read -r kind name path; do
         case "$kind" in
-        test) cp "$path" "$root/tests/$name" ;;
-        example) cp "$path" "$root/usr/bin/${name#example-}" ;;
-        bench) cp "$path" "$root/benches/${name#bench-}" ;;
+        # Without debug info: the unpacked initramfs lives in the guest's RAM.
+        test) strip --strip-debug -o "$root/tests/$name" "$path" ;;
+        example) strip --strip-debug -o "$root/usr/bin/${name#example-}" "$path" ;;
+        bench) strip --strip-debug -o "$root/benches/${name#bench-}" "$path" ;;
         esac
     done <"$list"
     (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$out"

@@ -7,6 +7,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::dma::IovaError;
+use crate::irq::IrqIndex;
 use crate::pci::PciAddress;
 use crate::region::RegionIndex;
 
@@ -352,5 +354,83 @@ pub enum Error {
         what: &'static str,
         /// Why not.
         reason: &'static str,
+    },
+
+    /// The device has no interrupts of this index (the kernel reports none, or a count of 0).
+    #[error("{addr} has no {index} interrupts")]
+    NoSuchIrq {
+        /// The device.
+        addr: PciAddress,
+        /// The interrupt index asked for.
+        index: IrqIndex,
+    },
+
+    /// A vector number at or past the number of vectors the device has (or that are enabled).
+    #[error("{addr} {index}: vector {vector} does not exist (there are {count})")]
+    IrqVectorOutOfRange {
+        /// The device.
+        addr: PciAddress,
+        /// The interrupt index.
+        index: IrqIndex,
+        /// The vector asked for (for an enable, the number of vectors asked for minus one).
+        vector: u32,
+        /// How many vectors there are.
+        count: u32,
+    },
+
+    /// An interrupt index was enabled while it, or another one that excludes it
+    /// (INTx, MSI and MSI-X exclude each other), is enabled.
+    #[error(
+        "{addr}: cannot enable {index} interrupts while {active} interrupts are enabled; drop them first"
+    )]
+    IrqAlreadyEnabled {
+        /// The device.
+        addr: PciAddress,
+        /// The index that was to be enabled.
+        index: IrqIndex,
+        /// The index that is enabled.
+        active: IrqIndex,
+    },
+
+    /// No interrupt arrived within the timeout.
+    #[error("{addr} {index} vector {vector}: no interrupt within {timeout:?}")]
+    IrqTimeout {
+        /// The device.
+        addr: PciAddress,
+        /// The interrupt index.
+        index: IrqIndex,
+        /// The vector waited on (the first one, for a wait on several).
+        vector: u32,
+        /// How long was waited.
+        timeout: std::time::Duration,
+    },
+
+    /// Masking was asked of an interrupt index the kernel cannot mask.
+    #[error("{addr}: {index} interrupts cannot be masked (the kernel does not report them maskable)")]
+    IrqNotMaskable {
+        /// The device.
+        addr: PciAddress,
+        /// The interrupt index.
+        index: IrqIndex,
+    },
+
+    /// No IOVA range could be found or reserved for a DMA mapping.
+    #[error("{addr}: no IOVA range for a DMA mapping")]
+    Iova {
+        /// The device the mapping is for.
+        addr: PciAddress,
+        /// What is wrong (exhausted, too large, over the DMA mask, overlap, reserved).
+        #[source]
+        source: IovaError,
+    },
+
+    /// The container holds as many DMA mappings as the kernel allows
+    /// (`vfio_iommu_type1`'s `dma_entry_limit`, from the DMA-available capability).
+    #[error("{addr}: the container already holds {limit} DMA mappings, the most the kernel allows")]
+    DmaMappingLimit {
+        /// The device the mapping is for.
+        addr: PciAddress,
+        /// How many mappings the container may hold.
+        limit: u32,
     },
 }

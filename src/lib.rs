@@ -24,7 +24,9 @@
 
 mod access;
 pub mod config;
+pub mod dma;
 mod error;
+pub mod irq;
 mod map;
 pub mod mmio;
 pub mod pci;
@@ -34,10 +36,20 @@ mod vfio;
 
 pub use access::{Region, RegionBuilder, Scalar};
 pub use config::{BarKind, ConfigSpace};
+pub use dma::{Dma, DmaBuffer, DmaMask};
 pub use error::{Error, Result};
+pub use irq::{Interrupts, IrqIndex, IrqInfo, Vector};
 pub use map::MapPolicy;
 pub use pci::{PciAddress, PciDeviceInfo, Sysfs};
 pub use region::{
     FdRegion, MemoryRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo, SparseArea,
 };
 pub use vfio::{Container, Device, ResetKind};
+/// The vm-memory crate barmap's DMA buffers are built on (its `Bytes` and
+/// `VolatileMemory` traits reach their contents).
+pub use vm_memory;
+
+/// The README's examples, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

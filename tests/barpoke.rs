@@ -549,6 +549,9 @@ fn barpoke_reads_the_expansion_rom_and_refuses_to_write_it() {
     assert_eq!(ok(&["read", &testdev, "rom", "0", "-w", "16"]), "0xaa55\n");
 }
 
+/// Every access is traced with the path it took: barpoke counts what the
+/// region's access hook saw around it (nothing: the mapping; a trapped
+/// pointer access: the fault handler; a typed slow-path access: pread/pwrite).
 #[test]
 #[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
 fn barpoke_traces_every_access() {
@@ -575,6 +578,12 @@ fn barpoke_traces_every_access() {
     assert_eq!(trace, "trace: read bar0+0x0 w32 = 0x010000ed via fault\n");
     let (_, trace) = ok_traced(&["--trace", "dump", &edu, "bar0", "0", "16"]);
     assert_eq!(trace.lines().count(), 4, "one 32-bit read per dword: {trace}");
+    assert!(trace.lines().all(|l| l.ends_with(" via mmap")), "{trace}");
+    let (_, trace) = ok_traced(&["--trace", "--via", "fault", "dump", &testdev, "bar0", "0", "8"]);
+    assert!(
+        trace.lines().count() == 2 && trace.lines().all(|l| l.ends_with(" via fault")),
+        "{trace}"
+    );
 }
 
 #[test]

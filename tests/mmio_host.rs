@@ -7,15 +7,12 @@
 //! `mov` of the right width whatever the optimisation level.
 #![cfg(target_arch = "x86_64")]
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+mod common;
 
-use barmap::mmio::{self, ReadOnly, ReadPure, ReadPureWrite, ReadWrite, WriteOnly};
-use barmap::{field, Error, FdRegion, MapPolicy, Region, RegionFlags, RegionIndex, RegionIo, SparseArea};
+use barmap::mmio::{self, ReadOnly, ReadPure, ReadPureWrite, ReadWrite, RegisterBlock, WriteOnly};
+use barmap::{field, Error, MapPolicy, Region, RegionFlags};
+use common::emulated::{emulated, Device, PAGE};
 
-const PAGE: u64 = 0x1000;
 const SIZE: u64 = 2 * PAGE;
 const READ: u32 = 1;
 const WRITE: u32 = 2;
@@ -24,157 +21,63 @@ const MMAP: u32 = 4;
 /// One device access seen by the slow path: offset, width, value, write.
 type Rec = (u64, usize, u64, bool);
 
-/// The device's slow path: pread/pwrite on the memfd, each access logged in
-/// preallocated atomics (no lock, no allocation: it runs in the fault handler).
-struct Logged {
-    io: FdRegion,
-    cells: Box<[[AtomicU64; 2]]>,
-    next: AtomicUsize,
+/// The emulated device: two pages with a recognisable pattern.
+fn device() -> Device {
+    Device::with_pattern(SIZE, |i| (i * 11 + 3) as u8)
 }
 
-impl Logged {
-    fn push(&self, offset: u64, bytes: &[u8], write: bool) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        if let Some(cell) = self.cells.get(i) {
-            cell[0].store(
-                offset << 16 | (bytes.len() as u64) << 8 | u64::from(write),
-                Ordering::Relaxed,
-            );
-            cell[1].store(word(bytes), Ordering::Release);
-        }
-    }
-
-    fn take(&self) -> Vec<Rec> {
-        let n = self.next.swap(0, Ordering::Acquire);
-        assert!(n <= self.cells.len(), "access log overflow");
-        self.cells[..n]
-            .iter()
-            .map(|c| {
-                let meta = c[0].load(Ordering::Relaxed);
-                let value = c[1].load(Ordering::Acquire);
-                (meta >> 16, (meta >> 8 & 0xff) as usize, value, meta & 1 != 0)
-            })
-            .collect()
-    }
-}
-
-fn word(bytes: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w[..bytes.len()].copy_from_slice(bytes);
-    u64::from_le_bytes(w)
-}
-
-// SAFETY: pread/pwrite and atomics only: async-signal-safe, as the fault
-// handler requires.
-unsafe impl RegionIo for Logged {
-    fn size(&self) -> u64 {
-        self.io.size()
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.io.read_at(offset, buf)?;
-        self.push(offset, buf, false);
-        Ok(())
-    }
-
-    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.io.write_at(offset, data)?;
-        self.push(offset, data, true);
-        Ok(())
-    }
-}
-
-/// The emulated device: a memfd of two pages with a recognisable pattern.
-struct Device {
-    fd: Arc<OwnedFd>,
-    io: Arc<Logged>,
-}
-
-impl Device {
-    fn new() -> Device {
-        // SAFETY: plain syscalls on a fresh descriptor, owned right away.
-        let fd = unsafe {
-            let fd = libc::memfd_create(c"barmap-mmio-test".as_ptr(), libc::MFD_CLOEXEC);
-            assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-            OwnedFd::from_raw_fd(fd)
-        };
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), SIZE as i64) }, 0);
-        let fd = Arc::new(fd);
-        let io = Arc::new(Logged {
-            io: FdRegion::new(fd.clone(), 0, SIZE),
-            cells: (0..256).map(|_| Default::default()).collect(),
-            next: AtomicUsize::new(0),
-        });
-        let pattern: Vec<u8> = (0..SIZE).map(|i| (i * 11 + 3) as u8).collect();
-        io.io.write_at(0, &pattern).unwrap();
-        Device { fd, io }
-    }
-
-    /// BAR0 with `flags`, mapped whole or trapped whole.
-    fn region(&self, flags: u32, trapped: bool) -> Region {
-        let builder = Region::builder(
-            "0000:ee:02.0".parse().unwrap(),
-            RegionIndex::bar(0).unwrap(),
-            self.io.clone(),
-        )
+/// BAR0 of `dev` with `flags`, mapped whole or trapped whole.
+fn bar0(dev: &Device, flags: u32, trapped: bool) -> Region {
+    let policy = if trapped {
+        MapPolicy::TrapAll
+    } else {
+        MapPolicy::Direct
+    };
+    let region = emulated(dev.io())
         .flags(RegionFlags::from_bits(flags))
-        .map_from(
-            &self.fd,
-            0,
-            &[SparseArea {
-                offset: 0,
-                size: SIZE,
-            }],
-        );
-        let policy = if trapped {
-            MapPolicy::TrapAll
-        } else {
-            MapPolicy::Direct
-        };
-        let region = builder.policy(policy).build().unwrap();
-        assert_eq!(region.is_trapped(0), trapped);
-        region
-    }
+        .map_from(&dev.fd, 0, &[dev.whole()])
+        .policy(policy)
+        .build()
+        .unwrap();
+    assert_eq!(region.is_trapped(0), trapped);
+    region
+}
 
-    /// Device memory, read behind barmap's back.
-    fn peek(&self, offset: u64, width: usize) -> u64 {
-        let mut buf = [0u8; 8];
-        self.io.io.read_at(offset, &mut buf[..width]).unwrap();
-        word(&buf[..width])
-    }
+/// The slow-path accesses since the last call.
+fn take(dev: &Device) -> Vec<Rec> {
+    dev.log.take().into_iter().map(|r| r.tuple()).collect()
 }
 
 /// Each width of `mmio::read` and `mmio::write` at `offset`: the value comes
 /// from and goes to the device; returns the slow-path accesses seen.
 fn every_width(region: &Region, dev: &Device, offset: u64) -> Vec<Rec> {
     let base = region.as_mut_ptr().unwrap();
-    dev.io.take();
+    take(dev);
     // SAFETY (every block below): offset + 8 <= SIZE, and offset is 8-byte
     // aligned, so each pointer is aligned and inside the live region.
     unsafe {
         let p = base.add(offset as usize);
-        assert_eq!(u64::from(mmio::read(p)), dev.peek(offset, 1));
-        assert_eq!(u64::from(mmio::read(p.cast::<u16>())), dev.peek(offset, 2));
-        assert_eq!(u64::from(mmio::read(p.cast::<u32>())), dev.peek(offset, 4));
-        assert_eq!(mmio::read(p.cast::<u64>()), dev.peek(offset, 8));
+        assert_eq!(u64::from(mmio::read(p)), dev.peek_word(offset, 1));
+        assert_eq!(u64::from(mmio::read(p.cast::<u16>())), dev.peek_word(offset, 2));
+        assert_eq!(u64::from(mmio::read(p.cast::<u32>())), dev.peek_word(offset, 4));
+        assert_eq!(mmio::read(p.cast::<u64>()), dev.peek_word(offset, 8));
         mmio::write(p, 0xa5u8);
-        assert_eq!(dev.peek(offset, 1), 0xa5);
+        assert_eq!(dev.peek_word(offset, 1), 0xa5);
         mmio::write(p.cast::<u16>(), 0xbeefu16);
-        assert_eq!(dev.peek(offset, 2), 0xbeef);
+        assert_eq!(dev.peek_word(offset, 2), 0xbeef);
         mmio::write(p.cast::<u32>(), 0xdead_beefu32);
-        assert_eq!(dev.peek(offset, 4), 0xdead_beef);
+        assert_eq!(dev.peek_word(offset, 4), 0xdead_beef);
         let runtime = std::hint::black_box(0x0123_4567_89ab_cdefu64) ^ offset;
         mmio::write(p.cast::<u64>(), runtime);
-        assert_eq!(dev.peek(offset, 8), runtime);
+        assert_eq!(dev.peek_word(offset, 8), runtime);
     }
-    dev.io.take()
+    take(dev)
 }
 
 #[test]
 fn pinned_accesses_on_a_mapped_page_never_reach_the_slow_path() {
-    let dev = Device::new();
-    let region = dev.region(READ | WRITE | MMAP, false);
+    let dev = device();
+    let region = bar0(&dev, READ | WRITE | MMAP, false);
     for offset in [0, 8, PAGE - 8, PAGE + 0x40] {
         assert_eq!(every_width(&region, &dev, offset), [], "at {offset:#x}");
     }
@@ -182,10 +85,10 @@ fn pinned_accesses_on_a_mapped_page_never_reach_the_slow_path() {
 
 #[test]
 fn pinned_accesses_on_a_trapped_page_are_one_access_of_their_width() {
-    let dev = Device::new();
-    let region = dev.region(READ | WRITE | MMAP, true);
+    let dev = device();
+    let region = bar0(&dev, READ | WRITE | MMAP, true);
     for offset in [0, 8, PAGE - 8, PAGE + 0x40] {
-        let before: Vec<u64> = [1, 2, 4, 8].map(|w| dev.peek(offset, w)).to_vec();
+        let before: Vec<u64> = [1, 2, 4, 8].map(|w| dev.peek_word(offset, w)).to_vec();
         let runtime = 0x0123_4567_89ab_cdefu64 ^ offset;
         let want: Vec<Rec> = vec![
             (offset, 1, before[0], false),
@@ -222,6 +125,12 @@ struct Queue {
     tail: ReadPureWrite<u32>,
 }
 
+// SAFETY: repr(C) structs of register wrappers, arrays of them and padding,
+// without Deref.
+unsafe impl RegisterBlock for Regs {}
+// SAFETY: as above.
+unsafe impl RegisterBlock for Queue {}
+
 // The layout the expected offsets below rely on.
 const _: () = assert!(std::mem::offset_of!(Regs, counter) == 0x18);
 const _: () = assert!(std::mem::offset_of!(Regs, queue) == 0x20);
@@ -233,15 +142,15 @@ const BLOCK: u64 = 0x100;
 /// Every register of `Regs` at BLOCK through the block pointer, each checked
 /// against the device; returns the slow-path accesses seen.
 fn register_block(region: &mut Region, dev: &Device) -> Vec<Rec> {
-    dev.io.take();
+    take(dev);
     let mut regs = region.block::<Regs>(BLOCK).unwrap();
-    assert_eq!(u64::from(field!(regs, id).read()), dev.peek(BLOCK, 4));
-    assert_eq!(u64::from(field!(regs, fifo).read()), dev.peek(BLOCK + 4, 4));
+    assert_eq!(u64::from(field!(regs, id).read()), dev.peek_word(BLOCK, 4));
+    assert_eq!(u64::from(field!(regs, fifo).read()), dev.peek_word(BLOCK + 4, 4));
     field!(regs, doorbell).write(0x1234);
-    assert_eq!(dev.peek(BLOCK + 8, 2), 0x1234);
+    assert_eq!(dev.peek_word(BLOCK + 8, 2), 0x1234);
     field!(regs, byte).update(|b| b ^ 0xff);
     assert_eq!(
-        dev.peek(BLOCK + 10, 1),
+        dev.peek_word(BLOCK + 10, 1),
         u64::from((10 + BLOCK) as u8 * 11 + 3) ^ 0xff
     );
     field!(regs, control).write(0x8000_0001);
@@ -250,11 +159,11 @@ fn register_block(region: &mut Region, dev: &Device) -> Vec<Rec> {
     assert_eq!(field!(regs, counter).read(), u64::MAX - 1);
     let mut queue = field!(regs, queue);
     field!(queue, tail).write(7);
-    assert_eq!(dev.peek(BLOCK + 0x24, 4), 7);
+    assert_eq!(dev.peek_word(BLOCK + 0x24, 4), 7);
     let mut table = field!(regs, table);
     table.get(3).unwrap().write(0x33);
     assert!(table.get(4).is_none());
-    assert_eq!(dev.peek(BLOCK + 0x28 + 12, 4), 0x33);
+    assert_eq!(dev.peek_word(BLOCK + 0x28 + 12, 4), 0x33);
     // Pure reads through a shared pointer, from the unique one or the region.
     let shared = regs.as_shared();
     assert_eq!(field!(shared, table).get(3).unwrap().read(), 0x33);
@@ -263,26 +172,26 @@ fn register_block(region: &mut Region, dev: &Device) -> Vec<Rec> {
         field!(field!(shared, queue), head),
         field!(field!(shared, queue), tail),
     );
-    assert_eq!(u64::from(head.read()), dev.peek(BLOCK + 0x20, 4));
+    assert_eq!(u64::from(head.read()), dev.peek_word(BLOCK + 0x20, 4));
     assert_eq!(tail.read(), 7);
-    dev.io.take()
+    take(dev)
 }
 
 #[test]
 fn register_block_on_a_mapped_region() {
-    let dev = Device::new();
-    let mut region = dev.region(READ | WRITE | MMAP, false);
+    let dev = device();
+    let mut region = bar0(&dev, READ | WRITE | MMAP, false);
     assert_eq!(register_block(&mut region, &dev), []);
 }
 
 #[test]
 fn register_block_on_a_trapped_region_is_one_access_per_register_access() {
-    let dev = Device::new();
-    let id = dev.peek(BLOCK, 4);
-    let fifo = dev.peek(BLOCK + 4, 4);
-    let byte = dev.peek(BLOCK + 10, 1);
-    let head = dev.peek(BLOCK + 0x20, 4);
-    let mut region = dev.region(READ | WRITE | MMAP, true);
+    let dev = device();
+    let id = dev.peek_word(BLOCK, 4);
+    let fifo = dev.peek_word(BLOCK + 4, 4);
+    let byte = dev.peek_word(BLOCK + 10, 1);
+    let head = dev.peek_word(BLOCK + 0x20, 4);
+    let mut region = bar0(&dev, READ | WRITE | MMAP, true);
     let b = BLOCK;
     assert_eq!(
         register_block(&mut region, &dev),
@@ -307,8 +216,8 @@ fn register_block_on_a_trapped_region_is_one_access_per_register_access() {
 
 #[test]
 fn blocks_outside_or_misaligned_are_refused() {
-    let dev = Device::new();
-    let mut region = dev.region(READ | WRITE | MMAP, false);
+    let dev = device();
+    let mut region = bar0(&dev, READ | WRITE | MMAP, false);
     let size = std::mem::size_of::<Regs>() as u64;
     for offset in [SIZE, SIZE - size + 4, u64::MAX - 2] {
         match region.block::<Regs>(offset) {
@@ -347,12 +256,12 @@ fn blocks_outside_or_misaligned_are_refused() {
 
 #[test]
 fn blocks_follow_the_region_permissions() {
-    let dev = Device::new();
-    let mut read_only = dev.region(READ | MMAP, false);
+    let dev = device();
+    let mut read_only = bar0(&dev, READ | MMAP, false);
     assert!(matches!(read_only.block::<Regs>(0), Err(Error::ReadOnly { .. })));
     let shared = read_only.shared_block::<Regs>(BLOCK).unwrap();
-    assert_eq!(u64::from(field!(shared, id).read()), dev.peek(BLOCK, 4));
-    let mut write_only = dev.region(WRITE | MMAP, false);
+    assert_eq!(u64::from(field!(shared, id).read()), dev.peek_word(BLOCK, 4));
+    let mut write_only = bar0(&dev, WRITE | MMAP, false);
     assert!(matches!(
         write_only.block::<Regs>(0),
         Err(Error::NotReadable { .. })
@@ -366,8 +275,8 @@ fn blocks_follow_the_region_permissions() {
 #[test]
 #[should_panic(expected = "outside or misaligned")]
 fn a_projection_outside_its_block_panics() {
-    let dev = Device::new();
-    let mut region = dev.region(READ | WRITE | MMAP, false);
+    let dev = device();
+    let mut region = bar0(&dev, READ | WRITE | MMAP, false);
     let mut queue = region.block::<Queue>(0).unwrap();
     let _ = queue.project(|p| p.wrapping_byte_add(8).cast::<ReadWrite<u32>>());
 }
@@ -375,8 +284,8 @@ fn a_projection_outside_its_block_panics() {
 #[test]
 #[should_panic(expected = "outside or misaligned")]
 fn a_misaligned_projection_panics() {
-    let dev = Device::new();
-    let region = dev.region(READ | WRITE | MMAP, false);
+    let dev = device();
+    let region = bar0(&dev, READ | WRITE | MMAP, false);
     let queue = region.shared_block::<Queue>(0).unwrap();
     let _ = queue.project(|p| p.wrapping_byte_add(2).cast::<ReadPure<u32>>());
 }
@@ -391,8 +300,8 @@ fn fast_path_u32(region: &Region) -> u32 {
 
 #[test]
 fn typed_fast_path_reads_through_the_pinned_load() {
-    let dev = Device::new();
-    let region = dev.region(READ | WRITE | MMAP, false);
-    assert_eq!(u64::from(fast_path_u32(&region)), dev.peek(0x10, 4));
-    assert_eq!(dev.io.take(), []);
+    let dev = device();
+    let region = bar0(&dev, READ | WRITE | MMAP, false);
+    assert_eq!(u64::from(fast_path_u32(&region)), dev.peek_word(0x10, 4));
+    assert_eq!(take(&dev), []);
 }

@@ -3,112 +3,45 @@
 //! device (a memfd mapped where the "kernel" allows it, and a recording
 //! `RegionIo` for the rest). What needs a real device stays in the guest tests.
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod common;
 
 use barmap::shadow::AccessKind;
-use barmap::{
-    Error, FdRegion, MapPolicy, PciAddress, Region, RegionBuilder, RegionFlags, RegionIndex, RegionIo,
-    SparseArea,
-};
+use barmap::{Error, MapPolicy, PciAddress, Region, RegionBuilder, RegionFlags, RegionIndex, SparseArea};
+use common::emulated::{Device, PAGE};
 
-const PAGE: u64 = 0x1000;
 const READ: u32 = 1;
 const WRITE: u32 = 2;
 const MMAP: u32 = 4;
 
-/// A memfd standing for a device's memory, reached through a recording slow path.
-struct Emulated {
-    fd: Arc<OwnedFd>,
-    io: Arc<Recording>,
-}
-
-/// The slow path: pread/pwrite on the memfd, with every access's (offset, len, write) kept.
-struct Recording {
-    inner: FdRegion,
-    log: Mutex<Vec<(u64, usize, bool)>>,
-    calls: AtomicUsize,
-}
-
-// SAFETY: these tests never build a pointer over a trapped page, so the fault
-// handler never calls this; the typed slow path calls it outside signal
-// context, where the Mutex is fine.
-unsafe impl RegionIo for Recording {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.log.lock().unwrap().push((offset, buf.len(), false));
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.log.lock().unwrap().push((offset, data.len(), true));
-        self.inner.write_at(offset, data)
-    }
-}
-
-impl Emulated {
-    fn new(size: u64) -> Emulated {
-        // SAFETY: plain syscalls on a fresh descriptor, owned right away.
-        let fd = unsafe {
-            let fd = libc::memfd_create(c"barmap-region-test".as_ptr(), libc::MFD_CLOEXEC);
-            assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-            OwnedFd::from_raw_fd(fd)
-        };
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::ftruncate(fd.as_raw_fd(), size.next_multiple_of(PAGE) as i64) },
-            0
-        );
-        let fd = Arc::new(fd);
-        let io = Arc::new(Recording {
-            inner: FdRegion::new(fd.clone(), 0, size),
-            log: Mutex::new(Vec::new()),
-            calls: AtomicUsize::new(0),
-        });
-        let bytes: Vec<u8> = (0..size).map(|i| (i * 13 + 5) as u8).collect();
-        io.inner.write_at(0, &bytes).unwrap();
-        Emulated { fd, io }
-    }
-
-    fn builder(&self, flags: u32, areas: &[SparseArea]) -> RegionBuilder<'_> {
-        Region::builder(addr(), RegionIndex::bar(2).unwrap(), self.io.clone())
-            .flags(RegionFlags::from_bits(flags))
-            .map_from(&self.fd, 0, areas)
-    }
-
-    /// A region mapped whole.
-    fn mapped(&self, flags: u32) -> Region {
-        let size = self.io.size();
-        self.builder(flags, &[SparseArea { offset: 0, size }])
-            .build()
-            .unwrap()
-    }
-
-    /// The slow-path accesses since the last call.
-    fn take(&self) -> Vec<(u64, usize, bool)> {
-        std::mem::take(&mut *self.io.log.lock().unwrap())
-    }
-
-    fn byte(&self, offset: u64) -> u8 {
-        let mut b = [0u8];
-        self.io.inner.read_at(offset, &mut b).unwrap();
-        b[0]
-    }
+/// A device's memory (byte i holds i * 13 + 5, mod 256), reached through a
+/// recording slow path.
+fn device(size: u64) -> Device {
+    Device::with_pattern(size, |i| (i * 13 + 5) as u8)
 }
 
 fn addr() -> PciAddress {
     "0000:ee:01.0".parse().unwrap()
 }
 
-fn le(e: &Emulated, offset: u64, len: usize) -> u64 {
-    (0..len)
-        .rev()
-        .fold(0u64, |acc, i| acc << 8 | u64::from(e.byte(offset + i as u64)))
+/// BAR2 of `dev` with `flags`, mapping `areas`.
+fn builder<'a>(dev: &'a Device, flags: u32, areas: &[SparseArea]) -> RegionBuilder<'a> {
+    Region::builder(addr(), RegionIndex::bar(2).unwrap(), dev.io())
+        .flags(RegionFlags::from_bits(flags))
+        .map_from(&dev.fd, 0, areas)
+}
+
+/// BAR2 of `dev` mapped whole.
+fn mapped(dev: &Device, flags: u32) -> Region {
+    builder(dev, flags, &[dev.whole()]).build().unwrap()
+}
+
+/// The slow-path accesses since the last call: (offset, len, write).
+fn take(dev: &Device) -> Vec<(u64, usize, bool)> {
+    dev.log
+        .take()
+        .into_iter()
+        .map(|r| (r.offset, r.width, r.write))
+        .collect()
 }
 
 #[test]
@@ -116,25 +49,21 @@ fn a_region_owns_what_it_needs() {
     fn owned<T: Send + Sync + 'static>() {}
     owned::<Region>();
     owned::<barmap::Device>();
-    let e = Emulated::new(2 * PAGE);
-    let region = e.mapped(READ | WRITE | MMAP);
-    let io = e.io.clone();
+    let e = device(2 * PAGE);
+    let region = mapped(&e, READ | WRITE | MMAP);
+    let slow = e.slow.clone();
     drop(e); // the memfd's last outside handle: the region still works
     assert_eq!(
         region.read::<u32>(0x10).unwrap(),
         u32::from_le_bytes(std::array::from_fn(|i| ((0x10 + i as u64) * 13 + 5) as u8))
     );
-    assert_eq!(
-        io.calls.load(Ordering::Relaxed),
-        0,
-        "a mapped access never takes the slow path"
-    );
+    assert_eq!(slow.calls(), 0, "a mapped access never takes the slow path");
 }
 
 #[test]
 fn fast_path_reads_and_writes_the_mapping_only() {
-    let e = Emulated::new(2 * PAGE);
-    let region = e.mapped(READ | WRITE | MMAP);
+    let e = device(2 * PAGE);
+    let region = mapped(&e, READ | WRITE | MMAP);
     assert!(region.is_fully_mapped());
     assert_eq!(
         region.mapping_address() % (2 * PAGE) as usize,
@@ -144,48 +73,54 @@ fn fast_path_reads_and_writes_the_mapping_only() {
     for (offset, width) in [(0u64, 1usize), (2, 2), (4, 4), (8, 8), (2 * PAGE - 8, 8)] {
         assert_eq!(
             region.read_width(offset, width).unwrap(),
-            le(&e, offset, width),
+            e.peek_word(offset, width),
             "{width} at {offset:#x}"
         );
     }
     region.write::<u64>(0x100, 0x1122_3344_5566_7788).unwrap();
     region.write::<u16>(0x10a, 0xbeef).unwrap();
-    assert_eq!(le(&e, 0x100, 8), 0x1122_3344_5566_7788);
-    assert_eq!(le(&e, 0x10a, 2), 0xbeef);
-    assert!(e.take().is_empty());
+    assert_eq!(e.peek_word(0x100, 8), 0x1122_3344_5566_7788);
+    assert_eq!(e.peek_word(0x10a, 2), 0xbeef);
+    assert!(take(&e).is_empty());
 }
 
 #[test]
 fn holes_take_the_slow_path_at_the_same_width() {
-    let e = Emulated::new(3 * PAGE);
-    let region = e
-        .builder(
-            READ | WRITE | MMAP,
-            &[
-                SparseArea {
-                    offset: 0,
-                    size: PAGE,
-                },
-                SparseArea {
-                    offset: 2 * PAGE,
-                    size: PAGE,
-                },
-            ],
-        )
-        .build()
-        .unwrap();
+    let e = device(3 * PAGE);
+    let region = builder(
+        &e,
+        READ | WRITE | MMAP,
+        &[
+            SparseArea {
+                offset: 0,
+                size: PAGE,
+            },
+            SparseArea {
+                offset: 2 * PAGE,
+                size: PAGE,
+            },
+        ],
+    )
+    .build()
+    .unwrap();
     assert_eq!(region.mapped_ranges(), [0..PAGE, 2 * PAGE..3 * PAGE]);
     assert!(!region.is_fully_mapped() && region.is_trapped(PAGE) && !region.is_trapped(2 * PAGE));
-    assert_eq!(region.read::<u32>(4).unwrap() as u64, le(&e, 4, 4));
-    assert_eq!(region.read::<u64>(2 * PAGE + 8).unwrap(), le(&e, 2 * PAGE + 8, 8));
-    assert!(e.take().is_empty(), "mapped pages are direct");
+    assert_eq!(region.read::<u32>(4).unwrap() as u64, e.peek_word(4, 4));
+    assert_eq!(
+        region.read::<u64>(2 * PAGE + 8).unwrap(),
+        e.peek_word(2 * PAGE + 8, 8)
+    );
+    assert!(take(&e).is_empty(), "mapped pages are direct");
     for width in [1usize, 2, 4, 8] {
         let offset = PAGE + 8 * width as u64;
-        assert_eq!(region.read_width(offset, width).unwrap(), le(&e, offset, width));
-        region.write_width(offset, width, 0x5a).unwrap();
-        assert_eq!(le(&e, offset, width), 0x5a);
         assert_eq!(
-            e.take(),
+            region.read_width(offset, width).unwrap(),
+            e.peek_word(offset, width)
+        );
+        region.write_width(offset, width, 0x5a).unwrap();
+        assert_eq!(e.peek_word(offset, width), 0x5a);
+        assert_eq!(
+            take(&e),
             vec![(offset, width, false), (offset, width, true)],
             "width {width}"
         );
@@ -194,13 +129,12 @@ fn holes_take_the_slow_path_at_the_same_width() {
 
 #[test]
 fn trap_policies_keep_pages_off_the_mapping() {
-    let e = Emulated::new(4 * PAGE);
+    let e = device(4 * PAGE);
     let whole = [SparseArea {
         offset: 0,
         size: 4 * PAGE,
     }];
-    let region = e
-        .builder(READ | WRITE | MMAP, &whole)
+    let region = builder(&e, READ | WRITE | MMAP, &whole)
         .policy(MapPolicy::trap_range(PAGE + 4..PAGE + 8))
         .build()
         .unwrap();
@@ -208,22 +142,21 @@ fn trap_policies_keep_pages_off_the_mapping() {
     region.read::<u32>(PAGE + 4).unwrap();
     region.read::<u32>(PAGE + 0x800).unwrap();
     region.read::<u32>(0).unwrap();
-    assert_eq!(e.take(), vec![(PAGE + 4, 4, false), (PAGE + 0x800, 4, false)]);
-    let all = e
-        .builder(READ | WRITE | MMAP, &whole)
+    assert_eq!(take(&e), vec![(PAGE + 4, 4, false), (PAGE + 0x800, 4, false)]);
+    let all = builder(&e, READ | WRITE | MMAP, &whole)
         .policy(MapPolicy::TrapAll)
         .build()
         .unwrap();
     assert!(all.mapped_ranges().is_empty() && all.is_trapped(0) && all.is_trapped(4 * PAGE - 1));
     assert!(!all.is_trapped(4 * PAGE), "past the end is not in the region");
     all.read::<u8>(0).unwrap();
-    assert_eq!(e.take(), vec![(0, 1, false)]);
+    assert_eq!(take(&e), vec![(0, 1, false)]);
 }
 
 #[test]
 fn out_of_range_is_refused_with_the_region_named() {
-    let e = Emulated::new(PAGE);
-    let region = e.mapped(READ | WRITE | MMAP);
+    let e = device(PAGE);
+    let region = mapped(&e, READ | WRITE | MMAP);
     for (offset, width) in [
         (PAGE, 1usize),
         (PAGE - 2, 4),
@@ -249,15 +182,15 @@ fn out_of_range_is_refused_with_the_region_named() {
         region.write_bytes(u64::MAX - 3, &buf),
         Err(Error::OutOfRange { .. })
     ));
-    assert!(e.take().is_empty(), "a refused access never reaches the device");
+    assert!(take(&e).is_empty(), "a refused access never reaches the device");
 }
 
 #[test]
 fn misaligned_and_odd_widths_are_refused() {
-    let e = Emulated::new(PAGE);
+    let e = device(PAGE);
     for region in [
-        e.mapped(READ | WRITE | MMAP),
-        e.builder(READ | WRITE, &[]).build().unwrap(),
+        mapped(&e, READ | WRITE | MMAP),
+        builder(&e, READ | WRITE, &[]).build().unwrap(),
     ] {
         for (offset, width) in [(1u64, 2usize), (2, 4), (4, 8), (0x101, 8)] {
             let err = region.read_width(offset, width).unwrap_err();
@@ -301,15 +234,15 @@ fn misaligned_and_odd_widths_are_refused() {
         ));
         region.check_access(8, 8, AccessKind::Write).unwrap();
     }
-    assert!(e.take().is_empty());
+    assert!(take(&e).is_empty());
 }
 
 #[test]
 fn permissions_follow_the_region_flags() {
-    let e = Emulated::new(PAGE);
-    let rom = e.mapped(READ | MMAP);
+    let e = device(PAGE);
+    let rom = mapped(&e, READ | MMAP);
     assert!(rom.is_fully_mapped());
-    assert_eq!(rom.read::<u32>(0).unwrap() as u64, le(&e, 0, 4));
+    assert_eq!(rom.read::<u32>(0).unwrap() as u64, e.peek_word(0, 4));
     for err in [
         rom.write::<u32>(0, 1).unwrap_err(),
         rom.write_bytes(0, &[1, 2]).unwrap_err(),
@@ -320,11 +253,11 @@ fn permissions_follow_the_region_flags() {
             "{err:?}"
         );
     }
-    let write_only = e.builder(WRITE, &[]).build().unwrap();
+    let write_only = builder(&e, WRITE, &[]).build().unwrap();
     assert!(matches!(write_only.read::<u8>(0), Err(Error::NotReadable { .. })));
     write_only.write::<u8>(0, 0x42).unwrap();
-    assert_eq!(e.byte(0), 0x42);
-    assert_eq!(e.take(), vec![(0, 1, true)]);
+    assert_eq!(e.peek(0, 1)[0], 0x42);
+    assert_eq!(take(&e), vec![(0, 1, true)]);
     // The read-only mapping really is read-only: its page is mapped without PROT_WRITE.
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     let start = format!("{:x}-", rom.mapping_address());
@@ -340,27 +273,26 @@ fn permissions_follow_the_region_flags() {
 
 #[test]
 fn bulk_accesses_are_aligned_runs_of_at_most_four_bytes() {
-    let e = Emulated::new(PAGE);
-    let region = e.builder(READ | WRITE, &[]).build().unwrap();
+    let e = device(PAGE);
+    let region = builder(&e, READ | WRITE, &[]).build().unwrap();
     let data: Vec<u8> = (0..11).collect();
     region.write_bytes(0x21, &data).unwrap();
     assert_eq!(
-        e.take(),
+        take(&e),
         vec![(0x21, 1, true), (0x22, 2, true), (0x24, 4, true), (0x28, 4, true)],
     );
     let mut back = [0u8; 11];
     region.read_bytes(0x21, &mut back).unwrap();
     assert_eq!(back.to_vec(), data);
-    assert!(e
-        .take()
+    assert!(take(&e)
         .iter()
         .all(|&(offset, len, write)| !write && len <= 4 && offset % len as u64 == 0));
 }
 
 #[test]
 fn dropping_the_region_unmaps_it() {
-    let e = Emulated::new(PAGE);
-    let region = e.mapped(READ | WRITE | MMAP);
+    let e = device(PAGE);
+    let region = mapped(&e, READ | WRITE | MMAP);
     let start = format!("{:x}-", region.mapping_address());
     let listed = || {
         std::fs::read_to_string("/proc/self/maps")

@@ -9,94 +9,26 @@
 mod common;
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
-use barmap::{Error, FdRegion, PciAddress, Region, RegionIndex, RegionIo, SparseArea};
+use barmap::{Error, Region};
 use common::child::{in_child, run_child};
+use common::emulated::{emulated, memfd, truncate, Device, PAGE};
 
-const PAGE: u64 = 0x1000;
-
-/// A memfd "device" whose slow path refuses with EIO while `refusing`.
-struct Revocable {
-    fd: Arc<OwnedFd>,
-    inner: FdRegion,
-    refusing: AtomicBool,
-    calls: AtomicUsize,
-}
-
-// SAFETY: pread/pwrite and atomics only: no allocation, no lock.
-unsafe impl RegionIo for Revocable {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        if self.refusing.load(Ordering::Relaxed) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        if self.refusing.load(Ordering::Relaxed) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        self.inner.write_at(offset, data)
-    }
-}
-
-fn memfd(len: u64) -> Arc<OwnedFd> {
-    // SAFETY: plain syscalls on a fresh descriptor, owned right away.
-    let fd = unsafe {
-        let fd = libc::memfd_create(c"barmap-revocation".as_ptr(), libc::MFD_CLOEXEC);
-        assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-        OwnedFd::from_raw_fd(fd)
-    };
-    truncate(&fd, len);
-    Arc::new(fd)
-}
-
-fn truncate(fd: &OwnedFd, len: u64) {
-    // SAFETY: ftruncate on a descriptor we own.
-    assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }, 0);
-}
-
-fn device(size: u64) -> Arc<Revocable> {
-    let fd = memfd(size);
-    Arc::new(Revocable {
-        inner: FdRegion::new(fd.clone(), 0, size),
-        fd,
-        refusing: AtomicBool::new(false),
-        calls: AtomicUsize::new(0),
-    })
-}
-
-fn mapped(dev: &Arc<Revocable>) -> Region {
-    let addr: PciAddress = "0000:ee:02.0".parse().unwrap();
-    Region::builder(addr, RegionIndex::bar(0).unwrap(), dev.clone())
-        .map_from(
-            &*dev.fd,
-            0,
-            &[SparseArea {
-                offset: 0,
-                size: dev.size(),
-            }],
-        )
-        .build()
-        .unwrap()
+fn mapped(dev: &Device) -> Region {
+    dev.sparse(&[dev.whole()])
 }
 
 /// Revokes the mapping (the file is gone under it) and makes the slow path refuse.
-fn revoke(dev: &Revocable) {
+fn revoke(dev: &Device) {
     truncate(&dev.fd, 0);
-    dev.refusing.store(true, Ordering::Relaxed);
+    dev.slow.refuse(true);
 }
 
-fn restore(dev: &Revocable) {
-    truncate(&dev.fd, dev.size());
-    dev.refusing.store(false, Ordering::Relaxed);
+fn restore(dev: &Device) {
+    truncate(&dev.fd, dev.size);
+    dev.slow.refuse(false);
 }
 
 fn assert_refused(error: Option<Error>, count: u64) {
@@ -111,21 +43,17 @@ fn assert_refused(error: Option<Error>, count: u64) {
 
 #[test]
 fn a_revoked_mapping_reads_all_ones_drops_writes_and_records_it() {
-    let dev = device(2 * PAGE);
+    let dev = Device::new(2 * PAGE);
     let region = mapped(&dev);
     assert!(region.is_fully_mapped());
     region.write::<u32>(0x10, 0xfeed).unwrap();
-    assert_eq!(
-        dev.calls.load(Ordering::Relaxed),
-        0,
-        "mapped accesses never take the slow path"
-    );
+    assert_eq!(dev.slow.calls(), 0, "mapped accesses never take the slow path");
 
     revoke(&dev);
     // The typed fast path: SIGBUS, served, refused, reported.
     let err = region.read::<u32>(0x10).unwrap_err();
     assert!(matches!(&err, Error::Refused { count: 1, .. }), "{err:?}");
-    assert_eq!(dev.calls.load(Ordering::Relaxed), 1);
+    assert_eq!(dev.slow.calls(), 1);
     // Through the pointer, every width reads all-ones.
     let p = region.as_ptr().unwrap();
     // SAFETY: aligned offsets inside the region.
@@ -171,39 +99,22 @@ fn a_revoked_mapping_reads_all_ones_drops_writes_and_records_it() {
 fn a_revoked_mapping_is_served_by_the_slow_path_while_it_answers() {
     // The slow path reads a second file holding the same bytes, as pread
     // answers once a reset is over while the mapping is still revoked.
-    let dev = device(PAGE);
+    let dev = Device::new(PAGE);
     let region = {
-        let addr: PciAddress = "0000:ee:03.0".parse().unwrap();
         let shown = memfd(PAGE);
-        let builder = Region::builder(addr, RegionIndex::bar(0).unwrap(), dev.clone());
-        let region = builder
-            .map_from(
-                &*shown,
-                0,
-                &[SparseArea {
-                    offset: 0,
-                    size: PAGE,
-                }],
-            )
+        let region = emulated(dev.io())
+            .map_from(&*shown, 0, &[dev.whole()])
             .build()
             .unwrap();
         // The mapped file is revoked at once; `dev` keeps answering.
         truncate(&shown, 0);
         region
     };
-    dev.inner
-        .write_at(0x40, &0x1122_3344_5566_7788u64.to_le_bytes())
-        .unwrap();
+    dev.poke(0x40, &0x1122_3344_5566_7788u64.to_le_bytes());
     assert_eq!(region.read::<u64>(0x40).unwrap(), 0x1122_3344_5566_7788);
     region.write::<u16>(0x48, 0xabcd).unwrap();
-    let mut word = [0u8; 2];
-    dev.inner.read_at(0x48, &mut word).unwrap();
-    assert_eq!(u16::from_le_bytes(word), 0xabcd);
-    assert_eq!(
-        dev.calls.load(Ordering::Relaxed),
-        2,
-        "both accesses went through the slow path"
-    );
+    assert_eq!(dev.peek_word(0x48, 2), 0xabcd);
+    assert_eq!(dev.slow.calls(), 2, "both accesses went through the slow path");
     assert!(region.take_error().is_none());
 }
 
@@ -242,7 +153,7 @@ fn a_sigbus_outside_every_region_goes_to_the_previous_handler() {
         return;
     }
     install_previous();
-    let dev = device(PAGE);
+    let dev = Device::new(PAGE);
     let region = mapped(&dev); // installs barmap's handlers over `previous`
     let other = memfd(PAGE);
     // SAFETY: a fresh shared mapping of our own memfd, unmapped below.
@@ -277,7 +188,7 @@ fn a_machine_check_sigbus_goes_to_the_previous_handler() {
         return;
     }
     install_previous();
-    let dev = device(PAGE);
+    let dev = Device::new(PAGE);
     let region = mapped(&dev);
     // A machine check reported at an address of the region: barmap must not
     // serve it. siginfo_t: si_signo, si_errno, si_code, padding, si_addr.
@@ -300,6 +211,6 @@ fn a_machine_check_sigbus_goes_to_the_previous_handler() {
     assert_eq!(rc, 0, "rt_tgsigqueueinfo: {}", io::Error::last_os_error());
     assert_eq!(PREVIOUS_CALLS.load(Ordering::SeqCst), 1);
     assert_eq!(PREVIOUS_CODES.load(Ordering::SeqCst), libc::BUS_MCEERR_AR);
-    assert_eq!(dev.calls.load(Ordering::Relaxed), 0, "barmap did not serve it");
+    assert_eq!(dev.slow.calls(), 0, "barmap did not serve it");
     assert!(region.take_error().is_none());
 }

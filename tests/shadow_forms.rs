@@ -21,186 +21,16 @@ mod common;
 
 use std::arch::asm;
 use std::ffi::CString;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use barmap::{FdRegion, MapPolicy, PciAddress, Region, RegionBuilder, RegionIndex, RegionIo, SparseArea};
+use barmap::{MapPolicy, Region, SparseArea};
 use common::child::{fault_next, in_child, run_child};
-
-const PAGE: u64 = 0x1000;
-
-/// A builder for BAR0 of the emulated device, reached through `io`.
-fn emulated(io: Arc<dyn RegionIo>) -> RegionBuilder<'static> {
-    let addr: PciAddress = "0000:ee:00.0".parse().unwrap();
-    Region::builder(addr, RegionIndex::bar(0).unwrap(), io)
-}
+use common::emulated::{emulated, word, Device, Rec, PAGE};
 
 /// The start of `region`'s shadow range.
 fn base(region: &Region) -> *mut u8 {
     region.as_mut_ptr().expect("a shadow range")
-}
-
-// ---- the emulated device ----
-
-/// One logged device access.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Rec {
-    offset: u64,
-    width: usize,
-    value: u64,
-    write: bool,
-}
-
-/// A preallocated, lock-free, allocation-free log of device accesses (the
-/// fault handler calls it).
-struct Log {
-    cells: Box<[[AtomicU64; 3]]>,
-    next: AtomicUsize,
-}
-
-impl Log {
-    fn new(capacity: usize) -> Log {
-        Log {
-            cells: (0..capacity).map(|_| Default::default()).collect(),
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    fn push(&self, r: Rec) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        if let Some(cell) = self.cells.get(i) {
-            cell[0].store(r.offset, Ordering::Relaxed);
-            cell[1].store(r.width as u64 | u64::from(r.write) << 8, Ordering::Relaxed);
-            cell[2].store(r.value, Ordering::Release);
-        }
-    }
-
-    fn take(&self) -> Vec<Rec> {
-        let n = self.next.swap(0, Ordering::Acquire);
-        assert!(n <= self.cells.len(), "access log overflow");
-        self.cells[..n]
-            .iter()
-            .map(|c| {
-                let meta = c[1].load(Ordering::Relaxed);
-                Rec {
-                    offset: c[0].load(Ordering::Relaxed),
-                    width: (meta & 0xff) as usize,
-                    write: meta >> 8 != 0,
-                    value: c[2].load(Ordering::Acquire),
-                }
-            })
-            .collect()
-    }
-}
-
-fn word(buf: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w[..buf.len()].copy_from_slice(buf);
-    u64::from_le_bytes(w)
-}
-
-/// The slow path: pread/pwrite on the memfd, each access logged.
-struct RecordingIo {
-    /// Keeps the descriptor `io` uses open.
-    _fd: Arc<OwnedFd>,
-    io: FdRegion,
-    log: Arc<Log>,
-}
-
-// SAFETY: `read_at`/`write_at` are FdRegion's (pread/pwrite) plus
-// `Log::push`, which only stores into preallocated atomics: async-signal-safe.
-unsafe impl RegionIo for RecordingIo {
-    fn size(&self) -> u64 {
-        self.io.size()
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.io.read_at(offset, buf)?;
-        self.log.push(Rec {
-            offset,
-            width: buf.len(),
-            value: word(buf),
-            write: false,
-        });
-        Ok(())
-    }
-
-    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.io.write_at(offset, data)?;
-        self.log.push(Rec {
-            offset,
-            width: data.len(),
-            value: word(data),
-            write: true,
-        });
-        Ok(())
-    }
-}
-
-/// The emulated device: `size` bytes of memfd.
-struct Device {
-    fd: Arc<OwnedFd>,
-    size: u64,
-    log: Arc<Log>,
-}
-
-impl Device {
-    fn new(size: u64) -> Device {
-        // SAFETY: plain syscalls on a fresh descriptor.
-        let fd = unsafe {
-            let fd = libc::memfd_create(c"barmap-forms-test".as_ptr(), libc::MFD_CLOEXEC);
-            assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-            OwnedFd::from_raw_fd(fd)
-        };
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }, 0);
-        Device {
-            fd: Arc::new(fd),
-            size,
-            log: Arc::new(Log::new(1 << 12)),
-        }
-    }
-
-    fn io(&self) -> Arc<dyn RegionIo> {
-        let io = FdRegion::new(self.fd.clone(), 0, self.size);
-        Arc::new(RecordingIo {
-            _fd: self.fd.clone(),
-            io,
-            log: self.log.clone(),
-        })
-    }
-
-    /// Writes device memory behind barmap's back (no log entry).
-    fn poke(&self, offset: u64, data: &[u8]) {
-        // SAFETY: `data` is valid for reads of its length.
-        let n = unsafe {
-            libc::pwrite(
-                self.fd.as_raw_fd(),
-                data.as_ptr().cast(),
-                data.len(),
-                offset as i64,
-            )
-        };
-        assert_eq!(n, data.len() as isize);
-    }
-
-    /// Reads device memory behind barmap's back (no log entry).
-    fn peek(&self, offset: u64, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::pread(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), len, offset as i64) };
-        assert_eq!(n, len as isize);
-        buf
-    }
-
-    /// A region with every page trapped.
-    fn trap_all(&self) -> Region {
-        emulated(self.io()).policy(MapPolicy::TrapAll).build().unwrap()
-    }
 }
 
 /// xorshift64*: reproducible operands.
@@ -278,6 +108,87 @@ struct Form {
     run: fn(&mut State),
 }
 
+/// A function that loads every general register, vector registers 0 and 1
+/// and the flags from a `$state`, runs `$insn`, and stores them all back;
+/// then `$tail` (VZEROUPPER after registers wider than XMM). `$state` is laid
+/// out as [`State`] up to byte 144, where vector register 0 starts, and
+/// register 1 starts at byte `$vec1`; `$mov` moves a whole `$reg` (`xmm`,
+/// `ymm`, `zmm`) between them and the CPU.
+macro_rules! harness {
+    ($state:ty, $insn:literal, $mov:literal, $reg:literal, $vec1:literal $(, $tail:literal)?) => {{
+        fn run(s: &mut $state) {
+            // SAFETY: every register the block changes is restored (RBX,
+            // RBP, the flags' DF/TF which stay clear) or declared clobbered;
+            // the vector registers it sets are caller-saved and declared
+            // clobbered (the compiler keeps nothing wider than XMM in them),
+            // and `$tail` leaves any upper halves clean with VZEROUPPER; `s`
+            // is a valid `$state`; RDI points to 8 bytes of ordinary memory
+            // or of a trapped page of a live shadow region, which is all
+            // `$insn` touches.
+            unsafe {
+                asm!(
+                    "push rbp",
+                    "push rbx",
+                    "push r15",
+                    "mov rax, [r15]",
+                    "mov rcx, [r15 + 8]",
+                    "mov rdx, [r15 + 16]",
+                    "mov rbx, [r15 + 24]",
+                    "mov rbp, [r15 + 40]",
+                    "mov rsi, [r15 + 48]",
+                    "mov rdi, [r15 + 56]",
+                    "mov r8, [r15 + 64]",
+                    "mov r9, [r15 + 72]",
+                    "mov r10, [r15 + 80]",
+                    "mov r11, [r15 + 88]",
+                    "mov r12, [r15 + 96]",
+                    "mov r13, [r15 + 104]",
+                    "mov r14, [r15 + 112]",
+                    concat!($mov, " ", $reg, "0, [r15 + 144]"),
+                    concat!($mov, " ", $reg, "1, [r15 + ", $vec1, "]"),
+                    "push qword ptr [r15 + 128]",
+                    "popfq",
+                    "mov r15, [r15 + 120]",
+                    $insn,
+                    "pushfq",
+                    "push r15",
+                    "mov r15, [rsp + 16]",
+                    "mov [r15], rax",
+                    "mov [r15 + 8], rcx",
+                    "mov [r15 + 16], rdx",
+                    "mov [r15 + 24], rbx",
+                    "mov [r15 + 40], rbp",
+                    "mov [r15 + 48], rsi",
+                    "mov [r15 + 56], rdi",
+                    "mov [r15 + 64], r8",
+                    "mov [r15 + 72], r9",
+                    "mov [r15 + 80], r10",
+                    "mov [r15 + 88], r11",
+                    "mov [r15 + 96], r12",
+                    "mov [r15 + 104], r13",
+                    "mov [r15 + 112], r14",
+                    concat!($mov, " [r15 + 144], ", $reg, "0"),
+                    concat!($mov, " [r15 + ", $vec1, "], ", $reg, "1"),
+                    $($tail,)?
+                    "pop rax",
+                    "mov [r15 + 120], rax",
+                    "pop rax",
+                    "mov [r15 + 128], rax",
+                    "pop r15",
+                    "pop rbx",
+                    "pop rbp",
+                    inout("r15") s as *mut $state => _,
+                    out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
+                    out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                    out("r12") _, out("r13") _, out("r14") _,
+                    out("xmm0") _, out("xmm1") _,
+                )
+            }
+        }
+        run
+    }};
+}
+
 /// A form: a function that loads every general register, XMM0, XMM1 and the
 /// flags from a [`State`], runs the instruction, and stores them all back.
 macro_rules! form {
@@ -286,74 +197,7 @@ macro_rules! form {
             text: $insn,
             width: $width,
             mem: $mem,
-            run: {
-                fn run(s: &mut State) {
-                    // SAFETY: every register the block changes is restored
-                    // (RBX, RBP, the flags' DF/TF which stay clear) or
-                    // declared clobbered; `s` is a valid State; RDI points to
-                    // 8 bytes of ordinary memory or of a trapped page of a
-                    // live shadow region, which is all `$insn` touches.
-                    unsafe {
-                        asm!(
-                            "push rbp",
-                            "push rbx",
-                            "push r15",
-                            "mov rax, [r15]",
-                            "mov rcx, [r15 + 8]",
-                            "mov rdx, [r15 + 16]",
-                            "mov rbx, [r15 + 24]",
-                            "mov rbp, [r15 + 40]",
-                            "mov rsi, [r15 + 48]",
-                            "mov rdi, [r15 + 56]",
-                            "mov r8, [r15 + 64]",
-                            "mov r9, [r15 + 72]",
-                            "mov r10, [r15 + 80]",
-                            "mov r11, [r15 + 88]",
-                            "mov r12, [r15 + 96]",
-                            "mov r13, [r15 + 104]",
-                            "mov r14, [r15 + 112]",
-                            "movups xmm0, [r15 + 144]",
-                            "movups xmm1, [r15 + 160]",
-                            "push qword ptr [r15 + 128]",
-                            "popfq",
-                            "mov r15, [r15 + 120]",
-                            $insn,
-                            "pushfq",
-                            "push r15",
-                            "mov r15, [rsp + 16]",
-                            "mov [r15], rax",
-                            "mov [r15 + 8], rcx",
-                            "mov [r15 + 16], rdx",
-                            "mov [r15 + 24], rbx",
-                            "mov [r15 + 40], rbp",
-                            "mov [r15 + 48], rsi",
-                            "mov [r15 + 56], rdi",
-                            "mov [r15 + 64], r8",
-                            "mov [r15 + 72], r9",
-                            "mov [r15 + 80], r10",
-                            "mov [r15 + 88], r11",
-                            "mov [r15 + 96], r12",
-                            "mov [r15 + 104], r13",
-                            "mov [r15 + 112], r14",
-                            "movups [r15 + 144], xmm0",
-                            "movups [r15 + 160], xmm1",
-                            "pop rax",
-                            "mov [r15 + 120], rax",
-                            "pop rax",
-                            "mov [r15 + 128], rax",
-                            "pop r15",
-                            "pop rbx",
-                            "pop rbp",
-                            inout("r15") s as *mut State => _,
-                            out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
-                            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
-                            out("r12") _, out("r13") _, out("r14") _,
-                            out("xmm0") _, out("xmm1") _,
-                        )
-                    }
-                }
-                run
-            },
+            run: harness!(State, $insn, "movups", "xmm", 160),
         }
     };
 }
@@ -1275,7 +1119,9 @@ struct VecState {
     vec: [[u64; 8]; 2],
 }
 
-/// A vector-register form, run with YMM or (on AVX-512 CPUs) ZMM state.
+/// A vector-register form, run with YMM or (on AVX-512 CPUs) ZMM state: each
+/// is a [`harness!`] that moves vector registers 0 and 1 whole between the
+/// state and the CPU.
 struct VecForm {
     text: &'static str,
     width: usize,
@@ -1284,98 +1130,14 @@ struct VecForm {
     zmm: fn(&mut VecState),
 }
 
-/// One harness of a [`VecForm`]: `$load` and `$store` move vector registers
-/// 0 and 1 between the state and the CPU.
-macro_rules! vec_harness {
-    ($insn:literal, $load0:literal, $load1:literal, $store0:literal, $store1:literal) => {{
-        fn run(s: &mut VecState) {
-            // SAFETY: as in `form!`; the vector registers it sets are
-            // caller-saved, declared clobbered (the compiler keeps nothing
-            // wider than XMM in them), and left clean with VZEROUPPER.
-            unsafe {
-                asm!(
-                    "push rbp",
-                    "push rbx",
-                    "push r15",
-                    "mov rax, [r15]",
-                    "mov rcx, [r15 + 8]",
-                    "mov rdx, [r15 + 16]",
-                    "mov rbx, [r15 + 24]",
-                    "mov rbp, [r15 + 40]",
-                    "mov rsi, [r15 + 48]",
-                    "mov rdi, [r15 + 56]",
-                    "mov r8, [r15 + 64]",
-                    "mov r9, [r15 + 72]",
-                    "mov r10, [r15 + 80]",
-                    "mov r11, [r15 + 88]",
-                    "mov r12, [r15 + 96]",
-                    "mov r13, [r15 + 104]",
-                    "mov r14, [r15 + 112]",
-                    $load0,
-                    $load1,
-                    "push qword ptr [r15 + 128]",
-                    "popfq",
-                    "mov r15, [r15 + 120]",
-                    $insn,
-                    "pushfq",
-                    "push r15",
-                    "mov r15, [rsp + 16]",
-                    "mov [r15], rax",
-                    "mov [r15 + 8], rcx",
-                    "mov [r15 + 16], rdx",
-                    "mov [r15 + 24], rbx",
-                    "mov [r15 + 40], rbp",
-                    "mov [r15 + 48], rsi",
-                    "mov [r15 + 56], rdi",
-                    "mov [r15 + 64], r8",
-                    "mov [r15 + 72], r9",
-                    "mov [r15 + 80], r10",
-                    "mov [r15 + 88], r11",
-                    "mov [r15 + 96], r12",
-                    "mov [r15 + 104], r13",
-                    "mov [r15 + 112], r14",
-                    $store0,
-                    $store1,
-                    "vzeroupper",
-                    "pop rax",
-                    "mov [r15 + 120], rax",
-                    "pop rax",
-                    "mov [r15 + 128], rax",
-                    "pop r15",
-                    "pop rbx",
-                    "pop rbp",
-                    inout("r15") s as *mut VecState => _,
-                    out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
-                    out("r8") _, out("r9") _, out("r10") _, out("r11") _,
-                    out("r12") _, out("r13") _, out("r14") _,
-                    out("xmm0") _, out("xmm1") _,
-                )
-            }
-        }
-        run
-    }};
-}
-
 macro_rules! vec_form {
     ($insn:literal, $width:literal, $mem:ident) => {
         VecForm {
             text: $insn,
             width: $width,
             mem: $mem,
-            ymm: vec_harness!(
-                $insn,
-                "vmovdqu ymm0, [r15 + 144]",
-                "vmovdqu ymm1, [r15 + 208]",
-                "vmovdqu [r15 + 144], ymm0",
-                "vmovdqu [r15 + 208], ymm1"
-            ),
-            zmm: vec_harness!(
-                $insn,
-                "vmovdqu64 zmm0, [r15 + 144]",
-                "vmovdqu64 zmm1, [r15 + 208]",
-                "vmovdqu64 [r15 + 144], zmm0",
-                "vmovdqu64 [r15 + 208], zmm1"
-            ),
+            ymm: harness!(VecState, $insn, "vmovdqu", "ymm", 208, "vzeroupper"),
+            zmm: harness!(VecState, $insn, "vmovdqu64", "zmm", 208, "vzeroupper"),
         }
     };
 }

@@ -16,213 +16,20 @@ mod common;
 
 use std::arch::asm;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use barmap::region::parse_region_caps;
 use barmap::shadow::{Access, AccessKind};
-use barmap::{FdRegion, RegionIo, SparseArea};
-use barmap::{MapPolicy, PciAddress, Region, RegionBuilder, RegionIndex};
+use barmap::{MapPolicy, Region, RegionIo, SparseArea};
 use common::child::{fault_next, in_child, run_child};
+use common::emulated::{emulated, emulated_addr, rec, Device, Log, Rec, PAGE};
 
-const PAGE: u64 = 0x1000;
-
-/// The address the emulated device's regions carry in errors and diagnostics.
-fn emulated_addr() -> PciAddress {
-    "0000:ee:00.0".parse().unwrap()
-}
-
-/// A builder for BAR0 of the emulated device, reached through `io`.
-fn emulated(io: Arc<dyn RegionIo>) -> RegionBuilder<'static> {
-    Region::builder(emulated_addr(), RegionIndex::bar(0).unwrap(), io)
-}
-
-/// One logged device access.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Rec {
-    offset: u64,
-    width: usize,
-    value: u64,
-    write: bool,
-}
-
-/// A preallocated log of device accesses; appending is lock-free and
-/// allocation-free, and never panics, as the fault handler requires of the
-/// slow path. Records past the capacity are counted as lost.
-struct Log {
-    cells: Box<[[AtomicU64; 3]]>,
-    next: AtomicUsize,
-    lost: AtomicUsize,
-}
-
-impl Log {
-    fn new(capacity: usize) -> Log {
-        Log {
-            cells: (0..capacity).map(|_| Default::default()).collect(),
-            next: AtomicUsize::new(0),
-            lost: AtomicUsize::new(0),
-        }
-    }
-
-    fn push(&self, r: Rec) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        let Some(cell) = self.cells.get(i) else {
-            self.lost.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        cell[0].store(r.offset, Ordering::Relaxed);
-        cell[1].store(r.width as u64 | u64::from(r.write) << 8, Ordering::Relaxed);
-        cell[2].store(r.value, Ordering::Release);
-    }
-
-    fn take(&self) -> Vec<Rec> {
-        assert_eq!(self.lost.swap(0, Ordering::Relaxed), 0, "access log overflow");
-        let n = self.next.swap(0, Ordering::Acquire).min(self.cells.len());
-        self.cells[..n]
-            .iter()
-            .map(|c| {
-                let meta = c[1].load(Ordering::Relaxed);
-                Rec {
-                    offset: c[0].load(Ordering::Relaxed),
-                    width: (meta & 0xff) as usize,
-                    write: meta >> 8 != 0,
-                    value: c[2].load(Ordering::Acquire),
-                }
-            })
-            .collect()
-    }
-}
-
-/// The emulated device: `size` bytes of memfd.
-struct Device {
-    fd: Arc<OwnedFd>,
-    size: u64,
-    log: Arc<Log>,
-}
-
-/// The device's slow path: barmap's own pread/pwrite region on the memfd,
-/// each access logged.
-struct RecordingIo {
-    /// Keeps the descriptor `io` uses open.
-    _fd: Arc<OwnedFd>,
-    io: FdRegion,
-    log: Arc<Log>,
-}
-
-fn word(buf: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w[..buf.len()].copy_from_slice(buf);
-    u64::from_le_bytes(w)
-}
-
-// SAFETY: no allocation, no lock: pread/pwrite and atomics only.
-
-unsafe impl RegionIo for RecordingIo {
-    fn size(&self) -> u64 {
-        self.io.size()
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.io.read_at(offset, buf)?;
-        self.log.push(Rec {
-            offset,
-            width: buf.len(),
-            value: word(buf),
-            write: false,
-        });
-        Ok(())
-    }
-
-    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.io.write_at(offset, data)?;
-        self.log.push(Rec {
-            offset,
-            width: data.len(),
-            value: word(data),
-            write: true,
-        });
-        Ok(())
-    }
-}
-
-impl Device {
-    fn new(size: u64) -> Device {
-        // SAFETY: plain syscalls on a fresh descriptor.
-        let fd = unsafe {
-            let fd = libc::memfd_create(c"barmap-shadow-test".as_ptr(), libc::MFD_CLOEXEC);
-            assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-            OwnedFd::from_raw_fd(fd)
-        };
-        let len = size.div_ceil(PAGE) * PAGE;
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }, 0);
-        let dev = Device {
-            fd: Arc::new(fd),
-            size,
-            log: Arc::new(Log::new(1 << 14)),
-        };
-        // A recognisable pattern: byte i holds i * 7 + 1 (mod 256).
-        let pattern: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
-        dev.poke(0, &pattern);
-        dev
-    }
-
-    fn io(&self) -> Arc<dyn RegionIo> {
-        let io = FdRegion::new(self.fd.clone(), 0, self.size);
-        Arc::new(RecordingIo {
-            _fd: self.fd.clone(),
-            io,
-            log: self.log.clone(),
-        })
-    }
-
-    /// Writes device memory behind barmap's back (no log entry).
-    fn poke(&self, offset: u64, data: &[u8]) {
-        // SAFETY: `data` is valid for reads of its length.
-        let n = unsafe {
-            libc::pwrite(
-                self.fd.as_raw_fd(),
-                data.as_ptr().cast(),
-                data.len(),
-                offset as i64,
-            )
-        };
-        assert_eq!(n, data.len() as isize);
-    }
-
-    /// Reads device memory behind barmap's back (no log entry).
-    fn peek(&self, offset: u64, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::pread(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), len, offset as i64) };
-        assert_eq!(n, len as isize);
-        buf
-    }
-
-    fn peek_word(&self, offset: u64, width: usize) -> u64 {
-        word(&self.peek(offset, width))
-    }
-
-    /// A region with every page trapped.
-    fn trap_all(&self) -> Region {
-        emulated(self.io()).policy(MapPolicy::TrapAll).build().unwrap()
-    }
-
-    /// A region mapping `areas` directly, trapping the rest.
-    fn sparse(&self, areas: &[SparseArea]) -> Region {
-        emulated(self.io()).map_from(&self.fd, 0, areas).build().unwrap()
-    }
-}
-
-fn rec(offset: u64, width: usize, value: u64, write: bool) -> Rec {
-    Rec {
-        offset,
-        width,
-        value,
-        write,
-    }
+/// The emulated device, byte i holding i * 7 + 1 (mod 256): a recognisable
+/// pattern.
+fn device(size: u64) -> Device {
+    Device::with_pattern(size, |i| (i * 7 + 1) as u8)
 }
 
 /// Every width of `read_volatile` and `write_volatile` at several offsets:
@@ -274,7 +81,7 @@ fn volatile_widths(region: &Region, dev: &Device) {
 
 #[test]
 fn volatile_accesses_of_every_width_reach_the_device_once() {
-    let dev = Device::new(4 * PAGE);
+    let dev = device(4 * PAGE);
     let region = dev.trap_all();
     assert!(region.mapped_ranges().is_empty());
     volatile_widths(&region, &dev);
@@ -283,7 +90,7 @@ fn volatile_accesses_of_every_width_reach_the_device_once() {
 /// Loads through each decoded form, with the CPU's partial-register rules.
 #[test]
 fn inline_asm_loads_follow_register_semantics() {
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all();
     let at = 0x40u64;
     dev.poke(at, &0x8182_8384_8586_8788u64.to_le_bytes());
@@ -442,7 +249,7 @@ fn inline_asm_loads_follow_register_semantics() {
 /// high-byte register) and immediates (sign-extended for 64-bit stores).
 #[test]
 fn inline_asm_stores_write_exactly_their_width() {
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all();
     let at = 0x80u64;
     let p = region.as_mut_ptr().unwrap().wrapping_add(at as usize);
@@ -557,7 +364,7 @@ fn sparse_layouts_map_areas_and_trap_holes() {
         (&[(0, 8 * PAGE)], &[0..8 * PAGE]),
     ];
     for (areas, want) in layouts {
-        let dev = Device::new(size);
+        let dev = device(size);
         let region = dev.sparse(&sparse_fixture(areas));
         assert_eq!(region.mapped_ranges(), want, "areas {areas:x?}");
         for page in 0..8u64 {
@@ -592,7 +399,7 @@ fn sparse_layouts_map_areas_and_trap_holes() {
 
 #[test]
 fn explicit_trap_ranges_are_page_granular() {
-    let dev = Device::new(4 * PAGE);
+    let dev = device(4 * PAGE);
     let region = emulated(dev.io())
         .map_from(
             &dev.fd,
@@ -628,7 +435,7 @@ fn explicit_trap_ranges_are_page_granular() {
 #[test]
 fn small_io_like_region_serves_its_bytes() {
     // Like pci-testdev's 256-byte I/O BAR: no mapping at all.
-    let dev = Device::new(0x100);
+    let dev = device(0x100);
     let region = dev.trap_all();
     assert_eq!(region.size(), 0x100);
     for offset in [0u64, 0x83, 0xfc] {
@@ -652,7 +459,7 @@ fn hook_and_trace_see_every_trapped_access() {
     // Tracing is on for regions built while barmap's trace level is enabled.
     log::set_logger(&COLLECT).unwrap();
     log::set_max_level(log::LevelFilter::Trace);
-    let dev = Device::new(2 * PAGE);
+    let dev = device(2 * PAGE);
     let seen = Arc::new(Log::new(64));
     let hook_log = seen.clone();
     let builder = emulated(dev.io()).map_from(
@@ -697,7 +504,7 @@ fn hook_and_trace_see_every_trapped_access() {
 
 #[test]
 fn eight_threads_hammer_holes_concurrently() {
-    let dev = Device::new(4 * PAGE);
+    let dev = device(4 * PAGE);
     // Pages 0 and 2 trapped, 1 and 3 mapped.
     let region = dev.sparse(&[
         SparseArea {
@@ -757,7 +564,7 @@ impl Drop for Gone<'_> {
 #[test]
 fn regions_come_and_go_while_others_fault() {
     const ROUNDS: u64 = 160;
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let stay = dev.trap_all();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let progress: [AtomicU64; 3] = Default::default();
@@ -790,7 +597,7 @@ fn regions_come_and_go_while_others_fault() {
         // a round ends only when every thread has served a fault meanwhile.
         for round in 0..ROUNDS {
             let before: Vec<u64> = progress.iter().map(|p| p.load(Ordering::SeqCst)).collect();
-            let other = Device::new(PAGE);
+            let other = device(PAGE);
             let region = other.trap_all();
             // SAFETY: inside the region, aligned.
             unsafe {
@@ -856,7 +663,7 @@ fn foreign_faults_reach_the_earlier_handler() {
         assert_ne!(page, libc::MAP_FAILED);
         page.cast::<u32>()
     };
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all(); // installs barmap's handler on top
                                  // SAFETY: `page` is our PROT_NONE page; the foreign handler opens it up.
     unsafe {
@@ -972,7 +779,7 @@ fn an_sa_nodefer_handler_before_barmaps_can_take_a_nested_fault() {
         libc::SA_SIGINFO | libc::SA_NODEFER,
         &[],
     );
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all(); // installs barmap's handler on top
     let pages = closed_pages(2);
     let (outer, inner) = (
@@ -981,12 +788,18 @@ fn an_sa_nodefer_handler_before_barmaps_can_take_a_nested_fault() {
     );
     NODEFER_OUTER.store(outer as usize, Ordering::SeqCst);
     NODEFER_INNER.store(inner as usize, Ordering::SeqCst);
-    // SAFETY: closed pages of this test's; the handler opens them.
-    unsafe {
-        ptr::write_volatile(outer, 7);
-        assert_eq!(ptr::read_volatile(outer), 7);
-        assert_eq!(ptr::read_volatile(inner), 5);
-    }
+    // Both faults are delivered on the alternate stack, one signal frame on
+    // top of the other (each up to 3.5 KiB with AVX-512 state, as under
+    // QEMU's `-cpu max`): give them room, as a program that nests faults in
+    // its handler must.
+    with_alt_stack(64 * 1024, || {
+        // SAFETY: closed pages of this test's; the handler opens them.
+        unsafe {
+            ptr::write_volatile(outer, 7);
+            assert_eq!(ptr::read_volatile(outer), 7);
+            assert_eq!(ptr::read_volatile(inner), 5);
+        }
+    });
     assert_eq!(NODEFER_HITS.load(Ordering::SeqCst), 2);
     assert_eq!(
         NODEFER_MAX_DEPTH.load(Ordering::SeqCst),
@@ -1031,7 +844,7 @@ fn an_sa_resethand_handler_before_barmaps_is_called_once() {
         libc::SA_SIGINFO | libc::SA_RESETHAND,
         &[],
     );
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all(); // installs barmap's handler on top
     let pages = closed_pages(2);
     // SAFETY: a closed page of this test's; the handler opens it.
@@ -1073,7 +886,7 @@ fn the_earlier_handler_runs_under_its_own_sa_mask() {
         0,
         &[libc::SIGUSR1],
     );
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all(); // installs barmap's handler on top
                                  // The interrupted code blocks SIGUSR2.
                                  // SAFETY: valid sets.
@@ -1119,7 +932,7 @@ fn stack_overflow_still_reports_as_one() {
         assert!(child.stderr.contains("has overflowed its stack"), "{child}");
         return;
     }
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let _region = dev.trap_all();
     fault_next();
     std::thread::Builder::new()
@@ -1148,7 +961,7 @@ fn unsupported_instruction_dies_with_a_diagnostic() {
         assert!(line.ends_with(": 0f 10 07"), "{line}");
         return;
     }
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all();
     let p = region.as_ptr().unwrap().wrapping_add(0x30);
     fault_next();
@@ -1172,7 +985,7 @@ fn access_past_the_region_end_dies_with_a_diagnostic() {
         assert!(child.stderr.contains(": 8b 07\n"), "{child}");
         return;
     }
-    let dev = Device::new(0x100);
+    let dev = device(0x100);
     let region = dev.trap_all();
     let p = region.as_ptr().unwrap().wrapping_add(0xfe);
     fault_next();
@@ -1257,7 +1070,7 @@ fn faults_are_served_with_a_minimal_or_no_alternate_stack() {
         run_child("faults_are_served_with_a_minimal_or_no_alternate_stack").assert_passed();
         return;
     }
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all();
     // Room for the kernel's signal frame and 2 KiB more: barmap's handler must
     // do its decoding elsewhere (an overflow hits the guard page and kills
@@ -1307,7 +1120,7 @@ fn other_signals_during_a_fault_do_not_clobber_it() {
         action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
         assert_eq!(libc::sigaction(libc::SIGUSR2, &action, ptr::null_mut()), 0);
     }
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all();
     let done = std::sync::atomic::AtomicBool::new(false);
     let worker = AtomicU64::new(0);
@@ -1372,7 +1185,7 @@ fn trapped_accesses_are_traced_through_log() {
     }
     log::set_logger(&COLLECT).unwrap();
     log::set_max_level(log::LevelFilter::Trace);
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all();
     let p = region.as_mut_ptr().unwrap();
     // SAFETY: inside the region, aligned.
@@ -1411,7 +1224,7 @@ fn faults_on_threads_with_small_stacks_are_served() {
         run_child("faults_on_threads_with_small_stacks_are_served").assert_passed();
         return;
     }
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all();
     // std puts a thread's alternate signal stack right below its (guarded)
     // stack, so with a small stack the interrupted stack pointer is only a
@@ -1472,7 +1285,7 @@ fn faults_are_served_when_the_alternate_stack_lies_just_below_the_stack() {
         run_child(name).assert_passed();
         return;
     }
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all();
     // One mapping: guard page, a tight alternate stack (the kernel's signal
     // frame and 2 KiB more), guard page, then a 32 KiB thread stack. The
@@ -1586,7 +1399,7 @@ fn sent_sigsegv_goes_to_the_earlier_handler() {
         count_sent as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize,
         libc::SA_SIGINFO,
     );
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all(); // installs barmap's handler on top
                                  // SAFETY: raise has no preconditions; the handler above counts it.
     assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
@@ -1612,7 +1425,7 @@ fn sent_sigsegv_is_ignored_when_it_was_ignored_before() {
         return;
     }
     set_sigsegv(libc::SIG_IGN, 0);
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all();
     // SAFETY: raise has no preconditions; SIGSEGV is ignored.
     assert_eq!(unsafe { libc::raise(libc::SIGSEGV) }, 0);
@@ -1630,7 +1443,7 @@ fn sent_sigsegv_kills_when_that_was_the_default() {
         return;
     }
     set_sigsegv(libc::SIG_DFL, 0);
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let region = dev.trap_all();
     // SAFETY: inside the region, aligned.
     unsafe { ptr::write_volatile(region.as_mut_ptr().unwrap().cast::<u16>(), 0x1234) };
@@ -1648,7 +1461,7 @@ fn a_full_region_table_is_reported_and_frees_up() {
         run_child("a_full_region_table_is_reported_and_frees_up").assert_passed();
         return;
     }
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let capacity = barmap::shadow::CAPACITY;
     let mut regions: Vec<Region> = (0..capacity).map(|_| dev.trap_all()).collect();
     let err = emulated(dev.io()).policy(MapPolicy::TrapAll).build().unwrap_err();
@@ -1698,7 +1511,7 @@ fn sizes_and_areas_near_the_top_are_refused() {
             "{size:#x}: {err:?}"
         );
     }
-    let dev = Device::new(PAGE);
+    let dev = device(PAGE);
     let wraps = SparseArea {
         offset: u64::MAX,
         size: 2,

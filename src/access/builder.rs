@@ -179,9 +179,12 @@ impl<'fd> RegionBuilder<'fd> {
             areas: areas.clone(),
             writable: self.flags.writable(),
         });
+        // The size is read once: the range, the fast path and the fault
+        // handler all use this one value.
         let mapping = Mapping::new(
             self.addr,
             self.index,
+            size,
             self.io.clone(),
             source,
             &self.policy,

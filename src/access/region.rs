@@ -222,7 +222,9 @@ impl Region {
     /// While vfio-pci has revoked the mapping (memory decoding off, a reset
     /// in progress), the load faults and is served by the fault handler with
     /// `pread`, which waits out a reset; if the device refuses it, the load
-    /// reads all-ones and `read` returns [`Error::Refused`].
+    /// reads all-ones and `read` returns [`Error::Refused`]. On a page that is
+    /// not mapped, the read is a `pread`, and a refusal is [`Error::Io`]
+    /// (`EIO`).
     #[inline]
     pub fn read<T: Scalar>(&self, offset: u64) -> Result<T> {
         match self.fast.at(offset, T::WIDTH, self.fast.read_end) {
@@ -261,7 +263,8 @@ impl Region {
     /// unsupported request (reads return all-ones, writes are dropped) and
     /// records it here. A typed read that returns all-ones reports the
     /// record itself; a dropped write is reported by the next such read or
-    /// by this call.
+    /// by this call. The record is one per region: with several threads
+    /// accessing one region, the refusals of one may be reported to another.
     pub fn take_error(&self) -> Option<Error> {
         let (count, errno) = self.mapping.take_refused()?;
         Some(Error::Refused {

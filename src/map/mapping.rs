@@ -42,18 +42,19 @@ pub(crate) struct Mapping {
 }
 
 impl Mapping {
-    /// Reserves a range of `io.size()` bytes for `region` of `addr`, maps the
-    /// areas of `source` that `policy` leaves untrapped, and registers the
-    /// range with the fault handler (installing it on first use; x86-64 only).
+    /// Reserves a range of `size` bytes (the region's size, which `io`
+    /// reaches) for `region` of `addr`, maps the areas of `source` that
+    /// `policy` leaves untrapped, and registers the range with the fault
+    /// handler (installing it on first use; x86-64 only).
     pub(crate) fn new(
         addr: PciAddress,
         region: RegionIndex,
+        size: u64,
         io: Arc<dyn RegionIo>,
         source: Option<MapSource<'_>>,
         policy: &MapPolicy,
         hook: Option<AccessHook>,
     ) -> Result<Mapping> {
-        let size = io.size();
         let page = page_size() as u64;
         let areas = source.as_ref().map_or(&[][..], |s| &s.areas[..]);
         let ranges = direct_ranges(size, page, areas, policy).map_err(|e| match e {
@@ -96,7 +97,7 @@ impl Mapping {
         }
         let mapped: Vec<Range<u64>> = ranges.into_iter().map(|r| r.start..r.end.min(size)).collect();
         let whole = mapped.len() == 1 && mapped[0] == (0..size);
-        let registration = register(addr, region, &reservation, io, hook)?;
+        let registration = register(addr, region, &reservation, size, io, hook)?;
         Ok(Mapping {
             registration,
             reservation,
@@ -167,10 +168,11 @@ fn register(
     addr: PciAddress,
     region: RegionIndex,
     reservation: &Reservation,
+    size: u64,
     io: Arc<dyn RegionIo>,
     hook: Option<AccessHook>,
 ) -> Result<Option<Registration>> {
     let name = format!("{addr} {region}");
-    Registration::new(reservation.base(), reservation.len(), io.size(), name, io, hook)
+    Registration::new(reservation.base(), reservation.len(), size, name, io, hook)
         .map_err(|e| e.into_error(addr, region))
 }

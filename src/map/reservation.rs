@@ -179,9 +179,56 @@ impl Reservation {
             // SAFETY: `raw..raw + len` is the mapping just made, ours alone.
             unsafe { libc::munmap(raw, len) };
         }
+        // EEXIST: something is mapped there. A placement that failed before
+        // the kernel removed anything (ENOMEM splitting the range, say) left
+        // our own pages in place; only pages that are not ours any more are lost.
+        if anonymous_prot_none(wanted as usize, len) {
+            return;
+        }
         log::warn!("pages {at:#x}+{len:#x} of a reservation were taken over while a mapping failed");
         self.lost.push(at..at + len);
     }
+}
+
+/// Whether `start..start + len` is covered, without a gap, by anonymous
+/// private `PROT_NONE` mappings, as a reservation's own pages are (from
+/// `/proc/self/maps`; false if it cannot be read).
+fn anonymous_prot_none(start: usize, len: usize) -> bool {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return false;
+    };
+    let end = start + len;
+    let mut covered = start;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms), Some(_offset), Some(_dev), Some(inode)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            continue;
+        };
+        let Some((lo, hi)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) else {
+            continue;
+        };
+        if hi <= covered || lo >= end {
+            continue;
+        }
+        let ours_like = perms == "---p" && inode == "0" && fields.next().is_none();
+        if lo > covered || !ours_like {
+            return false;
+        }
+        covered = hi;
+        if covered >= end {
+            return true;
+        }
+    }
+    false
 }
 
 impl Reservation {
@@ -336,6 +383,19 @@ mod tests {
         assert!(r.lost.is_empty());
         drop(r);
         assert!(!is_mapped(middle));
+    }
+
+    #[test]
+    fn pages_still_ours_after_a_failed_placement_are_not_lost() {
+        let page = page_size();
+        let mut r = Reservation::new(3 * page as u64).unwrap();
+        // A placement that failed before the kernel touched our pages.
+        r.reserve_again(page, page);
+        assert!(r.lost.is_empty());
+        assert!(anonymous_prot_none(r.base() as usize, 3 * page));
+        let base = r.base() as usize;
+        drop(r);
+        assert!(!anonymous_prot_none(base, page), "unmapped on drop");
     }
 
     #[test]

@@ -30,7 +30,9 @@
 //! region (and that the region allows reads and writes) and gives a
 //! [`UniqueMmioPtr`] borrowing the region mutably; [`crate::Region::shared_block`]
 //! gives a `Copy` [`SharedMmioPtr`] for pure reads from a shared region.
-//! [`crate::field!`] projects to one register (or a nested block);
+//! [`crate::field!`] projects to one register (or a nested block) of a
+//! block that implements [`RegisterBlock`] (an `unsafe` promise that it is
+//! such a struct and has no `Deref`);
 //! [`UniqueMmioPtr::get`] indexes an array of registers. Every access is one
 //! pinned `read`/`write`: one instruction on a mapped page, one emulable
 //! `MOV` on a trapped one. The checks of a projection are constant and
@@ -40,7 +42,7 @@
 //!
 //! ```no_run
 //! use barmap::field;
-//! use barmap::mmio::{ReadPure, ReadPureWrite, WriteOnly};
+//! use barmap::mmio::{ReadPure, ReadPureWrite, RegisterBlock, WriteOnly};
 //!
 //! /// edu's BAR0 registers.
 //! #[repr(C)]
@@ -62,6 +64,8 @@
 //!     /// 0x64: acknowledges the interrupt bits written.
 //!     irq_ack: WriteOnly<u32>,
 //! }
+//! // SAFETY: a repr(C) struct of register wrappers, without Deref.
+//! unsafe impl RegisterBlock for EduRegs {}
 //! const _: () = assert!(std::mem::offset_of!(EduRegs, status) == 0x20);
 //! const _: () = assert!(std::mem::offset_of!(EduRegs, irq_raise) == 0x60);
 //!
@@ -108,4 +112,4 @@ mod ptr;
 
 pub use crate::access::{read, write};
 pub use fields::{ReadOnly, ReadPure, ReadPureWrite, ReadWrite, WriteOnly};
-pub use ptr::{SharedMmioPtr, UniqueMmioPtr};
+pub use ptr::{RegisterBlock, SharedMmioPtr, UniqueMmioPtr};

@@ -5,6 +5,33 @@ use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::ptr::NonNull;
 
+/// A `#[repr(C)]` struct of registers that [`crate::field!`] may project into.
+///
+/// # Safety
+///
+/// Implement it only for a struct whose fields are register wrappers
+/// ([`super::ReadWrite`] and the others), arrays of them, padding integers,
+/// or other `RegisterBlock`s, and that implements neither `Deref` nor
+/// `DerefMut`: [`crate::field!`] names a field of the pointee, and Rust's
+/// field access would otherwise go through `Deref` and read a pointer out of
+/// device memory.
+///
+/// Without it, [`crate::field!`] does not compile, so no field access can go
+/// through a pointer type:
+///
+/// ```compile_fail
+/// use barmap::{field, mmio::ReadPure};
+/// #[repr(C)]
+/// struct Regs {
+///     id: ReadPure<u32>,
+/// }
+/// fn id(region: &mut barmap::Region) -> barmap::Result<u32> {
+///     let mut regs = region.block::<Box<Regs>>(0)?; // a Box read from the device
+///     Ok(field!(regs, id).read())
+/// }
+/// ```
+pub unsafe trait RegisterBlock {}
+
 /// A pointer to a `B` (a register block, one register, an array of them) in
 /// a [`crate::Region`], borrowing the region uniquely: like `&'a mut B` for
 /// device memory. Registers are written, and read where reads have side
@@ -133,6 +160,15 @@ impl<'a, B> UniqueMmioPtr<'a, B> {
     }
 }
 
+impl<B: RegisterBlock> UniqueMmioPtr<'_, B> {
+    /// [`UniqueMmioPtr::project`] for [`crate::field!`], on register blocks only.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn __field<F>(&mut self, field: impl FnOnce(*mut B) -> *mut F) -> UniqueMmioPtr<'_, F> {
+        self.project(field)
+    }
+}
+
 impl<F, const N: usize> UniqueMmioPtr<'_, [F; N]> {
     /// A unique pointer to element `index` of an array of registers, or `None`
     /// past its end.
@@ -172,6 +208,15 @@ impl<'a, B> SharedMmioPtr<'a, B> {
     }
 }
 
+impl<'a, B: RegisterBlock> SharedMmioPtr<'a, B> {
+    /// [`SharedMmioPtr::project`] for [`crate::field!`], on register blocks only.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn __field<F>(&self, field: impl FnOnce(*mut B) -> *mut F) -> SharedMmioPtr<'a, F> {
+        self.project(field)
+    }
+}
+
 impl<'a, F, const N: usize> SharedMmioPtr<'a, [F; N]> {
     /// A shared pointer to element `index` of an array of registers, or
     /// `None` past its end.
@@ -185,14 +230,16 @@ impl<'a, F, const N: usize> SharedMmioPtr<'a, [F; N]> {
 /// pointer it borrows that pointer uniquely; from a shared one it is shared
 /// and `Copy`.
 ///
-/// The block should be a `#[repr(C)]` struct of register wrappers (or of
-/// nested blocks and arrays of them); `field` names one of its fields.
+/// The block must be a [`mmio::RegisterBlock`](crate::mmio::RegisterBlock);
+/// `field` names one of its fields.
 #[macro_export]
 macro_rules! field {
     ($ptr:expr, $field:tt) => {
-        $ptr.project(|block| {
+        $ptr.__field(|block| {
             // SAFETY: `block` points to a whole block inside a live region, so
-            // the field's place is in bounds; no reference is made.
+            // the field's place is in bounds; the block is a RegisterBlock,
+            // which has no Deref to go through, so no pointer is read and no
+            // reference is made.
             unsafe { ::core::ptr::addr_of_mut!((*block).$field) }
         })
     };

@@ -22,7 +22,8 @@ use std::sync::Arc;
 /// `io::Error::from(ErrorKind)` do not allocate and are the errors to return.
 /// Implementing the trait is the promise that this holds.
 pub unsafe trait RegionIo: Send + Sync {
-    /// Size of the region in bytes.
+    /// Size of the region in bytes. A region built over this I/O reads it
+    /// once, when it is built.
     fn size(&self) -> u64;
 
     /// Reads exactly `buf.len()` bytes at `offset` in the region.

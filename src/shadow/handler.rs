@@ -116,19 +116,41 @@ pub(crate) fn install() -> io::Result<()> {
 }
 
 extern "C" fn on_sigsegv(_: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
-    on_fault(&SIGSEGV, info, ctx, |_| true);
+    on_fault(&SIGSEGV, info, ctx, |_| Class::Serve);
 }
 
 extern "C" fn on_sigbus(_: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
-    // Only an access to a page whose mapping is gone (BUS_ADRERR: vfio-pci's
-    // VM_FAULT_SIGBUS) is ours; a machine check (BUS_MCEERR_AR/AO) or an
-    // alignment fault belongs to whoever handled them before.
-    on_fault(&SIGBUS, info, ctx, |code| code == libc::BUS_ADRERR);
+    on_fault(&SIGBUS, info, ctx, |code| match code {
+        // An access to a page whose mapping is gone: vfio-pci's VM_FAULT_SIGBUS.
+        libc::BUS_ADRERR => Class::Serve,
+        // A machine check reported for memory in use, not raised by the
+        // interrupted instruction.
+        libc::BUS_MCEERR_AO => Class::Async,
+        // A machine check consumed by the instruction, an alignment fault:
+        // whoever handled them before barmap does.
+        _ => Class::Fault,
+    });
 }
 
-/// Serves a fault of `chain`'s signal in a registered region, or passes it on.
-/// `ours` says which fault codes barmap serves.
-fn on_fault(chain: &'static Chain, info: *mut siginfo_t, ctx: *mut c_void, ours: impl Fn(c_int) -> bool) {
+/// What a fault signal is to barmap.
+enum Class {
+    /// A fault that barmap serves if its address lies in a registered region.
+    Serve,
+    /// A fault of the interrupted instruction that is not barmap's.
+    Fault,
+    /// Not raised by the interrupted instruction (sent, or reported
+    /// asynchronously): passed on as a sent signal is.
+    Async,
+}
+
+/// Serves a fault of `chain`'s signal in a registered region, or passes it
+/// on. `classify` says what each fault code is.
+fn on_fault(
+    chain: &'static Chain,
+    info: *mut siginfo_t,
+    ctx: *mut c_void,
+    classify: impl Fn(c_int) -> Class,
+) {
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t.
     let code = unsafe { (*info).si_code };
     if code <= 0 {
@@ -137,8 +159,10 @@ fn on_fault(chain: &'static Chain, info: *mut siginfo_t, ctx: *mut c_void, ours:
         // and uid), so it is never ours.
         return chain.forward(info, ctx, Origin::Sent);
     }
-    if !ours(code) {
-        return chain.forward(info, ctx, Origin::Fault);
+    match classify(code) {
+        Class::Serve => {}
+        Class::Fault => return chain.forward(info, ctx, Origin::Fault),
+        Class::Async => return chain.forward(info, ctx, Origin::Sent),
     }
     // SAFETY: the kernel passes a valid errno location for this thread.
     let errno = unsafe { *libc::__errno_location() };
@@ -158,7 +182,7 @@ fn on_fault(chain: &'static Chain, info: *mut siginfo_t, ctx: *mut c_void, ours:
     unsafe { *libc::__errno_location() = errno };
     match served {
         Some(true) => {}
-        Some(false) => chain.default_action(),
+        Some(false) => chain.die(),
         None => chain.forward(info, ctx, Origin::Fault),
     }
 }
@@ -226,7 +250,9 @@ fn run_off_the_alternate_stack(job: &mut Job<'_>) {
     }
     let sp = (rsp - RED_ZONE) & !0xf;
     // SAFETY: `sp` is 16-byte aligned and lies below the interrupted code's
-    // red zone on its own stack, which no live frame uses; `run_job` is an
+    // red zone on its own stack: no live frame uses that memory, and the
+    // documented precondition of touching a trapped page (8 KiB of that stack
+    // free, see "Stack use" in the shadow module) gives the job room; `run_job` is an
     // `extern "C"` function that cannot unwind. The stack pointer is saved in
     // the callee-saved r12 and restored after the call, and every
     // caller-saved register is declared clobbered.

@@ -2,11 +2,13 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use vfio_ioctls::{VfioContainer, VfioError};
 
+use super::ioctl;
 use crate::error::{Error, Result};
 
 /// The VFIO container node.
@@ -28,6 +30,8 @@ const VFIO_CONTAINER_PATH: &str = "/dev/vfio/vfio";
 #[derive(Clone)]
 pub struct Container {
     inner: Arc<VfioContainer>,
+    /// The IOVA space and DMA-mapping count, shared by every clone.
+    dma: Arc<crate::dma::ContainerDma>,
 }
 
 impl fmt::Debug for Container {
@@ -58,10 +62,26 @@ impl Container {
         log::debug!("opened VFIO container {VFIO_CONTAINER_PATH}");
         Ok(Container {
             inner: Arc::new(inner),
+            dma: Arc::default(),
         })
     }
 
     pub(crate) fn inner(&self) -> &Arc<VfioContainer> {
         &self.inner
+    }
+}
+
+/// What the DMA module needs of a container.
+impl Container {
+    /// The container's IOVA space and mapping count.
+    pub(crate) fn dma_state(&self) -> &crate::dma::ContainerDma {
+        &self.dma
+    }
+
+    /// `VFIO_IOMMU_GET_INFO` (see [`ioctl::iommu_info_bytes`]): vfio-ioctls
+    /// has no call for it, so the IOVA-range and DMA-available capabilities
+    /// are read with barmap's own.
+    pub(crate) fn iommu_info_bytes(&self) -> io::Result<Vec<u8>> {
+        ioctl::iommu_info_bytes(self.inner.as_raw_fd())
     }
 }

@@ -60,6 +60,8 @@ struct Inner {
     /// open and its group attached while any handle lives.
     _vfio: VfioDevice,
     container: Container,
+    /// Which interrupt indices are enabled, against a second enable.
+    irqs: crate::irq::IrqState,
 }
 
 impl fmt::Debug for Device {
@@ -134,6 +136,7 @@ impl Device {
                 config,
                 _vfio: vfio,
                 container: container.clone(),
+                irqs: crate::irq::IrqState::default(),
             }),
         })
     }
@@ -285,16 +288,23 @@ fn check_openable(sysfs: &Sysfs, addr: PciAddress) -> Result<u32> {
 ///
 /// vfio-ioctls has already asked the kernel for the size, offset and flags of
 /// every region while opening the device, so those are taken from it for the
-/// BARs, the ROM and config space. vfio-ioctls keeps no raw capability chain,
-/// and stores regions by position rather than index, skipping any whose info
-/// failed (as the VGA region's does on devices without VGA): so a region that
-/// has capabilities, and every region from `vga` on, is read here with
-/// barmap's own call, and its chain parsed with barmap's bounds-checked parser.
+/// BARs, the ROM and config space. But vfio-ioctls keeps no raw capability
+/// chain, and stores regions by position rather than index, skipping any
+/// whose info it could not read (the VGA region of a device without VGA, a
+/// region whose capabilities it failed to parse), after which positions and
+/// indices differ. So its answer for index `i` is used only when its offset is
+/// the one vfio-pci gives region `i` (`i << 40`, `VFIO_PCI_INDEX_TO_OFFSET`),
+/// which a shifted entry cannot have, and when the region has no
+/// capabilities; every other region, and every region from `vga` on, is read
+/// here with barmap's own call and its chain parsed with barmap's
+/// bounds-checked parser.
 fn region_info(vfio: &VfioDevice, fd: RawFd, addr: PciAddress, index: RegionIndex) -> Result<RegionInfo> {
     let i = index.get();
     let flags = vfio.get_region_flags(i);
-    if i < RegionIndex::VGA.get() && flags & VFIO_REGION_INFO_FLAG_CAPS == 0 {
-        let (size, offset) = (vfio.get_region_size(i), vfio.get_region_offset(i));
+    let offset = vfio.get_region_offset(i);
+    let in_place = offset == u64::from(i) << VFIO_PCI_OFFSET_SHIFT;
+    if i < RegionIndex::VGA.get() && in_place && flags & VFIO_REGION_INFO_FLAG_CAPS == 0 {
+        let size = vfio.get_region_size(i);
         return Ok(RegionInfo::new(
             index,
             size,
@@ -305,6 +315,9 @@ fn region_info(vfio: &VfioDevice, fd: RawFd, addr: PciAddress, index: RegionInde
     }
     read_region_info(fd, addr, index)
 }
+
+/// vfio-pci's region offsets in the device file: index << 40.
+const VFIO_PCI_OFFSET_SHIFT: u32 = 40;
 
 /// Reads and parses one region's info, capabilities included.
 ///
@@ -376,5 +389,32 @@ fn open_error(sysfs: &Sysfs, addr: PciAddress, group: u32, err: VfioError) -> Er
             step: "attach group and open device",
             source: Box::new(other),
         },
+    }
+}
+
+/// What the interrupt and DMA modules need of an open device.
+impl Device {
+    /// The device as vfio-ioctls opened it.
+    pub(crate) fn vfio(&self) -> &VfioDevice {
+        &self.inner._vfio
+    }
+
+    /// Which interrupt indices are enabled.
+    pub(crate) fn irq_state(&self) -> &crate::irq::IrqState {
+        &self.inner.irqs
+    }
+
+    /// `VFIO_DEVICE_SET_IRQS` on this device (see [`ioctl::set_irqs`]), for
+    /// what vfio-ioctls' wrappers cannot express: a start vector other than 0,
+    /// masking, and unmasking other indices than INTx.
+    pub(crate) fn set_irqs(
+        &self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: &[RawFd],
+    ) -> io::Result<()> {
+        ioctl::set_irqs(self.inner.fd.as_raw_fd(), index, flags, start, count, fds)
     }
 }

@@ -1,14 +1,16 @@
 //! The VFIO ioctls barmap issues itself, one safe function each: vfio-ioctls
 //! does not expose the raw region-info bytes, its `reset` drops the kernel's
-//! answer, and it has no hot reset.
+//! answer, it has no hot reset, no `VFIO_IOMMU_GET_INFO` (so no IOVA ranges
+//! or DMA-mapping limit), and its `VFIO_DEVICE_SET_IRQS` wrappers always
+//! start at vector 0, cannot mask, and unmask only INTx.
 
 use std::io;
 use std::mem::{size_of, size_of_val};
 use std::os::fd::RawFd;
 
 use vfio_bindings::bindings::vfio::{
-    vfio_device_info, vfio_pci_dependent_device, vfio_pci_hot_reset, vfio_pci_hot_reset_info,
-    vfio_region_info, VFIO_BASE, VFIO_TYPE,
+    vfio_device_info, vfio_iommu_type1_info, vfio_irq_set, vfio_pci_dependent_device, vfio_pci_hot_reset,
+    vfio_pci_hot_reset_info, vfio_region_info, VFIO_BASE, VFIO_TYPE,
 };
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + nr)`.
@@ -24,9 +26,11 @@ const VFIO_DEVICE_PCI_HOT_RESET: libc::c_ulong = vfio_io(13);
 
 /// Upper bound on the devices a hot reset may affect, against a bogus count.
 const MAX_HOT_RESET_DEVICES: usize = 4096;
+const VFIO_DEVICE_SET_IRQS: libc::c_ulong = vfio_io(10);
+const VFIO_IOMMU_GET_INFO: libc::c_ulong = vfio_io(12);
 
-/// Upper bound on the info buffer the kernel may ask for, against a bogus argsz.
-const MAX_REGION_INFO_LEN: usize = 64 * 1024;
+/// Upper bound on an info buffer the kernel may ask for, against a bogus argsz.
+const MAX_INFO_LEN: usize = 64 * 1024;
 
 /// `VFIO_DEVICE_GET_INFO`: flags, number of regions and of IRQ indices.
 pub(crate) fn device_info(fd: RawFd) -> io::Result<vfio_device_info> {
@@ -69,7 +73,7 @@ pub(crate) fn region_info_bytes(fd: RawFd, index: u32) -> io::Result<Vec<u8>> {
         if wanted <= argsz {
             return Ok(bytes);
         }
-        if wanted > MAX_REGION_INFO_LEN {
+        if wanted > MAX_INFO_LEN {
             return Err(io::Error::from(io::ErrorKind::InvalidData));
         }
         argsz = wanted;
@@ -81,6 +85,39 @@ pub(crate) fn region_info_bytes(fd: RawFd, index: u32) -> io::Result<Vec<u8>> {
 pub(crate) fn device_reset(fd: RawFd) -> io::Result<()> {
     // SAFETY: VFIO_DEVICE_RESET takes no argument and touches no user memory.
     let ret = unsafe { libc::ioctl(fd, VFIO_DEVICE_RESET) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `VFIO_DEVICE_SET_IRQS` on vectors `start..start + count` of IRQ `index`
+/// with the action and data type in `flags`.
+///
+/// With `VFIO_IRQ_SET_DATA_EVENTFD`, `fds` holds one descriptor per vector
+/// (`-1` tears a vector's trigger down) and `count` is `fds.len()`; with
+/// `VFIO_IRQ_SET_DATA_NONE`, `fds` is empty and `count` is passed as given.
+pub(crate) fn set_irqs(
+    fd: RawFd,
+    index: u32,
+    flags: u32,
+    start: u32,
+    count: u32,
+    fds: &[RawFd],
+) -> io::Result<()> {
+    // The header is five native-order u32s (the data array has no size).
+    const _: () = assert!(size_of::<vfio_irq_set>() == 5 * size_of::<u32>());
+    let argsz = size_of::<vfio_irq_set>() + size_of_val(fds);
+    let bytes: Vec<u8> = [argsz as u32, flags, index, start, count]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .chain(fds.iter().flat_map(|fd| fd.to_ne_bytes()))
+        .collect();
+    // u64 words keep the buffer aligned for the kernel.
+    let words = ne_words(&bytes);
+    // SAFETY: the buffer holds `argsz` bytes (a vfio_irq_set followed by one i32
+    // per vector), as its argsz field says; the kernel only reads it.
+    let ret = unsafe { libc::ioctl(fd, VFIO_DEVICE_SET_IRQS, words.as_ptr()) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -137,4 +174,42 @@ pub(crate) fn hot_reset(fd: RawFd, group_fds: &[RawFd]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `VFIO_IOMMU_GET_INFO` on a container with its IOMMU set, returning the
+/// whole info buffer: the `vfio_iommu_type1_info` header followed by its
+/// capability chain (IOVA ranges, DMA-mapping limit), as raw bytes.
+pub(crate) fn iommu_info_bytes(container: RawFd) -> io::Result<Vec<u8>> {
+    let mut argsz = size_of::<vfio_iommu_type1_info>();
+    loop {
+        let mut words = ne_words(&(argsz as u32).to_ne_bytes());
+        words.resize(argsz.div_ceil(8), 0);
+        // SAFETY: the buffer is `argsz` bytes long and 8-byte aligned, as its
+        // argsz field (the first u32, native order) says, so the kernel writes only inside it.
+        let ret = unsafe { libc::ioctl(container, VFIO_IOMMU_GET_INFO, words.as_mut_ptr()) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).take(argsz).collect();
+        let wanted = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        if wanted <= argsz {
+            return Ok(bytes);
+        }
+        if wanted > MAX_INFO_LEN {
+            return Err(io::Error::from(io::ErrorKind::InvalidData));
+        }
+        argsz = wanted;
+    }
+}
+
+/// `bytes` packed into native-order u64 words (the last one zero-padded).
+fn ne_words(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks(8)
+        .map(|chunk| {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            u64::from_ne_bytes(word)
+        })
+        .collect()
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod child;
+pub mod emulated;
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,11 @@ pub fn missing_address() -> PciAddress {
 /// PCIe root port, in the guest.
 pub fn flr_dev() -> PciAddress {
     from_env("BARMAP_FLR_DEV", "function-level-reset")
+}
+
+/// The address of QEMU's NVMe controller (serial `barmap0001`) in the guest.
+pub fn nvme() -> PciAddress {
+    from_env("BARMAP_NVME", "NVMe")
 }
 
 /// edu BAR0 registers.

@@ -235,11 +235,7 @@ impl Chain {
             // ...or kills the process: re-sent to this thread, it is delivered
             // (to the default action) when the handler returns. A fault is
             // simply taken again.
-            libc::SIG_DFL if origin == Origin::Sent => {
-                self.default_action();
-                // SAFETY: raise is async-signal-safe.
-                unsafe { libc::raise(self.signal) };
-            }
+            libc::SIG_DFL if origin == Origin::Sent => self.die(),
             libc::SIG_DFL | libc::SIG_IGN => self.default_action(),
             f => self.call(f, flags, info, ctx),
         }
@@ -276,5 +272,16 @@ impl Chain {
         let action: libc::sigaction = unsafe { mem::zeroed() };
         // SAFETY: `action` is a valid sigaction; sigaction is async-signal-safe.
         unsafe { libc::sigaction(self.signal, &action, ptr::null_mut()) };
+    }
+
+    /// Ends the process with the signal's default action even if the
+    /// faulting instruction would succeed when run again (another thread
+    /// may turn memory decoding back on meanwhile): the signal is reset to
+    /// `SIG_DFL` and sent to this thread, where it is delivered as soon as the
+    /// handler returns. Async-signal-safe.
+    pub(crate) fn die(&self) {
+        self.default_action();
+        // SAFETY: raise is async-signal-safe.
+        unsafe { libc::raise(self.signal) };
     }
 }

@@ -1,0 +1,257 @@
+//! One interrupt vector: its eventfd, waiting on it, masking it.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_DATA_NONE};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{IrqFlags, IrqIndex};
+use crate::error::{Error, Result};
+use crate::Device;
+
+/// One enabled interrupt vector, signalled through an eventfd.
+///
+/// It belongs to an [`Interrupts`](super::Interrupts) set, which disables it
+/// when dropped. The eventfd counts interrupts: [`Vector::wait`] and
+/// [`Vector::try_wait`] return how many arrived since the last wait.
+///
+/// **INTx** is automasked: the kernel masks the line when it fires, until it
+/// is unmasked. barmap unmasks it at the start of the next wait (by then the
+/// driver has acknowledged the device, so a level-triggered line that is
+/// still asserted does not fire again at once), or when the driver calls
+/// [`Vector::unmask`] itself.
+pub struct Vector {
+    device: Device,
+    index: IrqIndex,
+    number: u32,
+    flags: IrqFlags,
+    eventfd: EventFd,
+    /// An automasked interrupt was consumed and the kernel keeps it masked.
+    masked_by_kernel: AtomicBool,
+}
+
+impl fmt::Debug for Vector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vector")
+            .field("addr", &self.device.address())
+            .field("index", &self.index)
+            .field("number", &self.number)
+            .field("eventfd", &self.eventfd.as_raw_fd())
+            .finish()
+    }
+}
+
+impl Vector {
+    /// A vector with a fresh non-blocking eventfd.
+    pub(super) fn new(device: &Device, index: IrqIndex, number: u32, flags: IrqFlags) -> Result<Vector> {
+        let eventfd = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Vfio {
+            addr: device.address(),
+            step: "create an interrupt eventfd",
+            source: Box::new(e),
+        })?;
+        Ok(Vector {
+            device: device.clone(),
+            index,
+            number,
+            flags,
+            eventfd,
+            masked_by_kernel: AtomicBool::new(false),
+        })
+    }
+
+    /// The eventfd, as vfio-ioctls takes it.
+    pub(super) fn eventfd(&self) -> &EventFd {
+        &self.eventfd
+    }
+
+    /// The interrupt index.
+    pub fn index(&self) -> IrqIndex {
+        self.index
+    }
+
+    /// The vector's number in its index.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// Waits up to `timeout` for the vector to fire and returns how many
+    /// interrupts arrived since the last wait (at least 1);
+    /// [`Error::IrqTimeout`] if none did.
+    pub fn wait(&self, timeout: Duration) -> Result<u64> {
+        wait_any(&[self], timeout).map(|(_, count)| count)
+    }
+
+    /// The number of interrupts that arrived since the last wait, without
+    /// blocking: `None` if there were none.
+    pub fn try_wait(&self) -> Result<Option<u64>> {
+        self.rearm()?;
+        self.take()
+    }
+
+    /// Masks the vector: it fires no more until unmasked (the kernel latches
+    /// one that arrives meanwhile). [`Error::IrqNotMaskable`] unless the
+    /// kernel reports the index maskable: vfio-pci masks INTx only.
+    pub fn mask(&self) -> Result<()> {
+        self.check_maskable()?;
+        self.device
+            .set_irqs(
+                self.index.raw(),
+                VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK,
+                self.number,
+                1,
+                &[],
+            )
+            .map_err(|e| self.error("mask an interrupt", e))
+    }
+
+    /// Unmasks the vector (after [`Vector::mask`], or after an automasked
+    /// interrupt once the device is acknowledged). [`Error::IrqNotMaskable`]
+    /// unless the kernel reports the index maskable.
+    pub fn unmask(&self) -> Result<()> {
+        self.check_maskable()?;
+        self.masked_by_kernel.store(false, Ordering::Release);
+        self.do_unmask()
+    }
+
+    fn check_maskable(&self) -> Result<()> {
+        if self.flags.maskable() {
+            Ok(())
+        } else {
+            Err(Error::IrqNotMaskable {
+                addr: self.device.address(),
+                index: self.index,
+            })
+        }
+    }
+
+    /// Unmasks through vfio-ioctls, which unmasks INTx (vfio-pci's only maskable index).
+    fn do_unmask(&self) -> Result<()> {
+        self.device
+            .vfio()
+            .unmask_irq(self.index.raw())
+            .map_err(|e| self.error("unmask an interrupt", e))
+    }
+
+    /// Unmasks an automasked vector whose last interrupt was consumed.
+    fn rearm(&self) -> Result<()> {
+        if self.flags.automasked() && self.masked_by_kernel.swap(false, Ordering::AcqRel) {
+            self.do_unmask()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the eventfd's count without blocking.
+    fn take(&self) -> Result<Option<u64>> {
+        match self.eventfd.read() {
+            Ok(count) => {
+                if self.flags.automasked() {
+                    self.masked_by_kernel.store(true, Ordering::Release);
+                }
+                Ok(Some(count))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(self.error("read an interrupt eventfd", e)),
+        }
+    }
+
+    fn error(&self, step: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::Vfio {
+            addr: self.device.address(),
+            step,
+            source: Box::new(source),
+        }
+    }
+}
+
+impl AsFd for Vector {
+    /// The eventfd: readable when the vector has fired. Reading it yourself
+    /// consumes the count (and, for INTx, leaves the unmask to you).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the eventfd is owned by `self` and stays open for the borrow.
+        unsafe { BorrowedFd::borrow_raw(self.eventfd.as_raw_fd()) }
+    }
+}
+
+impl AsRawFd for Vector {
+    /// The eventfd, as [`AsFd::as_fd`].
+    fn as_raw_fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+}
+
+/// Waits up to `timeout` until any of `vectors` fires; returns its position
+/// in `vectors` and its count. When several have fired, the first in the
+/// slice wins; the others keep their counts for the next wait.
+/// [`Error::IrqTimeout`] (naming the first vector) if none fires.
+///
+/// # Panics
+///
+/// If `vectors` is empty.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// let nvme = barmap::Device::open("0000:00:04.0".parse()?)?;
+/// let msix = nvme.enable_msix(2)?;
+/// let release = nvme.enable_req()?;
+/// let (which, _count) =
+///     barmap::irq::wait_any(&[msix.vector(0)?, msix.vector(1)?, release.vector(0)?], Duration::from_secs(1))?;
+/// if which == 2 {
+///     drop((msix, release, nvme)); // someone wants the device back
+/// }
+/// # Ok::<(), barmap::Error>(())
+/// ```
+pub fn wait_any(vectors: &[&Vector], timeout: Duration) -> Result<(usize, u64)> {
+    let first = vectors.first().expect("wait_any needs at least one vector");
+    for vector in vectors {
+        vector.rearm()?;
+    }
+    let deadline = Instant::now() + timeout;
+    let mut fds: Vec<libc::pollfd> = vectors
+        .iter()
+        .map(|v| libc::pollfd {
+            fd: v.eventfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        for (at, vector) in vectors.iter().enumerate() {
+            if let Some(count) = vector.take()? {
+                return Ok((at, count));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::IrqTimeout {
+                addr: first.device.address(),
+                index: first.index,
+                vector: first.number,
+                timeout,
+            });
+        }
+        match poll(&mut fds, left) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(first.error("poll interrupt eventfds", e)),
+        }
+    }
+}
+
+/// `ppoll` on `fds` for at most `timeout` (no signal mask change).
+fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `fds` is a valid, writable array of `fds.len()` pollfds and `ts`
+    // a valid timespec, both live for the call; a null sigmask is allowed.
+    let ret = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
