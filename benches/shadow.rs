@@ -11,7 +11,10 @@
 //! that only does one 4-byte `pread` at the same file offset and steps RIP
 //! over the instruction; barmap's handler is put back afterwards. Besides
 //! criterion's report, each pair is timed interleaved (batches of A then B)
-//! and printed as one ratio line (target: within 1.15x of the floor).
+//! and printed as one ratio line (target: within 1.10x of the floor on the
+//! host, 1.15x in the guest), followed by the handler's own cost (decode,
+//! dispatch, register write-back): the median of barmap's batch time minus
+//! the floor's in the same round (target: under 200 ns).
 //!
 //! On the host, an emulated ALU form (`add eax, [rdi]`, 2 bytes, flags
 //! computed) is also timed against the emulated `mov eax, [rdi]` on the same
@@ -179,6 +182,7 @@ mod x86_64 {
         fd: i32,
         file_offset: u64,
         rounds: u32,
+        target: f64,
     ) {
         let none = NonePage::new();
         let floor_ptr = none.0 as *const u8;
@@ -210,15 +214,31 @@ mod x86_64 {
             }
             our_batches.push(t.elapsed());
         }
+        // barmap's round trip minus the floor's, paired round by round: both
+        // take the same SIGSEGV and make the same pread, so what is left is
+        // the handler's own work (registry lookup, cached decode, dispatch
+        // to the slow path, write-back of the register).
+        let mut extra: Vec<f64> = floor_batches
+            .iter()
+            .zip(&our_batches)
+            .map(|(floor, ours)| (ours.as_nanos() as f64 - floor.as_nanos() as f64) / f64::from(BATCH))
+            .collect();
+        extra.sort_unstable_by(f64::total_cmp);
+        let extra_ns = extra[extra.len() / 2];
         let median_ns = |mut v: Vec<Duration>| {
             v.sort_unstable();
             v[v.len() / 2].as_nanos() as f64 / f64::from(BATCH)
         };
         let (floor_ns, ours_ns) = (median_ns(floor_batches), median_ns(our_batches));
         println!(
-        "RATIO {name} shadow fault read: barmap {ours_ns:.0} ns / floor (SIGSEGV + pread) {floor_ns:.0} ns = {:.3}x (target <= 1.15x)",
-        ours_ns / floor_ns
-    );
+            "RATIO {name} shadow fault read: barmap {ours_ns:.0} ns / floor (SIGSEGV + pread) {floor_ns:.0} ns = {:.3}x (target <= {target:.2}x)",
+            ours_ns / floor_ns
+        );
+        println!(
+            "RATIO {name} shadow decode and dispatch: {extra_ns:.0} ns (median of paired batch differences) = {:.3}x of the 200 ns budget, {:.1}% of the round trip",
+            extra_ns / 200.0,
+            extra_ns / ours_ns * 100.0
+        );
     }
 
     fn host(c: &mut Criterion) {
@@ -238,7 +258,7 @@ mod x86_64 {
             .build()
             .expect("shadow region over a memfd");
         let base = region.as_ptr().expect("trapped range");
-        fault_vs_floor(c, "host", base, raw, 0, 500);
+        fault_vs_floor(c, "host", base, raw, 0, 500, 1.10);
         alu_vs_mov(c, "host", base, 500);
     }
 
@@ -253,7 +273,7 @@ mod x86_64 {
             )
             .expect("BAR0 with its first page trapped");
         let base = bar0.as_ptr().expect("shadow range over BAR0");
-        fault_vs_floor(c, "guest", base, dev.as_raw_fd(), bar0.info().offset, 100);
+        fault_vs_floor(c, "guest", base, dev.as_raw_fd(), bar0.info().offset, 100, 1.15);
     }
 
     fn benches(c: &mut Criterion) {

@@ -420,10 +420,11 @@ testdev_rom() {
 
 # guest_boot SERIES KERNEL_DIR INITRAMFS: boots the guest under TCG behind an intel-iommu with the test
 # devices: edu, pci-testdev, a modern-only virtio-rng (function-level reset) alone behind a pcie-root-port,
-# and an NVMe controller on a fresh sparse 8 MiB raw image in $RUN_DIR. Streams the job's output (guest
-# ttyS1) to stdout and into $BARMAP_GUEST_WORK/logs/SERIES-output.log, and keeps the kernel console (ttyS0)
-# in SERIES-console.log (also streamed to stderr if BARMAP_CONSOLE=1). Returns QEMU's (or timeout's) exit
-# status. Stdin is passed through to the job (use </dev/null for unattended runs).
+# an NVMe controller on a fresh sparse 8 MiB raw image in $RUN_DIR, and ivshmem-plain with a 1 GiB RAM
+# backend (BAR2: 1 GiB, 64-bit prefetchable). Streams the job's output (guest ttyS1) to stdout and into
+# $BARMAP_GUEST_WORK/logs/SERIES-output.log, and keeps the kernel console (ttyS0) in SERIES-console.log
+# (also streamed to stderr if BARMAP_CONSOLE=1). Returns QEMU's (or timeout's) exit status. Stdin is passed
+# through to the job (use </dev/null for unattended runs).
 guest_boot() {
     local series=$1 kdir=$2 initrd=$3 logs="$BARMAP_GUEST_WORK/logs" rc=0 tail_pid="" nvme_img
     local -a extra
@@ -446,6 +447,7 @@ guest_boot() {
         -device "pci-testdev,romfile=$BARMAP_GUEST_WORK/testdev-rom.bin" \
         -device pcie-root-port,id=flr-port,chassis=1 -device virtio-rng-pci,bus=flr-port,disable-legacy=on \
         -drive "file=$nvme_img,if=none,id=nvm,format=raw" -device nvme,serial=barmap0001,drive=nvm \
+        -object memory-backend-ram,id=shm,size=1G -device ivshmem-plain,memdev=shm \
         -kernel "$kdir/vmlinuz" -initrd "$initrd" \
         -append "console=ttyS0 intel_iommu=on panic=1 $BARMAP_GUEST_KERNEL_ARGS $BARMAP_KERNEL_ARGS" \
         -display none -monitor none -no-reboot \

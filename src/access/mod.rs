@@ -3,6 +3,7 @@
 //! touched with volatile loads and stores.
 
 mod builder;
+mod bulk;
 mod region;
 mod scalar;
 

@@ -49,7 +49,7 @@ pub struct Region {
     info: RegionInfo,
     addr: PciAddress,
     io: SlowPath,
-    mapping: Mapping,
+    pub(super) mapping: Mapping,
     /// Keeps a device's descriptor and container open; dropped last.
     _device: Option<Device>,
 }
@@ -496,7 +496,7 @@ impl Region {
     }
 
     #[inline(always)]
-    fn check_range(&self, offset: u64, len: u64, kind: AccessKind) -> Result<()> {
+    pub(super) fn check_range(&self, offset: u64, len: u64, kind: AccessKind) -> Result<()> {
         let (addr, region) = (self.addr, self.info.index);
         if offset.checked_add(len).is_none_or(|end| end > self.info.size) {
             return Err(Error::OutOfRange {
