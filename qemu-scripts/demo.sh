@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # demo.sh [KERNEL]: the main job. Boots the guest (KERNEL 6.1, 6.12 or 7.3; default 6.12), pokes QEMU's edu
 # device with the barpoke example (examples/barpoke.rs): identity, liveness register, factorial, a dump; then
-# runs the userspace edu driver (examples/edu.rs): factorials on MSI and on INTx, a DMA copy in and out.
+# runs the userspace edu driver (examples/edu.rs): factorials on MSI and on INTx, a DMA copy in and out; and
+# the minimal VMM (examples/passthrough.rs) whose KVM guest drives edu through a memory slot.
 # Exits with the status of the first command that fails. The guest commands are the DEMO list below: edit
 # them there.
 set -euo pipefail
@@ -22,6 +23,7 @@ DEMO=(
     'barpoke info $BARMAP_TESTDEV'
     'edu $BARMAP_EDU'         # the driver: identify, factorials waiting on MSI, DMA in and out
     'edu $BARMAP_EDU --intx'  # the same, waiting on INTx
+    'passthrough $BARMAP_EDU' # edu passed through to a KVM guest (nested KVM in the TCG guest)
 )
 
 series=${1:-6.12}
@@ -29,7 +31,7 @@ kernel_check "$series"
 ensure_host_packages
 run_dir_init
 guest_build test "$RUN_DIR/build.list"
-for example in barpoke edu; do
+for example in barpoke edu passthrough; do
     guest_build_has "$RUN_DIR/build.list" example "example-$example" ||
         die "the demo needs the $example example (examples/$example.rs)"
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# test-all.sh: runs every test. Host: `cargo test --all-targets`, `cargo test --doc` and the shadow-region
-# host suite again in release (opt-level 3 code takes other instruction forms to the fault handler); all
+# test-all.sh: runs every test. Host: `cargo test --all-targets --all-features`, `cargo test --doc` and the
+# fault-path host suites again in release (opt-level 3 code takes other instruction forms to the fault handler); all
 # --no-fail-fast; device tests are ignored there. Guest: qemu-scripts/guest-test.sh on every kernel. Ends with the line
 # "N passed, M failed" summing both; exits non-zero if anything failed.
 set -euo pipefail
@@ -11,9 +11,9 @@ mkdir -p "$BARMAP_GUEST_WORK/logs"
 host_log="$BARMAP_GUEST_WORK/logs/host-test.log"
 guest_log="$BARMAP_GUEST_WORK/logs/guest-test.log"
 
-log "host: cargo test --all-targets; cargo test --doc; cargo test --release --test shadow_host --test shadow_forms --test revocation_host --test region_host --test mmio_host (--no-fail-fast)"
+log "host: cargo test --all-targets --all-features; cargo test --doc; cargo test --release --test shadow_host --test shadow_forms --test revocation_host --test region_host --test mmio_host (--no-fail-fast)"
 host_rc=0
-(cd "$BARMAP_REPO" && cargo test --all-targets --no-fail-fast) 2>&1 | tee "$host_log" || host_rc=$?
+(cd "$BARMAP_REPO" && cargo test --all-targets --all-features --no-fail-fast) 2>&1 | tee "$host_log" || host_rc=$?
 (cd "$BARMAP_REPO" && cargo test --doc --no-fail-fast) 2>&1 | tee -a "$host_log" || host_rc=$?
 (cd "$BARMAP_REPO" && cargo test --release --test shadow_host --test shadow_forms --test revocation_host --test region_host \
     --test mmio_host --no-fail-fast) 2>&1 | tee -a "$host_log" ||
