@@ -8,11 +8,13 @@
 //! A then B, repeated) and printed as one ratio line, so both sides see the
 //! same machine state.
 
+mod common;
+
 use std::hint::black_box;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
 
 use barmap::{Device, MapPolicy, PciAddress, RegionIndex};
+use common::{bare_pread, interleaved};
 use criterion::{criterion_group, Criterion};
 
 const ID: u64 = 0;
@@ -27,37 +29,6 @@ fn edu() -> Option<PciAddress> {
             None
         }
     }
-}
-
-fn bare_pread(fd: i32, file_offset: u64) -> u32 {
-    let mut value = 0u32;
-    // SAFETY: `value` is a writable 4-byte buffer for the duration of the call.
-    let n = unsafe { libc::pread(fd, (&mut value as *mut u32).cast(), 4, file_offset as libc::off_t) };
-    assert_eq!(n, 4);
-    value
-}
-
-/// Times `a` and `b` in alternating batches of `batch` calls; returns the median
-/// batch time per call of each, in ns (medians resist a shared machine's noise).
-fn interleaved(mut a: impl FnMut(), mut b: impl FnMut(), batch: u32, rounds: u32) -> (f64, f64) {
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let t = Instant::now();
-        for _ in 0..batch {
-            a();
-        }
-        ta.push(t.elapsed());
-        let t = Instant::now();
-        for _ in 0..batch {
-            b();
-        }
-        tb.push(t.elapsed());
-    }
-    let median = |mut v: Vec<Duration>| {
-        v.sort_unstable();
-        v[v.len() / 2].as_nanos() as f64 / f64::from(batch)
-    };
-    (median(ta), median(tb))
 }
 
 fn benches(c: &mut Criterion) {

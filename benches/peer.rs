@@ -22,11 +22,14 @@
 //!   pci-driver's `read_bytes` (one-byte volatile loads) against the same raw
 //!   loop on its mapping.
 
+mod common;
+
 use std::hint::black_box;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use barmap::{Device, MapPolicy, PciAddress, RegionIndex};
+use common::{bare_pread, interleaved, median};
 use pci_driver::backends::vfio::VfioPciDevice;
 use pci_driver::device::PciDevice;
 use pci_driver::regions::{PciRegion, Permissions};
@@ -81,39 +84,6 @@ fn device(var: &str) -> Option<PciAddress> {
 
 fn sysfs(addr: PciAddress) -> String {
     format!("/sys/bus/pci/devices/{addr}")
-}
-
-/// Times `a` and `b` in alternating batches of `batch` calls; returns the
-/// median batch time per call of each, in ns.
-fn interleaved(mut a: impl FnMut(), mut b: impl FnMut(), batch: u32, rounds: u32) -> (f64, f64) {
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let t = Instant::now();
-        for _ in 0..batch {
-            a();
-        }
-        ta.push(t.elapsed());
-        let t = Instant::now();
-        for _ in 0..batch {
-            b();
-        }
-        tb.push(t.elapsed());
-    }
-    (median(ta) / f64::from(batch), median(tb) / f64::from(batch))
-}
-
-/// The median of `v`, in ns.
-fn median(mut v: Vec<Duration>) -> f64 {
-    v.sort_unstable();
-    v[v.len() / 2].as_nanos() as f64
-}
-
-fn bare_pread(fd: i32, file_offset: u64) -> u32 {
-    let mut value = 0u32;
-    // SAFETY: `value` is a writable 4-byte buffer for the duration of the call.
-    let n = unsafe { libc::pread(fd, (&mut value as *mut u32).cast(), 4, file_offset as libc::off_t) };
-    assert_eq!(n, 4);
-    value
 }
 
 /// A raw volatile 4-byte read at `base + offset`, both through `black_box`.

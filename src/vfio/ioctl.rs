@@ -5,7 +5,7 @@
 //! start at vector 0, cannot mask, and unmask only INTx.
 
 use std::io;
-use std::mem::{size_of, size_of_val};
+use std::mem::{offset_of, size_of, size_of_val};
 use std::os::fd::RawFd;
 
 use vfio_bindings::bindings::vfio::{
@@ -50,21 +50,33 @@ pub(crate) fn device_info(fd: RawFd) -> io::Result<vfio_device_info> {
 /// `VFIO_DEVICE_GET_REGION_INFO` for `index`, returning the whole info buffer:
 /// the `vfio_region_info` header followed by its capability chain, as raw bytes.
 pub(crate) fn region_info_bytes(fd: RawFd, index: u32) -> io::Result<Vec<u8>> {
-    let mut argsz = size_of::<vfio_region_info>();
+    let at = offset_of!(vfio_region_info, index);
+    info_bytes(
+        fd,
+        VFIO_DEVICE_GET_REGION_INFO,
+        size_of::<vfio_region_info>(),
+        &[(at, index)],
+    )
+}
+
+/// An info ioctl whose buffer starts with its `argsz` and may be asked to
+/// grow (to hold a capability chain): starts with `len` bytes, sets the u32
+/// `fields` (byte offset, value) besides `argsz`, and calls again with the
+/// size the kernel asks for until the answer fits. Returns the buffer.
+fn info_bytes(fd: RawFd, request: libc::c_ulong, len: usize, fields: &[(usize, u32)]) -> io::Result<Vec<u8>> {
+    let mut argsz = len;
     loop {
+        let mut header = vec![0u8; argsz];
+        header[..4].copy_from_slice(&(argsz as u32).to_ne_bytes());
+        for &(at, value) in fields {
+            header[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+        }
         // u64 words keep the buffer aligned for the kernel's u64 fields.
-        let mut words = vec![0u64; argsz.div_ceil(8)];
-        let header = vfio_region_info {
-            argsz: argsz as u32,
-            index,
-            ..Default::default()
-        };
-        // SAFETY: `words` holds at least size_of::<vfio_region_info>() bytes and is
-        // 8-byte aligned, so writing the header there is in bounds and aligned.
-        unsafe { words.as_mut_ptr().cast::<vfio_region_info>().write(header) };
-        // SAFETY: the buffer is `argsz` bytes long, as its argsz field says, so the
-        // kernel writes only inside it.
-        let ret = unsafe { libc::ioctl(fd, VFIO_DEVICE_GET_REGION_INFO, words.as_mut_ptr()) };
+        let mut words = ne_words(&header);
+        // SAFETY: the buffer is `argsz` bytes long (rounded up to whole words)
+        // and 8-byte aligned, as its argsz field says, so the kernel writes
+        // only inside it.
+        let ret = unsafe { libc::ioctl(fd, request, words.as_mut_ptr()) };
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -180,26 +192,12 @@ pub(crate) fn hot_reset(fd: RawFd, group_fds: &[RawFd]) -> io::Result<()> {
 /// whole info buffer: the `vfio_iommu_type1_info` header followed by its
 /// capability chain (IOVA ranges, DMA-mapping limit), as raw bytes.
 pub(crate) fn iommu_info_bytes(container: RawFd) -> io::Result<Vec<u8>> {
-    let mut argsz = size_of::<vfio_iommu_type1_info>();
-    loop {
-        let mut words = ne_words(&(argsz as u32).to_ne_bytes());
-        words.resize(argsz.div_ceil(8), 0);
-        // SAFETY: the buffer is `argsz` bytes long and 8-byte aligned, as its
-        // argsz field (the first u32, native order) says, so the kernel writes only inside it.
-        let ret = unsafe { libc::ioctl(container, VFIO_IOMMU_GET_INFO, words.as_mut_ptr()) };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).take(argsz).collect();
-        let wanted = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-        if wanted <= argsz {
-            return Ok(bytes);
-        }
-        if wanted > MAX_INFO_LEN {
-            return Err(io::Error::from(io::ErrorKind::InvalidData));
-        }
-        argsz = wanted;
-    }
+    info_bytes(
+        container,
+        VFIO_IOMMU_GET_INFO,
+        size_of::<vfio_iommu_type1_info>(),
+        &[],
+    )
 }
 
 /// `bytes` packed into native-order u64 words (the last one zero-padded).
