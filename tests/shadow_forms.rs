@@ -1,7 +1,7 @@
 //! Every instruction form the shadow fault handler emulates, checked against
 //! the CPU and against what compilers emit.
 //!
-//! - A differential test runs each of 240 forms (inline assembly, every
+//! - A differential test runs each of 320 forms (inline assembly, every
 //!   width) on ordinary memory and on a trapped page of a shadow region over
 //!   an emulated device, from the same registers, flags and memory, many times
 //!   with random operands, and compares every general register, XMM0/XMM1,
@@ -12,9 +12,10 @@
 //!   and AVX2 where the CPU has them, loaded with
 //!   `dlopen`, run the same way: same results, and the device sees exactly
 //!   the reads and writes the source makes, one access each of the width.
-//! - Refused forms (locked, `xchg`, 16-byte SSE, misaligned, straddling a
-//!   mapped and a trapped page, code running into a region) end a child
-//!   process with the one-line diagnostic.
+//! - Refused forms (locked, `xchg`, 16-byte SSE, SSE arithmetic, a division
+//!   by a zero register, misaligned, straddling a mapped and a trapped page,
+//!   code running into a region) end a child process with the one-line
+//!   diagnostic.
 #![cfg(target_arch = "x86_64")]
 
 mod common;
@@ -444,7 +445,127 @@ static FORMS: &[Form] = &[
     form!("rol qword ptr [rdi], 7", 8, RW),
     form!("ror qword ptr [rdi], cl", 8, RW),
     form!("shr qword ptr [rdi], 63", 8, RW),
+    form!("bsf ax, word ptr [rdi]", 2, R),
+    form!("bsr r8w, word ptr [rdi]", 2, R),
+    form!("tzcnt si, word ptr [rdi]", 2, R),
+    form!("lzcnt ax, word ptr [rdi]", 2, R),
+    form!("popcnt r8w, word ptr [rdi]", 2, R),
+    form!("bsf ecx, dword ptr [rdi]", 4, R),
+    form!("bsr r9d, dword ptr [rdi]", 4, R),
+    form!("tzcnt esi, dword ptr [rdi]", 4, R),
+    form!("lzcnt ecx, dword ptr [rdi]", 4, R),
+    form!("popcnt r9d, dword ptr [rdi]", 4, R),
+    form!("bsf rdx, qword ptr [rdi]", 8, R),
+    form!("bsr r10, qword ptr [rdi]", 8, R),
+    form!("tzcnt rsi, qword ptr [rdi]", 8, R),
+    form!("lzcnt rdx, qword ptr [rdi]", 8, R),
+    form!("popcnt r10, qword ptr [rdi]", 8, R),
+    form!("blsr eax, dword ptr [rdi]", 4, R),
+    form!("blsi eax, dword ptr [rdi]", 4, R),
+    form!("blsmsk eax, dword ptr [rdi]", 4, R),
+    form!("andn eax, ecx, dword ptr [rdi]", 4, R),
+    form!("pdep eax, ecx, dword ptr [rdi]", 4, R),
+    form!("pext eax, ecx, dword ptr [rdi]", 4, R),
+    form!("bextr eax, dword ptr [rdi], esi", 4, R),
+    form!("bzhi eax, dword ptr [rdi], esi", 4, R),
+    form!("shlx eax, dword ptr [rdi], esi", 4, R),
+    form!("shrx eax, dword ptr [rdi], esi", 4, R),
+    form!("sarx eax, dword ptr [rdi], esi", 4, R),
+    form!("blsr rax, qword ptr [rdi]", 8, R),
+    form!("blsi rax, qword ptr [rdi]", 8, R),
+    form!("blsmsk rax, qword ptr [rdi]", 8, R),
+    form!("andn rax, rcx, qword ptr [rdi]", 8, R),
+    form!("pdep rax, rcx, qword ptr [rdi]", 8, R),
+    form!("pext rax, rcx, qword ptr [rdi]", 8, R),
+    form!("bextr rax, qword ptr [rdi], rsi", 8, R),
+    form!("bzhi rax, qword ptr [rdi], rsi", 8, R),
+    form!("shlx rax, qword ptr [rdi], rsi", 8, R),
+    form!("shrx rax, qword ptr [rdi], rsi", 8, R),
+    form!("sarx rax, qword ptr [rdi], rsi", 8, R),
+    form!("rorx eax, dword ptr [rdi], 13", 4, R),
+    form!("rorx r11, qword ptr [rdi], 45", 8, R),
+    form!("mulx r8d, r9d, dword ptr [rdi]", 4, R),
+    form!("mulx rcx, rbx, qword ptr [rdi]", 8, R),
+    form!("mulx rcx, rcx, qword ptr [rdi]", 8, R),
+    form!("mul byte ptr [rdi]", 1, R),
+    form!("imul byte ptr [rdi]", 1, R),
+    form!("div byte ptr [rdi]", 1, R),
+    form!("idiv byte ptr [rdi]", 1, R),
+    form!("mul word ptr [rdi]", 2, R),
+    form!("imul word ptr [rdi]", 2, R),
+    form!("div word ptr [rdi]", 2, R),
+    form!("idiv word ptr [rdi]", 2, R),
+    form!("mul dword ptr [rdi]", 4, R),
+    form!("imul dword ptr [rdi]", 4, R),
+    form!("div dword ptr [rdi]", 4, R),
+    form!("idiv dword ptr [rdi]", 4, R),
+    form!("mul qword ptr [rdi]", 8, R),
+    form!("imul qword ptr [rdi]", 8, R),
+    form!("div qword ptr [rdi]", 8, R),
+    form!("idiv qword ptr [rdi]", 8, R),
+    form!("shld word ptr [rdi], si, 5", 2, RW),
+    form!("shrd word ptr [rdi], bx, cl", 2, RW),
+    form!("shld dword ptr [rdi], esi, cl", 4, RW),
+    form!("shrd dword ptr [rdi], ecx, 31", 4, RW),
+    form!("shld qword ptr [rdi], rbx, cl", 8, RW),
+    form!("shrd qword ptr [rdi], rsi, 13", 8, RW),
+    form!("seto byte ptr [rdi]", 1, W),
+    form!("setb byte ptr [rdi]", 1, W),
+    form!("sete byte ptr [rdi]", 1, W),
+    form!("setbe byte ptr [rdi]", 1, W),
+    form!("sets byte ptr [rdi]", 1, W),
+    form!("setp byte ptr [rdi]", 1, W),
+    form!("setl byte ptr [rdi]", 1, W),
+    form!("setg byte ptr [rdi]", 1, W),
+    form!("setne byte ptr [rdi]", 1, W),
+    form!("setae byte ptr [rdi]", 1, W),
+    form!("cmove eax, dword ptr [rdi]", 4, R),
+    form!("cmovne rax, qword ptr [rdi]", 8, R),
+    form!("cmovl cx, word ptr [rdi]", 2, R),
+    form!("cmova r10d, dword ptr [rdi]", 4, R),
+    form!("cmovs r11, qword ptr [rdi]", 8, R),
+    form!("cmovp edx, dword ptr [rdi]", 4, R),
 ];
+
+/// Whether this CPU runs `form` (the BMI and POPCNT forms need their
+/// extension; `TZCNT`/`LZCNT` run everywhere, as `BSF`/`BSR` before BMI1).
+fn cpu_runs(form: &Form) -> bool {
+    let mnemonic = form.text.split(' ').next().unwrap_or_default();
+    match mnemonic {
+        "popcnt" => is_x86_feature_detected!("popcnt"),
+        "andn" | "bextr" | "blsr" | "blsi" | "blsmsk" => is_x86_feature_detected!("bmi1"),
+        "bzhi" | "shlx" | "shrx" | "sarx" | "pdep" | "pext" | "rorx" | "mulx" => {
+            is_x86_feature_detected!("bmi2")
+        }
+        _ => true,
+    }
+}
+
+/// Keeps a division's operands clear of the divide error: the high half
+/// of the dividend is the sign (or zero) extension of the low half, and the
+/// divisor is neither 0 nor, for `IDIV`, -1.
+fn clear_of_divide_error(form: &Form, s: &mut State, divisor: &mut u64) {
+    const RAX: usize = 0;
+    const RDX: usize = 2;
+    let signed = form.text.starts_with("idiv");
+    if !signed && !form.text.starts_with("div") {
+        return;
+    }
+    let w = form.width;
+    let bits = 8 * w as u32;
+    let low = s.gpr[RAX] & mask(w);
+    let negative = signed && low >> (bits - 1) & 1 == 1;
+    let high = if negative { mask(w) } else { 0 };
+    if w == 1 {
+        s.gpr[RAX] = (s.gpr[RAX] & !0xffff) | high << 8 | low;
+    } else {
+        s.gpr[RDX] = (s.gpr[RDX] & !mask(w)) | high;
+    }
+    let d = *divisor & mask(w);
+    if d == 0 || (signed && d == mask(w)) {
+        *divisor = (*divisor & !mask(w)) | 3;
+    }
+}
 
 fn mask(width: usize) -> u64 {
     if width == 8 {
@@ -484,15 +605,21 @@ fn every_form_matches_the_cpu_on_random_operands() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut native = Box::new([0u64; 2]);
     let mut widths = [0usize; 9];
+    let mut skipped = Vec::new();
     for form in FORMS {
+        if !cpu_runs(form) {
+            skipped.push(form.text);
+            continue;
+        }
         widths[form.width] += 1;
         for round in 0..rounds {
             let offset = 0x100 + (round % 8) * 8;
-            let before = rng.operand();
+            let mut before = rng.operand();
             let mut input = State::default();
             input.gpr.iter_mut().for_each(|r| *r = rng.operand());
             input.rflags = (rng.next() & ARITH_FLAGS) | 0x202;
             input.xmm = [0; 2].map(|_| u128::from(rng.next()) << 64 | u128::from(rng.operand()));
+            clear_of_divide_error(form, &mut input, &mut before);
 
             native[0] = before;
             let mut on_cpu = input;
@@ -525,6 +652,12 @@ fn every_form_matches_the_cpu_on_random_operands() {
         widths[1] > 40 && widths[2] > 40 && widths[4] > 40 && widths[8] > 40,
         "{widths:?}"
     );
+    if !skipped.is_empty() {
+        eprintln!(
+            "this CPU lacks the extension of {} forms: {skipped:?}",
+            skipped.len()
+        );
+    }
 }
 
 #[test]
@@ -605,6 +738,16 @@ use std::ptr::{read_volatile as rd, write_volatile as wr};
 #[no_mangle] pub unsafe extern "C" fn store_f32(p: *mut u8, x: u64) -> u64 { wr(p as *mut f32, x as f32 * 0.5); 0 }
 #[no_mangle] pub unsafe extern "C" fn from_be_u32(p: *mut u8, _x: u64) -> u64 { u32::from_be(rd(p as *const u32)) as u64 }
 #[no_mangle] pub unsafe extern "C" fn store_be_u64(p: *mut u8, x: u64) -> u64 { wr(p as *mut u64, x.to_be()); 0 }
+#[no_mangle] pub unsafe extern "C" fn tz_u32(p: *mut u8, _x: u64) -> u64 { rd(p as *const u32).trailing_zeros() as u64 }
+#[no_mangle] pub unsafe extern "C" fn lz_u64(p: *mut u8, _x: u64) -> u64 { rd(p as *const u64).leading_zeros() as u64 }
+#[no_mangle] pub unsafe extern "C" fn pop_u32(p: *mut u8, _x: u64) -> u64 { rd(p as *const u32).count_ones() as u64 }
+#[no_mangle] pub unsafe extern "C" fn flag_u8(p: *mut u8, x: u64) -> u64 { wr(p, (x & 3 == 3) as u8); 0 }
+#[no_mangle] pub unsafe extern "C" fn funnel_u64(p: *mut u8, x: u64) -> u64 { let p = p as *mut u64; wr(p, (rd(p) << 7) | (x >> 57)); 0 }
+#[no_mangle] pub unsafe extern "C" fn mulhi_u64(p: *mut u8, x: u64) -> u64 { ((rd(p as *const u64) as u128 * x as u128) >> 64) as u64 }
+#[no_mangle] pub unsafe extern "C" fn div_u32(p: *mut u8, x: u64) -> u64 { (x as u32).checked_div(rd(p as *const u32)).unwrap_or(0) as u64 }
+#[no_mangle] pub unsafe extern "C" fn andn_u64(p: *mut u8, x: u64) -> u64 { !x & rd(p as *const u64) }
+#[no_mangle] pub unsafe extern "C" fn shr_var_u32(p: *mut u8, x: u64) -> u64 { (rd(p as *const u32) >> (x & 31)) as u64 }
+#[no_mangle] pub unsafe extern "C" fn field_u32(p: *mut u8, _x: u64) -> u64 { ((rd(p as *const u32) >> 4) & 0xfff) as u64 }
 "#;
 
 const C_PATTERNS: &str = r#"
@@ -643,6 +786,16 @@ uint64_t load_f32(void *p, uint64_t x) { float f = V(float, p) * 2.0f; uint32_t 
 uint64_t store_f32(void *p, uint64_t x) { V(float, p) = (float)x * 0.5f; return 0; }
 uint64_t from_be_u32(void *p, uint64_t x) { return __builtin_bswap32(V(uint32_t, p)); }
 uint64_t store_be_u64(void *p, uint64_t x) { V(uint64_t, p) = __builtin_bswap64(x); return 0; }
+uint64_t tz_u32(void *p, uint64_t x) { return __builtin_ctz(V(uint32_t, p)); }
+uint64_t lz_u64(void *p, uint64_t x) { return __builtin_clzll(V(uint64_t, p)); }
+uint64_t pop_u32(void *p, uint64_t x) { return __builtin_popcount(V(uint32_t, p)); }
+uint64_t flag_u8(void *p, uint64_t x) { V(uint8_t, p) = (x & 3) == 3; return 0; }
+uint64_t funnel_u64(void *p, uint64_t x) { V(uint64_t, p) = (V(uint64_t, p) << 7) | (x >> 57); return 0; }
+uint64_t mulhi_u64(void *p, uint64_t x) { return ((unsigned __int128)V(uint64_t, p) * x) >> 64; }
+uint64_t div_u32(void *p, uint64_t x) { return (uint32_t)x / V(uint32_t, p); }
+uint64_t andn_u64(void *p, uint64_t x) { return ~x & V(uint64_t, p); }
+uint64_t shr_var_u32(void *p, uint64_t x) { return V(uint32_t, p) >> (x & 31); }
+uint64_t field_u32(void *p, uint64_t x) { return (V(uint32_t, p) >> 4) & 0xfff; }
 "#;
 
 /// A pattern: its name, what device memory it needs to terminate, and its
@@ -661,6 +814,8 @@ enum Init {
     Bit8,
     /// The first u64 zero (the poll ends).
     Zero,
+    /// Bit 0 set (a divisor; C's `__builtin_ctz`/`clz` of 0 is undefined).
+    NonZero,
 }
 
 const fn pattern(name: &'static str, init: Init, accesses: &'static [(u64, usize, bool)]) -> Pattern {
@@ -703,6 +858,16 @@ static PATTERNS: &[Pattern] = &[
     pattern("store_f32", Init::Random, &[(0, 4, WR)]),
     pattern("from_be_u32", Init::Random, &[(0, 4, RD)]),
     pattern("store_be_u64", Init::Random, &[(0, 8, WR)]),
+    pattern("tz_u32", Init::NonZero, &[(0, 4, RD)]),
+    pattern("lz_u64", Init::NonZero, &[(0, 8, RD)]),
+    pattern("pop_u32", Init::Random, &[(0, 4, RD)]),
+    pattern("flag_u8", Init::Random, &[(0, 1, WR)]),
+    pattern("funnel_u64", Init::Random, &[(0, 8, RD), (0, 8, WR)]),
+    pattern("mulhi_u64", Init::Random, &[(0, 8, RD)]),
+    pattern("div_u32", Init::NonZero, &[(0, 4, RD)]),
+    pattern("andn_u64", Init::Random, &[(0, 8, RD)]),
+    pattern("shr_var_u32", Init::Random, &[(0, 4, RD)]),
+    pattern("field_u32", Init::Random, &[(0, 4, RD)]),
 ];
 
 /// Runs `program` with `args`, panicking with its output if it fails and
@@ -725,9 +890,19 @@ fn cpu_has_movbe_and_avx2() -> bool {
     std::arch::is_x86_feature_detected!("movbe") && std::arch::is_x86_feature_detected!("avx2")
 }
 
+/// Whether this CPU has what `x86-64-v3` adds for integers: POPCNT, LZCNT,
+/// BMI1 and BMI2.
+fn cpu_has_bit_manipulation() -> bool {
+    std::arch::is_x86_feature_detected!("popcnt")
+        && std::arch::is_x86_feature_detected!("lzcnt")
+        && std::arch::is_x86_feature_detected!("bmi1")
+        && std::arch::is_x86_feature_detected!("bmi2")
+}
+
 /// Builds the patterns every way: rustc at opt-level 0 and 3, gcc and clang at
 /// -O0 to -O3, and at the highest level with MOVBE and AVX2 (so `MOVBE` and
-/// the VEX moves `VMOVSD`...) where the CPU has them.
+/// the VEX moves `VMOVSD`...) and with POPCNT, LZCNT and BMI1/2 (`POPCNT`,
+/// `LZCNT`, `ANDN`, `SHRX`, `BEXTR`...) where the CPU has them.
 /// Returns (label, library path) pairs.
 fn build_libraries(dir: &Path) -> Vec<(String, String)> {
     let rs = dir.join("patterns.rs");
@@ -736,10 +911,16 @@ fn build_libraries(dir: &Path) -> Vec<(String, String)> {
     std::fs::write(&c, C_PATTERNS).unwrap();
     let (rs, c) = (rs.to_str().unwrap(), c.to_str().unwrap());
     let movbe = cpu_has_movbe_and_avx2();
+    let bmi = cpu_has_bit_manipulation();
     let mut libs = Vec::new();
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    for (opt, feature) in [("0", ""), ("3", ""), ("3", "+movbe,+avx2")] {
-        if !feature.is_empty() && !movbe {
+    for (opt, feature) in [
+        ("0", ""),
+        ("3", ""),
+        ("3", "+movbe,+avx2"),
+        ("3", "+popcnt,+lzcnt,+bmi1,+bmi2"),
+    ] {
+        if (feature.contains("movbe") && !movbe) || (feature.contains("bmi") && !bmi) {
             continue;
         }
         let label = format!("rustc -C opt-level={opt} {feature}");
@@ -756,8 +937,15 @@ fn build_libraries(dir: &Path) -> Vec<(String, String)> {
     }
     for cc in ["gcc", "clang"] {
         let missing = format!("{cc} is needed to build the C patterns (CI installs it: qemu-scripts/lib.sh BARMAP_HOST_PACKAGES)");
-        for opt in ["-O0", "-O1", "-O2", "-O3", "-O3 -mmovbe -mavx2"] {
-            if opt.contains("movbe") && !movbe {
+        for opt in [
+            "-O0",
+            "-O1",
+            "-O2",
+            "-O3",
+            "-O3 -mmovbe -mavx2",
+            "-O3 -mpopcnt -mlzcnt -mbmi -mbmi2",
+        ] {
+            if (opt.contains("movbe") && !movbe) || (opt.contains("bmi") && !bmi) {
                 continue;
             }
             let out = dir.join(format!("lib{cc}{}.so", libs.len()));
@@ -795,6 +983,7 @@ fn check_library(label: &str, path: &str, dev: &Device, region: &Region, rng: &m
                 Init::Random => {}
                 Init::Bit8 => init[0] |= 0x100,
                 Init::Zero => init[0] = 0,
+                Init::NonZero => init[0] |= 1,
             }
             let x = rng.operand();
             let mut native = Box::new(init);
@@ -1006,7 +1195,7 @@ macro_rules! refused_asm {
                 fault_next();
                 // SAFETY: `p` is inside a trapped region; barmap refuses the
                 // instruction, which ends this child process.
-                unsafe { asm!($insn, in("rdi") p, out("eax") _, out("xmm0") _) };
+                unsafe { asm!($insn, in("rdi") p, out("eax") _, out("edx") _, out("xmm0") _) };
             });
         }
     };
@@ -1041,6 +1230,18 @@ refused_asm!(
     "instruction not emulated",
     0x40,
     "movups xmmword ptr [rdi], xmm0"
+);
+refused_asm!(
+    sse_arithmetic_is_refused,
+    "instruction not emulated",
+    0x40,
+    "addsd xmm0, qword ptr [rdi]"
+);
+refused_asm!(
+    division_by_a_zero_register_is_refused,
+    "divide error",
+    0x40,
+    "div dword ptr [rdi]"
 );
 refused_asm!(
     misaligned_load_is_refused,

@@ -281,6 +281,34 @@ fn as_f64(p: *const u64) -> f64 {
     f64::from_bits(unsafe { ptr::read_volatile(p) })
 }
 
+/// The lowest set bit of a read: `tzcnt`/`bsf reg, [mem]` at opt-level 3.
+#[inline(never)]
+fn lowest_set_bit(p: *const u32) -> u32 {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(p) }.trailing_zeros()
+}
+
+/// Leading zeros of a read: `bsr reg, [mem]` (or `lzcnt`) at opt-level 3.
+#[inline(never)]
+fn leading_zeros(p: *const u64) -> u32 {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(p) }.leading_zeros()
+}
+
+/// A funnel shift of a register: `shld dword [mem], reg, imm` at opt-level 3.
+#[inline(never)]
+fn shift_in(p: *mut u32, x: u32) {
+    // SAFETY: as above.
+    unsafe { ptr::write_volatile(p, (ptr::read_volatile(p) << 8) | (x >> 24)) }
+}
+
+/// The high half of a 128-bit product with a read: `mul qword [mem]`.
+#[inline(never)]
+fn high_product(p: *const u64, x: u64) -> u64 {
+    // SAFETY: as above.
+    ((u128::from(unsafe { ptr::read_volatile(p) }) * u128::from(x)) >> 64) as u64
+}
+
 #[test]
 #[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
 fn compiled_patterns_through_trapped_edu_bar0_are_served_with_the_right_values() {
@@ -308,7 +336,8 @@ fn compiled_patterns_through_trapped_edu_bar0_are_served_with_the_right_values()
     );
     assert_eq!(times_three(reg(edu_reg::ID)), id.wrapping_mul(3));
     assert_eq!(big_endian(reg(edu_reg::ID)), id.swap_bytes());
-    seen.take();
+    assert_eq!(lowest_set_bit(reg(edu_reg::ID)), id.trailing_zeros());
+    assert_eq!(seen.take().len(), 4, "one read per pattern");
 
     // Liveness reads back the NOT of the last write: x written, !x read.
     wr32(base, edu_reg::LIVENESS, 0x1234_5678);
@@ -327,6 +356,19 @@ fn compiled_patterns_through_trapped_edu_bar0_are_served_with_the_right_values()
     wr32(base, edu_reg::LIVENESS, 41);
     increment(reg(edu_reg::LIVENESS));
     assert_eq!(rd32(base, edu_reg::LIVENESS), !(!41u32).wrapping_add(1));
+    wr32(base, edu_reg::LIVENESS, 0x00ab_cdef);
+    seen.take();
+    shift_in(reg(edu_reg::LIVENESS), 0x5a00_0000);
+    let shifted = (!0x00ab_cdefu32 << 8) | 0x5a;
+    assert_eq!(
+        seen.take(),
+        vec![
+            (edu_reg::LIVENESS, 4, u64::from(!0x00ab_cdefu32), false),
+            (edu_reg::LIVENESS, 4, u64::from(shifted), true)
+        ],
+        "a funnel shift is one read, then one write"
+    );
+    assert_eq!(rd32(base, edu_reg::LIVENESS), !shifted);
     seen.take();
 
     // The 64-bit DMA source register, read as an f64 through the pointer:
@@ -342,6 +384,11 @@ fn compiled_patterns_through_trapped_edu_bar0_are_served_with_the_right_values()
     let records = seen.take();
     assert_eq!(records[0], (edu_reg::DMA_SRC, 8, bits, true));
     assert_eq!(records[1], (edu_reg::DMA_SRC, 8, through_pointer, false));
+    assert_eq!(leading_zeros(dma), through_pointer.leading_zeros());
+    let x = 0x0123_4567_89ab_cdef;
+    let want = ((u128::from(through_pointer) * u128::from(x)) >> 64) as u64;
+    assert_eq!(high_product(dma, x), want);
+    assert_eq!(seen.take().len(), 2, "one 8-byte read each");
     // SAFETY: as above.
     unsafe { ptr::write_volatile(dma, 0) };
 }
@@ -376,6 +423,46 @@ fn pinned_alu_forms_through_trapped_edu_bar0_match_the_cpu() {
         asm!("cmp dword ptr [{p}], {imm:e}", "sete {z:l}", "movzx {z:e}, {z:l}", p = in(reg) id_ptr, imm = in(reg) id, z = out(reg) zero)
     };
     assert_eq!(zero, 1, "cmp of the ID register with its value sets ZF");
+
+    // Load-op forms that write RAX/RDX and the flags, run on the trapped ID
+    // register and on ordinary memory holding the same value: the CPU is
+    // the oracle.
+    let on = |insn: fn(*const u32) -> (u64, u64, u64)| {
+        let local = id;
+        assert_eq!(insn(id_ptr.cast()), insn(&local), "same registers and flags");
+    };
+    macro_rules! form {
+        ($insn:literal) => {
+            |p: *const u32| {
+                let (a, d, f): (u64, u64, u64);
+                // SAFETY: `p` is an aligned u32 in ordinary memory or in the
+                // live trapped region; the block writes only its outputs.
+                unsafe {
+                    asm!("mov eax, 0x12345678", "mov edx, 3", "test eax, eax", $insn, "pushfq", "pop {f}",
+                        p = in(reg) p, f = out(reg) f, out("rax") a, out("rdx") d)
+                };
+                (a, d, f & ARITH)
+            }
+        };
+    }
+    on(form!("tzcnt eax, dword ptr [{p}]"));
+    on(form!("bsr edx, dword ptr [{p}]"));
+    on(form!("mul dword ptr [{p}]"));
+    on(form!("div dword ptr [{p}]"));
+    on(form!("imul dword ptr [{p}]"));
+    on(form!("cmovnz eax, dword ptr [{p}]"));
+    on(form!("sbb edx, dword ptr [{p}]"));
+    if std::arch::is_x86_feature_detected!("popcnt") {
+        on(form!("popcnt eax, dword ptr [{p}]"));
+    }
+    if std::arch::is_x86_feature_detected!("bmi1") {
+        on(form!("andn eax, edx, dword ptr [{p}]"));
+        on(form!("bextr eax, dword ptr [{p}], edx"));
+    }
+    if std::arch::is_x86_feature_detected!("bmi2") {
+        on(form!("shrx eax, dword ptr [{p}], edx"));
+        on(form!("mulx eax, edx, dword ptr [{p}]"));
+    }
 }
 
 #[test]

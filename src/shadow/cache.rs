@@ -13,7 +13,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use iced_x86::Register;
 
-use super::emulate::{Alu, Decoded, Extend, Mem, Op, Source, MAX_INSN_LEN};
+use super::emulate::{Alu, Bmi, Cond, Decoded, Extend, Mem, Op, Source, Wide, MAX_INSN_LEN};
 
 const ENTRIES: usize = 64;
 
@@ -65,9 +65,17 @@ const XMM_STORE: u64 = 3;
 const ALU_REG: u64 = 4;
 const ALU_MEM: u64 = 5;
 const IMUL3: u64 = 6;
+const BMI: u64 = 7;
+const MULX: u64 = 8;
+const WIDE: u64 = 9;
+const DOUBLE_SHIFT: u64 = 10;
+const SETCC: u64 = 11;
+const CMOV: u64 = 12;
 
 /// Set in the op word when the instruction's source is an immediate.
 const SRC_IMM: u64 = 1 << 32;
+/// Where the op word keeps a second register.
+const REG2_SHIFT: u32 = 40;
 
 fn extend_code(extend: Extend) -> u64 {
     match extend {
@@ -88,25 +96,39 @@ fn source_parts(src: Source) -> (Register, u64, u64) {
 
 /// Packs `d` into (op, imm, mem, disp) words. The op word holds the kind
 /// (bits 0..4), width (4..8), a kind-specific code (8..16: extension, swap,
-/// VEX or ALU operation), a register (16..24), the length (24..32) and
-/// [`SRC_IMM`].
+/// VEX, condition or operation), a register (16..24), the length (24..32),
+/// [`SRC_IMM`], and a second register (40..48): the source of the kinds
+/// that also name a destination, or `MULX`'s low half.
 fn pack(d: &Decoded) -> [u64; 4] {
-    let (kind, sub, reg, imm, flag) = match d.op {
-        Op::Load { dst, extend, .. } => (LOAD, extend_code(extend), dst, 0, 0),
+    let none = (Register::None, 0, 0);
+    let (kind, sub, reg, (reg2, imm, flag)) = match d.op {
+        Op::Load { dst, extend, .. } => (LOAD, extend_code(extend), dst, none),
         Op::Store { src, swap, .. } => {
             let (reg, imm, flag) = source_parts(src);
-            (STORE, u64::from(swap), reg, imm, flag)
+            (STORE, u64::from(swap), reg, (Register::None, imm, flag))
         }
-        Op::XmmLoad { dst, vex, .. } => (XMM_LOAD, u64::from(vex), dst, 0, 0),
-        Op::XmmStore { src, .. } => (XMM_STORE, 0, src, 0, 0),
-        Op::AluReg { alu, reg, .. } => (ALU_REG, alu as u64, reg, 0, 0),
+        Op::XmmLoad { dst, vex, .. } => (XMM_LOAD, u64::from(vex), dst, none),
+        Op::XmmStore { src, .. } => (XMM_STORE, 0, src, none),
+        Op::AluReg { alu, reg, .. } => (ALU_REG, alu as u64, reg, none),
         Op::AluMem { alu, src, .. } => {
             let (reg, imm, flag) = source_parts(src);
-            (ALU_MEM, alu as u64, reg, imm, flag)
+            (ALU_MEM, alu as u64, reg, (Register::None, imm, flag))
         }
-        Op::Imul3 { dst, imm, .. } => (IMUL3, 0, dst, imm, 0),
+        Op::Imul3 { dst, imm, .. } => (IMUL3, 0, dst, (Register::None, imm, 0)),
+        Op::Bmi { bmi, dst, src, .. } => (BMI, bmi as u64, dst, source_parts(src)),
+        Op::Mulx { hi, lo, .. } => (MULX, 0, hi, (lo, 0, 0)),
+        Op::Wide { op, .. } => (WIDE, op as u64, Register::None, none),
+        Op::DoubleShift { left, src, count, .. } => (DOUBLE_SHIFT, u64::from(left), src, source_parts(count)),
+        Op::SetCc { cond } => (SETCC, u64::from(cond.number()), Register::None, none),
+        Op::Cmov { cond, dst, .. } => (CMOV, u64::from(cond.number()), dst, none),
     };
-    let op = kind | (d.width() as u64) << 4 | sub << 8 | (reg as u64) << 16 | u64::from(d.len) << 24 | flag;
+    let op = kind
+        | (d.width() as u64) << 4
+        | sub << 8
+        | (reg as u64) << 16
+        | u64::from(d.len) << 24
+        | flag
+        | (reg2 as u64) << REG2_SHIFT;
     let mem = d.mem.base as u64 | (d.mem.index as u64) << 8 | u64::from(d.mem.scale) << 16;
     [op, imm, mem, d.mem.disp]
 }
@@ -117,12 +139,17 @@ fn unpack([op, imm, mem, disp]: [u64; 4]) -> Option<Decoded> {
     let width = ((op >> 4) & 0xf) as usize;
     let sub = (op >> 8) & 0xff;
     let r = reg(op >> 16)?;
-    let src = if op & SRC_IMM != 0 {
-        Source::Imm(imm)
-    } else {
-        Source::Reg(r)
+    let r2 = reg(op >> REG2_SHIFT)?;
+    let source = |reg: Register| {
+        if op & SRC_IMM != 0 {
+            Source::Imm(imm)
+        } else {
+            Source::Reg(reg)
+        }
     };
+    let src = source(r);
     let alu = || Alu::from_u8(sub as u8);
+    let cond = || Cond::new(sub as u8);
     let op_ = match op & 0xf {
         LOAD => Op::Load {
             dst: r,
@@ -157,6 +184,29 @@ fn unpack([op, imm, mem, disp]: [u64; 4]) -> Option<Decoded> {
             width,
         },
         IMUL3 => Op::Imul3 { dst: r, imm, width },
+        BMI => Op::Bmi {
+            bmi: Bmi::from_u8(sub as u8)?,
+            dst: r,
+            src: source(r2),
+            width,
+        },
+        MULX => Op::Mulx { hi: r, lo: r2, width },
+        WIDE => Op::Wide {
+            op: Wide::from_u8(sub as u8)?,
+            width,
+        },
+        DOUBLE_SHIFT => Op::DoubleShift {
+            left: sub != 0,
+            src: r,
+            count: source(r2),
+            width,
+        },
+        SETCC => Op::SetCc { cond: cond()? },
+        CMOV => Op::Cmov {
+            cond: cond()?,
+            dst: r,
+            width,
+        },
         _ => return None,
     };
     Some(Decoded {
@@ -251,7 +301,7 @@ mod tests {
 
     #[test]
     fn packs_every_form() {
-        let forms: [&[u8]; 19] = [
+        let forms: [&[u8]; 29] = [
             &[0x8a, 0x27],                               // mov ah,[rdi]
             &[0x48, 0x0f, 0xbe, 0x07],                   // movsx rax,byte [rdi]
             &[0x0f, 0xb7, 0x44, 0x8f, 0x10],             // movzx eax,word [rdi+rcx*4+0x10]
@@ -271,6 +321,16 @@ mod tests {
             &[0x0f, 0xba, 0x27, 0x05],                   // bt dword [rdi],5
             &[0x6b, 0x07, 0xfd],                         // imul eax,[rdi],-3
             &[0xd3, 0x3f],                               // sar dword [rdi],cl
+            &[0xf3, 0x0f, 0xbc, 0x07],                   // tzcnt eax,[rdi]
+            &[0x48, 0x0f, 0xbd, 0x07],                   // bsr rax,[rdi]
+            &[0xc4, 0xe2, 0x48, 0xf2, 0x07],             // andn eax,esi,[rdi]
+            &[0xc4, 0xe2, 0xc8, 0xf7, 0x07],             // bextr rax,[rdi],rsi
+            &[0xc4, 0xe3, 0x7b, 0xf0, 0x07, 0x0d],       // rorx eax,[rdi],13
+            &[0xc4, 0xe2, 0xf3, 0xf6, 0x07],             // mulx rax,rcx,[rdi]
+            &[0x48, 0xf7, 0x37],                         // div qword [rdi]
+            &[0x48, 0x0f, 0xa4, 0x37, 0x07],             // shld [rdi],rsi,7
+            &[0x0f, 0x94, 0x07],                         // sete [rdi]
+            &[0x0f, 0x4c, 0x07],                         // cmovl eax,[rdi]
         ];
         for bytes in forms {
             let d = decoded(bytes, 0x40_1000);

@@ -353,7 +353,7 @@ fn emulate_at(
     check_alignment(ea, width)?;
     let mut bus = DeviceBus { shared, offset };
     emulate::execute(decoded.op, regs, &mut bus).map_err(|e| match e {
-        ExecError::Context(reason) => refuse(reason),
+        ExecError::Context(reason) | ExecError::Exception(reason) => refuse(reason),
         ExecError::Io(e) => Refusal {
             reason: "device access failed",
             errno: e.raw_os_error(),

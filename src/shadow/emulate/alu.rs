@@ -10,8 +10,6 @@
 
 use std::arch::asm;
 
-use super::regs::mask;
-
 /// The arithmetic flags: CF, PF, AF, ZF, SF, OF.
 pub(crate) const ARITH_FLAGS: u64 = 0x8d5;
 
@@ -42,11 +40,19 @@ pub(crate) enum Alu {
     Sar,
     Rol,
     Ror,
+    Bsf,
+    Bsr,
+    Tzcnt,
+    Lzcnt,
+    Popcnt,
+    Blsr,
+    Blsi,
+    Blsmsk,
 }
 
 impl Alu {
     /// Every operation, indexed by its discriminant.
-    const ALL: [Alu; 20] = [
+    const ALL: [Alu; 28] = [
         Alu::Add,
         Alu::Adc,
         Alu::Sub,
@@ -67,6 +73,14 @@ impl Alu {
         Alu::Sar,
         Alu::Rol,
         Alu::Ror,
+        Alu::Bsf,
+        Alu::Bsr,
+        Alu::Tzcnt,
+        Alu::Lzcnt,
+        Alu::Popcnt,
+        Alu::Blsr,
+        Alu::Blsi,
+        Alu::Blsmsk,
     ];
 
     /// The operation with discriminant `n`.
@@ -81,9 +95,25 @@ impl Alu {
     }
 
     /// Whether the operation exists for `width`-byte operands (`IMUL` with a
-    /// register destination and `BT` have no byte form).
+    /// register destination, `BT` and the bit scans have no byte form, the
+    /// BMI1 operations only 4- and 8-byte ones).
     pub(crate) fn has_width(self, width: usize) -> bool {
-        matches!(width, 2 | 4 | 8) || (width == 1 && !matches!(self, Alu::Imul | Alu::Bt))
+        match self {
+            Alu::Blsr | Alu::Blsi | Alu::Blsmsk => matches!(width, 4 | 8),
+            Alu::Imul | Alu::Bt | Alu::Bsf | Alu::Bsr | Alu::Tzcnt | Alu::Lzcnt | Alu::Popcnt => {
+                matches!(width, 2 | 4 | 8)
+            }
+            _ => matches!(width, 1 | 2 | 4 | 8),
+        }
+    }
+
+    /// Whether the operation only reads the memory operand, writing a
+    /// register (the bit scans and counts, and the BMI1 operations).
+    pub(crate) fn register_only(self) -> bool {
+        matches!(
+            self,
+            Alu::Bsf | Alu::Bsr | Alu::Tzcnt | Alu::Lzcnt | Alu::Popcnt | Alu::Blsr | Alu::Blsi | Alu::Blsmsk
+        )
     }
 }
 
@@ -149,7 +179,7 @@ macro_rules! shift {
 
 /// One function per width that runs `alu` with operands of that width.
 macro_rules! width_fn {
-    ($name:ident, $w:literal, byte: $byte:literal) => {
+    ($name:ident, $w:literal, byte: $byte:literal, vex: $vex:literal) => {
         fn $name(alu: Alu, a: &mut u64, b: u64, f: &mut u64) -> Option<()> {
             let (mut x, mut fl) = (*a, *f);
             match alu {
@@ -168,7 +198,24 @@ macro_rules! width_fn {
                 Alu::Not => unary!("not", $w, x, fl),
                 Alu::Imul if !$byte => binary!("imul", $w, x, b, fl),
                 Alu::Bt if !$byte => binary!("bt", $w, x, b, fl),
-                Alu::Imul | Alu::Bt => return None,
+                Alu::Bsf if !$byte => binary!("bsf", $w, x, b, fl),
+                Alu::Bsr if !$byte => binary!("bsr", $w, x, b, fl),
+                Alu::Tzcnt if !$byte => binary!("tzcnt", $w, x, b, fl),
+                Alu::Lzcnt if !$byte => binary!("lzcnt", $w, x, b, fl),
+                Alu::Popcnt if !$byte => binary!("popcnt", $w, x, b, fl),
+                Alu::Blsr if $vex => binary!("blsr", $w, x, b, fl),
+                Alu::Blsi if $vex => binary!("blsi", $w, x, b, fl),
+                Alu::Blsmsk if $vex => binary!("blsmsk", $w, x, b, fl),
+                Alu::Imul
+                | Alu::Bt
+                | Alu::Bsf
+                | Alu::Bsr
+                | Alu::Tzcnt
+                | Alu::Lzcnt
+                | Alu::Popcnt
+                | Alu::Blsr
+                | Alu::Blsi
+                | Alu::Blsmsk => return None,
                 Alu::Shl => shift!("shl", $w, x, b, fl),
                 Alu::Shr => shift!("shr", $w, x, b, fl),
                 Alu::Sar => shift!("sar", $w, x, b, fl),
@@ -182,19 +229,21 @@ macro_rules! width_fn {
     };
 }
 
-width_fn!(run8, "l", byte: true);
-width_fn!(run16, "x", byte: false);
-width_fn!(run32, "e", byte: false);
-width_fn!(run64, "r", byte: false);
+width_fn!(run8, "l", byte: true, vex: false);
+width_fn!(run16, "x", byte: false, vex: false);
+width_fn!(run32, "e", byte: false, vex: true);
+width_fn!(run64, "r", byte: false, vex: true);
 
 /// Runs `alu` on `a` (the destination) and `b` (the source; unused by the
 /// unary operations) as `width`-byte operands, starting from the arithmetic
-/// flags of `rflags`. Returns the result (zero-extended from `width`) and
-/// `rflags` with its arithmetic flags replaced by the CPU's. `None` for an
-/// operation that has no such width.
+/// flags of `rflags`. Returns the whole 64-bit register the CPU left (so a
+/// 4-byte result is zero-extended, or `a` unchanged where the CPU leaves the
+/// destination alone, as `BSF` of zero does on some CPUs) and `rflags` with
+/// its arithmetic flags replaced by the CPU's. `None` for an operation that
+/// has no such width.
 pub(crate) fn run(alu: Alu, width: usize, a: u64, b: u64, rflags: u64) -> Option<(u64, u64)> {
     let mut x = a;
-    let mut f = (rflags & ARITH_FLAGS) | RESERVED_FLAG;
+    let mut f = start_flags(rflags);
     match width {
         1 => run8(alu, &mut x, b, &mut f)?,
         2 => run16(alu, &mut x, b, &mut f)?,
@@ -202,7 +251,17 @@ pub(crate) fn run(alu: Alu, width: usize, a: u64, b: u64, rflags: u64) -> Option
         8 => run64(alu, &mut x, b, &mut f)?,
         _ => return None,
     }
-    Some((x & mask(width), (rflags & !ARITH_FLAGS) | (f & ARITH_FLAGS)))
+    Some((x, merge_flags(rflags, f)))
+}
+
+/// `rflags` with its arithmetic flags replaced by those of `cpu`.
+pub(super) fn merge_flags(rflags: u64, cpu: u64) -> u64 {
+    (rflags & !ARITH_FLAGS) | (cpu & ARITH_FLAGS)
+}
+
+/// The flags [`run`] and its siblings load before the operation.
+pub(super) fn start_flags(rflags: u64) -> u64 {
+    (rflags & ARITH_FLAGS) | RESERVED_FLAG
 }
 
 #[cfg(test)]

@@ -3,8 +3,11 @@
 
 use std::io;
 
+use iced_x86::Register;
+
 use super::alu::{self, Alu};
-use super::{loaded_value, source_value, swap_bytes, Op, Regs};
+use super::regs::full_register;
+use super::{bmi, loaded_value, source_value, swap_bytes, wide, Op, Regs, Source};
 
 /// The device side of one emulated instruction, at the operand's address.
 /// Each call is one access of exactly `width` bytes.
@@ -22,6 +25,9 @@ pub(crate) enum ExecError {
     Context(&'static str),
     /// The device access failed.
     Io(io::Error),
+    /// The CPU would raise an exception for these operands (a divide
+    /// error), which the handler does not emulate. The device was read.
+    Exception(&'static str),
 }
 
 impl From<io::Error> for ExecError {
@@ -38,6 +44,17 @@ const DST: &str = "destination register not in the saved context";
 const SRC: &str = "source register not in the saved context";
 const XMM: &str = "SSE registers not in the saved context";
 const WIDTH: &str = "operation has no such width";
+const DIVIDE: &str = "divide error (#DE) on a divisor read from the device";
+
+/// The 64-bit register that contains `reg`, for a 4-byte destination,
+/// which the CPU writes whole (zero-extended, or unchanged where it leaves
+/// the destination alone). Other widths are returned as they are.
+fn whole(reg: Register, width: usize) -> Register {
+    match full_register(reg) {
+        Some(full) if width == 4 => full,
+        _ => reg,
+    }
+}
 
 /// Carries out `op` on `regs` and `bus`: the reads, then the writes, then the
 /// registers and flags. Every register the instruction names is checked
@@ -67,6 +84,7 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
             bus.write(width, value & super::mask(width))?;
         }
         Op::AluReg { alu, reg, width } => {
+            let reg = whole(reg, width);
             let a = need(regs.get(reg), DST)?;
             let m = bus.read(width)?;
             let (result, rflags) = need(alu::run(alu, width, a, m, regs.rflags()), WIDTH)?;
@@ -90,6 +108,60 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
             let (result, rflags) = need(alu::run(Alu::Imul, width, m, imm, regs.rflags()), WIDTH)?;
             need(regs.set(dst, result), DST)?;
             regs.set_rflags(rflags);
+        }
+        Op::Bmi { bmi, dst, src, width } => {
+            need(regs.get(dst), DST)?;
+            let other = need(source_value(regs, src, width), SRC)?;
+            let m = bus.read(width)?;
+            let (result, rflags) = need(bmi::run(bmi, width, m, other, regs.rflags()), WIDTH)?;
+            need(regs.set(dst, result), DST)?;
+            regs.set_rflags(rflags);
+        }
+        Op::Mulx { hi, lo, width } => {
+            need(regs.get(hi).and(regs.get(lo)), DST)?;
+            let rdx = need(regs.get(Register::RDX), SRC)?;
+            let m = bus.read(width)?;
+            let (high, low) = need(bmi::mulx(width, rdx, m), WIDTH)?;
+            // With one register named twice it ends up with the high half.
+            need(regs.set(lo, low), DST)?;
+            need(regs.set(hi, high), DST)?;
+        }
+        Op::Wide { op, width } => {
+            let rax = need(regs.get(Register::RAX), DST)?;
+            let rdx = need(regs.get(Register::RDX), DST)?;
+            let m = bus.read(width)?;
+            let r = wide::run(op, width, m, rax, rdx, regs.rflags()).ok_or(ExecError::Exception(DIVIDE))?;
+            need(regs.set(Register::RAX, r.rax), DST)?;
+            need(regs.set(Register::RDX, r.rdx), DST)?;
+            regs.set_rflags(r.rflags);
+        }
+        Op::DoubleShift {
+            left,
+            src,
+            count,
+            width,
+        } => {
+            let b = need(source_value(regs, Source::Reg(src), width), SRC)?;
+            let n = need(source_value(regs, count, 1), SRC)?;
+            let m = bus.read(width)?;
+            let (result, rflags) = need(wide::double_shift(left, width, m, b, n, regs.rflags()), WIDTH)?;
+            bus.write(width, result)?;
+            regs.set_rflags(rflags);
+        }
+        Op::SetCc { cond } => {
+            bus.write(1, u64::from(cond.holds(regs.rflags())))?;
+        }
+        Op::Cmov { cond, dst, width } => {
+            let dst = whole(dst, width);
+            let old = need(regs.get(dst), DST)?;
+            let m = bus.read(width)?;
+            // A 4-byte CMOV zero-extends its destination even when it does
+            // not move.
+            let value = if cond.holds(regs.rflags()) { m } else { old };
+            need(
+                regs.set(dst, if width == 4 { value & super::mask(4) } else { value }),
+                DST,
+            )?;
         }
     }
     Ok(())

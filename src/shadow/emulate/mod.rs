@@ -19,23 +19,41 @@
 //!   by an immediate, and the shifts and rotates `SHL SAL SHR SAR ROL ROR` of
 //!   memory by 1, an immediate or `CL`. A read-modify-write is one read then one write of the
 //!   same width, as on the bus; `CMP`, `TEST` and `BT` only read. Results and
-//!   RFLAGS come from running the same operation on the CPU ([`alu`]).
+//!   RFLAGS come from running the same operation on the CPU ([`alu`]);
+//! - the bit scans and counts that `trailing_zeros`, `leading_zeros`,
+//!   `count_ones` and C's `__builtin_ctz`/`clz`/`popcount` of a register
+//!   compile to: `BSF BSR TZCNT LZCNT POPCNT`, and BMI1's `BLSR BLSI BLSMSK`;
+//! - the BMI1/BMI2 three-operand forms of `-C target-cpu=haswell` and
+//!   `-march=x86-64-v3`: `ANDN BEXTR BZHI SHLX SHRX SARX PDEP PEXT RORX MULX`
+//!   ([`bmi`]);
+//! - the one-operand `MUL IMUL DIV IDIV` on RDX:RAX (`u128` products, C's
+//!   `x / *reg`), and the funnel shifts `SHLD SHRD` of memory ([`wide`]); a
+//!   division that would raise the divide error is refused;
+//! - `SETcc` of a byte in memory (a `bool` stored to a register) and
+//!   `CMOVcc` from memory (which reads whether or not it moves).
 //!
 //! Everything else is refused and the handler reports it rather than guess:
 //! `LOCK`-prefixed instructions and `XCHG` (atomic on the bus, which a read
-//! then a write is not), anything wider than 8 bytes, other VEX/EVEX
-//! instructions, masked EVEX moves, string instructions, `fs:`/`gs:` addressing.
+//! then a write is not), anything wider than 8 bytes, SSE/AVX arithmetic on
+//! memory (`ADDSD`, `CVTSI2SD`, `UCOMISD`...: load the value with
+//! `read_volatile` into a variable first, or use [`crate::mmio`]), other
+//! VEX/EVEX instructions, masked EVEX moves, string instructions, `fs:`/`gs:`
+//! addressing.
 
 mod alu;
+mod bmi;
 mod exec;
 mod regs;
+mod wide;
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, MemorySize, Mnemonic, OpKind, Register};
 
 pub(crate) use alu::Alu;
+pub(crate) use bmi::Bmi;
 pub(crate) use exec::{execute, Bus, ExecError};
 pub(crate) use regs::Regs;
 use regs::{gpr, mask, sign_extend, xmm};
+pub(crate) use wide::Wide;
 
 /// Longest x86 instruction.
 pub(crate) const MAX_INSN_LEN: usize = 15;
@@ -64,6 +82,69 @@ pub(crate) enum Op {
     AluMem { alu: Alu, src: Source, width: usize },
     /// `dst = [mem] * imm` (three-operand `IMUL`).
     Imul3 { dst: Register, imm: u64, width: usize },
+    /// `dst = op(src, [mem])`, a three-operand BMI instruction; `src` is a
+    /// register, or `RORX`'s immediate.
+    Bmi {
+        bmi: Bmi,
+        dst: Register,
+        src: Source,
+        width: usize,
+    },
+    /// `hi:lo = RDX * [mem]` (`MULX`).
+    Mulx {
+        hi: Register,
+        lo: Register,
+        width: usize,
+    },
+    /// `MUL`, `IMUL`, `DIV` or `IDIV` of RDX:RAX by `[mem]`.
+    Wide { op: Wide, width: usize },
+    /// `[mem] = SHLD/SHRD([mem], src, count)`.
+    DoubleShift {
+        left: bool,
+        src: Register,
+        count: Source,
+        width: usize,
+    },
+    /// `[mem] = 1` if the condition holds, else 0 (`SETcc`, one byte).
+    SetCc { cond: Cond },
+    /// `dst = [mem]` if the condition holds (`CMOVcc`, which reads memory
+    /// either way).
+    Cmov { cond: Cond, dst: Register, width: usize },
+}
+
+/// An x86 condition (the `cc` of `SETcc`/`CMOVcc`), numbered as the
+/// encoding numbers them: O NO B AE E NE BE A S NS P NP L GE LE G.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cond(u8);
+
+impl Cond {
+    /// The condition with encoding number `n` (0..16).
+    pub(crate) fn new(n: u8) -> Option<Cond> {
+        (n < 16).then_some(Cond(n))
+    }
+
+    /// Its encoding number.
+    pub(crate) fn number(self) -> u8 {
+        self.0
+    }
+
+    /// Whether the condition holds for `rflags`: the even conditions test
+    /// a flag combination, the odd ones its negation.
+    pub(crate) fn holds(self, rflags: u64) -> bool {
+        let flag = |bit: u32| rflags >> bit & 1 == 1;
+        let (cf, pf, zf, sf, of) = (flag(0), flag(2), flag(6), flag(7), flag(11));
+        let base = match self.0 >> 1 {
+            0 => of,
+            1 => cf,
+            2 => zf,
+            3 => cf || zf,
+            4 => sf,
+            5 => pf,
+            6 => sf != of,
+            _ => zf || sf != of,
+        };
+        base != (self.0 & 1 == 1)
+    }
 }
 
 /// How a load into a general register treats the bytes it read.
@@ -118,7 +199,13 @@ impl Op {
             | Op::XmmStore { width, .. }
             | Op::AluReg { width, .. }
             | Op::AluMem { width, .. }
-            | Op::Imul3 { width, .. } => width,
+            | Op::Imul3 { width, .. }
+            | Op::Bmi { width, .. }
+            | Op::Mulx { width, .. }
+            | Op::Wide { width, .. }
+            | Op::DoubleShift { width, .. }
+            | Op::Cmov { width, .. } => width,
+            Op::SetCc { .. } => 1,
         }
     }
 }
@@ -188,6 +275,14 @@ fn alu_of(mnemonic: Mnemonic) -> Option<Alu> {
         Mnemonic::Sar => Alu::Sar,
         Mnemonic::Rol => Alu::Rol,
         Mnemonic::Ror => Alu::Ror,
+        Mnemonic::Bsf => Alu::Bsf,
+        Mnemonic::Bsr => Alu::Bsr,
+        Mnemonic::Tzcnt => Alu::Tzcnt,
+        Mnemonic::Lzcnt => Alu::Lzcnt,
+        Mnemonic::Popcnt => Alu::Popcnt,
+        Mnemonic::Blsr => Alu::Blsr,
+        Mnemonic::Blsi => Alu::Blsi,
+        Mnemonic::Blsmsk => Alu::Blsmsk,
         _ => return None,
     })
 }
@@ -204,6 +299,79 @@ fn is_immediate(kind: OpKind) -> bool {
             | OpKind::Immediate8to64
             | OpKind::Immediate32to64
     )
+}
+
+/// The three-operand BMI operation of a mnemonic.
+fn bmi_of(mnemonic: Mnemonic) -> Option<Bmi> {
+    Some(match mnemonic {
+        Mnemonic::Andn => Bmi::Andn,
+        Mnemonic::Bextr => Bmi::Bextr,
+        Mnemonic::Bzhi => Bmi::Bzhi,
+        Mnemonic::Shlx => Bmi::Shlx,
+        Mnemonic::Shrx => Bmi::Shrx,
+        Mnemonic::Sarx => Bmi::Sarx,
+        Mnemonic::Pdep => Bmi::Pdep,
+        Mnemonic::Pext => Bmi::Pext,
+        Mnemonic::Rorx => Bmi::Rorx,
+        _ => return None,
+    })
+}
+
+/// The one-operand multiply or divide of a mnemonic.
+fn wide_of(mnemonic: Mnemonic) -> Option<Wide> {
+    Some(match mnemonic {
+        Mnemonic::Mul => Wide::Mul,
+        Mnemonic::Imul => Wide::Imul,
+        Mnemonic::Div => Wide::Div,
+        Mnemonic::Idiv => Wide::Idiv,
+        _ => return None,
+    })
+}
+
+/// The condition of a `SETcc` mnemonic.
+fn setcc_of(mnemonic: Mnemonic) -> Option<Cond> {
+    const SETCC: [Mnemonic; 16] = [
+        Mnemonic::Seto,
+        Mnemonic::Setno,
+        Mnemonic::Setb,
+        Mnemonic::Setae,
+        Mnemonic::Sete,
+        Mnemonic::Setne,
+        Mnemonic::Setbe,
+        Mnemonic::Seta,
+        Mnemonic::Sets,
+        Mnemonic::Setns,
+        Mnemonic::Setp,
+        Mnemonic::Setnp,
+        Mnemonic::Setl,
+        Mnemonic::Setge,
+        Mnemonic::Setle,
+        Mnemonic::Setg,
+    ];
+    Cond::new(SETCC.iter().position(|&m| m == mnemonic)? as u8)
+}
+
+/// The condition of a `CMOVcc` mnemonic.
+fn cmovcc_of(mnemonic: Mnemonic) -> Option<Cond> {
+    const CMOVCC: [Mnemonic; 16] = [
+        Mnemonic::Cmovo,
+        Mnemonic::Cmovno,
+        Mnemonic::Cmovb,
+        Mnemonic::Cmovae,
+        Mnemonic::Cmove,
+        Mnemonic::Cmovne,
+        Mnemonic::Cmovbe,
+        Mnemonic::Cmova,
+        Mnemonic::Cmovs,
+        Mnemonic::Cmovns,
+        Mnemonic::Cmovp,
+        Mnemonic::Cmovnp,
+        Mnemonic::Cmovl,
+        Mnemonic::Cmovge,
+        Mnemonic::Cmovle,
+        Mnemonic::Cmovg,
+    ];
+    Cond::new(CMOVCC.iter().position(|&m| m == mnemonic)? as u8)
 }
 
 /// The memory effect of `insn` if it is one barmap emulates.
@@ -298,12 +466,66 @@ pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
                 width,
             })
         }
+        _ if bmi_of(mnemonic).is_some() => {
+            let bmi = bmi_of(mnemonic)?;
+            let dst = gpr_at(0)?;
+            let src = match bmi {
+                Bmi::Rorx if mem(1) && is_immediate(kind(2)) => Source::Imm(insn.immediate(2)),
+                Bmi::Rorx => return None,
+                _ if bmi.memory_last() && mem(2) => Source::Reg(gpr_at(1)?),
+                _ if !bmi.memory_last() && mem(1) => Source::Reg(gpr_at(2)?),
+                _ => return None,
+            };
+            (count == 3 && matches!(width, 4 | 8)).then_some(Op::Bmi { bmi, dst, src, width })
+        }
+        Mnemonic::Mulx if count == 3 && mem(2) && matches!(width, 4 | 8) => Some(Op::Mulx {
+            hi: gpr_at(0)?,
+            lo: gpr_at(1)?,
+            width,
+        }),
+        Mnemonic::Mul | Mnemonic::Imul | Mnemonic::Div | Mnemonic::Idiv if count == 1 && mem(0) => {
+            Some(Op::Wide {
+                op: wide_of(mnemonic)?,
+                width,
+            })
+        }
+        Mnemonic::Shld | Mnemonic::Shrd if count == 3 && mem(0) && width >= 2 => {
+            let src = gpr_at(1)?;
+            let count = if is_immediate(kind(2)) {
+                Source::Imm(insn.immediate(2))
+            } else if kind(2) == OpKind::Register && insn.op2_register() == Register::CL {
+                Source::Reg(Register::CL)
+            } else {
+                return None;
+            };
+            Some(Op::DoubleShift {
+                left: mnemonic == Mnemonic::Shld,
+                src,
+                count,
+                width,
+            })
+        }
+        _ if setcc_of(mnemonic).is_some() => {
+            let cond = setcc_of(mnemonic)?;
+            (count == 1 && mem(0) && width == 1).then_some(Op::SetCc { cond })
+        }
+        _ if cmovcc_of(mnemonic).is_some() => {
+            let cond = cmovcc_of(mnemonic)?;
+            let dst = gpr_at(0).filter(|_| count == 2 && mem(1) && width >= 2)?;
+            Some(Op::Cmov { cond, dst, width })
+        }
         _ => {
             let alu = alu_of(mnemonic)?;
             if !alu.has_width(width) {
                 return None;
             }
             let op = match (alu, count) {
+                (_, 2) if alu.register_only() && mem(1) => Op::AluReg {
+                    alu,
+                    reg: gpr_at(0)?,
+                    width,
+                },
+                _ if alu.register_only() => return None,
                 (Alu::Inc | Alu::Dec | Alu::Neg | Alu::Not, 1) if mem(0) => Op::AluMem {
                     alu,
                     src: Source::Imm(0),

@@ -108,6 +108,13 @@ pub(crate) fn gpr(reg: Register) -> Option<Gpr> {
     Some(Gpr { number, size, high })
 }
 
+/// The 64-bit register that contains the general register `reg` (RAX for
+/// EAX, AX, AL and AH).
+pub(crate) fn full_register(reg: Register) -> Option<Register> {
+    let number = gpr(reg)?.number;
+    Register::try_from(Register::RAX as usize + number).ok()
+}
+
 /// The number (0..16) of an XMM register, `None` for any other register.
 pub(crate) fn xmm(reg: Register) -> Option<usize> {
     let n = (reg as usize).checked_sub(Register::XMM0 as usize)?;

@@ -250,7 +250,7 @@ fn classifies_alu_forms() {
 
 #[test]
 fn refuses_everything_else() {
-    let refused: [&[u8]; 15] = [
+    let refused: [&[u8]; 16] = [
         &[0x0f, 0x10, 0x07],       // movups xmm0,[rdi]
         &[0x66, 0x0f, 0x6f, 0x07], // movdqa xmm0,[rdi]
         &[0x87, 0x07],             // xchg [rdi],eax
@@ -262,7 +262,8 @@ fn refuses_everything_else() {
         &[0xa5],                   // movsd (string)
         &[0x89, 0xc8],             // mov eax,ecx
         &[0x0f, 0xa3, 0x07],       // bt [rdi],eax (bit string)
-        &[0xf6, 0x2f],             // imul byte [rdi]
+        &[0xf2, 0x0f, 0x58, 0x07], // addsd xmm0,[rdi]
+        &[0x0f, 0xb1, 0x0f],       // cmpxchg [rdi],ecx
         &[0x0f, 0x6e, 0x07],       // movd mm0,[rdi]
         &[0xc5, 0xfc, 0x10, 0x07], // vmovups ymm0,[rdi]
         &[0x8c, 0x1f],             // mov [rdi],ds
@@ -395,4 +396,162 @@ fn sse_forms_need_the_sse_state() {
         Err(ExecError::Context(_))
     ));
     assert!(bus.log.is_empty(), "the device was touched");
+}
+
+#[test]
+fn classifies_scans_bmi_wide_and_conditional_forms() {
+    let reg = |alu, reg, width| Some(Op::AluReg { alu, reg, width });
+    assert_eq!(
+        classify(&one(&[0x0f, 0xbc, 0x07])),
+        reg(Alu::Bsf, Register::EAX, 4)
+    ); // bsf eax,[rdi]
+    assert_eq!(
+        classify(&one(&[0xf3, 0x48, 0x0f, 0xbd, 0x07])), // lzcnt rax,[rdi]
+        reg(Alu::Lzcnt, Register::RAX, 8)
+    );
+    assert_eq!(
+        classify(&one(&[0x66, 0xf3, 0x0f, 0xb8, 0x07])), // popcnt ax,[rdi]
+        reg(Alu::Popcnt, Register::AX, 2)
+    );
+    assert_eq!(
+        classify(&one(&[0xc4, 0xe2, 0x78, 0xf3, 0x0f])),
+        reg(Alu::Blsr, Register::EAX, 4)
+    ); // blsr eax,[rdi]
+    assert_eq!(
+        classify(&one(&[0xc4, 0xe2, 0x48, 0xf2, 0x07])), // andn eax,esi,[rdi]
+        Some(Op::Bmi {
+            bmi: Bmi::Andn,
+            dst: Register::EAX,
+            src: Source::Reg(Register::ESI),
+            width: 4
+        })
+    );
+    assert_eq!(
+        classify(&one(&[0xc4, 0xe2, 0xc9, 0xf7, 0x07])), // shlx rax,[rdi],rsi
+        Some(Op::Bmi {
+            bmi: Bmi::Shlx,
+            dst: Register::RAX,
+            src: Source::Reg(Register::RSI),
+            width: 8
+        })
+    );
+    assert_eq!(
+        classify(&one(&[0xc4, 0xe3, 0x7b, 0xf0, 0x07, 0x0d])), // rorx eax,[rdi],13
+        Some(Op::Bmi {
+            bmi: Bmi::Rorx,
+            dst: Register::EAX,
+            src: Source::Imm(13),
+            width: 4
+        })
+    );
+    assert_eq!(
+        classify(&one(&[0xc4, 0xe2, 0xf3, 0xf6, 0x07])), // mulx rax,rcx,[rdi]
+        Some(Op::Mulx {
+            hi: Register::RAX,
+            lo: Register::RCX,
+            width: 8
+        })
+    );
+    assert_eq!(
+        classify(&one(&[0xf6, 0x2f])), // imul byte [rdi]
+        Some(Op::Wide {
+            op: Wide::Imul,
+            width: 1
+        })
+    );
+    assert_eq!(
+        classify(&one(&[0xf7, 0x37])), // div dword [rdi]
+        Some(Op::Wide {
+            op: Wide::Div,
+            width: 4
+        })
+    );
+    assert_eq!(
+        classify(&one(&[0x48, 0x0f, 0xa5, 0x37])), // shld [rdi],rsi,cl
+        Some(Op::DoubleShift {
+            left: true,
+            src: Register::RSI,
+            count: Source::Reg(Register::CL),
+            width: 8
+        })
+    );
+    assert_eq!(
+        classify(&one(&[0x0f, 0x94, 0x07])), // sete [rdi]
+        Some(Op::SetCc {
+            cond: Cond::new(4).unwrap()
+        })
+    );
+    assert_eq!(
+        classify(&one(&[0x0f, 0x4c, 0x07])), // cmovl eax,[rdi]
+        Some(Op::Cmov {
+            cond: Cond::new(12).unwrap(),
+            dst: Register::EAX,
+            width: 4
+        })
+    );
+    // Forms that do not exist or do not touch memory the way these do.
+    for bytes in [
+        &[0x0f, 0xbc, 0xc1][..],         // bsf eax,ecx
+        &[0x0f, 0x94, 0xc0],             // sete al
+        &[0xc4, 0xe2, 0x78, 0xf2, 0xc1], // andn eax,eax,ecx
+    ] {
+        assert_eq!(classify(&one(bytes)), None, "{bytes:02x?}");
+    }
+}
+
+#[test]
+fn conditions_follow_the_flags() {
+    const CF: u64 = 0x1;
+    const ZF: u64 = 0x40;
+    const SF: u64 = 0x80;
+    const OF: u64 = 0x800;
+    let holds = |n: u8, f: u64| Cond::new(n).unwrap().holds(f);
+    assert!(holds(2, CF) && !holds(3, CF)); // b / ae
+    assert!(holds(4, ZF) && !holds(5, ZF)); // e / ne
+    assert!(holds(6, ZF) && !holds(7, CF)); // be / a
+    assert!(holds(12, SF) && !holds(12, SF | OF)); // l
+    assert!(holds(14, ZF) && holds(15, 0) && !holds(15, OF)); // le / g
+    assert_eq!(Cond::new(16), None);
+}
+
+#[test]
+fn setcc_writes_a_byte_and_cmov_always_reads() {
+    // sete [rdi] with ZF set, then clear.
+    let (bus, _) = run(&[0x0f, 0x94, 0x07], 0xaa, &[]);
+    assert_eq!(bus.log, [(1, 0, true)]);
+    // cmove eax,[rdi] with ZF clear: one read, EAX kept but zero-extended.
+    let (bus, gregs) = run(&[0x0f, 0x44, 0x07], 9, &[(Register::RAX, 0xffff_ffff_0000_0007)]);
+    assert_eq!(bus.log, [(4, 9, false)]);
+    assert_eq!(gregs[libc::REG_RAX as usize], 7);
+    // cmovne eax,[rdi] moves.
+    let (_, gregs) = run(&[0x0f, 0x45, 0x07], 9, &[]);
+    assert_eq!(gregs[libc::REG_RAX as usize], 9);
+}
+
+#[test]
+fn wide_forms_use_rdx_rax_and_a_zero_divisor_is_refused_after_the_read() {
+    // mul qword [rdi]
+    let (bus, gregs) = run(&[0x48, 0xf7, 0x27], 1 << 63, &[(Register::RAX, 4)]);
+    assert_eq!(bus.log, [(8, 1 << 63, false)]);
+    assert_eq!(
+        (gregs[libc::REG_RDX as usize], gregs[libc::REG_RAX as usize]),
+        (2, 0)
+    );
+    // div dword [rdi] by zero: the device was read, then the divide error.
+    let mut gregs = [0 as greg_t; NGREG];
+    // SAFETY: no FP state.
+    let mut regs = unsafe { Regs::new(&mut gregs, std::ptr::null_mut()) };
+    let mut bus = FakeBus {
+        word: 0,
+        log: Vec::new(),
+    };
+    let op = classify(&one(&[0xf7, 0x37])).unwrap();
+    assert!(matches!(
+        execute(op, &mut regs, &mut bus),
+        Err(ExecError::Exception(_))
+    ));
+    assert_eq!(bus.log, [(4, 0, false)]);
+    // shrd [rdi],esi,4 reads then writes once.
+    let (bus, _) = run(&[0x0f, 0xac, 0x37, 0x04], 0x10, &[(Register::RSI, 0xf)]);
+    assert_eq!(bus.log, [(4, 0x10, false), (4, 0xf000_0001, true)]);
 }
