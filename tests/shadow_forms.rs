@@ -5,15 +5,16 @@
 //!   width) on ordinary memory and on a trapped page of a shadow region over
 //!   an emulated device, from the same registers, flags and memory, many times
 //!   with random operands, and compares every general register, XMM0/XMM1,
-//!   RFLAGS, the memory afterwards, and the device's access log. The SSE
-//!   and AVX scalar moves are also compared on whole YMM/ZMM registers.
+//!   RFLAGS, MXCSR, the memory afterwards, and the device's access log. The
+//!   SSE and AVX scalar moves and arithmetic are compared on whole YMM/ZMM
+//!   registers, under random rounding modes, FTZ and DAZ.
 //! - Access patterns written in Rust and in C, compiled at test time by
 //!   rustc (opt-level 0 and 3), gcc and clang (-O0 to -O3), and with MOVBE
 //!   and AVX2 where the CPU has them, loaded with
 //!   `dlopen`, run the same way: same results, and the device sees exactly
 //!   the reads and writes the source makes, one access each of the width.
-//! - Refused forms (locked, `xchg`, 16-byte SSE, SSE arithmetic, a division
-//!   by a zero register, misaligned, straddling a mapped and a trapped page,
+//! - Refused forms (locked, `xchg`, 16-byte SSE, packed SSE arithmetic, a
+//!   division by a zero register, an unmasked SIMD exception, misaligned, straddling a mapped and a trapped page,
 //!   code running into a region) end a child process with the one-line
 //!   diagnostic.
 #![cfg(target_arch = "x86_64")]
@@ -75,14 +76,29 @@ impl Rng {
 
 /// Registers going into and coming out of one instruction. `gpr` is in
 /// encoding order (RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15); RSP is
-/// neither set nor compared, RDI holds the memory operand's address.
+/// neither set nor compared, RDI holds the memory operand's address; MXCSR
+/// is in the low 32 bits of `mxcsr`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct State {
     gpr: [u64; 16],
     rflags: u64,
-    _pad: u64,
+    mxcsr: u64,
     xmm: [u128; 2],
+}
+
+/// MXCSR at reset: every exception masked, round to nearest.
+const MXCSR_DEFAULT: u64 = 0x1f80;
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            gpr: [0; 16],
+            rflags: 0,
+            mxcsr: MXCSR_DEFAULT,
+            xmm: [0; 2],
+        }
+    }
 }
 
 const RDI: usize = 7;
@@ -109,10 +125,10 @@ struct Form {
     run: fn(&mut State),
 }
 
-/// A function that loads every general register, vector registers 0 and 1
-/// and the flags from a `$state`, runs `$insn`, and stores them all back;
+/// A function that loads every general register, vector registers 0 and 1,
+/// MXCSR and the flags from a `$state`, runs `$insn`, and stores them all back;
 /// then `$tail` (VZEROUPPER after registers wider than XMM). `$state` is laid
-/// out as [`State`] up to byte 144, where vector register 0 starts, and
+/// out as [`State`] up to byte 144 (MXCSR at byte 136), where vector register 0 starts, and
 /// register 1 starts at byte `$vec1`; `$mov` moves a whole `$reg` (`xmm`,
 /// `ymm`, `zmm`) between them and the CPU.
 macro_rules! harness {
@@ -131,6 +147,8 @@ macro_rules! harness {
                     "push rbp",
                     "push rbx",
                     "push r15",
+                    "sub rsp, 8",
+                    "stmxcsr [rsp]",
                     "mov rax, [r15]",
                     "mov rcx, [r15 + 8]",
                     "mov rdx, [r15 + 16]",
@@ -147,13 +165,14 @@ macro_rules! harness {
                     "mov r14, [r15 + 112]",
                     concat!($mov, " ", $reg, "0, [r15 + 144]"),
                     concat!($mov, " ", $reg, "1, [r15 + ", $vec1, "]"),
+                    "ldmxcsr [r15 + 136]",
                     "push qword ptr [r15 + 128]",
                     "popfq",
                     "mov r15, [r15 + 120]",
                     $insn,
                     "pushfq",
                     "push r15",
-                    "mov r15, [rsp + 16]",
+                    "mov r15, [rsp + 24]",
                     "mov [r15], rax",
                     "mov [r15 + 8], rcx",
                     "mov [r15 + 16], rdx",
@@ -170,11 +189,14 @@ macro_rules! harness {
                     "mov [r15 + 112], r14",
                     concat!($mov, " [r15 + 144], ", $reg, "0"),
                     concat!($mov, " [r15 + ", $vec1, "], ", $reg, "1"),
+                    "stmxcsr [r15 + 136]",
                     $($tail,)?
                     "pop rax",
                     "mov [r15 + 120], rax",
                     "pop rax",
                     "mov [r15 + 128], rax",
+                    "ldmxcsr [rsp]",
+                    "add rsp, 8",
                     "pop r15",
                     "pop rbx",
                     "pop rbp",
@@ -748,6 +770,11 @@ use std::ptr::{read_volatile as rd, write_volatile as wr};
 #[no_mangle] pub unsafe extern "C" fn andn_u64(p: *mut u8, x: u64) -> u64 { !x & rd(p as *const u64) }
 #[no_mangle] pub unsafe extern "C" fn shr_var_u32(p: *mut u8, x: u64) -> u64 { (rd(p as *const u32) >> (x & 31)) as u64 }
 #[no_mangle] pub unsafe extern "C" fn field_u32(p: *mut u8, _x: u64) -> u64 { ((rd(p as *const u32) >> 4) & 0xfff) as u64 }
+#[no_mangle] pub unsafe extern "C" fn fadd_f64(p: *mut u8, x: u64) -> u64 { (rd(p as *const f64) + x as f64).to_bits() }
+#[no_mangle] pub unsafe extern "C" fn fmul_f32(p: *mut u8, x: u64) -> u64 { (rd(p as *const f32) * x as f32).to_bits() as u64 }
+#[no_mangle] pub unsafe extern "C" fn itof_i32(p: *mut u8, _x: u64) -> u64 { (rd(p as *const i32) as f64).to_bits() }
+#[no_mangle] pub unsafe extern "C" fn fless_f64(p: *mut u8, x: u64) -> u64 { (rd(p as *const f64) < x as f64) as u64 }
+#[no_mangle] pub unsafe extern "C" fn ftoi_f64(p: *mut u8, _x: u64) -> u64 { rd(p as *const f64) as i64 as u64 }
 "#;
 
 const C_PATTERNS: &str = r#"
@@ -796,6 +823,11 @@ uint64_t div_u32(void *p, uint64_t x) { return (uint32_t)x / V(uint32_t, p); }
 uint64_t andn_u64(void *p, uint64_t x) { return ~x & V(uint64_t, p); }
 uint64_t shr_var_u32(void *p, uint64_t x) { return V(uint32_t, p) >> (x & 31); }
 uint64_t field_u32(void *p, uint64_t x) { return (V(uint32_t, p) >> 4) & 0xfff; }
+uint64_t fadd_f64(void *p, uint64_t x) { double d = V(double, p) + (double)x; uint64_t b; memcpy(&b, &d, 8); return b; }
+uint64_t fmul_f32(void *p, uint64_t x) { float f = V(float, p) * (float)x; uint32_t b; memcpy(&b, &f, 4); return b; }
+uint64_t itof_i32(void *p, uint64_t x) { double d = V(int32_t, p); uint64_t b; memcpy(&b, &d, 8); return b; }
+uint64_t fless_f64(void *p, uint64_t x) { return V(double, p) < (double)x; }
+uint64_t ftoi_f64(void *p, uint64_t x) { return (uint64_t)(int64_t)V(double, p); }
 "#;
 
 /// A pattern: its name, what device memory it needs to terminate, and its
@@ -868,6 +900,11 @@ static PATTERNS: &[Pattern] = &[
     pattern("andn_u64", Init::Random, &[(0, 8, RD)]),
     pattern("shr_var_u32", Init::Random, &[(0, 4, RD)]),
     pattern("field_u32", Init::Random, &[(0, 4, RD)]),
+    pattern("fadd_f64", Init::Random, &[(0, 8, RD)]),
+    pattern("fmul_f32", Init::Random, &[(0, 4, RD)]),
+    pattern("itof_i32", Init::Random, &[(0, 4, RD)]),
+    pattern("fless_f64", Init::Random, &[(0, 8, RD)]),
+    pattern("ftoi_f64", Init::Random, &[(0, 8, RD)]),
 ];
 
 /// Runs `program` with `args`, panicking with its output if it fails and
@@ -1232,10 +1269,10 @@ refused_asm!(
     "movups xmmword ptr [rdi], xmm0"
 );
 refused_asm!(
-    sse_arithmetic_is_refused,
+    packed_sse_arithmetic_is_refused,
     "instruction not emulated",
     0x40,
-    "addsd xmm0, qword ptr [rdi]"
+    "addpd xmm0, xmmword ptr [rdi]"
 );
 refused_asm!(
     division_by_a_zero_register_is_refused,
@@ -1243,6 +1280,32 @@ refused_asm!(
     0x40,
     "div dword ptr [rdi]"
 );
+/// A division by zero read from the device, with the divide-by-zero
+/// exception unmasked: the CPU would raise `#XM`, so barmap refuses.
+#[test]
+fn unmasked_simd_exception_is_refused() {
+    let name = "unmasked_simd_exception_is_refused";
+    expect_refusal(name, "SIMD floating-point exception", || {
+        let p = base(trapped()).wrapping_add(0x40);
+        let one = 1.0f64;
+        let unmask_zero_divide: u32 = 0x1f80 & !(0x4 << 7);
+        fault_next();
+        // SAFETY: `p` is inside a trapped region (zeros); barmap refuses the
+        // division, which ends this child process before MXCSR matters again.
+        unsafe {
+            asm!(
+                "ldmxcsr [{csr}]",
+                "movq xmm0, {one}",
+                "divsd xmm0, qword ptr [rdi]",
+                csr = in(reg) &unmask_zero_divide,
+                one = in(reg) one.to_bits(),
+                in("rdi") p,
+                out("xmm0") _,
+            )
+        };
+    });
+}
+
 refused_asm!(
     misaligned_load_is_refused,
     "misaligned access",
@@ -1316,7 +1379,7 @@ fn code_running_into_a_region_is_refused() {
 struct VecState {
     gpr: [u64; 16],
     rflags: u64,
-    _pad: u64,
+    mxcsr: u64,
     vec: [[u64; 8]; 2],
 }
 
@@ -1343,9 +1406,53 @@ macro_rules! vec_form {
     };
 }
 
-/// The SSE moves (which keep the bits above 127) and their VEX forms (which
-/// clear them).
+/// The SSE moves and scalar arithmetic (which keep the bits above 127) and
+/// their VEX forms (which clear them).
 static VEC_FORMS: &[VecForm] = &[
+    vec_form!("addss xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("addsd xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("subss xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("subsd xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("mulss xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("mulsd xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("divss xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("divsd xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("minss xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("minsd xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("maxss xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("maxsd xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("sqrtss xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("sqrtsd xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("cvtss2sd xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("cvtsd2ss xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("cvtsi2ss xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("cvtsi2ss xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("cvtsi2sd xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("cvtsi2sd xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("ucomiss xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("ucomisd xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("comiss xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("comisd xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("cvtss2si eax, dword ptr [rdi]", 4, R),
+    vec_form!("cvtss2si r9, dword ptr [rdi]", 4, R),
+    vec_form!("cvtsd2si rcx, qword ptr [rdi]", 8, R),
+    vec_form!("cvttss2si r8, dword ptr [rdi]", 4, R),
+    vec_form!("cvttsd2si edx, qword ptr [rdi]", 8, R),
+    vec_form!("vaddsd xmm0, xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("vsubss xmm1, xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("vmulss xmm1, xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("vdivsd xmm0, xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("vminsd xmm1, xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("vmaxss xmm0, xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("vsqrtsd xmm1, xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("vcvtss2sd xmm0, xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("vcvtsd2ss xmm1, xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("vcvtsi2sd xmm0, xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("vcvtsi2ss xmm1, xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("vucomisd xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("vcomiss xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("vcvttsd2si rax, qword ptr [rdi]", 8, R),
+    vec_form!("vcvtss2si ecx, dword ptr [rdi]", 4, R),
     vec_form!("movd xmm0, dword ptr [rdi]", 4, R),
     vec_form!("movq xmm1, qword ptr [rdi]", 8, R),
     vec_form!("movss xmm0, dword ptr [rdi]", 4, R),
@@ -1362,13 +1469,13 @@ static VEC_FORMS: &[VecForm] = &[
 ];
 
 #[test]
-fn vector_moves_match_the_cpu_on_whole_vector_registers() {
+fn vector_forms_match_the_cpu_on_whole_vector_registers_and_mxcsr() {
     let run = if std::arch::is_x86_feature_detected!("avx512f") {
         |f: &VecForm| f.zmm
     } else if std::arch::is_x86_feature_detected!("avx") {
         |f: &VecForm| f.ymm
     } else {
-        eprintln!("no AVX on this CPU: VEX moves not tested");
+        eprintln!("no AVX on this CPU: the vector forms are not tested here");
         return;
     };
     let dev = Device::new(PAGE);
@@ -1379,11 +1486,13 @@ fn vector_moves_match_the_cpu_on_whole_vector_registers() {
         for round in 0..50 {
             let offset = 0x300 + (round % 4) * 8;
             let before = rng.operand();
+            // Random exception flags, rounding mode, FTZ and DAZ; every
+            // exception masked.
             let mut input = VecState {
                 gpr: [0; 16].map(|_| rng.operand()),
                 rflags: (rng.next() & ARITH_FLAGS) | 0x202,
-                _pad: 0,
-                vec: [[0; 8]; 2].map(|v| v.map(|_| rng.next())),
+                mxcsr: MXCSR_DEFAULT | (rng.next() & 0xe07f),
+                vec: [[0; 8]; 2].map(|v| v.map(|_| rng.operand())),
             };
             input.gpr[4] = 0;
             native[0] = before;

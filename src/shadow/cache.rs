@@ -13,7 +13,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use iced_x86::Register;
 
-use super::emulate::{Alu, Bmi, Cond, Decoded, Extend, Mem, Op, Source, Wide, MAX_INSN_LEN};
+use super::emulate::{Alu, Bmi, Cond, Decoded, Extend, Mem, Op, Source, Sse, Wide, MAX_INSN_LEN};
 
 const ENTRIES: usize = 64;
 
@@ -71,9 +71,12 @@ const WIDE: u64 = 9;
 const DOUBLE_SHIFT: u64 = 10;
 const SETCC: u64 = 11;
 const CMOV: u64 = 12;
+const SSE: u64 = 13;
 
 /// Set in the op word when the instruction's source is an immediate.
 const SRC_IMM: u64 = 1 << 32;
+/// Set in the op word for a VEX/EVEX SSE operation.
+const VEX: u64 = 1 << 33;
 /// Where the op word keeps a second register.
 const REG2_SHIFT: u32 = 40;
 
@@ -121,6 +124,9 @@ fn pack(d: &Decoded) -> [u64; 4] {
         Op::DoubleShift { left, src, count, .. } => (DOUBLE_SHIFT, u64::from(left), src, source_parts(count)),
         Op::SetCc { cond } => (SETCC, u64::from(cond.number()), Register::None, none),
         Op::Cmov { cond, dst, .. } => (CMOV, u64::from(cond.number()), dst, none),
+        Op::Sse {
+            op, dst, src1, vex, ..
+        } => (SSE, op as u64, dst, (src1, 0, if vex { VEX } else { 0 })),
     };
     let op = kind
         | (d.width() as u64) << 4
@@ -206,6 +212,13 @@ fn unpack([op, imm, mem, disp]: [u64; 4]) -> Option<Decoded> {
             cond: cond()?,
             dst: r,
             width,
+        },
+        SSE => Op::Sse {
+            op: Sse::from_u8(sub as u8)?,
+            dst: r,
+            src1: r2,
+            width,
+            vex: op & VEX != 0,
         },
         _ => return None,
     };
@@ -301,7 +314,7 @@ mod tests {
 
     #[test]
     fn packs_every_form() {
-        let forms: [&[u8]; 29] = [
+        let forms: [&[u8]; 32] = [
             &[0x8a, 0x27],                               // mov ah,[rdi]
             &[0x48, 0x0f, 0xbe, 0x07],                   // movsx rax,byte [rdi]
             &[0x0f, 0xb7, 0x44, 0x8f, 0x10],             // movzx eax,word [rdi+rcx*4+0x10]
@@ -331,6 +344,9 @@ mod tests {
             &[0x48, 0x0f, 0xa4, 0x37, 0x07],             // shld [rdi],rsi,7
             &[0x0f, 0x94, 0x07],                         // sete [rdi]
             &[0x0f, 0x4c, 0x07],                         // cmovl eax,[rdi]
+            &[0xf2, 0x0f, 0x58, 0x07],                   // addsd xmm0,[rdi]
+            &[0xc5, 0xf3, 0x59, 0x07],                   // vmulsd xmm0,xmm1,[rdi]
+            &[0xf2, 0x48, 0x0f, 0x2c, 0x07],             // cvttsd2si rax,[rdi]
         ];
         for bytes in forms {
             let d = decoded(bytes, 0x40_1000);

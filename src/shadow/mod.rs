@@ -20,9 +20,11 @@
 //! `cmp`, `test`, `or`, `inc`, `imul`, `bt`, shifts...), bit scans and counts
 //! (`bsf`, `tzcnt`, `popcnt`...), the BMI1/BMI2 forms of `x86-64-v3` builds
 //! (`andn`, `shrx`, `bextr`, `mulx`...), `mul`/`div` on RDX:RAX,
-//! `shld`/`shrd`, `setcc` and `cmovcc`, and scalar SSE/AVX moves (`movd`,
-//! `movq`, `movss`, `movsd` and their VEX forms); see the `emulate` module
-//! for the list. A read-modify-write is one read and one
+//! `shld`/`shrd`, `setcc` and `cmovcc`, scalar SSE/AVX moves (`movd`,
+//! `movq`, `movss`, `movsd` and their VEX forms), and scalar SSE/AVX
+//! arithmetic, conversions and comparisons (`addsd`, `cvtsi2sd`,
+//! `ucomisd`...) under the thread's MXCSR; see the `emulate` module for the
+//! list. A read-modify-write is one read and one
 //! write of the same width, and flags are computed by the CPU itself. Any
 //! other instruction on a trapped page (an SSE copy of 16 bytes, `memcpy`'s
 //! `rep movs`, a `lock`ed or `xchg` atomic), and a misaligned access or one

@@ -255,7 +255,7 @@ pub(crate) fn run(alu: Alu, width: usize, a: u64, b: u64, rflags: u64) -> Option
 }
 
 /// `rflags` with its arithmetic flags replaced by those of `cpu`.
-pub(super) fn merge_flags(rflags: u64, cpu: u64) -> u64 {
+pub(crate) fn merge_flags(rflags: u64, cpu: u64) -> u64 {
     (rflags & !ARITH_FLAGS) | (cpu & ARITH_FLAGS)
 }
 

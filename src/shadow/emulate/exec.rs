@@ -7,6 +7,7 @@ use iced_x86::Register;
 
 use super::alu::{self, Alu};
 use super::regs::full_register;
+use super::sse::{self, Result as SseResultKind};
 use super::{bmi, loaded_value, source_value, swap_bytes, wide, Op, Regs, Source};
 
 /// The device side of one emulated instruction, at the operand's address.
@@ -45,6 +46,7 @@ const SRC: &str = "source register not in the saved context";
 const XMM: &str = "SSE registers not in the saved context";
 const WIDTH: &str = "operation has no such width";
 const DIVIDE: &str = "divide error (#DE) on a divisor read from the device";
+const SIMD: &str = "SIMD floating-point exception (#XM) unmasked in MXCSR";
 
 /// The 64-bit register that contains `reg`, for a 4-byte destination,
 /// which the CPU writes whole (zero-extended, or unchanged where it leaves
@@ -162,6 +164,38 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
                 regs.set(dst, if width == 4 { value & super::mask(4) } else { value }),
                 DST,
             )?;
+        }
+        Op::Sse {
+            op,
+            dst,
+            src1,
+            width,
+            vex,
+        } => {
+            let mxcsr = need(regs.mxcsr(), XMM)?;
+            let kind = op.result();
+            let first = match kind {
+                SseResultKind::Gpr => {
+                    need(regs.get(dst), DST)?;
+                    0
+                }
+                _ => need(regs.xmm128(dst).and(regs.xmm128(src1)), XMM)?,
+            };
+            let m = bus.read(width)?;
+            let int64 = match kind {
+                SseResultKind::Gpr => super::regs::gpr(dst).is_some_and(|g| g.size == 8),
+                _ => width == 8,
+            };
+            let r = sse::run(op, first, m, int64, mxcsr);
+            if sse::unmasked(r.raised, mxcsr) != 0 {
+                return Err(ExecError::Exception(SIMD));
+            }
+            match kind {
+                SseResultKind::Xmm => need(regs.set_xmm128(dst, r.xmm, vex), XMM)?,
+                SseResultKind::Flags => regs.set_rflags(alu::merge_flags(regs.rflags(), r.rflags)),
+                SseResultKind::Gpr => need(regs.set(dst, r.gpr), DST)?,
+            }
+            need(regs.set_mxcsr(mxcsr | r.raised), XMM)?;
         }
     }
     Ok(())

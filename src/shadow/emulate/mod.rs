@@ -32,18 +32,23 @@
 //! - `SETcc` of a byte in memory (a `bool` stored to a register) and
 //!   `CMOVcc` from memory (which reads whether or not it moves).
 //!
+//! - scalar SSE arithmetic with a memory source, legacy and VEX: `ADD SUB
+//!   MUL DIV MIN MAX SQRT` of `SS`/`SD`, the conversions `CVTSS2SD CVTSD2SS
+//!   CVTSI2SS CVTSI2SD CVT(T)SS2SI CVT(T)SD2SI`, and the comparisons
+//!   `(U)COMISS (U)COMISD`, computed under the thread's MXCSR ([`sse`]); one
+//!   that raises an exception the thread has unmasked is refused.
+//!
 //! Everything else is refused and the handler reports it rather than guess:
 //! `LOCK`-prefixed instructions and `XCHG` (atomic on the bus, which a read
-//! then a write is not), anything wider than 8 bytes, SSE/AVX arithmetic on
-//! memory (`ADDSD`, `CVTSI2SD`, `UCOMISD`...: load the value with
-//! `read_volatile` into a variable first, or use [`crate::mmio`]), other
-//! VEX/EVEX instructions, masked EVEX moves, string instructions, `fs:`/`gs:`
-//! addressing.
+//! then a write is not), anything wider than 8 bytes (packed SSE/AVX),
+//! other VEX/EVEX instructions, masked EVEX forms, string instructions,
+//! `fs:`/`gs:` addressing.
 
 mod alu;
 mod bmi;
 mod exec;
 mod regs;
+mod sse;
 mod wide;
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, MemorySize, Mnemonic, OpKind, Register};
@@ -53,6 +58,7 @@ pub(crate) use bmi::Bmi;
 pub(crate) use exec::{execute, Bus, ExecError};
 pub(crate) use regs::Regs;
 use regs::{gpr, mask, sign_extend, xmm};
+pub(crate) use sse::Sse;
 pub(crate) use wide::Wide;
 
 /// Longest x86 instruction.
@@ -110,6 +116,17 @@ pub(crate) enum Op {
     /// `dst = [mem]` if the condition holds (`CMOVcc`, which reads memory
     /// either way).
     Cmov { cond: Cond, dst: Register, width: usize },
+    /// A scalar SSE operation on `[mem]` and `src1` (an XMM register, the
+    /// destination itself for the legacy forms), into `dst` (an XMM
+    /// register, or a general one for the conversions to integers) or the
+    /// flags. A VEX/EVEX form (`vex`) zeroes the destination above bit 127.
+    Sse {
+        op: Sse,
+        dst: Register,
+        src1: Register,
+        width: usize,
+        vex: bool,
+    },
 }
 
 /// An x86 condition (the `cc` of `SETcc`/`CMOVcc`), numbered as the
@@ -204,7 +221,8 @@ impl Op {
             | Op::Mulx { width, .. }
             | Op::Wide { width, .. }
             | Op::DoubleShift { width, .. }
-            | Op::Cmov { width, .. } => width,
+            | Op::Cmov { width, .. }
+            | Op::Sse { width, .. } => width,
             Op::SetCc { .. } => 1,
         }
     }
@@ -325,6 +343,45 @@ fn wide_of(mnemonic: Mnemonic) -> Option<Wide> {
         Mnemonic::Div => Wide::Div,
         Mnemonic::Idiv => Wide::Idiv,
         _ => return None,
+    })
+}
+
+/// The scalar SSE operation of a mnemonic, and whether it is the VEX form.
+fn sse_of(mnemonic: Mnemonic) -> Option<(Sse, bool)> {
+    const FORMS: [(Mnemonic, Mnemonic, Sse); 26] = [
+        (Mnemonic::Addss, Mnemonic::Vaddss, Sse::Addss),
+        (Mnemonic::Addsd, Mnemonic::Vaddsd, Sse::Addsd),
+        (Mnemonic::Subss, Mnemonic::Vsubss, Sse::Subss),
+        (Mnemonic::Subsd, Mnemonic::Vsubsd, Sse::Subsd),
+        (Mnemonic::Mulss, Mnemonic::Vmulss, Sse::Mulss),
+        (Mnemonic::Mulsd, Mnemonic::Vmulsd, Sse::Mulsd),
+        (Mnemonic::Divss, Mnemonic::Vdivss, Sse::Divss),
+        (Mnemonic::Divsd, Mnemonic::Vdivsd, Sse::Divsd),
+        (Mnemonic::Minss, Mnemonic::Vminss, Sse::Minss),
+        (Mnemonic::Minsd, Mnemonic::Vminsd, Sse::Minsd),
+        (Mnemonic::Maxss, Mnemonic::Vmaxss, Sse::Maxss),
+        (Mnemonic::Maxsd, Mnemonic::Vmaxsd, Sse::Maxsd),
+        (Mnemonic::Sqrtss, Mnemonic::Vsqrtss, Sse::Sqrtss),
+        (Mnemonic::Sqrtsd, Mnemonic::Vsqrtsd, Sse::Sqrtsd),
+        (Mnemonic::Cvtss2sd, Mnemonic::Vcvtss2sd, Sse::Cvtss2sd),
+        (Mnemonic::Cvtsd2ss, Mnemonic::Vcvtsd2ss, Sse::Cvtsd2ss),
+        (Mnemonic::Cvtsi2ss, Mnemonic::Vcvtsi2ss, Sse::Cvtsi2ss),
+        (Mnemonic::Cvtsi2sd, Mnemonic::Vcvtsi2sd, Sse::Cvtsi2sd),
+        (Mnemonic::Ucomiss, Mnemonic::Vucomiss, Sse::Ucomiss),
+        (Mnemonic::Ucomisd, Mnemonic::Vucomisd, Sse::Ucomisd),
+        (Mnemonic::Comiss, Mnemonic::Vcomiss, Sse::Comiss),
+        (Mnemonic::Comisd, Mnemonic::Vcomisd, Sse::Comisd),
+        (Mnemonic::Cvtss2si, Mnemonic::Vcvtss2si, Sse::Cvtss2si),
+        (Mnemonic::Cvtsd2si, Mnemonic::Vcvtsd2si, Sse::Cvtsd2si),
+        (Mnemonic::Cvttss2si, Mnemonic::Vcvttss2si, Sse::Cvttss2si),
+        (Mnemonic::Cvttsd2si, Mnemonic::Vcvttsd2si, Sse::Cvttsd2si),
+    ];
+    FORMS.iter().find_map(|&(legacy, vex, op)| {
+        if mnemonic == legacy {
+            Some((op, false))
+        } else {
+            (mnemonic == vex).then_some((op, true))
+        }
     })
 }
 
@@ -503,6 +560,33 @@ pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
                 src,
                 count,
                 width,
+            })
+        }
+        _ if sse_of(mnemonic).is_some() => {
+            let (op, vex) = sse_of(mnemonic)?;
+            if !op.has_width(width)
+                || insn.suppress_all_exceptions()
+                || insn.rounding_control() != iced_x86::RoundingControl::None
+            {
+                return None;
+            }
+            let (dst, src1) = match op.result() {
+                sse::Result::Xmm if vex && count == 3 && mem(2) => (xmm_at(0)?, xmm_at(1)?),
+                sse::Result::Xmm if !vex && count == 2 && mem(1) => (xmm_at(0)?, insn.op0_register()),
+                sse::Result::Flags if count == 2 && mem(1) => (xmm_at(0)?, insn.op0_register()),
+                sse::Result::Gpr if count == 2 && mem(1) => {
+                    let dst = insn.op0_register();
+                    (gpr(dst).is_some_and(|g| matches!(g.size, 4 | 8)) && kind(0) == OpKind::Register)
+                        .then_some((dst, Register::None))?
+                }
+                _ => return None,
+            };
+            Some(Op::Sse {
+                op,
+                dst,
+                src1,
+                width,
+                vex,
             })
         }
         _ if setcc_of(mnemonic).is_some() => {

@@ -219,6 +219,39 @@ impl<'a> Regs<'a> {
         Some(u64::from(e[0]) | u64::from(e[1]) << 32)
     }
 
+    /// All 128 bits of an XMM register; `None` if it is not one or the frame
+    /// holds no SSE state.
+    pub(crate) fn xmm128(&self, reg: Register) -> Option<u128> {
+        // SAFETY: null or valid for this value's lifetime (see `new`).
+        let fx = unsafe { self.fpregs.cast::<_libc_fpstate>().as_ref() }?;
+        let e = &fx._xmm[xmm(reg)?].element;
+        Some(e.iter().rev().fold(0u128, |v, &w| v << 32 | u128::from(w)))
+    }
+
+    /// Sets all 128 bits of an XMM register; bits above 127 are kept, unless
+    /// `vex` (a VEX/EVEX instruction), which zeroes them as [`Regs::set_xmm`] does.
+    pub(crate) fn set_xmm128(&mut self, reg: Register, value: u128, vex: bool) -> Option<()> {
+        let n = xmm(reg)?;
+        self.fxsave()?._xmm[n].element = [0, 1, 2, 3].map(|i| (value >> (32 * i)) as u32);
+        if vex {
+            self.zero_upper(n, YMM_HI128, 16);
+            self.zero_upper(n, ZMM_HI256, 32);
+        }
+        Some(())
+    }
+
+    /// MXCSR, if the frame holds SSE state.
+    pub(crate) fn mxcsr(&self) -> Option<u32> {
+        // SAFETY: null or valid for this value's lifetime (see `new`).
+        unsafe { self.fpregs.cast::<_libc_fpstate>().as_ref() }.map(|fx| fx.mxcsr)
+    }
+
+    /// Sets MXCSR (the frame holds SSE state: [`Regs::mxcsr`] returned it).
+    pub(crate) fn set_mxcsr(&mut self, mxcsr: u32) -> Option<()> {
+        self.fxsave()?.mxcsr = mxcsr;
+        Some(())
+    }
+
     /// Sets an XMM register to `value` zero-extended to 128 bits, as the
     /// SSE loads `MOVD`/`MOVQ`/`MOVSS`/`MOVSD` from memory do. Bits above 127
     /// are kept, unless `vex`: the VEX loads zero them too, up to the widest

@@ -262,7 +262,7 @@ fn refuses_everything_else() {
         &[0xa5],                   // movsd (string)
         &[0x89, 0xc8],             // mov eax,ecx
         &[0x0f, 0xa3, 0x07],       // bt [rdi],eax (bit string)
-        &[0xf2, 0x0f, 0x58, 0x07], // addsd xmm0,[rdi]
+        &[0x66, 0x0f, 0x58, 0x07], // addpd xmm0,[rdi] (packed, 16 bytes)
         &[0x0f, 0xb1, 0x0f],       // cmpxchg [rdi],ecx
         &[0x0f, 0x6e, 0x07],       // movd mm0,[rdi]
         &[0xc5, 0xfc, 0x10, 0x07], // vmovups ymm0,[rdi]
