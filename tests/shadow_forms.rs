@@ -775,6 +775,7 @@ use std::ptr::{read_volatile as rd, write_volatile as wr};
 #[no_mangle] pub unsafe extern "C" fn itof_i32(p: *mut u8, _x: u64) -> u64 { (rd(p as *const i32) as f64).to_bits() }
 #[no_mangle] pub unsafe extern "C" fn fless_f64(p: *mut u8, x: u64) -> u64 { (rd(p as *const f64) < x as f64) as u64 }
 #[no_mangle] pub unsafe extern "C" fn ftoi_f64(p: *mut u8, _x: u64) -> u64 { rd(p as *const f64) as i64 as u64 }
+#[no_mangle] pub unsafe extern "C" fn utof_u64(p: *mut u8, _x: u64) -> u64 { (rd(p as *const u64) as f64).to_bits() }
 "#;
 
 const C_PATTERNS: &str = r#"
@@ -828,6 +829,7 @@ uint64_t fmul_f32(void *p, uint64_t x) { float f = V(float, p) * (float)x; uint3
 uint64_t itof_i32(void *p, uint64_t x) { double d = V(int32_t, p); uint64_t b; memcpy(&b, &d, 8); return b; }
 uint64_t fless_f64(void *p, uint64_t x) { return V(double, p) < (double)x; }
 uint64_t ftoi_f64(void *p, uint64_t x) { return (uint64_t)(int64_t)V(double, p); }
+uint64_t utof_u64(void *p, uint64_t x) { double d = V(uint64_t, p); uint64_t b; memcpy(&b, &d, 8); return b; }
 "#;
 
 /// A pattern: its name, what device memory it needs to terminate, and its
@@ -905,6 +907,7 @@ static PATTERNS: &[Pattern] = &[
     pattern("itof_i32", Init::Random, &[(0, 4, RD)]),
     pattern("fless_f64", Init::Random, &[(0, 8, RD)]),
     pattern("ftoi_f64", Init::Random, &[(0, 8, RD)]),
+    pattern("utof_u64", Init::Random, &[(0, 8, RD)]),
 ];
 
 /// Runs `program` with `args`, panicking with its output if it fails and
@@ -938,8 +941,9 @@ fn cpu_has_bit_manipulation() -> bool {
 
 /// Builds the patterns every way: rustc at opt-level 0 and 3, gcc and clang at
 /// -O0 to -O3, and at the highest level with MOVBE and AVX2 (so `MOVBE` and
-/// the VEX moves `VMOVSD`...) and with POPCNT, LZCNT and BMI1/2 (`POPCNT`,
-/// `LZCNT`, `ANDN`, `SHRX`, `BEXTR`...) where the CPU has them.
+/// the VEX moves `VMOVSD`...), with POPCNT, LZCNT and BMI1/2 (`POPCNT`,
+/// `LZCNT`, `ANDN`, `SHRX`, `BEXTR`...), and with AVX-512F too (EVEX forms,
+/// `VCVTUSI2SD`...) where the CPU has them.
 /// Returns (label, library path) pairs.
 fn build_libraries(dir: &Path) -> Vec<(String, String)> {
     let rs = dir.join("patterns.rs");
@@ -949,6 +953,7 @@ fn build_libraries(dir: &Path) -> Vec<(String, String)> {
     let (rs, c) = (rs.to_str().unwrap(), c.to_str().unwrap());
     let movbe = cpu_has_movbe_and_avx2();
     let bmi = cpu_has_bit_manipulation();
+    let avx512 = bmi && std::arch::is_x86_feature_detected!("avx512f");
     let mut libs = Vec::new();
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     for (opt, feature) in [
@@ -956,8 +961,12 @@ fn build_libraries(dir: &Path) -> Vec<(String, String)> {
         ("3", ""),
         ("3", "+movbe,+avx2"),
         ("3", "+popcnt,+lzcnt,+bmi1,+bmi2"),
+        ("3", "+popcnt,+lzcnt,+bmi1,+bmi2,+avx2,+avx512f"),
     ] {
-        if (feature.contains("movbe") && !movbe) || (feature.contains("bmi") && !bmi) {
+        if (feature.contains("movbe") && !movbe)
+            || (feature.contains("bmi") && !bmi)
+            || (feature.contains("avx512") && !avx512)
+        {
             continue;
         }
         let label = format!("rustc -C opt-level={opt} {feature}");
@@ -981,8 +990,12 @@ fn build_libraries(dir: &Path) -> Vec<(String, String)> {
             "-O3",
             "-O3 -mmovbe -mavx2",
             "-O3 -mpopcnt -mlzcnt -mbmi -mbmi2",
+            "-O3 -mpopcnt -mlzcnt -mbmi -mbmi2 -mavx512f",
         ] {
-            if (opt.contains("movbe") && !movbe) || (opt.contains("bmi") && !bmi) {
+            if (opt.contains("movbe") && !movbe)
+                || (opt.contains("bmi") && !bmi)
+                || (opt.contains("avx512") && !avx512)
+            {
                 continue;
             }
             let out = dir.join(format!("lib{cc}{}.so", libs.len()));
@@ -1453,6 +1466,10 @@ static VEC_FORMS: &[VecForm] = &[
     vec_form!("vcomiss xmm1, dword ptr [rdi]", 4, R),
     vec_form!("vcvttsd2si rax, qword ptr [rdi]", 8, R),
     vec_form!("vcvtss2si ecx, dword ptr [rdi]", 4, R),
+    vec_form!("vcvtusi2sd xmm0, xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("vcvtusi2ss xmm1, xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("vcvttsd2usi rax, qword ptr [rdi]", 8, R),
+    vec_form!("vcvtss2usi edx, dword ptr [rdi]", 4, R),
     vec_form!("movd xmm0, dword ptr [rdi]", 4, R),
     vec_form!("movq xmm1, qword ptr [rdi]", 8, R),
     vec_form!("movss xmm0, dword ptr [rdi]", 4, R),
@@ -1482,7 +1499,12 @@ fn vector_forms_match_the_cpu_on_whole_vector_registers_and_mxcsr() {
     let region = dev.trap_all();
     let mut rng = Rng(0x5eed_0fa5);
     let mut native = Box::new([0u64; 2]);
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
     for form in VEC_FORMS {
+        if form.text.contains("usi") && !avx512 {
+            eprintln!("no AVX-512 on this CPU: {} not tested", form.text);
+            continue;
+        }
         for round in 0..50 {
             let offset = 0x300 + (round % 4) * 8;
             let before = rng.operand();

@@ -34,7 +34,8 @@
 //!
 //! - scalar SSE arithmetic with a memory source, legacy and VEX: `ADD SUB
 //!   MUL DIV MIN MAX SQRT` of `SS`/`SD`, the conversions `CVTSS2SD CVTSD2SS
-//!   CVTSI2SS CVTSI2SD CVT(T)SS2SI CVT(T)SD2SI`, and the comparisons
+//!   CVTSI2SS CVTSI2SD CVT(T)SS2SI CVT(T)SD2SI` (and AVX-512's unsigned
+//!   `VCVTUSI2SS/SD VCVT(T)SS2USI VCVT(T)SD2USI`), and the comparisons
 //!   `(U)COMISS (U)COMISD`, computed under the thread's MXCSR ([`sse`]); one
 //!   that raises an exception the thread has unmasked is refused.
 //!
@@ -348,7 +349,7 @@ fn wide_of(mnemonic: Mnemonic) -> Option<Wide> {
 
 /// The scalar SSE operation of a mnemonic, and whether it is the VEX form.
 fn sse_of(mnemonic: Mnemonic) -> Option<(Sse, bool)> {
-    const FORMS: [(Mnemonic, Mnemonic, Sse); 26] = [
+    const FORMS: [(Mnemonic, Mnemonic, Sse); 32] = [
         (Mnemonic::Addss, Mnemonic::Vaddss, Sse::Addss),
         (Mnemonic::Addsd, Mnemonic::Vaddsd, Sse::Addsd),
         (Mnemonic::Subss, Mnemonic::Vsubss, Sse::Subss),
@@ -375,9 +376,16 @@ fn sse_of(mnemonic: Mnemonic) -> Option<(Sse, bool)> {
         (Mnemonic::Cvtsd2si, Mnemonic::Vcvtsd2si, Sse::Cvtsd2si),
         (Mnemonic::Cvttss2si, Mnemonic::Vcvttss2si, Sse::Cvttss2si),
         (Mnemonic::Cvttsd2si, Mnemonic::Vcvttsd2si, Sse::Cvttsd2si),
+        // EVEX only: no legacy mnemonic matches.
+        (Mnemonic::INVALID, Mnemonic::Vcvtusi2ss, Sse::Cvtusi2ss),
+        (Mnemonic::INVALID, Mnemonic::Vcvtusi2sd, Sse::Cvtusi2sd),
+        (Mnemonic::INVALID, Mnemonic::Vcvtss2usi, Sse::Cvtss2usi),
+        (Mnemonic::INVALID, Mnemonic::Vcvtsd2usi, Sse::Cvtsd2usi),
+        (Mnemonic::INVALID, Mnemonic::Vcvttss2usi, Sse::Cvttss2usi),
+        (Mnemonic::INVALID, Mnemonic::Vcvttsd2usi, Sse::Cvttsd2usi),
     ];
     FORMS.iter().find_map(|&(legacy, vex, op)| {
-        if mnemonic == legacy {
+        if mnemonic == legacy && legacy != Mnemonic::INVALID {
             Some((op, false))
         } else {
             (mnemonic == vex).then_some((op, true))

@@ -10,7 +10,10 @@
 //! them to the thread's MXCSR, or refuse the instruction where the thread
 //! has that exception unmasked (the CPU would raise `#XM`). The VEX forms
 //! (`vaddsd xmm1, xmm2, [mem]`) compute the same low 128 bits as the legacy
-//! form run on their first source, so one table serves both.
+//! form run on their first source, so one table serves both. AVX-512's
+//! unsigned conversions (`VCVTUSI2SD`, `VCVTTSD2USI`...), which `-C
+//! target-cpu=native` emits on such CPUs, have no legacy form and run as
+//! themselves.
 
 use std::arch::asm;
 
@@ -49,6 +52,13 @@ pub(crate) enum Sse {
     Cvtsd2si,
     Cvttss2si,
     Cvttsd2si,
+    /// AVX-512's unsigned conversions (EVEX only).
+    Cvtusi2ss,
+    Cvtusi2sd,
+    Cvtss2usi,
+    Cvtsd2usi,
+    Cvttss2usi,
+    Cvttsd2usi,
 }
 
 /// Where an [`Sse`] operation puts its result.
@@ -64,7 +74,7 @@ pub(crate) enum Result {
 }
 
 impl Sse {
-    const ALL: [Sse; 26] = [
+    const ALL: [Sse; 32] = [
         Sse::Addss,
         Sse::Addsd,
         Sse::Subss,
@@ -91,6 +101,12 @@ impl Sse {
         Sse::Cvtsd2si,
         Sse::Cvttss2si,
         Sse::Cvttsd2si,
+        Sse::Cvtusi2ss,
+        Sse::Cvtusi2sd,
+        Sse::Cvtss2usi,
+        Sse::Cvtsd2usi,
+        Sse::Cvttss2usi,
+        Sse::Cvttsd2usi,
     ];
 
     /// The operation with discriminant `n`.
@@ -102,7 +118,14 @@ impl Sse {
     pub(crate) fn result(self) -> Result {
         match self {
             Sse::Ucomiss | Sse::Ucomisd | Sse::Comiss | Sse::Comisd => Result::Flags,
-            Sse::Cvtss2si | Sse::Cvtsd2si | Sse::Cvttss2si | Sse::Cvttsd2si => Result::Gpr,
+            Sse::Cvtss2si
+            | Sse::Cvtsd2si
+            | Sse::Cvttss2si
+            | Sse::Cvttsd2si
+            | Sse::Cvtss2usi
+            | Sse::Cvtsd2usi
+            | Sse::Cvttss2usi
+            | Sse::Cvttsd2usi => Result::Gpr,
             _ => Result::Xmm,
         }
     }
@@ -111,7 +134,7 @@ impl Sse {
     /// own, or any integer width (4 or 8) for the conversions from integers.
     pub(crate) fn has_width(self, width: usize) -> bool {
         match self {
-            Sse::Cvtsi2ss | Sse::Cvtsi2sd => matches!(width, 4 | 8),
+            Sse::Cvtsi2ss | Sse::Cvtsi2sd | Sse::Cvtusi2ss | Sse::Cvtusi2sd => matches!(width, 4 | 8),
             Sse::Addss
             | Sse::Subss
             | Sse::Mulss
@@ -123,7 +146,9 @@ impl Sse {
             | Sse::Ucomiss
             | Sse::Comiss
             | Sse::Cvtss2si
-            | Sse::Cvttss2si => width == 4,
+            | Sse::Cvttss2si
+            | Sse::Cvtss2usi
+            | Sse::Cvttss2usi => width == 4,
             _ => width == 8,
         }
     }
@@ -217,6 +242,17 @@ pub(crate) fn run(op: Sse, xmm: u128, m: u64, int64: bool, mxcsr: u32) -> SseRes
             }
         };
     }
+    // The EVEX-only conversions, in their three-operand form with the first
+    // source in XMM0 too (the CPU has AVX-512F: the thread ran them).
+    macro_rules! from_uint {
+        ($insn:literal) => {
+            if int64 {
+                under_mxcsr!(x, m, csr, [concat!($insn, " xmm0, xmm0, {m}")])
+            } else {
+                under_mxcsr!(x, m, csr, [concat!($insn, " xmm0, xmm0, {m:e}")])
+            }
+        };
+    }
     match op {
         Sse::Addss => xmm!("addss"),
         Sse::Addsd => xmm!("addsd"),
@@ -244,6 +280,12 @@ pub(crate) fn run(op: Sse, xmm: u128, m: u64, int64: bool, mxcsr: u32) -> SseRes
         Sse::Cvtsd2si => to_int!("cvtsd2si"),
         Sse::Cvttss2si => to_int!("cvttss2si"),
         Sse::Cvttsd2si => to_int!("cvttsd2si"),
+        Sse::Cvtusi2ss => from_uint!("vcvtusi2ss"),
+        Sse::Cvtusi2sd => from_uint!("vcvtusi2sd"),
+        Sse::Cvtss2usi => to_int!("vcvtss2usi"),
+        Sse::Cvtsd2usi => to_int!("vcvtsd2usi"),
+        Sse::Cvttss2usi => to_int!("vcvttss2usi"),
+        Sse::Cvttsd2usi => to_int!("vcvttsd2usi"),
     }
     SseResult {
         xmm: u128::from(x[0]) | u128::from(x[1]) << 64,
