@@ -1,7 +1,7 @@
 //! Every instruction form the shadow fault handler emulates, checked against
 //! the CPU and against what compilers emit.
 //!
-//! - A differential test runs each of 320 forms (inline assembly, every
+//! - A differential test runs each of 334 forms (inline assembly, every
 //!   width) on ordinary memory and on a trapped page of a shadow region over
 //!   an emulated device, from the same registers, flags and memory, many times
 //!   with random operands, and compares every general register, XMM0/XMM1,
@@ -509,6 +509,12 @@ static FORMS: &[Form] = &[
     form!("mulx r8d, r9d, dword ptr [rdi]", 4, R),
     form!("mulx rcx, rbx, qword ptr [rdi]", 8, R),
     form!("mulx rcx, rcx, qword ptr [rdi]", 8, R),
+    form!("mulx rdx, rax, qword ptr [rdi]", 8, R),
+    form!("mulx eax, edx, dword ptr [rdi]", 4, R),
+    form!("andn rsi, rsi, qword ptr [rdi]", 8, R),
+    form!("shlx ecx, dword ptr [rdi], ecx", 4, R),
+    form!("rorx eax, dword ptr [rdi], 0", 4, R),
+    form!("rorx rax, qword ptr [rdi], 255", 8, R),
     form!("mul byte ptr [rdi]", 1, R),
     form!("imul byte ptr [rdi]", 1, R),
     form!("div byte ptr [rdi]", 1, R),
@@ -531,9 +537,17 @@ static FORMS: &[Form] = &[
     form!("shrd dword ptr [rdi], ecx, 31", 4, RW),
     form!("shld qword ptr [rdi], rbx, cl", 8, RW),
     form!("shrd qword ptr [rdi], rsi, 13", 8, RW),
+    form!("shld qword ptr [rdi], rcx, cl", 8, RW),
+    form!("shrd word ptr [rdi], cx, cl", 2, RW),
     form!("seto byte ptr [rdi]", 1, W),
     form!("setb byte ptr [rdi]", 1, W),
     form!("sete byte ptr [rdi]", 1, W),
+    form!("setno byte ptr [rdi]", 1, W),
+    form!("seta byte ptr [rdi]", 1, W),
+    form!("setns byte ptr [rdi]", 1, W),
+    form!("setnp byte ptr [rdi]", 1, W),
+    form!("setge byte ptr [rdi]", 1, W),
+    form!("setle byte ptr [rdi]", 1, W),
     form!("setbe byte ptr [rdi]", 1, W),
     form!("sets byte ptr [rdi]", 1, W),
     form!("setp byte ptr [rdi]", 1, W),
@@ -563,9 +577,10 @@ fn cpu_runs(form: &Form) -> bool {
     }
 }
 
-/// Keeps a division's operands clear of the divide error: the high half
-/// of the dividend is the sign (or zero) extension of the low half, and the
-/// divisor is neither 0 nor, for `IDIV`, -1.
+/// Keeps a division's operands clear of the divide error: the divisor is
+/// neither 0 nor, for `IDIV`, -1, and a dividend whose quotient would not fit
+/// the width gets the sign (or zero) extension of its low half as its high
+/// half.
 fn clear_of_divide_error(form: &Form, s: &mut State, divisor: &mut u64) {
     const RAX: usize = 0;
     const RDX: usize = 2;
@@ -575,17 +590,38 @@ fn clear_of_divide_error(form: &Form, s: &mut State, divisor: &mut u64) {
     }
     let w = form.width;
     let bits = 8 * w as u32;
-    let low = s.gpr[RAX] & mask(w);
-    let negative = signed && low >> (bits - 1) & 1 == 1;
-    let high = if negative { mask(w) } else { 0 };
-    if w == 1 {
-        s.gpr[RAX] = (s.gpr[RAX] & !0xffff) | high << 8 | low;
-    } else {
-        s.gpr[RDX] = (s.gpr[RDX] & !mask(w)) | high;
-    }
     let d = *divisor & mask(w);
     if d == 0 || (signed && d == mask(w)) {
         *divisor = (*divisor & !mask(w)) | 3;
+    }
+    // The dividend as the instruction sees it: AX, or RDX:RAX at the width.
+    let (lo, hi) = if w == 1 {
+        (s.gpr[RAX] & 0xff, (s.gpr[RAX] >> 8) & 0xff)
+    } else {
+        (s.gpr[RAX] & mask(w), s.gpr[RDX] & mask(w))
+    };
+    let dividend = u128::from(hi) << bits | u128::from(lo);
+    let divisor_w = *divisor & mask(w);
+    // Random dividends whose quotient fits (near the limit, often) are kept;
+    // others get the extension of their low half as their high half.
+    let fits = if signed {
+        let shift = 128 - 2 * bits;
+        let n = ((dividend << shift) as i128) >> shift;
+        let dv = ((u128::from(divisor_w) << (128 - bits)) as i128) >> (128 - bits);
+        let q = n / dv;
+        q >= -(1i128 << (bits - 1)) && q < 1i128 << (bits - 1)
+    } else {
+        dividend / u128::from(divisor_w) <= u128::from(mask(w))
+    };
+    if fits {
+        return;
+    }
+    let negative = signed && lo >> (bits - 1) & 1 == 1;
+    let high = if negative { mask(w) } else { 0 };
+    if w == 1 {
+        s.gpr[RAX] = (s.gpr[RAX] & !0xffff) | high << 8 | lo;
+    } else {
+        s.gpr[RDX] = (s.gpr[RDX] & !mask(w)) | high;
     }
 }
 

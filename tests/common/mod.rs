@@ -4,6 +4,7 @@
 
 pub mod child;
 pub mod emulated;
+pub mod nvme_admin;
 
 use std::time::{Duration, Instant};
 

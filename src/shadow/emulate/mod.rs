@@ -82,7 +82,9 @@ pub(crate) enum Op {
     XmmLoad { dst: Register, width: usize, vex: bool },
     /// Write the low `width` bytes of the XMM register `src`.
     XmmStore { src: Register, width: usize },
-    /// `reg = reg <alu> [mem]`, or only the flags for `CMP`.
+    /// `reg = reg <alu> [mem]`, or only the flags for `CMP`; the bit scans,
+    /// counts and BMI1 operations compute `reg` from `[mem]` alone (except
+    /// that `BSF`/`BSR` of zero may leave it as it was).
     AluReg { alu: Alu, reg: Register, width: usize },
     /// `[mem] = [mem] <alu> src`, or only the flags for `CMP`, `TEST`, `BT`.
     /// Unary operations ignore `src`.

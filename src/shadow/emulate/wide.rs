@@ -208,6 +208,16 @@ mod tests {
         // -128 / -1 fits a byte only as a dividend of 128, not of -128.
         assert_eq!(run(Wide::Idiv, 1, 0xff, 0x80, 0, 0).unwrap().rax & 0xff, 0x80);
         assert_eq!(run(Wide::Idiv, 1, 0xff, 0xff80, 0, 0), None);
+        // Quotients at the edge of the width fit; one past it does not.
+        let d = 0x1234_5678u64;
+        let r = run(Wide::Div, 4, d, 0xffff_ffff, d - 1, 0).unwrap();
+        assert_eq!(r.rax, 0xffff_ffff);
+        assert_eq!(run(Wide::Div, 4, d, 0, d, 0), None);
+        let r = run(Wide::Idiv, 1, 1, 0xff80, 0, 0).unwrap(); // -128 / 1
+        assert_eq!(r.rax & 0xff, 0x80);
+        let r = run(Wide::Idiv, 8, 2, 0, u64::MAX, 0).unwrap(); // -2^64 / 2 = -2^63
+        assert_eq!(r.rax, 1 << 63);
+        assert_eq!(run(Wide::Idiv, 8, u64::MAX - 1, 0, u64::MAX, 0), None); // 2^63
     }
 
     #[test]
