@@ -8,8 +8,6 @@
 //! for the same instruction on memory: nothing is modelled. Registers and
 //! the stack only: async-signal-safe.
 
-use std::arch::asm;
-
 /// The arithmetic flags: CF, PF, AF, ZF, SF, OF.
 pub(crate) const ARITH_FLAGS: u64 = 0x8d5;
 
@@ -117,43 +115,36 @@ impl Alu {
     }
 }
 
+/// Runs `$insn`, an instruction template over the named operands that
+/// follow, with the arithmetic flags `$f` loaded first (`popfq`) and read
+/// back after (`pushfq`). The emulators of [`super::bmi`] and
+/// [`super::wide`] use it too.
+macro_rules! with_flags {
+    ($f:ident, $insn:expr, $($operands:tt)*) => {
+        // SAFETY: register-only arithmetic on the given operands, none of
+        // which can fault (divisions are checked beforehand); the pushes and
+        // pops are balanced (the block is not `nostack`, so the stack is
+        // there to use), and `popfq` loads only arithmetic flags plus the
+        // reserved bit: DF, TF and AC stay clear, as the asm! contract and
+        // the thread require.
+        unsafe {
+            std::arch::asm!("push {f}", "popfq", $insn, "pushfq", "pop {f}", f = inout(reg) $f, $($operands)*)
+        }
+    };
+}
+pub(super) use with_flags;
+
 /// Binary operations: `op a, b` with `a` read and written, `b` read.
 macro_rules! binary {
     ($op:literal, $w:literal, $a:ident, $b:ident, $f:ident) => {
-        // SAFETY: register-only arithmetic; the pushes and pops are balanced
-        // (the block is not `nostack`, so the stack is there to use), and
-        // `popfq` loads only arithmetic flags plus the reserved bit: DF, TF
-        // and AC stay clear, as the asm! contract and the thread require.
-        unsafe {
-            asm!(
-                "push {f}",
-                "popfq",
-                concat!($op, " {a:", $w, "}, {b:", $w, "}"),
-                "pushfq",
-                "pop {f}",
-                a = inout(reg) $a,
-                b = in(reg) $b,
-                f = inout(reg) $f,
-            )
-        }
+        with_flags!($f, concat!($op, " {a:", $w, "}, {b:", $w, "}"), a = inout(reg) $a, b = in(reg) $b)
     };
 }
 
 /// Unary operations: `op a`.
 macro_rules! unary {
     ($op:literal, $w:literal, $a:ident, $f:ident) => {
-        // SAFETY: as for `binary!`.
-        unsafe {
-            asm!(
-                "push {f}",
-                "popfq",
-                concat!($op, " {a:", $w, "}"),
-                "pushfq",
-                "pop {f}",
-                a = inout(reg) $a,
-                f = inout(reg) $f,
-            )
-        }
+        with_flags!($f, concat!($op, " {a:", $w, "}"), a = inout(reg) $a)
     };
 }
 
@@ -161,19 +152,7 @@ macro_rules! unary {
 /// masks it as it does for memory operands).
 macro_rules! shift {
     ($op:literal, $w:literal, $a:ident, $b:ident, $f:ident) => {
-        // SAFETY: as for `binary!`.
-        unsafe {
-            asm!(
-                "push {f}",
-                "popfq",
-                concat!($op, " {a:", $w, "}, cl"),
-                "pushfq",
-                "pop {f}",
-                a = inout(reg) $a,
-                in("cl") $b as u8,
-                f = inout(reg) $f,
-            )
-        }
+        with_flags!($f, concat!($op, " {a:", $w, "}, cl"), a = inout(reg) $a, in("cl") $b as u8)
     };
 }
 

@@ -7,9 +7,7 @@
 //! the CPU lacks raises `#UD` before it touches memory). `RORX` and `MULX`
 //! take no flags and are plain arithmetic.
 
-use std::arch::asm;
-
-use super::alu::{merge_flags, start_flags};
+use super::alu::{merge_flags, start_flags, with_flags};
 use super::regs::mask;
 
 /// A three-operand BMI operation: `dst = op(...)`, one operand in memory.
@@ -65,22 +63,13 @@ impl Bmi {
 macro_rules! ternary {
     ($op:literal, $w:literal, $x:ident, $y:ident, $f:ident) => {{
         let d: u64;
-        // SAFETY: register-only arithmetic, as in `alu::binary!`: balanced
-        // pushes and pops on a stack the block may use, and `popfq` loads
-        // only arithmetic flags and the reserved bit.
-        unsafe {
-            asm!(
-                "push {f}",
-                "popfq",
-                concat!($op, " {d:", $w, "}, {x:", $w, "}, {y:", $w, "}"),
-                "pushfq",
-                "pop {f}",
-                d = lateout(reg) d,
-                x = in(reg) $x,
-                y = in(reg) $y,
-                f = inout(reg) $f,
-            )
-        }
+        with_flags!(
+            $f,
+            concat!($op, " {d:", $w, "}, {x:", $w, "}, {y:", $w, "}"),
+            d = lateout(reg) d,
+            x = in(reg) $x,
+            y = in(reg) $y
+        );
         d
     }};
 }

@@ -8,9 +8,7 @@
 //! CPU's own. A division that would raise `#DE` is refused beforehand: the
 //! handler cannot raise the divide error of an instruction it emulates.
 
-use std::arch::asm;
-
-use super::alu::{merge_flags, start_flags};
+use super::alu::{merge_flags, start_flags, with_flags};
 use super::regs::{mask, sign_extend};
 
 /// A one-operand multiply or divide.
@@ -40,25 +38,11 @@ pub(crate) struct WideResult {
     pub(crate) rflags: u64,
 }
 
-/// `op m` on the CPU with RAX and RDX as they are given.
+/// `op m` on the CPU with RAX and RDX as they are given. Divisions come
+/// only with a divisor and dividend that [`divide_error`] cleared.
 macro_rules! one_operand {
     ($op:literal, $w:literal, $m:ident, $rax:ident, $rdx:ident, $f:ident) => {
-        // SAFETY: register-only arithmetic, as in `alu::binary!`; RAX and
-        // RDX are declared as operands. Divisions are called only with a
-        // divisor and dividend that [`divide_error`] cleared, so no `#DE`.
-        unsafe {
-            asm!(
-                "push {f}",
-                "popfq",
-                concat!($op, " {m:", $w, "}"),
-                "pushfq",
-                "pop {f}",
-                m = in(reg) $m,
-                f = inout(reg) $f,
-                inout("rax") $rax,
-                inout("rdx") $rdx,
-            )
-        }
+        with_flags!($f, concat!($op, " {m:", $w, "}"), m = in(reg) $m, inout("rax") $rax, inout("rdx") $rdx)
     };
 }
 
@@ -148,20 +132,7 @@ pub(crate) fn double_shift(
     let (mut x, mut f) = (a, start_flags(rflags));
     macro_rules! shift {
         ($op:literal, $w:literal) => {
-            // SAFETY: register-only arithmetic, as in `alu::binary!`.
-            unsafe {
-                asm!(
-                    "push {f}",
-                    "popfq",
-                    concat!($op, " {a:", $w, "}, {b:", $w, "}, cl"),
-                    "pushfq",
-                    "pop {f}",
-                    a = inout(reg) x,
-                    b = in(reg) b,
-                    in("cl") count as u8,
-                    f = inout(reg) f,
-                )
-            }
+            with_flags!(f, concat!($op, " {a:", $w, "}, {b:", $w, "}, cl"), a = inout(reg) x, b = in(reg) b, in("cl") count as u8)
         };
     }
     match (left, width) {
