@@ -98,6 +98,27 @@ mod x86_64 {
         value
     }
 
+    /// One faulting `movsd xmm0, [rdi]` at `p`.
+    fn movsd_load(p: *const u8) -> u64 {
+        let value: u64;
+        // SAFETY: `p` is an 8-aligned trapped page of a live shadow region,
+        // which serves the load.
+        unsafe {
+            asm!("movsd xmm0, qword ptr [rdi]", "movq {v}, xmm0", in("rdi") p, v = out(reg) value, out("xmm0") _)
+        };
+        value
+    }
+
+    /// One faulting `addsd xmm0, [rdi]` at `p` (emulated under the thread's MXCSR).
+    fn addsd_load(p: *const u8) -> u64 {
+        let value: u64;
+        // SAFETY: as for `movsd_load`.
+        unsafe {
+            asm!("xorpd xmm0, xmm0", "addsd xmm0, qword ptr [rdi]", "movq {v}, xmm0", in("rdi") p, v = out(reg) value, out("xmm0") _)
+        };
+        value
+    }
+
     /// Median time per call of each of `a` and `b`, timed in interleaved
     /// batches (the medians resist the noise of a shared machine).
     fn interleaved(rounds: u32, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
@@ -123,7 +144,8 @@ mod x86_64 {
     }
 
     /// Benchmarks the emulated `add eax, [rdi]` against the emulated
-    /// `mov eax, [rdi]` on the trapped page `shadow`.
+    /// `mov eax, [rdi]`, and `addsd xmm0, [rdi]` against `movsd xmm0,
+    /// [rdi]`, on the trapped page `shadow`.
     fn alu_vs_mov(c: &mut Criterion, name: &str, shadow: *const u8, rounds: u32) {
         let mut group = c.benchmark_group(format!("{name}_emulated_form_u32"));
         group.bench_function("mov_eax_mem", |b| b.iter(|| black_box(load(shadow))));
@@ -142,6 +164,20 @@ mod x86_64 {
             "RATIO {name} emulated ALU form: add {add_ns:.0} ns / mov {mov_ns:.0} ns = {:.3}x, decode and flags {:+.1}% of the round trip (target < 5%)",
             add_ns / mov_ns,
             (add_ns - mov_ns) / mov_ns * 100.0
+        );
+        let (movsd_ns, addsd_ns) = interleaved(
+            rounds,
+            || {
+                black_box(movsd_load(shadow));
+            },
+            || {
+                black_box(addsd_load(shadow));
+            },
+        );
+        println!(
+            "RATIO {name} emulated SSE form: addsd {addsd_ns:.0} ns / movsd {movsd_ns:.0} ns = {:.3}x, {:+.1}% of the round trip",
+            addsd_ns / movsd_ns,
+            (addsd_ns - movsd_ns) / movsd_ns * 100.0
         );
     }
 
