@@ -100,8 +100,9 @@ fn source_parts(src: Source) -> (Register, u64, u64) {
 /// Packs `d` into (op, imm, mem, disp) words. The op word holds the kind
 /// (bits 0..4), width (4..8), a kind-specific code (8..16: extension, swap,
 /// VEX, condition or operation), a register (16..24), the length (24..32),
-/// [`SRC_IMM`], and a second register (40..48): the source of the kinds
-/// that also name a destination, or `MULX`'s low half.
+/// [`SRC_IMM`], [`VEX`], and a second register (40..48): the source of the
+/// kinds that also name a destination, `MULX`'s low half, or an SSE
+/// operation's first source.
 fn pack(d: &Decoded) -> [u64; 4] {
     let none = (Register::None, 0, 0);
     let (kind, sub, reg, (reg2, imm, flag)) = match d.op {

@@ -187,7 +187,7 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
                 _ => width == 8,
             };
             let r = sse::run(op, first, m, int64, mxcsr);
-            if sse::unmasked(r.raised, mxcsr) != 0 {
+            if sse::traps(op, &r, mxcsr) {
                 return Err(ExecError::Exception(SIMD));
             }
             match kind {

@@ -297,8 +297,32 @@ pub(crate) fn run(op: Sse, xmm: u128, m: u64, int64: bool, mxcsr: u32) -> SseRes
 
 /// The exceptions among `raised` that `mxcsr` does not mask: the CPU would
 /// have raised `#XM` (SIGFPE) for them.
-pub(crate) fn unmasked(raised: u32, mxcsr: u32) -> u32 {
+fn unmasked(raised: u32, mxcsr: u32) -> u32 {
     raised & !(mxcsr >> 7) & MXCSR_FLAGS
+}
+
+/// MXCSR's underflow flag.
+const UE: u32 = 0x10;
+
+/// Whether the CPU would have raised `#XM` for `op` with result `r` (run
+/// with every exception masked) under the thread's `mxcsr`: an exception it
+/// raised is unmasked, or underflow is unmasked and the result is tiny.
+/// Masked underflow is only flagged for a tiny result that is also inexact;
+/// unmasked, a tiny exact result traps too.
+pub(crate) fn traps(op: Sse, r: &SseResult, mxcsr: u32) -> bool {
+    if unmasked(r.raised, mxcsr) != 0 {
+        return true;
+    }
+    if mxcsr & (UE << 7) != 0 {
+        return false;
+    }
+    let subnormal32 = |bits: u32| bits & 0x7f80_0000 == 0 && bits & 0x007f_ffff != 0;
+    let subnormal64 = |bits: u64| bits & 0x7ff0_0000_0000_0000 == 0 && bits & 0x000f_ffff_ffff_ffff != 0;
+    match op {
+        Sse::Addss | Sse::Subss | Sse::Mulss | Sse::Divss | Sse::Cvtsd2ss => subnormal32(r.xmm as u32),
+        Sse::Addsd | Sse::Subsd | Sse::Mulsd | Sse::Divsd => subnormal64(r.xmm as u64),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -360,5 +384,27 @@ mod tests {
         assert_eq!(r.raised, 0x4); // ZE, masked here
         assert_eq!(unmasked(r.raised, DEFAULT_MXCSR), 0);
         assert_eq!(unmasked(r.raised, DEFAULT_MXCSR & !(0x4 << 7)), 0x4);
+        assert!(traps(Sse::Divsd, &r, DEFAULT_MXCSR & !(0x4 << 7)));
+        assert!(!traps(Sse::Divsd, &r, DEFAULT_MXCSR));
+    }
+
+    #[test]
+    fn a_tiny_exact_result_traps_only_with_underflow_unmasked() {
+        // The smallest normal halved: subnormal and exact, so masked
+        // underflow raises no flag at all.
+        let r = run(
+            Sse::Mulsd,
+            sd(f64::MIN_POSITIVE),
+            0.5f64.to_bits(),
+            false,
+            DEFAULT_MXCSR,
+        );
+        assert_eq!(r.xmm as u64, (f64::MIN_POSITIVE / 2.0).to_bits());
+        assert_eq!(r.raised, 0);
+        assert!(!traps(Sse::Mulsd, &r, DEFAULT_MXCSR));
+        assert!(traps(Sse::Mulsd, &r, DEFAULT_MXCSR & !(UE << 7)));
+        // A normal result does not trap with underflow unmasked.
+        let r = run(Sse::Mulsd, sd(1.0), 0.5f64.to_bits(), false, DEFAULT_MXCSR);
+        assert!(!traps(Sse::Mulsd, &r, DEFAULT_MXCSR & !(UE << 7)));
     }
 }
