@@ -37,6 +37,63 @@
 //! installed before barmap's (Rust's stack-overflow report, other crates), and
 //! so does every SIGSEGV sent with `kill`, `tgkill` or `sigqueue`.
 //!
+//! # Threads that block SIGSEGV or SIGBUS
+//!
+//! A thread that has SIGSEGV blocked cannot touch a trapped page: the kernel
+//! does not queue a synchronous fault for a blocked (or ignored) signal, it
+//! unblocks it, resets it to `SIG_DFL` and so kills the process, without
+//! barmap's handler ever running and without a diagnostic. The same holds for
+//! SIGBUS on a mapped page while vfio-pci has revoked it. This catches
+//! the common pattern of blocking every signal in worker threads (`sigfillset`
+//! then `pthread_sigmask`) so that one thread takes them with `sigwait` or a
+//! `signalfd`: such a program must `sigdelset` SIGSEGV and SIGBUS from that
+//! set. It also covers code running inside another signal handler whose
+//! `sa_mask` holds SIGSEGV, and a trapped access from an
+//! [`AccessHook`] or a `RegionIo` (barmap's handler runs
+//! with every signal blocked).
+//!
+//! # seccomp
+//!
+//! A seccomp filter in a process that uses shadow regions must allow what
+//! the fault path calls (measured with `strace` on glibc 2.36):
+//!
+//! - every fault: `rt_sigreturn`;
+//! - a served access: whatever the region's `RegionIo` calls, which for
+//!   barmap's own [`FdRegion`](crate::FdRegion) (and so for VFIO regions) is
+//!   `pread64` or `pwrite64`; and whatever an access hook calls;
+//! - an access barmap refuses: `write` (the diagnostic on stderr) and
+//!   `rt_sigaction` (back to `SIG_DFL` before the fatal re-fault);
+//! - a fault chained to the previous handler: `rt_sigprocmask` (its mask is
+//!   set and restored), and whatever that handler calls; a fault chained to
+//!   `SIG_DFL` or `SIG_IGN`: `rt_sigaction`;
+//! - a SIGSEGV sent with `kill`/`tgkill` while the previous action was
+//!   `SIG_DFL`: `rt_sigaction`, then `raise`'s `gettid`, `getpid` and
+//!   `tgkill` (older glibc also calls `rt_sigprocmask` there).
+//!
+//! The handler makes no `sigaltstack` call (it reads the alternate stack from
+//! the signal frame), and maps nothing. Installing it, on the first shadow
+//! region, calls `rt_sigaction` and `rt_sigprocmask`; a filter installed
+//! after that need not allow them for installation. A filter that kills on a
+//! denied call ends the process inside the handler. A `pread64`/`pwrite64`
+//! denied with an error fails the access like any failing device access
+//! (diagnostic, then SIGSEGV); a denied `rt_sigaction` leaves a refused
+//! access faulting and reporting forever.
+//!
+//! # Debuggers
+//!
+//! gdb stops at every SIGSEGV by default, so at every trapped access. Let
+//! them through to barmap's handler with
+//!
+//! ```text
+//! (gdb) handle SIGSEGV nostop noprint pass
+//! ```
+//!
+//! and `handle SIGBUS nostop noprint pass`. A fault barmap refuses is
+//! then not stopped at either: its one-line diagnostic names the instruction
+//! address, and `handle SIGSEGV stop print` brings the stop back. Under
+//! `strace`, each trapped access shows as a `--- SIGSEGV` line with
+//! `si_code=SEGV_ACCERR` followed by its `pread64`/`pwrite64`.
+//!
 //! # Stack use
 //!
 //! The handler serves a fault on the stack of the thread that took it, just
