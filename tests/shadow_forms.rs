@@ -812,11 +812,22 @@ use std::ptr::{read_volatile as rd, write_volatile as wr};
 #[no_mangle] pub unsafe extern "C" fn fless_f64(p: *mut u8, x: u64) -> u64 { (rd(p as *const f64) < x as f64) as u64 }
 #[no_mangle] pub unsafe extern "C" fn ftoi_f64(p: *mut u8, _x: u64) -> u64 { rd(p as *const f64) as i64 as u64 }
 #[no_mangle] pub unsafe extern "C" fn utof_u64(p: *mut u8, _x: u64) -> u64 { (rd(p as *const u64) as f64).to_bits() }
+#[no_mangle] pub unsafe extern "C" fn store_hi_f64(p: *mut u8, x: u64) -> u64 {
+    use std::arch::x86_64::*;
+    let v = _mm_mul_pd(_mm_set_pd(x as f64, (x >> 3) as f64), _mm_set1_pd(0.5));
+    let lanes: [f64; 2] = std::mem::transmute(v);
+    wr(p as *mut f64, lanes[1]); 0
+}
+#[no_mangle] pub unsafe extern "C" fn insert_w(p: *mut u8, x: u64) -> u64 {
+    use std::arch::x86_64::*;
+    _mm_cvtsi128_si64(_mm_insert_epi16::<3>(_mm_set1_epi64x(x as i64), rd(p as *const u16) as i32)) as u64
+}
 "#;
 
 const C_PATTERNS: &str = r#"
 #include <stdint.h>
 #include <string.h>
+#include <emmintrin.h>
 #define V(t, p) (*(volatile t *)(p))
 uint64_t sum4_u32(void *p, uint64_t x) {
     uint32_t acc = x;
@@ -866,6 +877,14 @@ uint64_t itof_i32(void *p, uint64_t x) { double d = V(int32_t, p); uint64_t b; m
 uint64_t fless_f64(void *p, uint64_t x) { return V(double, p) < (double)x; }
 uint64_t ftoi_f64(void *p, uint64_t x) { return (uint64_t)(int64_t)V(double, p); }
 uint64_t utof_u64(void *p, uint64_t x) { double d = V(uint64_t, p); uint64_t b; memcpy(&b, &d, 8); return b; }
+uint64_t store_hi_f64(void *p, uint64_t x) {
+    __m128d v = _mm_mul_pd(_mm_set_pd((double)x, (double)(x >> 3)), _mm_set1_pd(0.5));
+    V(double, p) = _mm_cvtsd_f64(_mm_unpackhi_pd(v, v));
+    return 0;
+}
+uint64_t insert_w(void *p, uint64_t x) {
+    return _mm_cvtsi128_si64(_mm_insert_epi16(_mm_set1_epi64x((long long)x), V(uint16_t, p), 3));
+}
 "#;
 
 /// A pattern: its name, what device memory it needs to terminate, and its
@@ -944,6 +963,8 @@ static PATTERNS: &[Pattern] = &[
     pattern("fless_f64", Init::Random, &[(0, 8, RD)]),
     pattern("ftoi_f64", Init::Random, &[(0, 8, RD)]),
     pattern("utof_u64", Init::Random, &[(0, 8, RD)]),
+    pattern("store_hi_f64", Init::Random, &[(0, 8, WR)]),
+    pattern("insert_w", Init::Random, &[(0, 2, RD)]),
 ];
 
 /// Runs `program` with `args`, panicking with its output if it fails and
@@ -1455,8 +1476,8 @@ macro_rules! vec_form {
     };
 }
 
-/// The SSE moves and scalar arithmetic (which keep the bits above 127) and
-/// their VEX forms (which clear them).
+/// The SSE moves, lane moves, broadcasts and scalar arithmetic (which keep
+/// the bits above 127) and their VEX forms (which clear them).
 static VEC_FORMS: &[VecForm] = &[
     vec_form!("addss xmm0, dword ptr [rdi]", 4, R),
     vec_form!("addsd xmm1, qword ptr [rdi]", 8, R),
@@ -1502,6 +1523,37 @@ static VEC_FORMS: &[VecForm] = &[
     vec_form!("vcomiss xmm1, dword ptr [rdi]", 4, R),
     vec_form!("vcvttsd2si rax, qword ptr [rdi]", 8, R),
     vec_form!("vcvtss2si ecx, dword ptr [rdi]", 4, R),
+    vec_form!("pinsrb xmm0, byte ptr [rdi], 5", 1, R),
+    vec_form!("pinsrw xmm1, word ptr [rdi], 3", 2, R),
+    vec_form!("pinsrd xmm0, dword ptr [rdi], 2", 4, R),
+    vec_form!("pinsrq xmm1, qword ptr [rdi], 1", 8, R),
+    vec_form!("vpinsrd xmm0, xmm1, dword ptr [rdi], 3", 4, R),
+    vec_form!("vpinsrw xmm1, xmm1, word ptr [rdi], 7", 2, R),
+    vec_form!("pextrb byte ptr [rdi], xmm0, 9", 1, W),
+    vec_form!("pextrw word ptr [rdi], xmm1, 6", 2, W),
+    vec_form!("pextrd dword ptr [rdi], xmm0, 1", 4, W),
+    vec_form!("pextrq qword ptr [rdi], xmm1, 1", 8, W),
+    vec_form!("extractps dword ptr [rdi], xmm0, 3", 4, W),
+    vec_form!("vpextrq qword ptr [rdi], xmm1, 0", 8, W),
+    vec_form!("insertps xmm0, dword ptr [rdi], 0x35", 4, R),
+    vec_form!("vinsertps xmm1, xmm0, dword ptr [rdi], 0x1a", 4, R),
+    vec_form!("movhps xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("movlps xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("movhpd xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("movlpd xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("movhps qword ptr [rdi], xmm1", 8, W),
+    vec_form!("movlps qword ptr [rdi], xmm0", 8, W),
+    vec_form!("movhpd qword ptr [rdi], xmm0", 8, W),
+    vec_form!("vmovhps xmm0, xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("vmovlpd xmm1, xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("vmovhpd qword ptr [rdi], xmm1", 8, W),
+    vec_form!("movddup xmm0, qword ptr [rdi]", 8, R),
+    vec_form!("vmovddup xmm1, qword ptr [rdi]", 8, R),
+    vec_form!("vbroadcastss xmm0, dword ptr [rdi]", 4, R),
+    vec_form!("vpbroadcastb xmm1, byte ptr [rdi]", 1, R),
+    vec_form!("vpbroadcastw xmm0, word ptr [rdi]", 2, R),
+    vec_form!("vpbroadcastd xmm1, dword ptr [rdi]", 4, R),
+    vec_form!("vpbroadcastq xmm0, qword ptr [rdi]", 8, R),
     vec_form!("vcvtusi2sd xmm0, xmm1, dword ptr [rdi]", 4, R),
     vec_form!("vcvtusi2ss xmm1, xmm0, qword ptr [rdi]", 8, R),
     vec_form!("vcvttsd2usi rax, qword ptr [rdi]", 8, R),
@@ -1536,9 +1588,10 @@ fn vector_forms_match_the_cpu_on_whole_vector_registers_and_mxcsr() {
     let mut rng = Rng(0x5eed_0fa5);
     let mut native = Box::new([0u64; 2]);
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
     for form in VEC_FORMS {
-        if form.text.contains("usi") && !avx512 {
-            eprintln!("no AVX-512 on this CPU: {} not tested", form.text);
+        if (form.text.contains("usi") && !avx512) || (form.text.starts_with("vpbroadcast") && !avx2) {
+            eprintln!("this CPU lacks the extension of {}: not tested", form.text);
             continue;
         }
         for round in 0..50 {

@@ -13,7 +13,9 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use iced_x86::Register;
 
-use super::emulate::{Alu, Bmi, Cond, Decoded, Extend, Mem, Op, Source, Sse, Wide, MAX_INSN_LEN};
+use super::emulate::{
+    Alu, Bmi, Cond, Decoded, Extend, Lane, LaneOp, Mem, Op, Source, Sse, Wide, MAX_INSN_LEN,
+};
 
 const ENTRIES: usize = 64;
 
@@ -72,6 +74,7 @@ const DOUBLE_SHIFT: u64 = 10;
 const SETCC: u64 = 11;
 const CMOV: u64 = 12;
 const SSE: u64 = 13;
+const LANE: u64 = 14;
 
 /// Set in the op word when the instruction's source is an immediate.
 const SRC_IMM: u64 = 1 << 32;
@@ -128,6 +131,14 @@ fn pack(d: &Decoded) -> [u64; 4] {
         Op::Sse {
             op, dst, src1, vex, ..
         } => (SSE, op as u64, dst, (src1, 0, if vex { VEX } else { 0 })),
+        Op::Lane(l) => {
+            let (sub, imm) = match l.op {
+                LaneOp::Insert { offset, zero } => (0, u64::from(offset) | u64::from(zero) << 8),
+                LaneOp::Extract { offset } => (1, u64::from(offset)),
+                LaneOp::Broadcast => (2, 0),
+            };
+            (LANE, sub, l.xmm, (l.src1, imm, if l.vex { VEX } else { 0 }))
+        }
     };
     let op = kind
         | (d.width() as u64) << 4
@@ -214,6 +225,21 @@ fn unpack([op, imm, mem, disp]: [u64; 4]) -> Option<Decoded> {
             dst: r,
             width,
         },
+        LANE => Op::Lane(Lane {
+            op: match sub {
+                0 => LaneOp::Insert {
+                    offset: imm as u8,
+                    zero: (imm >> 8) as u8,
+                },
+                1 => LaneOp::Extract { offset: imm as u8 },
+                2 => LaneOp::Broadcast,
+                _ => return None,
+            },
+            xmm: r,
+            src1: r2,
+            width,
+            vex: op & VEX != 0,
+        }),
         SSE => Op::Sse {
             op: Sse::from_u8(sub as u8)?,
             dst: r,
@@ -315,7 +341,7 @@ mod tests {
 
     #[test]
     fn packs_every_form() {
-        let forms: [&[u8]; 32] = [
+        let forms: [&[u8]; 35] = [
             &[0x8a, 0x27],                               // mov ah,[rdi]
             &[0x48, 0x0f, 0xbe, 0x07],                   // movsx rax,byte [rdi]
             &[0x0f, 0xb7, 0x44, 0x8f, 0x10],             // movzx eax,word [rdi+rcx*4+0x10]
@@ -348,6 +374,9 @@ mod tests {
             &[0xf2, 0x0f, 0x58, 0x07],                   // addsd xmm0,[rdi]
             &[0xc5, 0xf3, 0x59, 0x07],                   // vmulsd xmm0,xmm1,[rdi]
             &[0xf2, 0x48, 0x0f, 0x2c, 0x07],             // cvttsd2si rax,[rdi]
+            &[0x66, 0x0f, 0x3a, 0x22, 0x07, 0x02],       // pinsrd xmm0,[rdi],2
+            &[0x66, 0x0f, 0x17, 0x0f],                   // movhpd [rdi],xmm1
+            &[0xc4, 0xe2, 0x79, 0x58, 0x07],             // vpbroadcastd xmm0,[rdi]
         ];
         for bytes in forms {
             let d = decoded(bytes, 0x40_1000);

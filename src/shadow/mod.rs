@@ -23,8 +23,9 @@
 //! `shld`/`shrd`, `setcc` and `cmovcc`, scalar SSE/AVX moves (`movd`,
 //! `movq`, `movss`, `movsd` and their VEX forms), and scalar SSE/AVX
 //! arithmetic, conversions and comparisons (`addsd`, `cvtsi2sd`,
-//! `ucomisd`...) under the thread's MXCSR; see the `emulate` module for the
-//! list. A read-modify-write is one read and one
+//! `ucomisd`...) under the thread's MXCSR, and XMM lane inserts, extracts
+//! and broadcasts (`pinsrd`, `pextrq`, `movhps`, `vpbroadcastd`...); see the
+//! `emulate` module for the list. A read-modify-write is one read and one
 //! write of the same width, and flags are computed by the CPU itself. Any
 //! other instruction on a trapped page (an SSE copy of 16 bytes, `memcpy`'s
 //! `rep movs`, a `lock`ed or `xchg` atomic), and a misaligned access or one

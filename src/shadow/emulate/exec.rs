@@ -8,7 +8,7 @@ use iced_x86::Register;
 use super::alu::{self, Alu};
 use super::regs::full_register;
 use super::sse::{self, Result as SseResultKind};
-use super::{bmi, loaded_value, source_value, swap_bytes, wide, Op, Regs, Source};
+use super::{bmi, lane, loaded_value, source_value, swap_bytes, wide, Op, Regs, Source};
 
 /// The device side of one emulated instruction, at the operand's address.
 /// Each call is one access of exactly `width` bytes.
@@ -197,6 +197,20 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
             }
             need(regs.set_mxcsr(mxcsr | r.raised), XMM)?;
         }
+        Op::Lane(l) => match l.op {
+            lane::LaneOp::Extract { offset } => {
+                let value = need(regs.xmm128(l.xmm), XMM)?;
+                bus.write(l.width, lane::extracted(value, offset, l.width))?;
+            }
+            _ => {
+                let src1 = need(regs.xmm128(l.xmm).and(regs.xmm128(l.src1)), XMM)?;
+                let m = bus.read(l.width)?;
+                need(
+                    regs.set_xmm128(l.xmm, lane::loaded(l.op, src1, m, l.width), l.vex),
+                    XMM,
+                )?;
+            }
+        },
     }
     Ok(())
 }

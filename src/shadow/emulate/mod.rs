@@ -37,7 +37,11 @@
 //!   CVTSI2SS CVTSI2SD CVT(T)SS2SI CVT(T)SD2SI` (and AVX-512's unsigned
 //!   `VCVTUSI2SS/SD VCVT(T)SS2USI VCVT(T)SD2USI`), and the comparisons
 //!   `(U)COMISS (U)COMISD`, computed under the thread's MXCSR ([`sse`]); one
-//!   that raises an exception the thread has unmasked is refused.
+//!   that raises an exception the thread has unmasked is refused;
+//! - moves between memory and one lane of an XMM register, and broadcasts
+//!   of memory to every lane of one: `PINSRB/W/D/Q PEXTRB/W/D/Q EXTRACTPS
+//!   INSERTPS MOVHPS MOVHPD MOVLPS MOVLPD MOVDDUP`, their VEX forms, and
+//!   `VBROADCASTSS VPBROADCASTB/W/D/Q` into an XMM register ([`lane`]).
 //!
 //! Everything else is refused and the handler reports it rather than guess:
 //! `LOCK`-prefixed instructions and `XCHG` (atomic on the bus, which a read
@@ -48,6 +52,7 @@
 mod alu;
 mod bmi;
 mod exec;
+mod lane;
 mod regs;
 mod sse;
 mod wide;
@@ -57,6 +62,7 @@ use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, MemorySize, M
 pub(crate) use alu::Alu;
 pub(crate) use bmi::Bmi;
 pub(crate) use exec::{execute, Bus, ExecError};
+pub(crate) use lane::{Lane, LaneOp};
 pub(crate) use regs::Regs;
 use regs::{gpr, mask, sign_extend, xmm};
 pub(crate) use sse::Sse;
@@ -130,6 +136,9 @@ pub(crate) enum Op {
         width: usize,
         vex: bool,
     },
+    /// A move between memory and one lane of an XMM register, or a
+    /// broadcast of memory to every lane ([`lane`]).
+    Lane(Lane),
 }
 
 /// An x86 condition (the `cc` of `SETcc`/`CMOVcc`), numbered as the
@@ -226,6 +235,7 @@ impl Op {
             | Op::DoubleShift { width, .. }
             | Op::Cmov { width, .. }
             | Op::Sse { width, .. } => width,
+            Op::Lane(lane) => lane.width,
             Op::SetCc { .. } => 1,
         }
     }
@@ -450,6 +460,9 @@ pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
         || matches!(insn.memory_segment(), Register::FS | Register::GS)
     {
         return None;
+    }
+    if let Some(lane) = lane::classify(insn) {
+        return Some(Op::Lane(lane));
     }
     let width = scalar_width(insn.memory_size())?;
     let count = insn.op_count();
