@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn packs_every_form() {
-        let forms: [&[u8]; 35] = [
+        let forms: [&[u8]; 36] = [
             &[0x8a, 0x27],                               // mov ah,[rdi]
             &[0x48, 0x0f, 0xbe, 0x07],                   // movsx rax,byte [rdi]
             &[0x0f, 0xb7, 0x44, 0x8f, 0x10],             // movzx eax,word [rdi+rcx*4+0x10]
@@ -377,6 +377,7 @@ mod tests {
             &[0x66, 0x0f, 0x3a, 0x22, 0x07, 0x02],       // pinsrd xmm0,[rdi],2
             &[0x66, 0x0f, 0x17, 0x0f],                   // movhpd [rdi],xmm1
             &[0xc4, 0xe2, 0x79, 0x58, 0x07],             // vpbroadcastd xmm0,[rdi]
+            &[0xc4, 0xe3, 0x79, 0x21, 0x0f, 0x1a],       // vinsertps xmm1,xmm0,[rdi],0x1a
         ];
         for bytes in forms {
             let d = decoded(bytes, 0x40_1000);

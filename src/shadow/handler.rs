@@ -425,7 +425,7 @@ fn fetch_and_decode(rip: u64, fetched: &mut Fetched) -> Result<Decoded, Refusal>
     }
     fetched.len = insn.len();
     let decoded = emulate::emulable(&insn).ok_or_else(|| {
-        refuse("instruction not emulated (moves, SSE scalar moves and unlocked ALU forms of 1-8 bytes only)")
+        refuse("instruction not emulated (only unlocked forms with one memory operand of 1-8 bytes; see barmap::shadow)")
     })?;
     CACHE.put(rip, &fetched.bytes[..fetched.len], &decoded);
     Ok(decoded)

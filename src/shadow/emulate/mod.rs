@@ -453,8 +453,8 @@ fn cmovcc_of(mnemonic: Mnemonic) -> Option<Cond> {
 
 /// The memory effect of `insn` if it is one barmap emulates.
 pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
-    // VEX/EVEX forms have mnemonics of their own (`VMOVSD`...): only the
-    // scalar moves are accepted below, and not with an EVEX opmask.
+    // VEX/EVEX forms have mnemonics of their own (`VMOVSD`...): only those
+    // named below are accepted, and none with an EVEX opmask.
     if insn.has_lock_prefix()
         || insn.op_mask() != Register::None
         || matches!(insn.memory_segment(), Register::FS | Register::GS)

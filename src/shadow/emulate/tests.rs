@@ -250,23 +250,28 @@ fn classifies_alu_forms() {
 
 #[test]
 fn refuses_everything_else() {
-    let refused: [&[u8]; 16] = [
-        &[0x0f, 0x10, 0x07],       // movups xmm0,[rdi]
-        &[0x66, 0x0f, 0x6f, 0x07], // movdqa xmm0,[rdi]
-        &[0x87, 0x07],             // xchg [rdi],eax
-        &[0xf0, 0x0f, 0xc1, 0x07], // lock xadd [rdi],eax
-        &[0xf0, 0x01, 0x07],       // lock add [rdi],eax
-        &[0xf0, 0x83, 0x0f, 0x04], // lock or dword [rdi],4
-        &[0x64, 0x8b, 0x07],       // mov eax,fs:[rdi]
-        &[0xf3, 0xa4],             // rep movsb
-        &[0xa5],                   // movsd (string)
-        &[0x89, 0xc8],             // mov eax,ecx
-        &[0x0f, 0xa3, 0x07],       // bt [rdi],eax (bit string)
-        &[0x66, 0x0f, 0x58, 0x07], // addpd xmm0,[rdi] (packed, 16 bytes)
-        &[0x0f, 0xb1, 0x0f],       // cmpxchg [rdi],ecx
-        &[0x0f, 0x6e, 0x07],       // movd mm0,[rdi]
-        &[0xc5, 0xfc, 0x10, 0x07], // vmovups ymm0,[rdi]
-        &[0x8c, 0x1f],             // mov [rdi],ds
+    let refused: [&[u8]; 21] = [
+        &[0x0f, 0x10, 0x07],                         // movups xmm0,[rdi]
+        &[0x66, 0x0f, 0x6f, 0x07],                   // movdqa xmm0,[rdi]
+        &[0x87, 0x07],                               // xchg [rdi],eax
+        &[0xf0, 0x0f, 0xc1, 0x07],                   // lock xadd [rdi],eax
+        &[0xf0, 0x01, 0x07],                         // lock add [rdi],eax
+        &[0xf0, 0x83, 0x0f, 0x04],                   // lock or dword [rdi],4
+        &[0x64, 0x8b, 0x07],                         // mov eax,fs:[rdi]
+        &[0xf3, 0xa4],                               // rep movsb
+        &[0xa5],                                     // movsd (string)
+        &[0x89, 0xc8],                               // mov eax,ecx
+        &[0x0f, 0xa3, 0x07],                         // bt [rdi],eax (bit string)
+        &[0x66, 0x0f, 0x58, 0x07],                   // addpd xmm0,[rdi] (packed, 16 bytes)
+        &[0x0f, 0xb1, 0x0f],                         // cmpxchg [rdi],ecx
+        &[0x0f, 0x6e, 0x07],                         // movd mm0,[rdi]
+        &[0xc5, 0xfc, 0x10, 0x07],                   // vmovups ymm0,[rdi]
+        &[0x8c, 0x1f],                               // mov [rdi],ds
+        &[0x66, 0x0f, 0xc5, 0xc0, 0x01],             // pextrw eax,xmm0,1 (no memory)
+        &[0xc4, 0xe2, 0x7d, 0x58, 0x07],             // vpbroadcastd ymm0,[rdi] (YMM destination)
+        &[0xc5, 0xff, 0x12, 0x07],                   // vmovddup ymm0,[rdi]
+        &[0x62, 0xe3, 0x7d, 0x08, 0x22, 0x07, 0x01], // vpinsrd xmm16,xmm0,[rdi],1 (EVEX, XMM16)
+        &[0x62, 0xf2, 0x7d, 0x09, 0x58, 0x07],       // vpbroadcastd xmm0{k1},[rdi] (masked)
     ];
     for bytes in refused {
         assert_eq!(classify(&one(bytes)), None, "{bytes:02x?}");
