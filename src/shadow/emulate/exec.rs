@@ -27,7 +27,8 @@ pub(crate) enum ExecError {
     /// The device access failed.
     Io(io::Error),
     /// The CPU would raise an exception for these operands (a divide
-    /// error), which the handler does not emulate. The device was read.
+    /// error, an unmasked SIMD floating-point exception), which the handler
+    /// does not emulate. The device was read.
     Exception(&'static str),
 }
 
@@ -154,16 +155,12 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
             bus.write(1, u64::from(cond.holds(regs.rflags())))?;
         }
         Op::Cmov { cond, dst, width } => {
-            let dst = whole(dst, width);
             let old = need(regs.get(dst), DST)?;
             let m = bus.read(width)?;
-            // A 4-byte CMOV zero-extends its destination even when it does
-            // not move.
+            // Written either way: a 4-byte CMOV zero-extends its destination
+            // even when it does not move, as `Regs::set` does.
             let value = if cond.holds(regs.rflags()) { m } else { old };
-            need(
-                regs.set(dst, if width == 4 { value & super::mask(4) } else { value }),
-                DST,
-            )?;
+            need(regs.set(dst, value), DST)?;
         }
         Op::Sse {
             op,

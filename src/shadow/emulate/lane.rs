@@ -36,181 +36,119 @@ pub(crate) struct Lane {
     pub(crate) vex: bool,
 }
 
+/// What a lane mnemonic does, before its operands say which way.
+#[derive(Clone, Copy)]
+enum Form {
+    /// `PINSR*` (load) and `PEXTR*`/`EXTRACTPS` (store): the lane the
+    /// immediate selects.
+    Lane,
+    /// `INSERTPS`: the lane in immediate bits 5:4, then the zero mask in 3:0.
+    Insertps,
+    /// `MOVLP*`/`MOVHP*`, load or store: the half at this byte offset.
+    Half(u8),
+    /// `MOVDDUP` and the broadcasts: loads only.
+    Broadcast,
+}
+
+/// Every lane mnemonic: its form, width, and whether it is a VEX/EVEX one
+/// (a load then zeroes bits 128 and up).
+const FORMS: [(Mnemonic, Form, usize, bool); 35] = {
+    use Form::{Broadcast, Half, Insertps, Lane};
+    use Mnemonic as M;
+    [
+        (M::Pinsrb, Lane, 1, false),
+        (M::Vpinsrb, Lane, 1, true),
+        (M::Pinsrw, Lane, 2, false),
+        (M::Vpinsrw, Lane, 2, true),
+        (M::Pinsrd, Lane, 4, false),
+        (M::Vpinsrd, Lane, 4, true),
+        (M::Pinsrq, Lane, 8, false),
+        (M::Vpinsrq, Lane, 8, true),
+        (M::Pextrb, Lane, 1, false),
+        (M::Vpextrb, Lane, 1, true),
+        (M::Pextrw, Lane, 2, false),
+        (M::Vpextrw, Lane, 2, true),
+        (M::Pextrd, Lane, 4, false),
+        (M::Vpextrd, Lane, 4, true),
+        (M::Pextrq, Lane, 8, false),
+        (M::Vpextrq, Lane, 8, true),
+        (M::Extractps, Lane, 4, false),
+        (M::Vextractps, Lane, 4, true),
+        (M::Insertps, Insertps, 4, false),
+        (M::Vinsertps, Insertps, 4, true),
+        (M::Movlps, Half(0), 8, false),
+        (M::Movlpd, Half(0), 8, false),
+        (M::Vmovlps, Half(0), 8, true),
+        (M::Vmovlpd, Half(0), 8, true),
+        (M::Movhps, Half(8), 8, false),
+        (M::Movhpd, Half(8), 8, false),
+        (M::Vmovhps, Half(8), 8, true),
+        (M::Vmovhpd, Half(8), 8, true),
+        (M::Movddup, Broadcast, 8, false),
+        (M::Vmovddup, Broadcast, 8, true),
+        (M::Vbroadcastss, Broadcast, 4, true),
+        (M::Vpbroadcastb, Broadcast, 1, true),
+        (M::Vpbroadcastw, Broadcast, 2, true),
+        (M::Vpbroadcastd, Broadcast, 4, true),
+        (M::Vpbroadcastq, Broadcast, 8, true),
+    ]
+};
+
 /// The lane form of `insn`, if it is one barmap emulates (an XMM register
 /// of XMM0..15; YMM destinations are refused).
+///
+/// The operands follow from where the memory operand is: first for a store
+/// (`op [m], xmm(, imm)`), second for a legacy load (`op xmm, [m](, imm)`),
+/// third for a VEX load with a first source (`vop xmm, src1, [m](, imm)`);
+/// an immediate, where the form takes one, comes last.
 pub(crate) fn classify(insn: &Instruction) -> Option<Lane> {
-    use Mnemonic as M;
+    let m = insn.mnemonic();
+    let &(_, form, width, vex) = FORMS.iter().find(|row| row.0 == m)?;
     let count = insn.op_count();
-    let mem = |i: u32| i < count && insn.op_kind(i) == OpKind::Memory;
     let reg = |i: u32| {
         let r = insn.op_register(i);
         (i < count && insn.op_kind(i) == OpKind::Register && xmm(r).is_some()).then_some(r)
     };
-    let imm = |i: u32| (i < count && insn.op_kind(i) == OpKind::Immediate8).then(|| insn.immediate(i) as u8);
-    let m = insn.mnemonic();
-    let vex = matches!(
-        m,
-        M::Vpinsrb
-            | M::Vpinsrw
-            | M::Vpinsrd
-            | M::Vpinsrq
-            | M::Vinsertps
-            | M::Vmovhps
-            | M::Vmovhpd
-            | M::Vmovlps
-            | M::Vmovlpd
-            | M::Vmovddup
-            | M::Vbroadcastss
-            | M::Vpbroadcastb
-            | M::Vpbroadcastw
-            | M::Vpbroadcastd
-            | M::Vpbroadcastq
-    );
-    // The width of each lane mnemonic, legacy and VEX alike.
-    let width = match m {
-        M::Pinsrb | M::Vpinsrb | M::Pextrb | M::Vpextrb | M::Vpbroadcastb => 1,
-        M::Pinsrw | M::Vpinsrw | M::Pextrw | M::Vpextrw | M::Vpbroadcastw => 2,
-        M::Pinsrd
-        | M::Vpinsrd
-        | M::Pextrd
-        | M::Vpextrd
-        | M::Extractps
-        | M::Vextractps
-        | M::Insertps
-        | M::Vinsertps
-        | M::Vbroadcastss
-        | M::Vpbroadcastd => 4,
-        M::Pinsrq
-        | M::Vpinsrq
-        | M::Pextrq
-        | M::Vpextrq
-        | M::Movhps
-        | M::Movhpd
-        | M::Movlps
-        | M::Movlpd
-        | M::Vmovhps
-        | M::Vmovhpd
-        | M::Vmovlps
-        | M::Vmovlpd
-        | M::Movddup
-        | M::Vmovddup
-        | M::Vpbroadcastq => 8,
-        _ => return None,
+    let at = (0..count).find(|&i| insn.op_kind(i) == OpKind::Memory)?;
+    let takes_imm = matches!(form, Form::Lane | Form::Insertps);
+    if at > 2 || count != at.max(1) + 1 + u32::from(takes_imm) {
+        return None;
+    }
+    let select = if takes_imm {
+        let i = count - 1;
+        (insn.op_kind(i) == OpKind::Immediate8).then(|| insn.immediate(i) as u8)?
+    } else {
+        0
     };
-    let lanes = (16 / width) as u8;
-    let lane = |select: u8| (select % lanes) * width as u8;
-    let half = |m: Mnemonic| {
-        if matches!(m, M::Movhps | M::Movhpd | M::Vmovhps | M::Vmovhpd) {
-            8
-        } else {
-            0
-        }
-    };
-    let (op, xmm, src1) = match m {
-        // Stores: `op [m], xmm(, imm)`.
-        M::Pextrb
-        | M::Vpextrb
-        | M::Pextrw
-        | M::Vpextrw
-        | M::Pextrd
-        | M::Vpextrd
-        | M::Pextrq
-        | M::Vpextrq
-        | M::Extractps
-        | M::Vextractps
-            if count == 3 && mem(0) =>
-        {
-            let r = reg(1)?;
-            (
-                LaneOp::Extract {
-                    offset: lane(imm(2)?),
-                },
-                r,
-                r,
-            )
-        }
-        M::Movhps | M::Movhpd | M::Movlps | M::Movlpd | M::Vmovhps | M::Vmovhpd | M::Vmovlps | M::Vmovlpd
-            if count == 2 && mem(0) =>
-        {
-            let r = reg(1)?;
-            (LaneOp::Extract { offset: half(m) }, r, r)
-        }
-        // Loads into one lane: `op xmm, [m], imm` or `vop xmm, src1, [m], imm`.
-        M::Pinsrb | M::Pinsrw | M::Pinsrd | M::Pinsrq if count == 3 && mem(1) => {
-            let r = reg(0)?;
-            (
-                LaneOp::Insert {
-                    offset: lane(imm(2)?),
-                    zero: 0,
-                },
-                r,
-                r,
-            )
-        }
-        M::Vpinsrb | M::Vpinsrw | M::Vpinsrd | M::Vpinsrq if count == 4 && mem(2) => (
-            LaneOp::Insert {
-                offset: lane(imm(3)?),
-                zero: 0,
-            },
-            reg(0)?,
-            reg(1)?,
-        ),
-        M::Insertps if count == 3 && mem(1) => {
-            let r = reg(0)?;
-            let select = imm(2)?;
-            (
-                LaneOp::Insert {
-                    offset: lane(select >> 4),
-                    zero: select & 0xf,
-                },
-                r,
-                r,
-            )
-        }
-        M::Vinsertps if count == 4 && mem(2) => {
-            let select = imm(3)?;
-            (
-                LaneOp::Insert {
-                    offset: lane(select >> 4),
-                    zero: select & 0xf,
-                },
-                reg(0)?,
-                reg(1)?,
-            )
-        }
-        M::Movhps | M::Movhpd | M::Movlps | M::Movlpd if count == 2 && mem(1) => {
-            let r = reg(0)?;
-            (
-                LaneOp::Insert {
-                    offset: half(m),
-                    zero: 0,
-                },
-                r,
-                r,
-            )
-        }
-        M::Vmovhps | M::Vmovhpd | M::Vmovlps | M::Vmovlpd if count == 3 && mem(2) => (
-            LaneOp::Insert {
-                offset: half(m),
-                zero: 0,
-            },
-            reg(0)?,
-            reg(1)?,
-        ),
-        // Broadcasts into an XMM register.
-        M::Movddup
-        | M::Vmovddup
-        | M::Vbroadcastss
-        | M::Vpbroadcastb
-        | M::Vpbroadcastw
-        | M::Vpbroadcastd
-        | M::Vpbroadcastq
-            if count == 2 && mem(1) =>
-        {
-            let r = reg(0)?;
-            (LaneOp::Broadcast, r, r)
-        }
-        _ => return None,
+    let lane = |select: u8| (select % (16 / width) as u8) * width as u8;
+    if at == 0 {
+        let xmm = reg(1)?;
+        let offset = match form {
+            Form::Lane => lane(select),
+            Form::Half(offset) => offset,
+            Form::Insertps | Form::Broadcast => return None,
+        };
+        return Some(Lane {
+            op: LaneOp::Extract { offset },
+            xmm,
+            src1: xmm,
+            width,
+            vex,
+        });
+    }
+    let xmm = reg(0)?;
+    let src1 = if at == 2 { reg(1)? } else { xmm };
+    let op = match form {
+        Form::Lane => LaneOp::Insert {
+            offset: lane(select),
+            zero: 0,
+        },
+        Form::Insertps => LaneOp::Insert {
+            offset: lane(select >> 4),
+            zero: select & 0xf,
+        },
+        Form::Half(offset) => LaneOp::Insert { offset, zero: 0 },
+        Form::Broadcast => LaneOp::Broadcast,
     };
     Some(Lane {
         op,

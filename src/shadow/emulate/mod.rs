@@ -30,8 +30,7 @@
 //!   `x / *reg`), and the funnel shifts `SHLD SHRD` of memory ([`wide`]); a
 //!   division that would raise the divide error is refused;
 //! - `SETcc` of a byte in memory (a `bool` stored to a register) and
-//!   `CMOVcc` from memory (which reads whether or not it moves).
-//!
+//!   `CMOVcc` from memory (which reads whether or not it moves);
 //! - scalar SSE arithmetic with a memory source, legacy and VEX: `ADD SUB
 //!   MUL DIV MIN MAX SQRT` of `SS`/`SD`, the conversions `CVTSS2SD CVTSD2SS
 //!   CVTSI2SS CVTSI2SD CVT(T)SS2SI CVT(T)SD2SI` (and AVX-512's unsigned

@@ -213,10 +213,7 @@ impl<'a> Regs<'a> {
     /// Bits 0..63 of an XMM register; `None` if it is not one or the frame
     /// holds no SSE state.
     pub(crate) fn xmm_low(&self, reg: Register) -> Option<u64> {
-        // SAFETY: null or valid for this value's lifetime (see `new`).
-        let fx = unsafe { self.fpregs.cast::<_libc_fpstate>().as_ref() }?;
-        let e = &fx._xmm[xmm(reg)?].element;
-        Some(u64::from(e[0]) | u64::from(e[1]) << 32)
+        self.xmm128(reg).map(|v| v as u64)
     }
 
     /// All 128 bits of an XMM register; `None` if it is not one or the frame
@@ -228,8 +225,9 @@ impl<'a> Regs<'a> {
         Some(e.iter().rev().fold(0u128, |v, &w| v << 32 | u128::from(w)))
     }
 
-    /// Sets all 128 bits of an XMM register; bits above 127 are kept, unless
-    /// `vex` (a VEX/EVEX instruction), which zeroes them as [`Regs::set_xmm`] does.
+    /// Sets all 128 bits of an XMM register. Bits above 127 are kept, unless
+    /// `vex` (a VEX/EVEX instruction): then they are zeroed too, up to the
+    /// widest vector register the frame holds.
     pub(crate) fn set_xmm128(&mut self, reg: Register, value: u128, vex: bool) -> Option<()> {
         let n = xmm(reg)?;
         self.fxsave()?._xmm[n].element = [0, 1, 2, 3].map(|i| (value >> (32 * i)) as u32);
@@ -257,13 +255,7 @@ impl<'a> Regs<'a> {
     /// are kept, unless `vex`: the VEX loads zero them too, up to the widest
     /// vector register the frame holds.
     pub(crate) fn set_xmm(&mut self, reg: Register, value: u64, vex: bool) -> Option<()> {
-        let n = xmm(reg)?;
-        self.fxsave()?._xmm[n].element = [value as u32, (value >> 32) as u32, 0, 0];
-        if vex {
-            self.zero_upper(n, YMM_HI128, 16);
-            self.zero_upper(n, ZMM_HI256, 32);
-        }
-        Some(())
+        self.set_xmm128(reg, u128::from(value), vex)
     }
 
     /// Zeroes register `n`'s `size`-byte slot of XSAVE component

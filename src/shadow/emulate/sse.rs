@@ -155,7 +155,7 @@ impl Sse {
 }
 
 /// MXCSR's exception flags (IE DE ZE OE UE PE).
-pub(crate) const MXCSR_FLAGS: u32 = 0x3f;
+const MXCSR_FLAGS: u32 = 0x3f;
 /// MXCSR's exception masks, each 7 bits above its flag.
 const MXCSR_MASKS: u32 = MXCSR_FLAGS << 7;
 
