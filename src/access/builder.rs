@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use super::region::SlowPath;
+use super::slow::SlowPath;
 use super::Region;
 use crate::error::Result;
 use crate::map::{MapPolicy, MapSource, Mapping};
@@ -59,10 +59,38 @@ impl Region {
     /// diagnostics. Without [`RegionBuilder::map_from`] nothing is mapped and
     /// every access goes through `io`.
     pub fn builder<'fd>(addr: PciAddress, index: RegionIndex, io: Arc<dyn RegionIo>) -> RegionBuilder<'fd> {
+        RegionBuilder::over(addr, index, SlowPath::Any(io))
+    }
+
+    /// [`Region::builder`] over a descriptor's region: every access that is
+    /// not mapped is one `pread`/`pwrite` on `io`'s descriptor, called
+    /// directly, as for a [`Device`]'s regions (e.g. a VFIO device that a VMM
+    /// opened itself, or a file standing in for a device).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use barmap::region::FdRegion;
+    /// use barmap::{Region, RegionIndex};
+    /// let file = tempfile::tempfile()?;
+    /// file.set_len(0x100)?;
+    /// let io = FdRegion::new(Arc::new(file.into()), 0, 0x100);
+    /// let region = Region::fd_builder("0000:00:04.0".parse()?, RegionIndex::bar(1).unwrap(), io).build()?;
+    /// region.write::<u16>(0x10, 0xbeef)?; // one pwrite of 2 bytes
+    /// assert_eq!(region.read::<u16>(0x10)?, 0xbeef);
+    /// assert!(region.read::<u32>(0x100).is_err()); // past the end
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn fd_builder<'fd>(addr: PciAddress, index: RegionIndex, io: FdRegion) -> RegionBuilder<'fd> {
+        RegionBuilder::over(addr, index, SlowPath::Fd(io))
+    }
+}
+
+impl RegionBuilder<'_> {
+    fn over(addr: PciAddress, index: RegionIndex, io: SlowPath) -> Self {
         RegionBuilder {
             addr,
             index,
-            io: SlowPath::Any(io),
+            io,
             flags: RegionFlags::READ_WRITE,
             caps: Vec::new(),
             map: None,

@@ -6,6 +6,9 @@ mod builder;
 mod bulk;
 mod region;
 mod scalar;
+mod slow;
+mod typed;
+mod window;
 
 pub use builder::RegionBuilder;
 pub use region::Region;

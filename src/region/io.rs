@@ -1,7 +1,7 @@
 //! The slow path: reading and writing a region through a file descriptor.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 /// Byte-addressed I/O on one region: the slow path behind every access that
@@ -54,18 +54,29 @@ pub unsafe trait RegionIo: Send + Sync {
 /// ```
 #[derive(Clone, Debug)]
 pub struct FdRegion {
-    fd: Arc<OwnedFd>,
+    /// Keeps `raw` open for as long as any clone lives.
+    _fd: Arc<OwnedFd>,
+    /// The descriptor's number, read once: each access passes it to the call.
+    raw: RawFd,
     file_offset: u64,
     size: u64,
+    /// Whether `file_offset + size` is an `off_t`: then every offset of the
+    /// region has a file position, found with one addition.
+    addressable: bool,
 }
 
 impl FdRegion {
     /// A region of `size` bytes at `file_offset` in `fd`.
     pub fn new(fd: Arc<OwnedFd>, file_offset: u64, size: u64) -> Self {
+        let addressable = file_offset
+            .checked_add(size)
+            .is_some_and(|end| libc::off_t::try_from(end).is_ok());
         FdRegion {
-            fd,
+            raw: fd.as_raw_fd(),
+            _fd: fd,
             file_offset,
             size,
+            addressable,
         }
     }
 
@@ -79,6 +90,81 @@ impl FdRegion {
             .and_then(|pos| libc::off_t::try_from(pos).ok())
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
     }
+
+    /// The file position of `offset..offset + len`, which the caller found
+    /// inside the region: one addition where the region's end is a file
+    /// position (always, for a VFIO region), else the checked computation.
+    #[inline(always)]
+    fn position_inside(&self, offset: u64, len: usize) -> io::Result<libc::off_t> {
+        debug_assert!(offset.checked_add(len as u64).is_some_and(|end| end <= self.size));
+        if self.addressable {
+            // `offset + len <= size` and `file_offset + size` is an off_t, so
+            // the sum neither overflows nor leaves the off_t range.
+            return Ok((self.file_offset + offset) as libc::off_t);
+        }
+        self.position(offset, len)
+    }
+
+    /// The descriptor and the file position of the region's start, for a
+    /// caller that makes its own calls: where every offset of the region
+    /// has a file position (always, for a VFIO region).
+    pub(crate) fn direct(&self) -> Option<(RawFd, u64)> {
+        self.addressable.then_some((self.raw, self.file_offset))
+    }
+
+    /// [`RegionIo::read_at`] for a caller that checked that
+    /// `offset..offset + buf.len()` lies inside the region: one `pread`,
+    /// inlined into the typed slow path.
+    #[inline(always)]
+    pub(crate) fn read_inside(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        pread_exact(self.raw, self.position_inside(offset, buf.len())?, buf)
+    }
+
+    /// [`RegionIo::write_at`] for a caller that checked that
+    /// `offset..offset + data.len()` lies inside the region: one `pwrite`.
+    #[inline(always)]
+    pub(crate) fn write_inside(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        pwrite_all(self.raw, self.position_inside(offset, data.len())?, data)
+    }
+}
+
+/// One `pread` of exactly `buf.len()` bytes at file position `pos` of `fd`
+/// (a short read is [`io::ErrorKind::UnexpectedEof`]). Async-signal-safe.
+#[inline(always)]
+pub(crate) fn pread_exact(fd: RawFd, pos: libc::off_t, buf: &mut [u8]) -> io::Result<()> {
+    // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for the
+    // duration of the call; pread writes at most that many bytes into it.
+    let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), pos) };
+    if n as usize == buf.len() {
+        return Ok(());
+    }
+    Err(short_or_failed(n, io::ErrorKind::UnexpectedEof))
+}
+
+/// One `pwrite` of all of `data` at file position `pos` of `fd` (a short
+/// write is [`io::ErrorKind::WriteZero`]). Async-signal-safe.
+#[inline(always)]
+pub(crate) fn pwrite_all(fd: RawFd, pos: libc::off_t, data: &[u8]) -> io::Result<()> {
+    // SAFETY: `data` is a valid buffer of `data.len()` readable bytes for the
+    // duration of the call; pwrite only reads from it.
+    let n = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), pos) };
+    if n as usize == data.len() {
+        return Ok(());
+    }
+    Err(short_or_failed(n, io::ErrorKind::WriteZero))
+}
+
+/// The error of a `pread`/`pwrite` that returned `n` instead of the length
+/// asked for: the call's errno if it failed (read first, before anything can
+/// change it), else `short`.
+#[cold]
+#[inline(never)]
+fn short_or_failed(n: isize, short: io::ErrorKind) -> io::Error {
+    if n < 0 {
+        io::Error::last_os_error()
+    } else {
+        io::Error::from(short)
+    }
 }
 
 // SAFETY: pread and pwrite are async-signal-safe, and so is `position` (plain
@@ -89,26 +175,12 @@ unsafe impl RegionIo for FdRegion {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let pos = self.position(offset, buf.len())?;
-        // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for the
-        // duration of the call; pread writes at most that many bytes into it.
-        let n = unsafe { libc::pread(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), pos) };
-        match n {
-            n if n < 0 => Err(io::Error::last_os_error()),
-            n if n as usize != buf.len() => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-            _ => Ok(()),
-        }
+        self.position(offset, buf.len())?;
+        self.read_inside(offset, buf)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let pos = self.position(offset, data.len())?;
-        // SAFETY: `data` is a valid buffer of `data.len()` readable bytes for the
-        // duration of the call; pwrite only reads from it.
-        let n = unsafe { libc::pwrite(self.fd.as_raw_fd(), data.as_ptr().cast(), data.len(), pos) };
-        match n {
-            n if n < 0 => Err(io::Error::last_os_error()),
-            n if n as usize != data.len() => Err(io::Error::from(io::ErrorKind::WriteZero)),
-            _ => Ok(()),
-        }
+        self.position(offset, data.len())?;
+        self.write_inside(offset, data)
     }
 }

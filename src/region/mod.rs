@@ -11,5 +11,6 @@ pub use caps::{parse_region_caps, CapChainError, RegionCap, SparseArea};
 pub(crate) use caps::{u32_at, u64_at};
 pub use index::{ParseRegionError, RegionIndex};
 pub use info::{RegionFlags, RegionInfo};
+pub(crate) use io::{pread_exact, pwrite_all};
 pub use io::{FdRegion, RegionIo};
 pub use memory::MemoryRegion;
