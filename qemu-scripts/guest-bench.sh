@@ -2,11 +2,13 @@
 # guest-bench.sh [KERNEL] [-- CRITERION-ARGS...]: builds the criterion benches statically (bench profile),
 # boots the guest (KERNEL 6.1, 6.12 or 7.3; default 6.12) and runs each bench binary there with
 # `--bench $BARMAP_BENCH_ARGS` (default: short warm-up and measurement) followed by CRITERION-ARGS (e.g. a
-# benchmark name filter). Prints their output; exits non-zero if a bench failed.
+# benchmark name filter). BARMAP_BENCHES (space-separated bench names, e.g. "access") runs only those
+# binaries. Prints their output; exits non-zero if a bench failed.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 : "${BARMAP_BENCH_ARGS:=--warm-up-time 1 --measurement-time 3}"
+: "${BARMAP_BENCHES:=}"
 [[ -t 1 ]] || BARMAP_BENCH_ARGS+=" --color never"
 series=6.12
 if (($# > 0)) && [[ $1 != -- ]]; then
@@ -24,7 +26,12 @@ grep -q '^bench' "$RUN_DIR/build.list" || die "no bench binaries were built"
 cat >"$RUN_DIR/job.sh" <<JOB
 status=0
 for bench in /benches/*; do
-    echo "== \${bench##*/}"
+    name=\${bench##*/}
+    case " $BARMAP_BENCHES " in
+    "  " | *" \$name "*) ;;
+    *) continue ;;
+    esac
+    echo "== \$name"
     "\$bench" --bench $BARMAP_BENCH_ARGS $(shell_quote "$@") || status=1
 done
 exit \$status
