@@ -175,12 +175,10 @@ unsafe impl RegionIo for FdRegion {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.position(offset, buf.len())?;
-        self.read_inside(offset, buf)
+        pread_exact(self.raw, self.position(offset, buf.len())?, buf)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.position(offset, data.len())?;
-        self.write_inside(offset, data)
+        pwrite_all(self.raw, self.position(offset, data.len())?, data)
     }
 }
