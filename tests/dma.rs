@@ -253,7 +253,7 @@ fn edu_dma_a_size_whose_rounding_overflows_is_too_large_not_zero() {
                     ..
                 } if *s == size as u64
             ),
-            "alloc({size:#x}): {err}"
+            "alloc({size:#x}): {err:?}"
         );
         let reason = std::error::Error::source(&err).unwrap().to_string();
         assert!(reason.contains("is more than"), "{reason}");
