@@ -6,8 +6,9 @@
 //! Four variants come before any one device is known, and name what they are
 //! about instead: the text of a malformed address ([`Error::InvalidAddress`]),
 //! the sysfs file ([`Error::Sysfs`], [`Error::SysfsParse`]) and the VFIO
-//! container node ([`Error::VfioUnavailable`]). Errors are always returned,
-//! never only logged.
+//! container node ([`Error::VfioUnavailable`]); a wait on no vector at all
+//! ([`Error::IrqNoVectors`]) has no device to name. Errors are always
+//! returned, never only logged.
 
 use std::io;
 use std::path::PathBuf;
@@ -409,6 +410,11 @@ pub enum Error {
         /// How long was waited.
         timeout: std::time::Duration,
     },
+
+    /// [`irq::wait_any`](crate::irq::wait_any) was given no vector to wait on:
+    /// nothing could ever fire.
+    #[error("waiting on an empty set of interrupt vectors: pass at least one")]
+    IrqNoVectors,
 
     /// Masking was asked of an interrupt index the kernel cannot mask.
     #[error("{addr}: {index} interrupts cannot be masked (the kernel does not report them maskable)")]

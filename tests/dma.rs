@@ -238,6 +238,36 @@ fn edu_dma_errors_too_large_exhausted_reuse_over_mask_reserved_window() {
     ));
 }
 
+#[test]
+#[ignore = "needs QEMU edu bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn edu_dma_a_size_whose_rounding_overflows_is_too_large_not_zero() {
+    let (dev, _bar0) = quiet_edu();
+    let dma = dev.dma(DmaMask::FULL).unwrap();
+    for size in [usize::MAX, usize::MAX - 0xffe] {
+        let err = dma.alloc(size).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Iova {
+                    source: IovaError::TooLarge { size: s, .. },
+                    ..
+                } if *s == size as u64
+            ),
+            "alloc({size:#x}): {err:?}"
+        );
+        let reason = std::error::Error::source(&err).unwrap().to_string();
+        assert!(reason.contains("is more than"), "{reason}");
+    }
+    assert!(matches!(
+        dma.alloc(0),
+        Err(Error::Iova {
+            source: IovaError::ZeroSize,
+            ..
+        })
+    ));
+    assert!(dma.alloc(1).unwrap().size() >= 1, "the handle still allocates");
+}
+
 /// Sets vfio_iommu_type1's mapping limit for containers opened after it,
 /// and restores the old value when dropped.
 struct EntryLimit(String);

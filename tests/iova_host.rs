@@ -97,6 +97,50 @@ fn zero_sizes_and_overflowing_sizes_are_errors() {
     ));
 }
 
+#[test]
+fn alignments_that_are_not_powers_of_two_are_refused_not_clamped() {
+    let mut iova = IovaAllocator::new([0..=u64::MAX], PAGE);
+    for align in [u64::MAX, (1 << 63) + 1, 0x3000, 0] {
+        assert_eq!(
+            iova.alloc(PAGE, align, u64::MAX),
+            Err(IovaError::BadAlignment { align }),
+            "align {align:#x}"
+        );
+    }
+    assert!(iova.used().next().is_none(), "nothing was allocated");
+    assert_eq!(iova.alloc(PAGE, 1 << 63, u64::MAX), Ok(0));
+    assert_eq!(iova.alloc(PAGE, 1 << 63, u64::MAX), Ok(1 << 63));
+    assert_eq!(
+        iova.alloc(PAGE, 16, u64::MAX),
+        Ok(PAGE),
+        "an alignment below the granule is raised to it"
+    );
+}
+
+#[test]
+fn a_size_whose_rounding_overflows_is_too_large_not_zero() {
+    let iova = intel_iommu();
+    let space = 0x7f_ffff_ffff + 1 - 0x10_0000;
+    for size in [u64::MAX, u64::MAX - PAGE + 2] {
+        assert_eq!(
+            iova.rounded_size(size, u64::MAX),
+            Err(IovaError::TooLarge {
+                size,
+                space,
+                limit: u64::MAX
+            }),
+            "size {size:#x}"
+        );
+    }
+    assert_eq!(iova.rounded_size(0, u64::MAX), Err(IovaError::ZeroSize));
+    assert_eq!(iova.rounded_size(1, u64::MAX), Ok(PAGE));
+    assert_eq!(iova.rounded_size(space, u64::MAX), Ok(space));
+    assert!(matches!(
+        iova.rounded_size(space + 1, u64::MAX),
+        Err(IovaError::TooLarge { size, .. }) if size == space + PAGE
+    ));
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Alloc {

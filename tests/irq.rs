@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -243,6 +245,134 @@ fn edu_irq_errors() {
     drop(dev.enable_msi(1).unwrap());
     let mut intx = dev.enable_intx().unwrap();
     assert!(matches!(intx.grow(2), Err(Error::IrqVectorOutOfRange { .. })));
+}
+
+#[test]
+fn waiting_on_no_vector_is_a_typed_error() {
+    for timeout in [Duration::ZERO, Duration::from_secs(1), Duration::MAX] {
+        let err = barmap::irq::wait_any(&[], timeout).unwrap_err();
+        assert!(matches!(err, Error::IrqNoVectors), "{timeout:?}: {err}");
+    }
+}
+
+#[test]
+#[ignore = "needs QEMU edu bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn edu_waits_without_a_deadline_return_the_interrupt() {
+    let (dev, bar0) = quiet_edu();
+    let msi = dev.enable_msi(1).unwrap();
+    let vector = msi.vector(0).unwrap();
+    bar0.write::<u32>(IRQ_RAISE, 1).unwrap();
+    assert!(vector.wait(Duration::MAX).unwrap() >= 1);
+    bar0.write::<u32>(IRQ_RAISE, 2).unwrap();
+    let (which, count) = msi.wait_any(Duration::MAX).unwrap();
+    assert!(which == 0 && count >= 1, "{which} {count}");
+    // A wait that blocks before the interrupt arrives.
+    let (which, count) = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            bar0.write::<u32>(IRQ_RAISE, 4).unwrap();
+        });
+        let started = Instant::now();
+        let got = barmap::irq::wait_any(&[vector], Duration::MAX).unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
+        got
+    });
+    assert!(which == 0 && count >= 1, "{which} {count}");
+    assert_eq!(bar0.read::<u32>(IRQ_STATUS).unwrap(), 7);
+    bar0.write::<u32>(IRQ_ACK, 7).unwrap();
+}
+
+#[test]
+#[ignore = "needs QEMU edu bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn edu_intx_masked_by_the_caller_stays_masked_across_waits() {
+    let (dev, bar0) = quiet_edu();
+    let intx = dev.enable_intx().unwrap();
+    let vector = intx.vector(0).unwrap();
+    bar0.write::<u32>(IRQ_RAISE, 1).unwrap();
+    assert!(vector.wait(Duration::from_secs(2)).unwrap() >= 1);
+    bar0.write::<u32>(IRQ_ACK, 1).unwrap();
+    // The kernel automasked the line; the caller masks it too, then the
+    // device raises it again.
+    vector.mask().unwrap();
+    bar0.write::<u32>(IRQ_RAISE, 2).unwrap();
+    assert!(intx_asserted(&dev));
+    let waited = vector.wait(Duration::from_millis(200));
+    assert!(
+        matches!(waited, Err(Error::IrqTimeout { .. })),
+        "the wait unmasked the line the caller masked: {waited:?}"
+    );
+    assert_eq!(vector.try_wait().unwrap(), None, "try_wait unmasked it");
+    assert_eq!(vector.try_wait().unwrap(), None);
+    vector.unmask().unwrap();
+    assert!(
+        vector.wait(Duration::from_secs(2)).unwrap() >= 1,
+        "the held-back interrupt arrives on unmask"
+    );
+    bar0.write::<u32>(IRQ_ACK, 2).unwrap();
+    // After the unmask, waits unmask the automasked line again.
+    bar0.write::<u32>(IRQ_RAISE, 4).unwrap();
+    assert!(vector.wait(Duration::from_secs(2)).unwrap() >= 1);
+    bar0.write::<u32>(IRQ_ACK, 4).unwrap();
+}
+
+/// Points the device's own descriptor ([`Device::as_raw_fd`], which its
+/// config-space accesses use) at a write-only `/dev/null` until dropped, so
+/// reading config space fails with `EBADF`. vfio-ioctls' descriptor, which
+/// enables and disables interrupts, is untouched.
+struct BrokenConfig {
+    fd: RawFd,
+    saved: OwnedFd,
+}
+
+impl BrokenConfig {
+    fn new(dev: &Device) -> BrokenConfig {
+        let fd = dev.as_raw_fd();
+        let saved = dev.as_fd().try_clone_to_owned().unwrap();
+        let null = File::options().write(true).open("/dev/null").unwrap();
+        // SAFETY: both descriptors are open; dup2 swaps the file behind `fd`
+        // atomically, and `saved` keeps the device's file for the restore.
+        assert!(unsafe { libc::dup2(null.as_raw_fd(), fd) } >= 0);
+        BrokenConfig { fd, saved }
+    }
+}
+
+impl Drop for BrokenConfig {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`: puts the device's file back behind `fd`.
+        unsafe { libc::dup2(self.saved.as_raw_fd(), self.fd) };
+    }
+}
+
+#[test]
+#[ignore = "needs QEMU edu bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn edu_a_failed_msi_enable_leaves_the_index_disabled() {
+    let (dev, bar0) = quiet_edu();
+    {
+        let _broken = BrokenConfig::new(&dev);
+        assert!(dev.bus_master().is_err(), "config space reads fail");
+        // The kernel accepts the MSI enable; turning bus mastering on fails.
+        let err = dev.enable_msi(1).unwrap_err();
+        assert!(
+            !matches!(err, Error::IrqAlreadyEnabled { .. } | Error::NoSuchIrq { .. }),
+            "{err}"
+        );
+    }
+    assert!(dev.bus_master().is_ok(), "config space is back");
+    // The kernel refuses INTx (EINVAL) while it still has MSI enabled.
+    let intx = dev.enable_intx().unwrap();
+    bar0.write::<u32>(IRQ_RAISE, 1).unwrap();
+    assert!(intx.vector(0).unwrap().wait(Duration::from_secs(2)).unwrap() >= 1);
+    bar0.write::<u32>(IRQ_ACK, 1).unwrap();
+    drop(intx);
+    let msi = dev.enable_msi(1).unwrap();
+    assert!(dev.bus_master().unwrap());
+    bar0.write::<u32>(IRQ_RAISE, 2).unwrap();
+    assert!(msi.vector(0).unwrap().wait(Duration::from_secs(2)).unwrap() >= 1);
+    bar0.write::<u32>(IRQ_ACK, 2).unwrap();
 }
 
 /// Rebinds edu to vfio-pci when dropped (its driver_override still says vfio-pci).

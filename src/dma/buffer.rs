@@ -27,6 +27,17 @@ enum State {
     Stuck,
 }
 
+impl State {
+    /// Where a mapping stands after an unmap with this result.
+    fn after_unmap(result: &Result<()>) -> State {
+        if result.is_ok() {
+            State::Unmapped
+        } else {
+            State::Stuck
+        }
+    }
+}
+
 /// Page-aligned memory mapped for DMA at an IOVA of its own.
 ///
 /// Made by [`Dma::alloc`]. The memory is an anonymous shared mapping (so a
@@ -82,8 +93,8 @@ impl Dma {
         let (iova, len) = self.with_state(|state| {
             let len = state
                 .iova
-                .round_size(size as u64)
-                .ok_or(self.iova_error(super::IovaError::ZeroSize))?;
+                .rounded_size(size as u64, self.mask().limit())
+                .map_err(|e| self.iova_error(e))?;
             let align = if len >= HUGE_PAGE {
                 HUGE_PAGE
             } else {
@@ -101,8 +112,7 @@ impl Dma {
         })?;
         let undo = || {
             let _ = self.with_state(|state| {
-                state.iova.free(iova);
-                state.mappings -= 1;
+                state.forget_mapping(iova);
                 Ok(())
             });
         };
@@ -176,21 +186,9 @@ impl DmaBuffer {
         if self.state != State::Mapped {
             return Ok(());
         }
-        let len = self.memory.size();
-        if let Err(e) = self.dma.container().inner().vfio_dma_unmap(self.iova, len) {
-            self.state = State::Stuck;
-            return Err(Error::Vfio {
-                addr: self.dma.device().address(),
-                step: "unmap DMA",
-                source: Box::new(e),
-            });
-        }
-        self.state = State::Unmapped;
-        self.dma.with_state(|state| {
-            state.iova.free(self.iova);
-            state.mappings -= 1;
-            Ok(())
-        })
+        let result = self.dma.unmap(self.iova, self.memory.size() as u64);
+        self.state = State::after_unmap(&result);
+        result
     }
 }
 
@@ -300,8 +298,7 @@ impl Dma {
             let mapped = unsafe { self.container().inner().vfio_dma_map(iova, size as usize, host) };
             if let Err(e) = mapped {
                 let _ = self.with_state(|state| {
-                    state.iova.free(iova);
-                    state.mappings -= 1;
+                    state.forget_mapping(iova);
                     Ok(())
                 });
                 return Err(Error::Vfio {
@@ -333,35 +330,14 @@ impl GuestMapping {
         if self.state != State::Mapped {
             return Ok(());
         }
-        let mut first_error = None;
+        let mut result = Ok(());
         for &(iova, size) in &self.ranges {
-            match self.dma.container().inner().vfio_dma_unmap(iova, size as usize) {
-                Ok(()) => {
-                    self.dma.with_state(|state| {
-                        state.iova.free(iova);
-                        state.mappings -= 1;
-                        Ok(())
-                    })?;
-                }
-                Err(e) => {
-                    first_error.get_or_insert(Error::Vfio {
-                        addr: self.dma.device().address(),
-                        step: "unmap DMA",
-                        source: Box::new(e),
-                    });
-                }
+            if let Err(e) = self.dma.unmap(iova, size) {
+                result = result.and(Err(e));
             }
         }
-        match first_error {
-            None => {
-                self.state = State::Unmapped;
-                Ok(())
-            }
-            Some(e) => {
-                self.state = State::Stuck;
-                Err(e)
-            }
-        }
+        self.state = State::after_unmap(&result);
+        result
     }
 }
 

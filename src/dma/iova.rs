@@ -66,6 +66,12 @@ pub enum IovaError {
         /// Last address of the existing mapping.
         existing_last: u64,
     },
+    /// An alignment that is not a power of two (0 included).
+    #[error("IOVA alignment {align:#x} is not a power of two")]
+    BadAlignment {
+        /// The alignment asked for.
+        align: u64,
+    },
     /// A chosen range does not start and end on the IOMMU's page granule.
     #[error("IOVA range {iova:#x}+{size:#x} is not aligned to the IOMMU page size {granule:#x}")]
     Misaligned {
@@ -170,24 +176,36 @@ impl IovaAllocator {
         align_up(size, self.granule)
     }
 
-    /// Allocates the lowest free range of `size` bytes (rounded up to the
-    /// granule) that starts on a multiple of `align` (at least the granule,
-    /// rounded up to a power of two) and ends at or below `limit`; returns
-    /// its first address.
-    pub fn alloc(&mut self, size: u64, align: u64, limit: u64) -> Result<u64, IovaError> {
+    /// `size` rounded up to the granule, checked against the space at or
+    /// below `limit`: [`IovaError::ZeroSize`] for 0, and
+    /// [`IovaError::TooLarge`] if the rounded size (or the rounding itself)
+    /// exceeds it.
+    pub fn rounded_size(&self, size: u64, limit: u64) -> Result<u64, IovaError> {
         if size == 0 {
             return Err(IovaError::ZeroSize);
         }
         let space = self.space_below(limit);
-        let too_large = IovaError::TooLarge { size, space, limit };
-        let size = self.round_size(size).ok_or(too_large.clone())?;
-        if size > space {
-            return Err(IovaError::TooLarge { size, space, limit });
+        match self.round_size(size) {
+            Some(rounded) if rounded <= space => Ok(rounded),
+            rounded => Err(IovaError::TooLarge {
+                size: rounded.unwrap_or(size),
+                space,
+                limit,
+            }),
         }
-        let align = align
-            .max(self.granule)
-            .checked_next_power_of_two()
-            .unwrap_or(1 << 63);
+    }
+
+    /// Allocates the lowest free range of `size` bytes (rounded up to the
+    /// granule) that starts on a multiple of `align` and ends at or below
+    /// `limit`; returns its first address. `align` must be a power of two
+    /// ([`IovaError::BadAlignment`] otherwise); one below the granule is
+    /// raised to it.
+    pub fn alloc(&mut self, size: u64, align: u64, limit: u64) -> Result<u64, IovaError> {
+        let size = self.rounded_size(size, limit)?;
+        if !align.is_power_of_two() {
+            return Err(IovaError::BadAlignment { align });
+        }
+        let align = align.max(self.granule);
         let found = self.free.iter().find_map(|(&start, &last)| {
             let first = align_up(start, align)?;
             let end = first.checked_add(size - 1)?;

@@ -76,6 +76,13 @@ impl DmaState {
         self.mappings += 1;
         Ok(())
     }
+
+    /// Forgets the mapping at `iova` (no longer in the IOMMU, or never put
+    /// there): frees its IOVA range and uncounts it.
+    pub(super) fn forget_mapping(&mut self, iova: u64) {
+        self.iova.free(iova);
+        self.mappings -= 1;
+    }
 }
 
 /// A device's handle for DMA: its mask, and the container its buffers are mapped in.
@@ -155,6 +162,25 @@ impl Dma {
     /// The most DMA mappings the container may hold, if the kernel says.
     pub fn mapping_limit(&self) -> Result<Option<u32>> {
         self.with_state(|s| Ok(s.limit))
+    }
+
+    /// Removes the IOMMU mapping of `size` bytes at `iova`
+    /// (`VFIO_IOMMU_UNMAP_DMA`) and forgets it. If the kernel refuses, the
+    /// mapping stays counted and its IOVA range taken: the device may still
+    /// reach it.
+    pub(super) fn unmap(&self, iova: u64, size: u64) -> Result<()> {
+        self.container()
+            .inner()
+            .vfio_dma_unmap(iova, size as usize)
+            .map_err(|e| Error::Vfio {
+                addr: self.device.address(),
+                step: "unmap DMA",
+                source: Box::new(e),
+            })?;
+        self.with_state(|state| {
+            state.forget_mapping(iova);
+            Ok(())
+        })
     }
 
     pub(super) fn container(&self) -> &Container {

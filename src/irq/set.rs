@@ -82,7 +82,7 @@ impl Device {
     /// [`Error::IrqVectorOutOfRange`] if it has fewer than `n`
     /// ([`Error::Unsupported`] for `n` = 0),
     /// and [`Error::IrqAlreadyEnabled`] if this index, or another of INTx,
-    /// MSI and MSI-X, is enabled.
+    /// MSI and MSI-X, is enabled. On any failure the index is left disabled.
     pub fn enable_irqs(&self, index: IrqIndex, n: u32) -> Result<Interrupts> {
         let info = self.irq_info(index)?;
         if info.count == 0 {
@@ -128,7 +128,17 @@ impl Device {
                 // A message is a memory write by the device: without bus
                 // mastering it is dropped, silently. Set after the enable,
                 // which was seen to leave the bit off (kernel 6.12, QEMU edu).
-                self.set_bus_master(true)?;
+                if let Err(e) = self.set_bus_master(true) {
+                    // The kernel has the index enabled: disable it, or it
+                    // would refuse the next enable of another index.
+                    if let Err(undo) = self.vfio().disable_irq(index.raw()) {
+                        log::warn!(
+                            "{}: disabling {index} after a failed enable: {undo}",
+                            self.address()
+                        );
+                    }
+                    return Err(e);
+                }
             }
             Ok(vectors)
         };
@@ -187,8 +197,9 @@ impl Interrupts {
     }
 
     /// Waits up to `timeout` for any vector of the set; returns its number
-    /// and count ([`Error::IrqTimeout`] if none fires). See [`wait_any`]
-    /// to wait on vectors of several sets.
+    /// and count ([`Error::IrqTimeout`] if none fires). A timeout past what
+    /// the clock can hold ([`Duration::MAX`]) waits until one fires. See
+    /// [`wait_any`] to wait on vectors of several sets.
     pub fn wait_any(&self, timeout: Duration) -> Result<(u32, u64)> {
         let vectors: Vec<&Vector> = self.vectors.iter().collect();
         wait_any(&vectors, timeout).map(|(at, count)| (at as u32, count))

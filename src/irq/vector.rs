@@ -23,7 +23,11 @@ use crate::Device;
 /// is unmasked. barmap unmasks it at the start of the next wait (by then the
 /// driver has acknowledged the device, so a level-triggered line that is
 /// still asserted does not fire again at once), or when the driver calls
-/// [`Vector::unmask`] itself.
+/// [`Vector::unmask`] itself. After [`Vector::mask`], waits leave the line
+/// masked until [`Vector::unmask`].
+///
+/// A timeout too large to be added to the clock (such as [`Duration::MAX`])
+/// waits without a deadline.
 pub struct Vector {
     device: Device,
     index: IrqIndex,
@@ -32,6 +36,9 @@ pub struct Vector {
     eventfd: EventFd,
     /// An automasked interrupt was consumed and the kernel keeps it masked.
     masked_by_kernel: AtomicBool,
+    /// [`Vector::mask`] was called and no [`Vector::unmask`] since: waits
+    /// must not unmask.
+    masked_by_caller: AtomicBool,
 }
 
 impl fmt::Debug for Vector {
@@ -60,6 +67,7 @@ impl Vector {
             flags,
             eventfd,
             masked_by_kernel: AtomicBool::new(false),
+            masked_by_caller: AtomicBool::new(false),
         })
     }
 
@@ -86,7 +94,8 @@ impl Vector {
 
     /// Waits up to `timeout` for the vector to fire and returns how many
     /// interrupts arrived since the last wait (at least 1);
-    /// [`Error::IrqTimeout`] if none did.
+    /// [`Error::IrqTimeout`] if none did. A timeout past what the clock can
+    /// hold ([`Duration::MAX`]) waits until the vector fires.
     pub fn wait(&self, timeout: Duration) -> Result<u64> {
         wait_any(&[self], timeout).map(|(_, count)| count)
     }
@@ -99,10 +108,12 @@ impl Vector {
     }
 
     /// Masks the vector: it fires no more until unmasked (the kernel latches
-    /// one that arrives meanwhile). [`Error::IrqNotMaskable`] unless the
-    /// kernel reports the index maskable: vfio-pci masks INTx only.
+    /// one that arrives meanwhile), and waits do not unmask it.
+    /// [`Error::IrqNotMaskable`] unless the kernel reports the index
+    /// maskable: vfio-pci masks INTx only.
     pub fn mask(&self) -> Result<()> {
         self.check_maskable()?;
+        self.masked_by_caller.store(true, Ordering::Release);
         self.device
             .set_irqs(
                 self.index.raw(),
@@ -119,6 +130,7 @@ impl Vector {
     /// unless the kernel reports the index maskable.
     pub fn unmask(&self) -> Result<()> {
         self.check_maskable()?;
+        self.masked_by_caller.store(false, Ordering::Release);
         self.masked_by_kernel.store(false, Ordering::Release);
         self.do_unmask()
     }
@@ -142,9 +154,13 @@ impl Vector {
             .map_err(|e| self.error("unmask an interrupt", e))
     }
 
-    /// Unmasks an automasked vector whose last interrupt was consumed.
+    /// Unmasks an automasked vector whose last interrupt was consumed,
+    /// unless the caller masked it.
     fn rearm(&self) -> Result<()> {
-        if self.flags.automasked() && self.masked_by_kernel.swap(false, Ordering::AcqRel) {
+        if self.flags.automasked()
+            && !self.masked_by_caller.load(Ordering::Acquire)
+            && self.masked_by_kernel.swap(false, Ordering::AcqRel)
+        {
             self.do_unmask()?;
         }
         Ok(())
@@ -192,11 +208,10 @@ impl AsRawFd for Vector {
 /// Waits up to `timeout` until any of `vectors` fires; returns its position
 /// in `vectors` and its count. When several have fired, the first in the
 /// slice wins; the others keep their counts for the next wait.
-/// [`Error::IrqTimeout`] (naming the first vector) if none fires.
-///
-/// # Panics
-///
-/// If `vectors` is empty.
+/// [`Error::IrqTimeout`] (naming the first vector) if none fires, and
+/// [`Error::IrqNoVectors`] at once if `vectors` is empty (nothing could ever
+/// fire). A timeout past what the clock can hold ([`Duration::MAX`]) waits
+/// without a deadline.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -211,11 +226,11 @@ impl AsRawFd for Vector {
 /// # Ok::<(), barmap::Error>(())
 /// ```
 pub fn wait_any(vectors: &[&Vector], timeout: Duration) -> Result<(usize, u64)> {
-    let first = vectors.first().expect("wait_any needs at least one vector");
+    let first = vectors.first().ok_or(Error::IrqNoVectors)?;
     for vector in vectors {
         vector.rearm()?;
     }
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline(Instant::now(), timeout);
     let mut fds: Vec<libc::pollfd> = vectors
         .iter()
         .map(|v| libc::pollfd {
@@ -230,8 +245,8 @@ pub fn wait_any(vectors: &[&Vector], timeout: Duration) -> Result<(usize, u64)> 
                 return Ok((at, count));
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|left| left.is_zero()) {
             return Err(Error::IrqTimeout {
                 addr: first.device.address(),
                 index: first.index,
@@ -247,17 +262,65 @@ pub fn wait_any(vectors: &[&Vector], timeout: Duration) -> Result<(usize, u64)> 
     }
 }
 
-/// `ppoll` on `fds` for at most `timeout` (no signal mask change).
-fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<()> {
-    let ts = libc::timespec {
+/// When a wait of `timeout` from `now` ends: `None` (no deadline) if the
+/// clock cannot hold that instant.
+fn deadline(now: Instant, timeout: Duration) -> Option<Instant> {
+    now.checked_add(timeout)
+}
+
+/// `ppoll` on `fds` for at most `timeout`, or until one is ready if `None`
+/// (no signal mask change).
+fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
+    let ts = timeout.map(|timeout| libc::timespec {
         tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
         tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |ts| ts as *const libc::timespec);
+    // SAFETY: `fds` is a valid, writable array of `fds.len()` pollfds and
+    // `ts_ptr` null (no timeout) or a valid timespec, both live for the call;
+    // a null sigmask is allowed.
+    let ret = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            ts_ptr,
+            std::ptr::null(),
+        )
     };
-    // SAFETY: `fds` is a valid, writable array of `fds.len()` pollfds and `ts`
-    // a valid timespec, both live for the call; a null sigmask is allowed.
-    let ret = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_past_the_clock_has_no_deadline() {
+        let now = Instant::now();
+        assert_eq!(deadline(now, Duration::MAX), None);
+        assert_eq!(deadline(now, Duration::from_secs(u64::MAX)), None);
+        assert_eq!(
+            deadline(now, Duration::from_secs(1)),
+            Some(now + Duration::from_secs(1))
+        );
+        assert_eq!(deadline(now, Duration::ZERO), Some(now));
+    }
+
+    #[test]
+    fn poll_without_a_deadline_returns_when_a_descriptor_is_ready() {
+        let ready = EventFd::new(EFD_NONBLOCK).unwrap();
+        ready.write(1).unwrap();
+        let mut fds = [libc::pollfd {
+            fd: ready.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        poll(&mut fds, None).unwrap();
+        assert_eq!(fds[0].revents & libc::POLLIN, libc::POLLIN);
+    }
 }

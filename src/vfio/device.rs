@@ -59,6 +59,10 @@ struct Inner {
     /// The device as vfio-ioctls opened it: held so that the device stays
     /// open and its group attached while any handle lives.
     _vfio: VfioDevice,
+    /// A duplicate of the group's descriptor, for hot resets: a descriptor
+    /// of our own, so its number cannot be closed and reused under us.
+    /// `None` if it could not be found at open (no /proc).
+    group_fd: Option<OwnedFd>,
     container: Container,
     /// Which interrupt indices are enabled, against a second enable.
     irqs: crate::irq::IrqState,
@@ -124,6 +128,10 @@ impl Device {
                 }
             }
         }
+        let group_fd = super::reset::find_group_fd(group);
+        if group_fd.is_none() {
+            log::debug!("{addr}: the descriptor of IOMMU group {group} was not found: the kernel will refuse hot resets");
+        }
         log::debug!("opened {addr} (IOMMU group {group}) with {count} regions");
         Ok(Device {
             inner: Arc::new(Inner {
@@ -135,6 +143,7 @@ impl Device {
                 fd,
                 config,
                 _vfio: vfio,
+                group_fd,
                 container: container.clone(),
                 irqs: crate::irq::IrqState::default(),
             }),
@@ -230,6 +239,12 @@ impl Device {
             io,
             self.inner.fd.clone(),
         ))
+    }
+
+    /// The descriptor of the device's IOMMU group (a duplicate of its own),
+    /// for a hot reset.
+    pub(super) fn group_fd(&self) -> Option<&OwnedFd> {
+        self.inner.group_fd.as_ref()
     }
 
     /// The `VFIO_DEVICE_GET_INFO` flags.

@@ -170,8 +170,9 @@ pub(crate) fn hot_reset_groups(fd: RawFd) -> io::Result<Vec<u32>> {
     }
 }
 
-/// `VFIO_DEVICE_PCI_HOT_RESET`: resets the device's bus; `group_fds` must hold
-/// an open descriptor of every group [`hot_reset_groups`] named.
+/// `VFIO_DEVICE_PCI_HOT_RESET`: resets the device's bus. The kernel refuses
+/// (`EINVAL`) unless `group_fds` holds an open descriptor of every group
+/// [`hot_reset_groups`] named.
 pub(crate) fn hot_reset(fd: RawFd, group_fds: &[RawFd]) -> io::Result<()> {
     let header = size_of::<vfio_pci_hot_reset>();
     let argsz = header + size_of_val(group_fds);
