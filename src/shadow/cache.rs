@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-use iced_x86::Register;
+use super::emulate::Register;
 
 use super::emulate::{
     Alu, Bmi, Cond, Decoded, Extend, Lane, LaneOp, Mem, Op, Source, Sse, Wide, MAX_INSN_LEN,

@@ -186,7 +186,7 @@ mod trace;
 #[cfg(target_arch = "x86_64")]
 mod cache;
 #[cfg(target_arch = "x86_64")]
-mod emulate;
+use x86_mmio_emu as emulate;
 #[cfg(target_arch = "x86_64")]
 mod handler;
 #[cfg(target_arch = "x86_64")]

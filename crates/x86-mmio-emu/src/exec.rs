@@ -8,11 +8,12 @@ use iced_x86::Register;
 use super::alu::{self, Alu};
 use super::regs::full_register;
 use super::sse::{self, Result as SseResultKind};
-use super::{bmi, lane, loaded_value, source_value, swap_bytes, wide, Op, Regs, Source};
+use crate::regs::{mask, sign_extend};
+use crate::{bmi, lane, wide, Extend, Op, Regs, Source};
 
 /// The device side of one emulated instruction, at the operand's address.
 /// Each call is one access of exactly `width` bytes.
-pub(crate) trait Bus {
+pub trait Bus {
     /// Reads `width` bytes, little-endian.
     fn read(&mut self, width: usize) -> io::Result<u64>;
     /// Writes the low `width` bytes of `value`, little-endian.
@@ -21,7 +22,7 @@ pub(crate) trait Bus {
 
 /// Why an instruction could not be carried out.
 #[derive(Debug)]
-pub(crate) enum ExecError {
+pub enum ExecError {
     /// A register it names is not in the signal frame.
     Context(&'static str),
     /// The device access failed.
@@ -63,7 +64,7 @@ fn whole(reg: Register, width: usize) -> Register {
 /// registers and flags. Every register the instruction names is checked
 /// before the device is touched, as a read may have side effects. Does not
 /// move RIP.
-pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result<(), ExecError> {
+pub fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result<(), ExecError> {
     match op {
         Op::Load { dst, width, extend } => {
             need(regs.get(dst), DST)?;
@@ -78,13 +79,13 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
             need(regs.xmm_low(dst), XMM)?;
             let raw = bus.read(width)?;
             need(
-                regs.set_xmm(dst, loaded_value(raw, width, super::Extend::Zero), vex),
+                regs.set_xmm(dst, loaded_value(raw, width, Extend::Zero), vex),
                 XMM,
             )?;
         }
         Op::XmmStore { src, width } => {
             let value = need(regs.xmm_low(src), XMM)?;
-            bus.write(width, value & super::mask(width))?;
+            bus.write(width, value & mask(width))?;
         }
         Op::AluReg { alu, reg, width } => {
             let reg = whole(reg, width);
@@ -210,4 +211,29 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
         },
     }
     Ok(())
+}
+
+/// The value a load of `width` bytes that read `raw` leaves in its
+/// destination, before the partial-register rule of [`Regs::set`].
+pub(crate) fn loaded_value(raw: u64, width: usize, extend: Extend) -> u64 {
+    match extend {
+        Extend::None | Extend::Zero => raw & mask(width),
+        Extend::Sign => sign_extend(raw, width),
+        Extend::Swap => swap_bytes(raw, width),
+    }
+}
+
+/// The low `width` bytes of `value` in reverse order.
+pub(crate) fn swap_bytes(value: u64, width: usize) -> u64 {
+    value.swap_bytes() >> (64 - 8 * width as u32)
+}
+
+/// The value of `src` cut to `width` bytes, or `None` if its register is not
+/// saved in the context.
+pub(crate) fn source_value(regs: &Regs<'_>, src: Source, width: usize) -> Option<u64> {
+    let value = match src {
+        Source::Reg(reg) => regs.get(reg)?,
+        Source::Imm(imm) => imm,
+    };
+    Some(value & mask(width))
 }

@@ -4,8 +4,9 @@
 use iced_x86::Register;
 use libc::greg_t;
 
-use super::regs::NGREG;
-use super::*;
+use crate::exec::loaded_value;
+use crate::regs::NGREG;
+use crate::*;
 
 fn one(bytes: &[u8]) -> Instruction {
     let insn = decode(bytes, 0x1000).expect("complete instruction");
