@@ -345,6 +345,14 @@ pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
                 vex,
             })
         }
+        Mnemonic::Xadd | Mnemonic::Cmpxchg if count == 2 && mem(0) => {
+            let reg = gpr_at(1)?;
+            Some(if mnemonic == Mnemonic::Xadd {
+                Op::Xadd { reg, width }
+            } else {
+                Op::Cmpxchg { reg, width }
+            })
+        }
         _ if setcc_of(mnemonic).is_some() => {
             let cond = setcc_of(mnemonic)?;
             (count == 1 && mem(0) && width == 1).then_some(Op::SetCc { cond })

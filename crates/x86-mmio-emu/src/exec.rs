@@ -60,6 +60,16 @@ fn whole(reg: Register, width: usize) -> Register {
     }
 }
 
+/// The accumulator of a `width`-byte operation: AL, AX, EAX or RAX.
+fn accumulator(width: usize) -> Register {
+    match width {
+        1 => Register::AL,
+        2 => Register::AX,
+        4 => Register::EAX,
+        _ => Register::RAX,
+    }
+}
+
 /// Carries out `op` on `regs` and `bus`: the reads, then the writes, then the
 /// registers and flags. Every register the instruction names is checked
 /// before the device is touched, as a read may have side effects. Does not
@@ -150,6 +160,29 @@ pub fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result<(), Ex
             let m = bus.read(width)?;
             let (result, rflags) = need(wide::double_shift(left, width, m, b, n, regs.rflags()), WIDTH)?;
             bus.write(width, result)?;
+            regs.set_rflags(rflags);
+        }
+        Op::Xadd { reg, width } => {
+            let reg = whole(reg, width);
+            let b = need(regs.get(reg), SRC)?;
+            let m = bus.read(width)?;
+            let (sum, rflags) = need(alu::run(Alu::Add, width, m, b, regs.rflags()), WIDTH)?;
+            bus.write(width, sum & mask(width))?;
+            need(regs.set(reg, m), DST)?;
+            regs.set_rflags(rflags);
+        }
+        Op::Cmpxchg { reg, width } => {
+            let acc = accumulator(width);
+            let new = need(source_value(regs, Source::Reg(reg), width), SRC)?;
+            let a = need(regs.get(acc), DST)?;
+            let m = bus.read(width)?;
+            let (_, rflags) = need(alu::run(Alu::Cmp, width, a, m, regs.rflags()), WIDTH)?;
+            if a == m {
+                bus.write(width, new)?;
+            } else {
+                bus.write(width, m)?;
+                need(regs.set(whole(acc, width), m), DST)?;
+            }
             regs.set_rflags(rflags);
         }
         Op::SetCc { cond } => {

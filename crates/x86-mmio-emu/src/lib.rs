@@ -29,6 +29,9 @@
 //! - the one-operand `MUL IMUL DIV IDIV` on RDX:RAX (`u128` products, C's
 //!   `x / *reg`), and the funnel shifts `SHLD SHRD` of memory ([`wide`]); a
 //!   division that would raise the divide error is refused;
+//! - the unlocked `XADD` and `CMPXCHG` of memory and a register, each one
+//!   read then one write of the operand (`CMPXCHG` writes the value it read
+//!   back when the comparison fails, as the CPU does);
 //! - `SETcc` of a byte in memory (a `bool` stored to a register) and
 //!   `CMOVcc` from memory (which reads whether or not it moves);
 //! - scalar SSE arithmetic with a memory source, legacy and VEX: `ADD SUB
@@ -44,7 +47,9 @@
 //!
 //! Everything else is refused and the handler reports it rather than guess:
 //! `LOCK`-prefixed instructions and `XCHG` (atomic on the bus, which a read
-//! then a write is not), anything wider than 8 bytes (packed SSE/AVX),
+//! then a write is not: a device or another CPU could act between them, so
+//! emulating them would promise an atomicity the emulation does not keep),
+//! `CMPXCHG8B`/`CMPXCHG16B` (two registers each way), anything wider than 8 bytes (packed SSE/AVX),
 //! other VEX/EVEX instructions, masked EVEX forms, string instructions,
 //! `fs:`/`gs:` addressing.
 

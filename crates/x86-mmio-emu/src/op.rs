@@ -70,6 +70,15 @@ pub enum Op {
         width: usize,
         vex: bool,
     },
+    /// `XADD [mem], reg`: `[mem] = [mem] + reg` and `reg` = the old `[mem]`,
+    /// flags as `ADD`. One read, then one write.
+    Xadd { reg: Register, width: usize },
+    /// `CMPXCHG [mem], reg`: compares the accumulator (AL, AX, EAX or RAX)
+    /// with `[mem]` (flags as `CMP`); if equal writes `reg` to `[mem]`, else
+    /// loads `[mem]` into the accumulator and writes `[mem]` back unchanged,
+    /// as the CPU does (its destination gets a write cycle whatever the
+    /// comparison). One read, then one write, either way.
+    Cmpxchg { reg: Register, width: usize },
     /// A move between memory and one lane of an XMM register, or a
     /// broadcast of memory to every lane ([`lane`]).
     Lane(Lane),
@@ -168,6 +177,8 @@ impl Op {
             | Op::Wide { width, .. }
             | Op::DoubleShift { width, .. }
             | Op::Cmov { width, .. }
+            | Op::Xadd { width, .. }
+            | Op::Cmpxchg { width, .. }
             | Op::Sse { width, .. } => width,
             Op::Lane(lane) => lane.width,
             Op::SetCc { .. } => 1,
