@@ -399,14 +399,26 @@ fn unlocked_xadd_and_cmpxchg_are_one_read_then_one_write() {
     let (bus, gregs) = run(&[0x0f, 0xc0, 0x27], 0xff, &[(Register::RAX, 0x1234_0211)]);
     assert_eq!(bus.log, [(1, 0xff, false), (1, 1, true)]);
     assert_eq!(gregs[libc::REG_RAX as usize], 0x1234_ff11);
-    assert_eq!(gregs[libc::REG_EFL as usize] as u64 & 1, 1, "carry out of the byte");
+    assert_eq!(
+        gregs[libc::REG_EFL as usize] as u64 & 1,
+        1,
+        "carry out of the byte"
+    );
     // cmpxchg [rdi],rcx, equal: RCX is written, ZF set, RAX kept.
-    let (bus, gregs) = run(&[0x48, 0x0f, 0xb1, 0x0f], 7, &[(Register::RAX, 7), (Register::RCX, 9)]);
+    let (bus, gregs) = run(
+        &[0x48, 0x0f, 0xb1, 0x0f],
+        7,
+        &[(Register::RAX, 7), (Register::RCX, 9)],
+    );
     assert_eq!(bus.log, [(8, 7, false), (8, 9, true)]);
     assert_eq!(gregs[libc::REG_RAX as usize], 7);
     assert_eq!(gregs[libc::REG_EFL as usize] as u64 & 0x40, 0x40);
     // Not equal: the value read is written back and loaded into RAX, ZF clear.
-    let (bus, gregs) = run(&[0x48, 0x0f, 0xb1, 0x0f], 6, &[(Register::RAX, 7), (Register::RCX, 9)]);
+    let (bus, gregs) = run(
+        &[0x48, 0x0f, 0xb1, 0x0f],
+        6,
+        &[(Register::RAX, 7), (Register::RCX, 9)],
+    );
     assert_eq!(bus.log, [(8, 6, false), (8, 6, true)]);
     assert_eq!(gregs[libc::REG_RAX as usize], 6);
     assert_eq!(gregs[libc::REG_EFL as usize] as u64 & 0x40, 0);

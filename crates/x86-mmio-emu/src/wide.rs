@@ -121,14 +121,7 @@ pub fn run(op: Wide, width: usize, m: u64, rax: u64, rdx: u64, rflags: u64) -> O
 /// `SHLD`/`SHRD`: shifts `a` (the memory operand) by `count` (masked by the
 /// CPU), filling from `b`, at `width` bytes (2, 4 or 8). Returns the result
 /// and the new RFLAGS.
-pub fn double_shift(
-    left: bool,
-    width: usize,
-    a: u64,
-    b: u64,
-    count: u64,
-    rflags: u64,
-) -> Option<(u64, u64)> {
+pub fn double_shift(left: bool, width: usize, a: u64, b: u64, count: u64, rflags: u64) -> Option<(u64, u64)> {
     let (mut x, mut f) = (a, start_flags(rflags));
     macro_rules! shift {
         ($op:literal, $w:literal) => {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use x86_mmio_emu::{decode, emulable, execute, Bus, Decoded, ExecError, Instruction, Regs, Register, NGREG};
+use x86_mmio_emu::{decode, emulable, execute, Bus, Decoded, ExecError, Instruction, Register, Regs, NGREG};
 
 /// CF PF AF ZF SF OF.
 const ARITH_FLAGS: u64 = 0x8d5;
@@ -232,7 +232,10 @@ fn emulate(d: &Decoded, s: &State, word: u64) -> (State, Model, Result<(), ExecE
     for (n, x) in s.xmm.iter().enumerate() {
         fx.0[FX_XMM + 16 * n..FX_XMM + 16 * n + 16].copy_from_slice(&x.to_le_bytes());
     }
-    let mut model = Model { word, log: Vec::new() };
+    let mut model = Model {
+        word,
+        log: Vec::new(),
+    };
     let result = {
         // SAFETY: `fx` is a 512-byte FXSAVE image without the XSAVE magic,
         // used only through `regs` while it lives.
@@ -244,7 +247,9 @@ fn emulate(d: &Decoded, s: &State, word: u64) -> (State, Model, Result<(), ExecE
         out.gpr[n] = gregs[*slot as usize] as u64;
     }
     out.rflags = gregs[libc::REG_EFL as usize] as u64;
-    out.mxcsr = u64::from(u32::from_le_bytes(fx.0[FX_MXCSR..FX_MXCSR + 4].try_into().unwrap()));
+    out.mxcsr = u64::from(u32::from_le_bytes(
+        fx.0[FX_MXCSR..FX_MXCSR + 4].try_into().unwrap(),
+    ));
     for (n, x) in out.xmm.iter_mut().enumerate() {
         *x = u128::from_le_bytes(fx.0[FX_XMM + 16 * n..FX_XMM + 16 * n + 16].try_into().unwrap());
     }
@@ -254,7 +259,9 @@ fn emulate(d: &Decoded, s: &State, word: u64) -> (State, Model, Result<(), ExecE
 /// Whether `insn` names RSP (which the harness cannot hand it).
 fn names_rsp(insn: &Instruction) -> bool {
     let rsp = |r: Register| matches!(r, Register::RSP | Register::ESP | Register::SP | Register::SPL);
-    (0..insn.op_count()).any(|i| rsp(insn.op_register(i))) || rsp(insn.memory_base()) || rsp(insn.memory_index())
+    (0..insn.op_count()).any(|i| rsp(insn.op_register(i)))
+        || rsp(insn.memory_base())
+        || rsp(insn.memory_index())
 }
 
 /// The number (encoding order) and size of a 64- or 32-bit base register.
@@ -314,14 +321,19 @@ fn memory_form() -> impl Strategy<Value = Vec<u8>> {
 /// Registers, flags and MXCSR: every exception masked, or any of them
 /// unmasked; random rounding, FTZ and DAZ.
 fn state() -> impl Strategy<Value = State> {
-    (any::<[u64; 16]>(), any::<u64>(), any::<u32>(), any::<bool>(), any::<[u128; 16]>()).prop_map(
-        |(gpr, flags, mx, masked, xmm)| State {
+    (
+        any::<[u64; 16]>(),
+        any::<u64>(),
+        any::<u32>(),
+        any::<bool>(),
+        any::<[u128; 16]>(),
+    )
+        .prop_map(|(gpr, flags, mx, masked, xmm)| State {
             gpr,
             rflags: (flags & ARITH_FLAGS) | 0x2,
             mxcsr: u64::from(mx & 0xffff | if masked { 0x1f80 } else { 0 }),
             xmm,
-        },
-    )
+        })
 }
 
 /// The memory word: half the time the low bytes of RAX, so that
@@ -363,7 +375,11 @@ fn accepted_memory_forms_match_the_cpu() {
             let Some(d) = emulable(&insn).filter(|_| !insn.is_invalid() && !names_rsp(&insn)) else {
                 return Ok(());
             };
-            prop_assert!(!insn.has_lock_prefix(), "locked form accepted: {:?}", insn.mnemonic());
+            prop_assert!(
+                !insn.has_lock_prefix(),
+                "locked form accepted: {:?}",
+                insn.mnemonic()
+            );
             let bytes = &bytes[..insn.len()];
             // Point the base register at the memory word.
             let mut input = input;
@@ -392,21 +408,40 @@ fn accepted_memory_forms_match_the_cpu() {
             code.run(bytes, &mut native);
             // SAFETY: as above.
             let after = unsafe { slot.read_volatile() };
-            let what = format!("{:?} ({bytes:02x?}) on {word:#x} from {input:#x?}", insn.mnemonic());
+            let what = format!(
+                "{:?} ({bytes:02x?}) on {word:#x} from {input:#x?}",
+                insn.mnemonic()
+            );
             let reads = model.log.iter().filter(|a| !a.0).count();
             let writes = model.log.len() - reads;
-            prop_assert!(reads <= 1 && writes <= 1 && model.log.iter().all(|a| a.1 == d.width()), "{what}: {:?}", model.log);
-            prop_assert!(model.log.first().is_none_or(|a| !a.0) || writes == model.log.len(), "{what}: {:?}", model.log);
+            prop_assert!(
+                reads <= 1 && writes <= 1 && model.log.iter().all(|a| a.1 == d.width()),
+                "{what}: {:?}",
+                model.log
+            );
+            prop_assert!(
+                model.log.first().is_none_or(|a| !a.0) || writes == model.log.len(),
+                "{what}: {:?}",
+                model.log
+            );
             prop_assert_eq!(after, model.word, "memory after {}", what);
             prop_assert_eq!(emulated.gpr, native.gpr, "registers after {}", what);
             prop_assert_eq!(emulated.xmm, native.xmm, "XMM registers after {}", what);
-            prop_assert_eq!(emulated.rflags & ARITH_FLAGS, native.rflags & ARITH_FLAGS, "flags after {}", what);
+            prop_assert_eq!(
+                emulated.rflags & ARITH_FLAGS,
+                native.rflags & ARITH_FLAGS,
+                "flags after {}",
+                what
+            );
             prop_assert_eq!(emulated.mxcsr, native.mxcsr, "MXCSR after {}", what);
             Ok(())
         })
         .unwrap();
     let accepted = accepted.into_inner();
-    assert!(accepted * 20 > cases as usize, "only {accepted} of {cases} encodings were emulated");
+    assert!(
+        accepted * 20 > cases as usize,
+        "only {accepted} of {cases} encodings were emulated"
+    );
 }
 
 #[test]
