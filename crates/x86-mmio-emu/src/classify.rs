@@ -1,4 +1,4 @@
-//! From an iced instruction to the [`Op`] barmap emulates, or a refusal.
+//! From an iced instruction to the [`Op`] this crate emulates, or a refusal.
 
 use iced_x86::{Instruction, MemorySize, Mnemonic, OpKind, Register};
 
@@ -16,7 +16,7 @@ fn scalar_width(size: MemorySize) -> Option<usize> {
     })
 }
 
-/// The ALU operation of a mnemonic barmap emulates with a memory operand.
+/// The ALU operation of a mnemonic this crate emulates with a memory operand.
 fn alu_of(mnemonic: Mnemonic) -> Option<Alu> {
     Some(match mnemonic {
         Mnemonic::Add => Alu::Add,
@@ -184,7 +184,7 @@ fn cmovcc_of(mnemonic: Mnemonic) -> Option<Cond> {
     Cond::new(CMOVCC.iter().position(|&m| m == mnemonic)? as u8)
 }
 
-/// The memory effect of `insn` if it is one barmap emulates.
+/// The memory effect of `insn` if it is one this crate emulates.
 pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
     // VEX/EVEX forms have mnemonics of their own (`VMOVSD`...): only those
     // named below are accepted, and none with an EVEX opmask.

@@ -94,7 +94,7 @@ const FORMS: [(Mnemonic, Form, usize, bool); 35] = {
     ]
 };
 
-/// The lane form of `insn`, if it is one barmap emulates (an XMM register
+/// The lane form of `insn`, if it is one this crate emulates (an XMM register
 /// of XMM0..15; YMM destinations are refused).
 ///
 /// The operands follow from where the memory operand is: first for a store

@@ -1,4 +1,5 @@
-//! x86-64 emulation of the instruction that faulted on a shadow hole.
+//! Decoding and emulation of the x86-64 instruction that faulted on a trapped
+//! MMIO page (a page left unmapped so that every access to it faults).
 //!
 //! Emulated, with a memory operand of 1, 2, 4 or 8 bytes (what compilers
 //! emit for `read_volatile`/`write_volatile` of `u8`..`u64`, `f32`, `f64` at
@@ -52,16 +53,21 @@
 //! `CMPXCHG8B`/`CMPXCHG16B` (two registers each way), anything wider than 8 bytes (packed SSE/AVX),
 //! other VEX/EVEX instructions, masked EVEX forms, string instructions,
 //! `fs:`/`gs:` addressing.
-
 //!
 //! The crate knows nothing of where the access goes: [`decode`] and
 //! [`emulable`] turn instruction bytes into a [`Decoded`] access, and
 //! [`execute`] carries it out on the interrupted thread's [`Regs`] (a Linux
 //! signal frame's saved registers) and a [`Bus`] that performs the one read
-//! and/or one write of the memory operand (a VFIO region, a test model).
+//! and/or one write of the memory operand (a device region, a test model).
 //! Nothing on that path allocates or takes a lock, so it runs in a SIGSEGV
 //! handler; only the decoder's first use builds tables, which a caller does
 //! once outside signal context (decode any instruction).
+//!
+//! Results and flags come from the CPU running the same operation on
+//! registers, so the tests compare the emulator with the CPU itself: every
+//! form from fixed encodings (unit tests), and random encodings of memory
+//! forms run both natively and through [`execute`] (`tests/random_encodings.rs`,
+//! a proptest).
 #![cfg(target_arch = "x86_64")]
 
 mod alu;
@@ -100,7 +106,7 @@ pub fn decode(bytes: &[u8], ip: u64) -> Option<Instruction> {
     (decoder.last_error() != DecoderError::NoMoreBytes).then_some(insn)
 }
 
-/// `insn` reduced to what the handler needs, if barmap emulates it.
+/// `insn` reduced to what the handler needs, if this crate emulates it.
 pub fn emulable(insn: &Instruction) -> Option<Decoded> {
     Some(Decoded {
         op: classify(insn)?,

@@ -23,9 +23,6 @@ use x86_mmio_emu::{decode, emulable, execute, Bus, Decoded, ExecError, Instructi
 
 /// CF PF AF ZF SF OF.
 const ARITH_FLAGS: u64 = 0x8d5;
-/// Offsets in an FXSAVE image.
-const FX_MXCSR: usize = 24;
-const FX_XMM: usize = 160;
 
 /// Registers going into and coming out of one instruction. `gpr` is in
 /// encoding order; RSP is neither set nor compared.
@@ -199,60 +196,42 @@ impl Bus for Model {
 #[repr(C, align(64))]
 struct Fx([u8; 512]);
 
-/// Slots of the 16 general registers in a signal frame's `gregs`.
-const SLOTS: [libc::c_int; 16] = [
-    libc::REG_RAX,
-    libc::REG_RCX,
-    libc::REG_RDX,
-    libc::REG_RBX,
-    libc::REG_RSP,
-    libc::REG_RBP,
-    libc::REG_RSI,
-    libc::REG_RDI,
-    libc::REG_R8,
-    libc::REG_R9,
-    libc::REG_R10,
-    libc::REG_R11,
-    libc::REG_R12,
-    libc::REG_R13,
-    libc::REG_R14,
-    libc::REG_R15,
-];
+/// General register `n` (encoding order), 64 bits wide.
+fn gpr(n: usize) -> Register {
+    Register::try_from(Register::RAX as usize + n).expect("one of RAX..R15")
+}
+
+/// XMM register `n`.
+fn xmm(n: usize) -> Register {
+    Register::try_from(Register::XMM0 as usize + n).expect("one of XMM0..XMM15")
+}
 
 /// Runs `d` through the emulator from `s` and `word`: the state after, the
 /// memory model after, or the emulator's refusal.
 fn emulate(d: &Decoded, s: &State, word: u64) -> (State, Model, Result<(), ExecError>) {
     let mut gregs = [0 as libc::greg_t; NGREG];
-    for (slot, v) in SLOTS.iter().zip(s.gpr) {
-        gregs[*slot as usize] = v as libc::greg_t;
-    }
-    gregs[libc::REG_EFL as usize] = s.rflags as libc::greg_t;
     let mut fx = Box::new(Fx([0; 512]));
-    fx.0[FX_MXCSR..FX_MXCSR + 4].copy_from_slice(&(s.mxcsr as u32).to_le_bytes());
-    for (n, x) in s.xmm.iter().enumerate() {
-        fx.0[FX_XMM + 16 * n..FX_XMM + 16 * n + 16].copy_from_slice(&x.to_le_bytes());
-    }
     let mut model = Model {
         word,
         log: Vec::new(),
     };
-    let result = {
-        // SAFETY: `fx` is a 512-byte FXSAVE image without the XSAVE magic,
-        // used only through `regs` while it lives.
-        let mut regs = unsafe { Regs::new(&mut gregs, fx.0.as_mut_ptr().cast()) };
-        execute(d.op, &mut regs, &mut model)
+    // SAFETY: `fx` is a 512-byte FXSAVE image without the XSAVE magic, used
+    // only through `regs`.
+    let mut regs = unsafe { Regs::new(&mut gregs, fx.0.as_mut_ptr().cast()) };
+    for n in 0..16 {
+        regs.set(gpr(n), s.gpr[n]).expect("a general register");
+        regs.set_xmm128(xmm(n), s.xmm[n], false)
+            .expect("the frame has SSE state");
+    }
+    regs.set_rflags(s.rflags);
+    regs.set_mxcsr(s.mxcsr as u32).expect("the frame has SSE state");
+    let result = execute(d.op, &mut regs, &mut model);
+    let out = State {
+        gpr: std::array::from_fn(|n| regs.get(gpr(n)).expect("a general register")),
+        rflags: regs.rflags(),
+        mxcsr: u64::from(regs.mxcsr().expect("the frame has SSE state")),
+        xmm: std::array::from_fn(|n| regs.xmm128(xmm(n)).expect("the frame has SSE state")),
     };
-    let mut out = *s;
-    for (n, slot) in SLOTS.iter().enumerate() {
-        out.gpr[n] = gregs[*slot as usize] as u64;
-    }
-    out.rflags = gregs[libc::REG_EFL as usize] as u64;
-    out.mxcsr = u64::from(u32::from_le_bytes(
-        fx.0[FX_MXCSR..FX_MXCSR + 4].try_into().unwrap(),
-    ));
-    for (n, x) in out.xmm.iter_mut().enumerate() {
-        *x = u128::from_le_bytes(fx.0[FX_XMM + 16 * n..FX_XMM + 16 * n + 16].try_into().unwrap());
-    }
     (out, model, result)
 }
 
