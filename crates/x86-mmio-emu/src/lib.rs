@@ -20,15 +20,15 @@
 //!   by an immediate, and the shifts and rotates `SHL SAL SHR SAR ROL ROR` of
 //!   memory by 1, an immediate or `CL`. A read-modify-write is one read then one write of the
 //!   same width, as on the bus; `CMP`, `TEST` and `BT` only read. Results and
-//!   RFLAGS come from running the same operation on the CPU ([`alu`]);
+//!   RFLAGS come from running the same operation on the CPU ([`Alu`]);
 //! - the bit scans and counts that `trailing_zeros`, `leading_zeros`,
 //!   `count_ones` and C's `__builtin_ctz`/`clz`/`popcount` of a register
 //!   compile to: `BSF BSR TZCNT LZCNT POPCNT`, and BMI1's `BLSR BLSI BLSMSK`;
 //! - the BMI1/BMI2 three-operand forms of `-C target-cpu=haswell` and
 //!   `-march=x86-64-v3`: `ANDN BEXTR BZHI SHLX SHRX SARX PDEP PEXT RORX MULX`
-//!   ([`bmi`]);
+//!   ([`Bmi`]);
 //! - the one-operand `MUL IMUL DIV IDIV` on RDX:RAX (`u128` products, C's
-//!   `x / *reg`), and the funnel shifts `SHLD SHRD` of memory ([`wide`]); a
+//!   `x / *reg`), and the funnel shifts `SHLD SHRD` of memory ([`Wide`]); a
 //!   division that would raise the divide error is refused;
 //! - the unlocked `XADD` and `CMPXCHG` of memory and a register, each one
 //!   read then one write of the operand (`CMPXCHG` writes the value it read
@@ -39,12 +39,12 @@
 //!   MUL DIV MIN MAX SQRT` of `SS`/`SD`, the conversions `CVTSS2SD CVTSD2SS
 //!   CVTSI2SS CVTSI2SD CVT(T)SS2SI CVT(T)SD2SI` (and AVX-512's unsigned
 //!   `VCVTUSI2SS/SD VCVT(T)SS2USI VCVT(T)SD2USI`), and the comparisons
-//!   `(U)COMISS (U)COMISD`, computed under the thread's MXCSR ([`sse`]); one
+//!   `(U)COMISS (U)COMISD`, computed under the thread's MXCSR ([`Sse`]); one
 //!   that raises an exception the thread has unmasked is refused;
 //! - moves between memory and one lane of an XMM register, and broadcasts
 //!   of memory to every lane of one: `PINSRB/W/D/Q PEXTRB/W/D/Q EXTRACTPS
 //!   INSERTPS MOVHPS MOVHPD MOVLPS MOVLPD MOVDDUP`, their VEX forms, and
-//!   `VBROADCASTSS VPBROADCASTB/W/D/Q` into an XMM register ([`lane`]).
+//!   `VBROADCASTSS VPBROADCASTB/W/D/Q` into an XMM register ([`Lane`]).
 //!
 //! Everything else is refused and the handler reports it rather than guess:
 //! `LOCK`-prefixed instructions and `XCHG` (atomic on the bus, which a read

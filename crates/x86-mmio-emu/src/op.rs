@@ -80,7 +80,7 @@ pub enum Op {
     /// comparison). One read, then one write, either way.
     Cmpxchg { reg: Register, width: usize },
     /// A move between memory and one lane of an XMM register, or a
-    /// broadcast of memory to every lane ([`lane`]).
+    /// broadcast of memory to every lane ([`Lane`]).
     Lane(Lane),
 }
 
