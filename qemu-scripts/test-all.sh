@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# test-all.sh: runs every test. Host: `cargo test --all-targets --all-features`, `cargo test --doc` and the
-# fault-path host suites again in release (opt-level 3 code takes other instruction forms to the fault handler); all
+# test-all.sh: runs every test. Host: `cargo test --workspace --all-targets --all-features` (barmap and the
+# x86-mmio-emu crate), `cargo test --workspace --doc` and the fault-path host suites and x86-mmio-emu again in release (opt-level 3 code takes other instruction forms to the fault handler); all
 # --no-fail-fast; device tests are ignored there. Guest: qemu-scripts/guest-test.sh on every kernel. Ends with the line
 # "N passed, M failed" summing both; exits non-zero if anything failed.
 set -euo pipefail
@@ -11,13 +11,14 @@ mkdir -p "$BARMAP_GUEST_WORK/logs"
 host_log="$BARMAP_GUEST_WORK/logs/host-test.log"
 guest_log="$BARMAP_GUEST_WORK/logs/guest-test.log"
 
-log "host: cargo test --all-targets --all-features; cargo test --doc; cargo test --release --test shadow_host --test shadow_forms --test revocation_host --test region_host --test mmio_host (--no-fail-fast)"
+log "host: cargo test --workspace --all-targets --all-features; cargo test --workspace --doc; cargo test --release --test shadow_host --test shadow_forms --test revocation_host --test region_host --test mmio_host; cargo test --release -p x86-mmio-emu (--no-fail-fast)"
 host_rc=0
-(cd "$BARMAP_REPO" && cargo test --all-targets --all-features --no-fail-fast) 2>&1 | tee "$host_log" || host_rc=$?
-(cd "$BARMAP_REPO" && cargo test --doc --no-fail-fast) 2>&1 | tee -a "$host_log" || host_rc=$?
+(cd "$BARMAP_REPO" && cargo test --workspace --all-targets --all-features --no-fail-fast) 2>&1 | tee "$host_log" || host_rc=$?
+(cd "$BARMAP_REPO" && cargo test --workspace --doc --no-fail-fast) 2>&1 | tee -a "$host_log" || host_rc=$?
 (cd "$BARMAP_REPO" && cargo test --release --test shadow_host --test shadow_forms --test revocation_host --test region_host \
     --test mmio_host --no-fail-fast) 2>&1 | tee -a "$host_log" ||
     host_rc=$?
+(cd "$BARMAP_REPO" && cargo test --release -p x86-mmio-emu --no-fail-fast) 2>&1 | tee -a "$host_log" || host_rc=$?
 read -r host_passed host_failed < <(parse_cargo_tests "$host_log")
 if ((host_rc != 0 && host_failed == 0)); then
     log "host cargo test failed (status $host_rc) without a failed test: counted as 1 failure"

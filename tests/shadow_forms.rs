@@ -1,7 +1,7 @@
 //! Every instruction form the shadow fault handler emulates, checked against
 //! the CPU and against what compilers emit.
 //!
-//! - A differential test runs each of 334 forms (inline assembly, every
+//! - A differential test runs each of 344 forms (inline assembly, every
 //!   width) on ordinary memory and on a trapped page of a shadow region over
 //!   an emulated device, from the same registers, flags and memory, many times
 //!   with random operands, and compares every general register, XMM0/XMM1,
@@ -541,6 +541,16 @@ static FORMS: &[Form] = &[
     form!("shrd word ptr [rdi], cx, cl", 2, RW),
     form!("seto byte ptr [rdi]", 1, W),
     form!("setb byte ptr [rdi]", 1, W),
+    form!("xadd byte ptr [rdi], cl", 1, RW),
+    form!("xadd byte ptr [rdi], ah", 1, RW),
+    form!("xadd word ptr [rdi], si", 2, RW),
+    form!("xadd dword ptr [rdi], ecx", 4, RW),
+    form!("xadd qword ptr [rdi], r9", 8, RW),
+    form!("cmpxchg byte ptr [rdi], cl", 1, RW),
+    form!("cmpxchg word ptr [rdi], ax", 2, RW),
+    form!("cmpxchg dword ptr [rdi], ecx", 4, RW),
+    form!("cmpxchg dword ptr [rdi], eax", 4, RW),
+    form!("cmpxchg qword ptr [rdi], rsi", 8, RW),
     form!("sete byte ptr [rdi]", 1, W),
     form!("setno byte ptr [rdi]", 1, W),
     form!("seta byte ptr [rdi]", 1, W),
@@ -678,6 +688,10 @@ fn every_form_matches_the_cpu_on_random_operands() {
             input.rflags = (rng.next() & ARITH_FLAGS) | 0x202;
             input.xmm = [0; 2].map(|_| u128::from(rng.next()) << 64 | u128::from(rng.operand()));
             clear_of_divide_error(form, &mut input, &mut before);
+            if form.text.starts_with("cmpxchg") && round % 2 == 0 {
+                // Half the rounds find the accumulator in memory.
+                before = (before & !mask(form.width)) | (input.gpr[0] & mask(form.width));
+            }
 
             native[0] = before;
             let mut on_cpu = input;

@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-use iced_x86::Register;
+use super::emulate::Register;
 
 use super::emulate::{
     Alu, Bmi, Cond, Decoded, Extend, Lane, LaneOp, Mem, Op, Source, Sse, Wide, MAX_INSN_LEN,
@@ -75,6 +75,8 @@ const SETCC: u64 = 11;
 const CMOV: u64 = 12;
 const SSE: u64 = 13;
 const LANE: u64 = 14;
+/// `XADD` (sub-code 0) and `CMPXCHG` (1).
+const EXCHANGE: u64 = 15;
 
 /// Set in the op word when the instruction's source is an immediate.
 const SRC_IMM: u64 = 1 << 32;
@@ -126,6 +128,8 @@ fn pack(d: &Decoded) -> [u64; 4] {
         Op::Mulx { hi, lo, .. } => (MULX, 0, hi, (lo, 0, 0)),
         Op::Wide { op, .. } => (WIDE, op as u64, Register::None, none),
         Op::DoubleShift { left, src, count, .. } => (DOUBLE_SHIFT, u64::from(left), src, source_parts(count)),
+        Op::Xadd { reg, .. } => (EXCHANGE, 0, reg, none),
+        Op::Cmpxchg { reg, .. } => (EXCHANGE, 1, reg, none),
         Op::SetCc { cond } => (SETCC, u64::from(cond.number()), Register::None, none),
         Op::Cmov { cond, dst, .. } => (CMOV, u64::from(cond.number()), dst, none),
         Op::Sse {
@@ -218,6 +222,11 @@ fn unpack([op, imm, mem, disp]: [u64; 4]) -> Option<Decoded> {
             src: r,
             count: source(r2),
             width,
+        },
+        EXCHANGE => match sub {
+            0 => Op::Xadd { reg: r, width },
+            1 => Op::Cmpxchg { reg: r, width },
+            _ => return None,
         },
         SETCC => Op::SetCc { cond: cond()? },
         CMOV => Op::Cmov {
@@ -341,7 +350,7 @@ mod tests {
 
     #[test]
     fn packs_every_form() {
-        let forms: [&[u8]; 36] = [
+        let forms: [&[u8]; 38] = [
             &[0x8a, 0x27],                               // mov ah,[rdi]
             &[0x48, 0x0f, 0xbe, 0x07],                   // movsx rax,byte [rdi]
             &[0x0f, 0xb7, 0x44, 0x8f, 0x10],             // movzx eax,word [rdi+rcx*4+0x10]
@@ -370,6 +379,8 @@ mod tests {
             &[0x48, 0xf7, 0x37],                         // div qword [rdi]
             &[0x48, 0x0f, 0xa4, 0x37, 0x07],             // shld [rdi],rsi,7
             &[0x0f, 0x94, 0x07],                         // sete [rdi]
+            &[0x0f, 0xc0, 0x27],                         // xadd [rdi],ah
+            &[0x48, 0x0f, 0xb1, 0x0f],                   // cmpxchg [rdi],rcx
             &[0x0f, 0x4c, 0x07],                         // cmovl eax,[rdi]
             &[0xf2, 0x0f, 0x58, 0x07],                   // addsd xmm0,[rdi]
             &[0xc5, 0xf3, 0x59, 0x07],                   // vmulsd xmm0,xmm1,[rdi]

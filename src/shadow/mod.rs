@@ -20,12 +20,12 @@
 //! `cmp`, `test`, `or`, `inc`, `imul`, `bt`, shifts...), bit scans and counts
 //! (`bsf`, `tzcnt`, `popcnt`...), the BMI1/BMI2 forms of `x86-64-v3` builds
 //! (`andn`, `shrx`, `bextr`, `mulx`...), `mul`/`div` on RDX:RAX,
-//! `shld`/`shrd`, `setcc` and `cmovcc`, scalar SSE/AVX moves (`movd`,
+//! `shld`/`shrd`, unlocked `xadd` and `cmpxchg`, `setcc` and `cmovcc`, scalar SSE/AVX moves (`movd`,
 //! `movq`, `movss`, `movsd` and their VEX forms), and scalar SSE/AVX
 //! arithmetic, conversions and comparisons (`addsd`, `cvtsi2sd`,
 //! `ucomisd`...) under the thread's MXCSR, and XMM lane inserts, extracts
 //! and broadcasts (`pinsrd`, `pextrq`, `movhps`, `vpbroadcastd`...); see the
-//! `emulate` module for the list. A read-modify-write is one read and one
+//! `x86-mmio-emu` crate of this workspace for the list. A read-modify-write is one read and one
 //! write of the same width, and flags are computed by the CPU itself. Any
 //! other instruction on a trapped page (an SSE copy of 16 bytes, `memcpy`'s
 //! `rep movs`, a `lock`ed or `xchg` atomic), and a misaligned access or one
@@ -185,8 +185,10 @@ mod trace;
 
 #[cfg(target_arch = "x86_64")]
 mod cache;
+// The decoder and emulator, a crate of its own (crates/x86-mmio-emu), under
+// the name the handler and the decode cache use.
 #[cfg(target_arch = "x86_64")]
-mod emulate;
+use x86_mmio_emu as emulate;
 #[cfg(target_arch = "x86_64")]
 mod handler;
 #[cfg(target_arch = "x86_64")]

@@ -1,275 +1,9 @@
-//! x86-64 emulation of the instruction that faulted on a shadow hole.
-//!
-//! Emulated, with a memory operand of 1, 2, 4 or 8 bytes (what compilers
-//! emit for `read_volatile`/`write_volatile` of `u8`..`u64`, `f32`, `f64` at
-//! every optimisation level, LLVM and GCC alike):
-//!
-//! - moves between a general register (or an immediate) and memory: `MOV`
-//!   (also with a 64-bit absolute address), `MOVZX`, `MOVSX`, `MOVSXD`, and
-//!   the byte-swapping `MOVBE`;
-//! - moves between memory and the low part of an XMM register (XMM0..15):
-//!   `MOVD`, `MOVQ`, `MOVSS`, `MOVSD`, and their VEX/EVEX forms `VMOVD`
-//!   `VMOVQ` `VMOVSS` `VMOVSD` that compilers emit when AVX is enabled (a
-//!   load zeroes the rest of the 128-bit register, a VEX/EVEX load also the
-//!   rest of the YMM/ZMM register);
-//! - ALU instructions with a memory operand: `ADD ADC SUB SBB AND OR XOR CMP`
-//!   (register and memory either way, or memory and immediate), `TEST` (memory
-//!   with register or immediate), `INC DEC NEG NOT` on memory, `IMUL` of a
-//!   register by memory (optionally by an immediate too), and `BT` of memory
-//!   by an immediate, and the shifts and rotates `SHL SAL SHR SAR ROL ROR` of
-//!   memory by 1, an immediate or `CL`. A read-modify-write is one read then one write of the
-//!   same width, as on the bus; `CMP`, `TEST` and `BT` only read. Results and
-//!   RFLAGS come from running the same operation on the CPU ([`alu`]);
-//! - the bit scans and counts that `trailing_zeros`, `leading_zeros`,
-//!   `count_ones` and C's `__builtin_ctz`/`clz`/`popcount` of a register
-//!   compile to: `BSF BSR TZCNT LZCNT POPCNT`, and BMI1's `BLSR BLSI BLSMSK`;
-//! - the BMI1/BMI2 three-operand forms of `-C target-cpu=haswell` and
-//!   `-march=x86-64-v3`: `ANDN BEXTR BZHI SHLX SHRX SARX PDEP PEXT RORX MULX`
-//!   ([`bmi`]);
-//! - the one-operand `MUL IMUL DIV IDIV` on RDX:RAX (`u128` products, C's
-//!   `x / *reg`), and the funnel shifts `SHLD SHRD` of memory ([`wide`]); a
-//!   division that would raise the divide error is refused;
-//! - `SETcc` of a byte in memory (a `bool` stored to a register) and
-//!   `CMOVcc` from memory (which reads whether or not it moves);
-//! - scalar SSE arithmetic with a memory source, legacy and VEX: `ADD SUB
-//!   MUL DIV MIN MAX SQRT` of `SS`/`SD`, the conversions `CVTSS2SD CVTSD2SS
-//!   CVTSI2SS CVTSI2SD CVT(T)SS2SI CVT(T)SD2SI` (and AVX-512's unsigned
-//!   `VCVTUSI2SS/SD VCVT(T)SS2USI VCVT(T)SD2USI`), and the comparisons
-//!   `(U)COMISS (U)COMISD`, computed under the thread's MXCSR ([`sse`]); one
-//!   that raises an exception the thread has unmasked is refused;
-//! - moves between memory and one lane of an XMM register, and broadcasts
-//!   of memory to every lane of one: `PINSRB/W/D/Q PEXTRB/W/D/Q EXTRACTPS
-//!   INSERTPS MOVHPS MOVHPD MOVLPS MOVLPD MOVDDUP`, their VEX forms, and
-//!   `VBROADCASTSS VPBROADCASTB/W/D/Q` into an XMM register ([`lane`]).
-//!
-//! Everything else is refused and the handler reports it rather than guess:
-//! `LOCK`-prefixed instructions and `XCHG` (atomic on the bus, which a read
-//! then a write is not), anything wider than 8 bytes (packed SSE/AVX),
-//! other VEX/EVEX instructions, masked EVEX forms, string instructions,
-//! `fs:`/`gs:` addressing.
+//! From an iced instruction to the [`Op`] this crate emulates, or a refusal.
 
-mod alu;
-mod bmi;
-mod exec;
-mod lane;
-mod regs;
-mod sse;
-mod wide;
+use iced_x86::{Instruction, MemorySize, Mnemonic, OpKind, Register};
 
-use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, MemorySize, Mnemonic, OpKind, Register};
-
-pub(crate) use alu::Alu;
-pub(crate) use bmi::Bmi;
-pub(crate) use exec::{execute, Bus, ExecError};
-pub(crate) use lane::{Lane, LaneOp};
-pub(crate) use regs::Regs;
-use regs::{gpr, mask, sign_extend, xmm};
-pub(crate) use sse::Sse;
-pub(crate) use wide::Wide;
-
-/// Longest x86 instruction.
-pub(crate) const MAX_INSN_LEN: usize = 15;
-
-/// What the faulting instruction does to memory and registers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Op {
-    /// Read `width` bytes into the general register `dst`, widened or
-    /// byte-swapped as `extend` says.
-    Load {
-        dst: Register,
-        width: usize,
-        extend: Extend,
-    },
-    /// Write the low `width` bytes of `src`, byte-swapped if `swap` (`MOVBE`).
-    Store { src: Source, width: usize, swap: bool },
-    /// Read `width` bytes into the XMM register `dst`, zero-extended to 128
-    /// bits, or to the widest vector register if `vex` (`VMOVSD`...).
-    XmmLoad { dst: Register, width: usize, vex: bool },
-    /// Write the low `width` bytes of the XMM register `src`.
-    XmmStore { src: Register, width: usize },
-    /// `reg = reg <alu> [mem]`, or only the flags for `CMP`; the bit scans,
-    /// counts and BMI1 operations compute `reg` from `[mem]` alone (except
-    /// that `BSF`/`BSR` of zero may leave it as it was).
-    AluReg { alu: Alu, reg: Register, width: usize },
-    /// `[mem] = [mem] <alu> src`, or only the flags for `CMP`, `TEST`, `BT`.
-    /// Unary operations ignore `src`.
-    AluMem { alu: Alu, src: Source, width: usize },
-    /// `dst = [mem] * imm` (three-operand `IMUL`).
-    Imul3 { dst: Register, imm: u64, width: usize },
-    /// `dst = op(src, [mem])`, a three-operand BMI instruction; `src` is a
-    /// register, or `RORX`'s immediate.
-    Bmi {
-        bmi: Bmi,
-        dst: Register,
-        src: Source,
-        width: usize,
-    },
-    /// `hi:lo = RDX * [mem]` (`MULX`).
-    Mulx {
-        hi: Register,
-        lo: Register,
-        width: usize,
-    },
-    /// `MUL`, `IMUL`, `DIV` or `IDIV` of RDX:RAX by `[mem]`.
-    Wide { op: Wide, width: usize },
-    /// `[mem] = SHLD/SHRD([mem], src, count)`.
-    DoubleShift {
-        left: bool,
-        src: Register,
-        count: Source,
-        width: usize,
-    },
-    /// `[mem] = 1` if the condition holds, else 0 (`SETcc`, one byte).
-    SetCc { cond: Cond },
-    /// `dst = [mem]` if the condition holds (`CMOVcc`, which reads memory
-    /// either way).
-    Cmov { cond: Cond, dst: Register, width: usize },
-    /// A scalar SSE operation on `[mem]` and `src1` (an XMM register, the
-    /// destination itself for the legacy forms), into `dst` (an XMM
-    /// register, or a general one for the conversions to integers) or the
-    /// flags. A VEX/EVEX form (`vex`) zeroes the destination above bit 127.
-    Sse {
-        op: Sse,
-        dst: Register,
-        src1: Register,
-        width: usize,
-        vex: bool,
-    },
-    /// A move between memory and one lane of an XMM register, or a
-    /// broadcast of memory to every lane ([`lane`]).
-    Lane(Lane),
-}
-
-/// An x86 condition (the `cc` of `SETcc`/`CMOVcc`), numbered as the
-/// encoding numbers them: O NO B AE E NE BE A S NS P NP L GE LE G.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Cond(u8);
-
-impl Cond {
-    /// The condition with encoding number `n` (0..16).
-    pub(crate) fn new(n: u8) -> Option<Cond> {
-        (n < 16).then_some(Cond(n))
-    }
-
-    /// Its encoding number.
-    pub(crate) fn number(self) -> u8 {
-        self.0
-    }
-
-    /// Whether the condition holds for `rflags`: the even conditions test
-    /// a flag combination, the odd ones its negation.
-    pub(crate) fn holds(self, rflags: u64) -> bool {
-        let flag = |bit: u32| rflags >> bit & 1 == 1;
-        let (cf, pf, zf, sf, of) = (flag(0), flag(2), flag(6), flag(7), flag(11));
-        let base = match self.0 >> 1 {
-            0 => of,
-            1 => cf,
-            2 => zf,
-            3 => cf || zf,
-            4 => sf,
-            5 => pf,
-            6 => sf != of,
-            _ => zf || sf != of,
-        };
-        base != (self.0 & 1 == 1)
-    }
-}
-
-/// How a load into a general register treats the bytes it read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Extend {
-    /// Same width as the destination (`MOV`).
-    None,
-    /// `MOVZX`.
-    Zero,
-    /// `MOVSX`/`MOVSXD`.
-    Sign,
-    /// `MOVBE`: the bytes in reverse order.
-    Swap,
-}
-
-/// A value an instruction takes from a register or its encoding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// A general register.
-    Reg(Register),
-    /// An immediate, already sign-extended to 64 bits where the encoding says so.
-    Imm(u64),
-}
-
-/// The memory operand of an instruction: `base + index * scale + disp`.
-/// For RIP-relative operands `base` is `RIP` and `disp` already the
-/// absolute address (the decoder knew the instruction's address).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Mem {
-    pub(crate) base: Register,
-    pub(crate) index: Register,
-    pub(crate) scale: u8,
-    pub(crate) disp: u64,
-}
-
-/// Everything the handler needs of an emulable instruction at a known address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Decoded {
-    pub(crate) op: Op,
-    pub(crate) mem: Mem,
-    /// Length in bytes.
-    pub(crate) len: u8,
-}
-
-impl Op {
-    /// The access width in bytes.
-    pub(crate) fn width(&self) -> usize {
-        match *self {
-            Op::Load { width, .. }
-            | Op::Store { width, .. }
-            | Op::XmmLoad { width, .. }
-            | Op::XmmStore { width, .. }
-            | Op::AluReg { width, .. }
-            | Op::AluMem { width, .. }
-            | Op::Imul3 { width, .. }
-            | Op::Bmi { width, .. }
-            | Op::Mulx { width, .. }
-            | Op::Wide { width, .. }
-            | Op::DoubleShift { width, .. }
-            | Op::Cmov { width, .. }
-            | Op::Sse { width, .. } => width,
-            Op::Lane(lane) => lane.width,
-            Op::SetCc { .. } => 1,
-        }
-    }
-}
-
-impl Decoded {
-    /// The access width in bytes.
-    pub(crate) fn width(&self) -> usize {
-        self.op.width()
-    }
-}
-
-/// Decodes one instruction from `bytes`, located at `ip`. Returns `None` if
-/// `bytes` end before the instruction does (the caller may fetch more), and
-/// an instruction for which [`Instruction::is_invalid`] holds if it is not
-/// valid x86-64.
-pub(crate) fn decode(bytes: &[u8], ip: u64) -> Option<Instruction> {
-    let mut decoder = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
-    let insn = decoder.decode();
-    (decoder.last_error() != DecoderError::NoMoreBytes).then_some(insn)
-}
-
-/// `insn` reduced to what the handler needs, if barmap emulates it.
-pub(crate) fn emulable(insn: &Instruction) -> Option<Decoded> {
-    Some(Decoded {
-        op: classify(insn)?,
-        mem: Mem {
-            base: insn.memory_base(),
-            index: insn.memory_index(),
-            scale: insn.memory_index_scale() as u8,
-            disp: insn.memory_displacement64(),
-        },
-        len: insn.len() as u8,
-    })
-}
+use crate::regs::{gpr, xmm};
+use crate::{lane, sse, Alu, Bmi, Cond, Extend, Op, Source, Sse, Wide};
 
 /// The width in bytes of a scalar memory operand of at most 8 bytes.
 fn scalar_width(size: MemorySize) -> Option<usize> {
@@ -282,7 +16,7 @@ fn scalar_width(size: MemorySize) -> Option<usize> {
     })
 }
 
-/// The ALU operation of a mnemonic barmap emulates with a memory operand.
+/// The ALU operation of a mnemonic this crate emulates with a memory operand.
 fn alu_of(mnemonic: Mnemonic) -> Option<Alu> {
     Some(match mnemonic {
         Mnemonic::Add => Alu::Add,
@@ -450,7 +184,7 @@ fn cmovcc_of(mnemonic: Mnemonic) -> Option<Cond> {
     Cond::new(CMOVCC.iter().position(|&m| m == mnemonic)? as u8)
 }
 
-/// The memory effect of `insn` if it is one barmap emulates.
+/// The memory effect of `insn` if it is one this crate emulates.
 pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
     // VEX/EVEX forms have mnemonics of their own (`VMOVSD`...): only those
     // named below are accepted, and none with an EVEX opmask.
@@ -611,6 +345,14 @@ pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
                 vex,
             })
         }
+        Mnemonic::Xadd | Mnemonic::Cmpxchg if count == 2 && mem(0) => {
+            let reg = gpr_at(1)?;
+            Some(if mnemonic == Mnemonic::Xadd {
+                Op::Xadd { reg, width }
+            } else {
+                Op::Cmpxchg { reg, width }
+            })
+        }
         _ if setcc_of(mnemonic).is_some() => {
             let cond = setcc_of(mnemonic)?;
             (count == 1 && mem(0) && width == 1).then_some(Op::SetCc { cond })
@@ -692,54 +434,3 @@ pub(crate) fn classify(insn: &Instruction) -> Option<Op> {
         }
     }
 }
-
-impl Regs<'_> {
-    /// The address `mem` refers to, or `None` if it uses a register that is
-    /// not saved in the context.
-    pub(crate) fn effective_address(&self, mem: &Mem) -> Option<u64> {
-        let Mem {
-            base,
-            index,
-            scale,
-            disp,
-        } = *mem;
-        let mut ea = disp;
-        if !matches!(base, Register::None | Register::RIP | Register::EIP) {
-            ea = ea.wrapping_add(self.get(base)?);
-        }
-        if index != Register::None {
-            ea = ea.wrapping_add(self.get(index)?.wrapping_mul(u64::from(scale)));
-        }
-        let is32 = |r: Register| gpr(r).is_some_and(|g| g.size == 4);
-        let addr32 = is32(base) || is32(index) || base == Register::EIP;
-        Some(if addr32 { ea & mask(4) } else { ea })
-    }
-}
-
-/// The value a load of `width` bytes that read `raw` leaves in its
-/// destination, before the partial-register rule of [`Regs::set`].
-pub(crate) fn loaded_value(raw: u64, width: usize, extend: Extend) -> u64 {
-    match extend {
-        Extend::None | Extend::Zero => raw & mask(width),
-        Extend::Sign => sign_extend(raw, width),
-        Extend::Swap => swap_bytes(raw, width),
-    }
-}
-
-/// The low `width` bytes of `value` in reverse order.
-pub(crate) fn swap_bytes(value: u64, width: usize) -> u64 {
-    value.swap_bytes() >> (64 - 8 * width as u32)
-}
-
-/// The value of `src` cut to `width` bytes, or `None` if its register is not
-/// saved in the context.
-pub(crate) fn source_value(regs: &Regs<'_>, src: Source, width: usize) -> Option<u64> {
-    let value = match src {
-        Source::Reg(reg) => regs.get(reg)?,
-        Source::Imm(imm) => imm,
-    };
-    Some(value & mask(width))
-}
-
-#[cfg(test)]
-mod tests;

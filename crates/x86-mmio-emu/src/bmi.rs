@@ -13,7 +13,7 @@ use super::regs::mask;
 /// A three-operand BMI operation: `dst = op(...)`, one operand in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum Bmi {
+pub enum Bmi {
     /// `dst = !reg & mem`.
     Andn,
     /// `dst = bit field of mem that reg selects`.
@@ -48,13 +48,13 @@ impl Bmi {
     ];
 
     /// The operation with discriminant `n`.
-    pub(crate) fn from_u8(n: u8) -> Option<Bmi> {
+    pub fn from_u8(n: u8) -> Option<Bmi> {
         Bmi::ALL.get(usize::from(n)).copied()
     }
 
     /// Whether memory is the instruction's last operand (`ANDN PDEP PEXT`:
     /// `op dst, reg, mem`) rather than its second (`op dst, mem, reg`).
-    pub(crate) fn memory_last(self) -> bool {
+    pub fn memory_last(self) -> bool {
         matches!(self, Bmi::Andn | Bmi::Pdep | Bmi::Pext)
     }
 }
@@ -113,7 +113,7 @@ fn rotate_right(value: u64, count: u32, bits: u32) -> u64 {
 /// or `RORX`'s immediate) as `width`-byte operands, starting from the
 /// arithmetic flags of `rflags`. Returns the destination's value
 /// (zero-extended) and the new RFLAGS. `None` for a width other than 4 or 8.
-pub(crate) fn run(bmi: Bmi, width: usize, mem: u64, other: u64, rflags: u64) -> Option<(u64, u64)> {
+pub fn run(bmi: Bmi, width: usize, mem: u64, other: u64, rflags: u64) -> Option<(u64, u64)> {
     let (x, y) = if bmi.memory_last() {
         (other, mem)
     } else {
@@ -130,7 +130,7 @@ pub(crate) fn run(bmi: Bmi, width: usize, mem: u64, other: u64, rflags: u64) -> 
 
 /// `MULX`: the high and low halves of `rdx * mem` as `width`-byte unsigned
 /// operands. Flags are not affected.
-pub(crate) fn mulx(width: usize, rdx: u64, mem: u64) -> Option<(u64, u64)> {
+pub fn mulx(width: usize, rdx: u64, mem: u64) -> Option<(u64, u64)> {
     match width {
         4 => {
             let p = (rdx & mask(4)) * (mem & mask(4));

@@ -15,11 +15,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use iced_x86::Register;
 use libc::{_libc_fpstate, greg_t};
 
+use crate::Mem;
+
 /// Number of general registers saved in a `ucontext_t`.
-pub(crate) const NGREG: usize = 23;
+pub const NGREG: usize = 23;
 
 /// The saved registers of the interrupted thread.
-pub(crate) struct Regs<'a> {
+pub struct Regs<'a> {
     gregs: &'a mut [greg_t; NGREG],
     /// The frame's FP state (FXSAVE image, then XSAVE components), or null.
     fpregs: *mut u8,
@@ -79,15 +81,15 @@ const GREG_SLOTS: [libc::c_int; 16] = [
 /// A general register: which of the 16, how wide, and whether it is one of
 /// AH/CH/DH/BH (bits 8..15).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Gpr {
+pub struct Gpr {
     number: usize,
-    pub(crate) size: usize,
+    pub size: usize,
     high: bool,
 }
 
 /// Decomposes an iced register. iced numbers them AL..BL, AH..BH,
 /// SPL..R15L, AX..R15W, EAX..R15D, RAX..R15, each in encoding order.
-pub(crate) fn gpr(reg: Register) -> Option<Gpr> {
+pub fn gpr(reg: Register) -> Option<Gpr> {
     let n = reg as usize;
     let (first, size) = match n {
         _ if (Register::AL as usize..=Register::R15L as usize).contains(&n) => (Register::AL, 1),
@@ -110,19 +112,19 @@ pub(crate) fn gpr(reg: Register) -> Option<Gpr> {
 
 /// The 64-bit register that contains the general register `reg` (RAX for
 /// EAX, AX, AL and AH).
-pub(crate) fn full_register(reg: Register) -> Option<Register> {
+pub fn full_register(reg: Register) -> Option<Register> {
     let number = gpr(reg)?.number;
     Register::try_from(Register::RAX as usize + number).ok()
 }
 
 /// The number (0..16) of an XMM register, `None` for any other register.
-pub(crate) fn xmm(reg: Register) -> Option<usize> {
+pub fn xmm(reg: Register) -> Option<usize> {
     let n = (reg as usize).checked_sub(Register::XMM0 as usize)?;
     (n < 16).then_some(n)
 }
 
 /// The low `width` bytes (1..=8) set.
-pub(crate) fn mask(width: usize) -> u64 {
+pub fn mask(width: usize) -> u64 {
     match width {
         8 => u64::MAX,
         w => (1u64 << (w * 8)) - 1,
@@ -130,7 +132,7 @@ pub(crate) fn mask(width: usize) -> u64 {
 }
 
 /// `value`'s low `width` bytes, sign-extended to 64 bits.
-pub(crate) fn sign_extend(value: u64, width: usize) -> u64 {
+pub fn sign_extend(value: u64, width: usize) -> u64 {
     let shift = 64 - width as u32 * 8;
     (((value << shift) as i64) >> shift) as u64
 }
@@ -146,7 +148,7 @@ impl<'a> Regs<'a> {
     /// bytes carry `FP_XSTATE_MAGIC1`) by the XSAVE header and components in
     /// the standard layout up to the `xstate_size` those bytes give, as the
     /// kernel lays out a signal frame.
-    pub(crate) unsafe fn new(gregs: &'a mut [greg_t; NGREG], fpregs: *mut _libc_fpstate) -> Self {
+    pub unsafe fn new(gregs: &'a mut [greg_t; NGREG], fpregs: *mut _libc_fpstate) -> Self {
         Regs {
             gregs,
             fpregs: fpregs.cast(),
@@ -155,22 +157,22 @@ impl<'a> Regs<'a> {
     }
 
     /// Instruction pointer.
-    pub(crate) fn rip(&self) -> u64 {
+    pub fn rip(&self) -> u64 {
         self.gregs[libc::REG_RIP as usize] as u64
     }
 
     /// Sets the instruction pointer.
-    pub(crate) fn set_rip(&mut self, rip: u64) {
+    pub fn set_rip(&mut self, rip: u64) {
         self.gregs[libc::REG_RIP as usize] = rip as greg_t;
     }
 
     /// RFLAGS.
-    pub(crate) fn rflags(&self) -> u64 {
+    pub fn rflags(&self) -> u64 {
         self.gregs[libc::REG_EFL as usize] as u64
     }
 
     /// Sets RFLAGS.
-    pub(crate) fn set_rflags(&mut self, rflags: u64) {
+    pub fn set_rflags(&mut self, rflags: u64) {
         self.gregs[libc::REG_EFL as usize] = rflags as greg_t;
     }
 
@@ -179,7 +181,7 @@ impl<'a> Regs<'a> {
     }
 
     /// The value of a general register of any width, zero-extended.
-    pub(crate) fn get(&self, reg: Register) -> Option<u64> {
+    pub fn get(&self, reg: Register) -> Option<u64> {
         let gpr = gpr(reg)?;
         let full = self.gregs[Self::slot(gpr)] as u64;
         Some(if gpr.high {
@@ -190,7 +192,7 @@ impl<'a> Regs<'a> {
     }
 
     /// Writes `value` to a general register with the CPU's partial-register rules.
-    pub(crate) fn set(&mut self, reg: Register, value: u64) -> Option<()> {
+    pub fn set(&mut self, reg: Register, value: u64) -> Option<()> {
         let gpr = gpr(reg)?;
         let index = Self::slot(gpr);
         let old = self.gregs[index] as u64;
@@ -212,13 +214,13 @@ impl<'a> Regs<'a> {
 
     /// Bits 0..63 of an XMM register; `None` if it is not one or the frame
     /// holds no SSE state.
-    pub(crate) fn xmm_low(&self, reg: Register) -> Option<u64> {
+    pub fn xmm_low(&self, reg: Register) -> Option<u64> {
         self.xmm128(reg).map(|v| v as u64)
     }
 
     /// All 128 bits of an XMM register; `None` if it is not one or the frame
     /// holds no SSE state.
-    pub(crate) fn xmm128(&self, reg: Register) -> Option<u128> {
+    pub fn xmm128(&self, reg: Register) -> Option<u128> {
         // SAFETY: null or valid for this value's lifetime (see `new`).
         let fx = unsafe { self.fpregs.cast::<_libc_fpstate>().as_ref() }?;
         let e = &fx._xmm[xmm(reg)?].element;
@@ -228,7 +230,7 @@ impl<'a> Regs<'a> {
     /// Sets all 128 bits of an XMM register. Bits above 127 are kept, unless
     /// `vex` (a VEX/EVEX instruction): then they are zeroed too, up to the
     /// widest vector register the frame holds.
-    pub(crate) fn set_xmm128(&mut self, reg: Register, value: u128, vex: bool) -> Option<()> {
+    pub fn set_xmm128(&mut self, reg: Register, value: u128, vex: bool) -> Option<()> {
         let n = xmm(reg)?;
         self.fxsave()?._xmm[n].element = [0, 1, 2, 3].map(|i| (value >> (32 * i)) as u32);
         if vex {
@@ -239,13 +241,13 @@ impl<'a> Regs<'a> {
     }
 
     /// MXCSR, if the frame holds SSE state.
-    pub(crate) fn mxcsr(&self) -> Option<u32> {
+    pub fn mxcsr(&self) -> Option<u32> {
         // SAFETY: null or valid for this value's lifetime (see `new`).
         unsafe { self.fpregs.cast::<_libc_fpstate>().as_ref() }.map(|fx| fx.mxcsr)
     }
 
     /// Sets MXCSR (the frame holds SSE state: [`Regs::mxcsr`] returned it).
-    pub(crate) fn set_mxcsr(&mut self, mxcsr: u32) -> Option<()> {
+    pub fn set_mxcsr(&mut self, mxcsr: u32) -> Option<()> {
         self.fxsave()?.mxcsr = mxcsr;
         Some(())
     }
@@ -254,7 +256,7 @@ impl<'a> Regs<'a> {
     /// SSE loads `MOVD`/`MOVQ`/`MOVSS`/`MOVSD` from memory do. Bits above 127
     /// are kept, unless `vex`: the VEX loads zero them too, up to the widest
     /// vector register the frame holds.
-    pub(crate) fn set_xmm(&mut self, reg: Register, value: u64, vex: bool) -> Option<()> {
+    pub fn set_xmm(&mut self, reg: Register, value: u64, vex: bool) -> Option<()> {
         self.set_xmm128(reg, u128::from(value), vex)
     }
 
@@ -287,6 +289,29 @@ impl<'a> Regs<'a> {
         // SAFETY: `at..at + size` lies past the header and within the
         // frame's XSAVE area (checked against `xstate_size`), ours to change.
         unsafe { self.fpregs.add(at).write_bytes(0, size) };
+    }
+}
+
+impl Regs<'_> {
+    /// The address `mem` refers to, or `None` if it uses a register that is
+    /// not saved in the context.
+    pub fn effective_address(&self, mem: &Mem) -> Option<u64> {
+        let Mem {
+            base,
+            index,
+            scale,
+            disp,
+        } = *mem;
+        let mut ea = disp;
+        if !matches!(base, Register::None | Register::RIP | Register::EIP) {
+            ea = ea.wrapping_add(self.get(base)?);
+        }
+        if index != Register::None {
+            ea = ea.wrapping_add(self.get(index)?.wrapping_mul(u64::from(scale)));
+        }
+        let is32 = |r: Register| gpr(r).is_some_and(|g| g.size == 4);
+        let addr32 = is32(base) || is32(index) || base == Register::EIP;
+        Some(if addr32 { ea & mask(4) } else { ea })
     }
 }
 

@@ -4,8 +4,9 @@
 use iced_x86::Register;
 use libc::greg_t;
 
-use super::regs::NGREG;
-use super::*;
+use crate::exec::loaded_value;
+use crate::regs::NGREG;
+use crate::*;
 
 fn one(bytes: &[u8]) -> Instruction {
     let insn = decode(bytes, 0x1000).expect("complete instruction");
@@ -250,7 +251,7 @@ fn classifies_alu_forms() {
 
 #[test]
 fn refuses_everything_else() {
-    let refused: [&[u8]; 21] = [
+    let refused: [&[u8]; 23] = [
         &[0x0f, 0x10, 0x07],                         // movups xmm0,[rdi]
         &[0x66, 0x0f, 0x6f, 0x07],                   // movdqa xmm0,[rdi]
         &[0x87, 0x07],                               // xchg [rdi],eax
@@ -263,7 +264,9 @@ fn refuses_everything_else() {
         &[0x89, 0xc8],                               // mov eax,ecx
         &[0x0f, 0xa3, 0x07],                         // bt [rdi],eax (bit string)
         &[0x66, 0x0f, 0x58, 0x07],                   // addpd xmm0,[rdi] (packed, 16 bytes)
-        &[0x0f, 0xb1, 0x0f],                         // cmpxchg [rdi],ecx
+        &[0xf0, 0x0f, 0xb1, 0x0f],                   // lock cmpxchg [rdi],ecx
+        &[0xf0, 0x48, 0x0f, 0xc1, 0x07],             // lock xadd [rdi],rax
+        &[0x0f, 0xc7, 0x0f],                         // cmpxchg8b [rdi]
         &[0x0f, 0x6e, 0x07],                         // movd mm0,[rdi]
         &[0xc5, 0xfc, 0x10, 0x07],                   // vmovups ymm0,[rdi]
         &[0x8c, 0x1f],                               // mov [rdi],ds
@@ -384,6 +387,41 @@ fn read_modify_write_is_one_read_then_one_write() {
     // imul eax,[rdi],-3
     let (_, gregs) = run(&[0x6b, 0x07, 0xfd], 7, &[]);
     assert_eq!(gregs[libc::REG_RAX as usize] as u64, (-21i32) as u32 as u64);
+}
+
+#[test]
+fn unlocked_xadd_and_cmpxchg_are_one_read_then_one_write() {
+    // xadd [rdi],ecx: memory gets the sum, ECX the old value (upper half cleared).
+    let (bus, gregs) = run(&[0x0f, 0xc1, 0x0f], 5, &[(Register::RCX, 0xffff_ffff_0000_0003)]);
+    assert_eq!(bus.log, [(4, 5, false), (4, 8, true)]);
+    assert_eq!(gregs[libc::REG_RCX as usize], 5);
+    // xadd [rdi],ah keeps the rest of RAX.
+    let (bus, gregs) = run(&[0x0f, 0xc0, 0x27], 0xff, &[(Register::RAX, 0x1234_0211)]);
+    assert_eq!(bus.log, [(1, 0xff, false), (1, 1, true)]);
+    assert_eq!(gregs[libc::REG_RAX as usize], 0x1234_ff11);
+    assert_eq!(
+        gregs[libc::REG_EFL as usize] as u64 & 1,
+        1,
+        "carry out of the byte"
+    );
+    // cmpxchg [rdi],rcx, equal: RCX is written, ZF set, RAX kept.
+    let (bus, gregs) = run(
+        &[0x48, 0x0f, 0xb1, 0x0f],
+        7,
+        &[(Register::RAX, 7), (Register::RCX, 9)],
+    );
+    assert_eq!(bus.log, [(8, 7, false), (8, 9, true)]);
+    assert_eq!(gregs[libc::REG_RAX as usize], 7);
+    assert_eq!(gregs[libc::REG_EFL as usize] as u64 & 0x40, 0x40);
+    // Not equal: the value read is written back and loaded into RAX, ZF clear.
+    let (bus, gregs) = run(
+        &[0x48, 0x0f, 0xb1, 0x0f],
+        6,
+        &[(Register::RAX, 7), (Register::RCX, 9)],
+    );
+    assert_eq!(bus.log, [(8, 6, false), (8, 6, true)]);
+    assert_eq!(gregs[libc::REG_RAX as usize], 6);
+    assert_eq!(gregs[libc::REG_EFL as usize] as u64 & 0x40, 0);
 }
 
 #[test]

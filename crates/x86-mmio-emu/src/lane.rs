@@ -13,7 +13,7 @@ use super::regs::{mask, xmm};
 
 /// What a lane instruction does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LaneOp {
+pub enum LaneOp {
     /// `xmm = src1` with bytes `offset..offset + width` from memory, then
     /// the 4-byte lanes set in `zero` cleared (`INSERTPS`'s mask).
     Insert { offset: u8, zero: u8 },
@@ -28,12 +28,12 @@ pub(crate) enum LaneOp {
 /// itself for the legacy forms), `vex` whether a load zeroes bits 128 and
 /// up of the destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Lane {
-    pub(crate) op: LaneOp,
-    pub(crate) xmm: Register,
-    pub(crate) src1: Register,
-    pub(crate) width: usize,
-    pub(crate) vex: bool,
+pub struct Lane {
+    pub op: LaneOp,
+    pub xmm: Register,
+    pub src1: Register,
+    pub width: usize,
+    pub vex: bool,
 }
 
 /// What a lane mnemonic does, before its operands say which way.
@@ -94,14 +94,14 @@ const FORMS: [(Mnemonic, Form, usize, bool); 35] = {
     ]
 };
 
-/// The lane form of `insn`, if it is one barmap emulates (an XMM register
+/// The lane form of `insn`, if it is one this crate emulates (an XMM register
 /// of XMM0..15; YMM destinations are refused).
 ///
 /// The operands follow from where the memory operand is: first for a store
 /// (`op [m], xmm(, imm)`), second for a legacy load (`op xmm, [m](, imm)`),
 /// third for a VEX load with a first source (`vop xmm, src1, [m](, imm)`);
 /// an immediate, where the form takes one, comes last.
-pub(crate) fn classify(insn: &Instruction) -> Option<Lane> {
+pub fn classify(insn: &Instruction) -> Option<Lane> {
     let m = insn.mnemonic();
     let &(_, form, width, vex) = FORMS.iter().find(|row| row.0 == m)?;
     let count = insn.op_count();
@@ -161,7 +161,7 @@ pub(crate) fn classify(insn: &Instruction) -> Option<Lane> {
 
 /// The 128 bits a load leaves in the destination: `src1` with the memory
 /// value `m` (`width` bytes) placed as `op` says.
-pub(crate) fn loaded(op: LaneOp, src1: u128, m: u64, width: usize) -> u128 {
+pub fn loaded(op: LaneOp, src1: u128, m: u64, width: usize) -> u128 {
     let m = u128::from(m & mask(width));
     match op {
         LaneOp::Insert { offset, zero } => {
@@ -181,7 +181,7 @@ pub(crate) fn loaded(op: LaneOp, src1: u128, m: u64, width: usize) -> u128 {
 }
 
 /// The `width` bytes a store writes: the lane at `offset` of `value`.
-pub(crate) fn extracted(value: u128, offset: u8, width: usize) -> u64 {
+pub fn extracted(value: u128, offset: u8, width: usize) -> u64 {
     (value >> (8 * u32::from(offset))) as u64 & mask(width)
 }
 

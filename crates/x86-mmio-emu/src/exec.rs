@@ -8,11 +8,12 @@ use iced_x86::Register;
 use super::alu::{self, Alu};
 use super::regs::full_register;
 use super::sse::{self, Result as SseResultKind};
-use super::{bmi, lane, loaded_value, source_value, swap_bytes, wide, Op, Regs, Source};
+use crate::regs::{mask, sign_extend};
+use crate::{bmi, lane, wide, Extend, Op, Regs, Source};
 
 /// The device side of one emulated instruction, at the operand's address.
 /// Each call is one access of exactly `width` bytes.
-pub(crate) trait Bus {
+pub trait Bus {
     /// Reads `width` bytes, little-endian.
     fn read(&mut self, width: usize) -> io::Result<u64>;
     /// Writes the low `width` bytes of `value`, little-endian.
@@ -21,7 +22,7 @@ pub(crate) trait Bus {
 
 /// Why an instruction could not be carried out.
 #[derive(Debug)]
-pub(crate) enum ExecError {
+pub enum ExecError {
     /// A register it names is not in the signal frame.
     Context(&'static str),
     /// The device access failed.
@@ -59,11 +60,21 @@ fn whole(reg: Register, width: usize) -> Register {
     }
 }
 
+/// The accumulator of a `width`-byte operation: AL, AX, EAX or RAX.
+fn accumulator(width: usize) -> Register {
+    match width {
+        1 => Register::AL,
+        2 => Register::AX,
+        4 => Register::EAX,
+        _ => Register::RAX,
+    }
+}
+
 /// Carries out `op` on `regs` and `bus`: the reads, then the writes, then the
 /// registers and flags. Every register the instruction names is checked
 /// before the device is touched, as a read may have side effects. Does not
 /// move RIP.
-pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result<(), ExecError> {
+pub fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result<(), ExecError> {
     match op {
         Op::Load { dst, width, extend } => {
             need(regs.get(dst), DST)?;
@@ -78,13 +89,13 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
             need(regs.xmm_low(dst), XMM)?;
             let raw = bus.read(width)?;
             need(
-                regs.set_xmm(dst, loaded_value(raw, width, super::Extend::Zero), vex),
+                regs.set_xmm(dst, loaded_value(raw, width, Extend::Zero), vex),
                 XMM,
             )?;
         }
         Op::XmmStore { src, width } => {
             let value = need(regs.xmm_low(src), XMM)?;
-            bus.write(width, value & super::mask(width))?;
+            bus.write(width, value & mask(width))?;
         }
         Op::AluReg { alu, reg, width } => {
             let reg = whole(reg, width);
@@ -151,6 +162,29 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
             bus.write(width, result)?;
             regs.set_rflags(rflags);
         }
+        Op::Xadd { reg, width } => {
+            let reg = whole(reg, width);
+            let b = need(regs.get(reg), SRC)?;
+            let m = bus.read(width)?;
+            let (sum, rflags) = need(alu::run(Alu::Add, width, m, b, regs.rflags()), WIDTH)?;
+            bus.write(width, sum & mask(width))?;
+            need(regs.set(reg, m), DST)?;
+            regs.set_rflags(rflags);
+        }
+        Op::Cmpxchg { reg, width } => {
+            let acc = accumulator(width);
+            let new = need(source_value(regs, Source::Reg(reg), width), SRC)?;
+            let a = need(regs.get(acc), DST)?;
+            let m = bus.read(width)?;
+            let (_, rflags) = need(alu::run(Alu::Cmp, width, a, m, regs.rflags()), WIDTH)?;
+            if a == m {
+                bus.write(width, new)?;
+            } else {
+                bus.write(width, m)?;
+                need(regs.set(whole(acc, width), m), DST)?;
+            }
+            regs.set_rflags(rflags);
+        }
         Op::SetCc { cond } => {
             bus.write(1, u64::from(cond.holds(regs.rflags())))?;
         }
@@ -210,4 +244,29 @@ pub(crate) fn execute(op: Op, regs: &mut Regs<'_>, bus: &mut impl Bus) -> Result
         },
     }
     Ok(())
+}
+
+/// The value a load of `width` bytes that read `raw` leaves in its
+/// destination, before the partial-register rule of [`Regs::set`].
+pub(crate) fn loaded_value(raw: u64, width: usize, extend: Extend) -> u64 {
+    match extend {
+        Extend::None | Extend::Zero => raw & mask(width),
+        Extend::Sign => sign_extend(raw, width),
+        Extend::Swap => swap_bytes(raw, width),
+    }
+}
+
+/// The low `width` bytes of `value` in reverse order.
+pub(crate) fn swap_bytes(value: u64, width: usize) -> u64 {
+    value.swap_bytes() >> (64 - 8 * width as u32)
+}
+
+/// The value of `src` cut to `width` bytes, or `None` if its register is not
+/// saved in the context.
+pub(crate) fn source_value(regs: &Regs<'_>, src: Source, width: usize) -> Option<u64> {
+    let value = match src {
+        Source::Reg(reg) => regs.get(reg)?,
+        Source::Imm(imm) => imm,
+    };
+    Some(value & mask(width))
 }

@@ -14,7 +14,7 @@ use super::regs::{mask, sign_extend};
 /// A one-operand multiply or divide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum Wide {
+pub enum Wide {
     Mul,
     Imul,
     Div,
@@ -25,17 +25,17 @@ impl Wide {
     const ALL: [Wide; 4] = [Wide::Mul, Wide::Imul, Wide::Div, Wide::Idiv];
 
     /// The operation with discriminant `n`.
-    pub(crate) fn from_u8(n: u8) -> Option<Wide> {
+    pub fn from_u8(n: u8) -> Option<Wide> {
         Wide::ALL.get(usize::from(n)).copied()
     }
 }
 
 /// RAX and RDX, and the flags, after an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct WideResult {
-    pub(crate) rax: u64,
-    pub(crate) rdx: u64,
-    pub(crate) rflags: u64,
+pub struct WideResult {
+    pub rax: u64,
+    pub rdx: u64,
+    pub rflags: u64,
 }
 
 /// `op m` on the CPU with RAX and RDX as they are given. Divisions come
@@ -98,7 +98,7 @@ fn divide_error(signed: bool, width: usize, m: u64, rax: u64, rdx: u64) -> bool 
 /// Runs `op` with the memory operand `m` on RDX:RAX at `width` bytes,
 /// starting from the arithmetic flags of `rflags`. `None` for a width that
 /// does not exist or a division that would raise `#DE`.
-pub(crate) fn run(op: Wide, width: usize, m: u64, rax: u64, rdx: u64, rflags: u64) -> Option<WideResult> {
+pub fn run(op: Wide, width: usize, m: u64, rax: u64, rdx: u64, rflags: u64) -> Option<WideResult> {
     let signed = op == Wide::Idiv;
     if matches!(op, Wide::Div | Wide::Idiv) && divide_error(signed, width, m, rax, rdx) {
         return None;
@@ -121,14 +121,7 @@ pub(crate) fn run(op: Wide, width: usize, m: u64, rax: u64, rdx: u64, rflags: u6
 /// `SHLD`/`SHRD`: shifts `a` (the memory operand) by `count` (masked by the
 /// CPU), filling from `b`, at `width` bytes (2, 4 or 8). Returns the result
 /// and the new RFLAGS.
-pub(crate) fn double_shift(
-    left: bool,
-    width: usize,
-    a: u64,
-    b: u64,
-    count: u64,
-    rflags: u64,
-) -> Option<(u64, u64)> {
+pub fn double_shift(left: bool, width: usize, a: u64, b: u64, count: u64, rflags: u64) -> Option<(u64, u64)> {
     let (mut x, mut f) = (a, start_flags(rflags));
     macro_rules! shift {
         ($op:literal, $w:literal) => {

@@ -9,7 +9,7 @@
 //! the stack only: async-signal-safe.
 
 /// The arithmetic flags: CF, PF, AF, ZF, SF, OF.
-pub(crate) const ARITH_FLAGS: u64 = 0x8d5;
+pub const ARITH_FLAGS: u64 = 0x8d5;
 
 /// RFLAGS bit 1, always set.
 const RESERVED_FLAG: u64 = 0x2;
@@ -17,7 +17,7 @@ const RESERVED_FLAG: u64 = 0x2;
 /// An ALU operation with a memory operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum Alu {
+pub enum Alu {
     Add,
     Adc,
     Sub,
@@ -82,20 +82,20 @@ impl Alu {
     ];
 
     /// The operation with discriminant `n`.
-    pub(crate) fn from_u8(n: u8) -> Option<Alu> {
+    pub fn from_u8(n: u8) -> Option<Alu> {
         Alu::ALL.get(usize::from(n)).copied()
     }
 
     /// Whether the result is written to the destination (`CMP`, `TEST` and
     /// `BT` only set flags).
-    pub(crate) fn writes(self) -> bool {
+    pub fn writes(self) -> bool {
         !matches!(self, Alu::Cmp | Alu::Test | Alu::Bt)
     }
 
     /// Whether the operation exists for `width`-byte operands (`IMUL` with a
     /// register destination, `BT` and the bit scans have no byte form, the
     /// BMI1 operations only 4- and 8-byte ones).
-    pub(crate) fn has_width(self, width: usize) -> bool {
+    pub fn has_width(self, width: usize) -> bool {
         match self {
             Alu::Blsr | Alu::Blsi | Alu::Blsmsk => matches!(width, 4 | 8),
             Alu::Imul | Alu::Bt | Alu::Bsf | Alu::Bsr | Alu::Tzcnt | Alu::Lzcnt | Alu::Popcnt => {
@@ -107,7 +107,7 @@ impl Alu {
 
     /// Whether the operation only reads the memory operand, writing a
     /// register (the bit scans and counts, and the BMI1 operations).
-    pub(crate) fn register_only(self) -> bool {
+    pub fn register_only(self) -> bool {
         matches!(
             self,
             Alu::Bsf | Alu::Bsr | Alu::Tzcnt | Alu::Lzcnt | Alu::Popcnt | Alu::Blsr | Alu::Blsi | Alu::Blsmsk
@@ -132,7 +132,7 @@ macro_rules! with_flags {
         }
     };
 }
-pub(super) use with_flags;
+pub(crate) use with_flags;
 
 /// Binary operations: `op a, b` with `a` read and written, `b` read.
 macro_rules! binary {
@@ -220,7 +220,7 @@ width_fn!(run64, "r", byte: false, vex: true);
 /// destination alone, as `BSF` of zero does on some CPUs) and `rflags` with
 /// its arithmetic flags replaced by the CPU's. `None` for an operation that
 /// has no such width.
-pub(crate) fn run(alu: Alu, width: usize, a: u64, b: u64, rflags: u64) -> Option<(u64, u64)> {
+pub fn run(alu: Alu, width: usize, a: u64, b: u64, rflags: u64) -> Option<(u64, u64)> {
     let mut x = a;
     let mut f = start_flags(rflags);
     match width {
@@ -234,12 +234,12 @@ pub(crate) fn run(alu: Alu, width: usize, a: u64, b: u64, rflags: u64) -> Option
 }
 
 /// `rflags` with its arithmetic flags replaced by those of `cpu`.
-pub(crate) fn merge_flags(rflags: u64, cpu: u64) -> u64 {
+pub fn merge_flags(rflags: u64, cpu: u64) -> u64 {
     (rflags & !ARITH_FLAGS) | (cpu & ARITH_FLAGS)
 }
 
 /// The flags [`run`] and its siblings load before the operation.
-pub(super) fn start_flags(rflags: u64) -> u64 {
+pub(crate) fn start_flags(rflags: u64) -> u64 {
     (rflags & ARITH_FLAGS) | RESERVED_FLAG
 }
 

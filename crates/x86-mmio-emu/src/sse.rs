@@ -22,7 +22,7 @@ use super::regs::mask;
 /// A scalar SSE operation with a memory operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum Sse {
+pub enum Sse {
     Addss,
     Addsd,
     Subss,
@@ -63,7 +63,7 @@ pub(crate) enum Sse {
 
 /// Where an [`Sse`] operation puts its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Result {
+pub enum Result {
     /// The low element of an XMM register, the rest of its 128 bits from the
     /// first source.
     Xmm,
@@ -110,12 +110,12 @@ impl Sse {
     ];
 
     /// The operation with discriminant `n`.
-    pub(crate) fn from_u8(n: u8) -> Option<Sse> {
+    pub fn from_u8(n: u8) -> Option<Sse> {
         Sse::ALL.get(usize::from(n)).copied()
     }
 
     /// Where the result goes.
-    pub(crate) fn result(self) -> Result {
+    pub fn result(self) -> Result {
         match self {
             Sse::Ucomiss | Sse::Ucomisd | Sse::Comiss | Sse::Comisd => Result::Flags,
             Sse::Cvtss2si
@@ -132,7 +132,7 @@ impl Sse {
 
     /// The width of the memory operand, given the decoded one: a float's
     /// own, or any integer width (4 or 8) for the conversions from integers.
-    pub(crate) fn has_width(self, width: usize) -> bool {
+    pub fn has_width(self, width: usize) -> bool {
         match self {
             Sse::Cvtsi2ss | Sse::Cvtsi2sd | Sse::Cvtusi2ss | Sse::Cvtusi2sd => matches!(width, 4 | 8),
             Sse::Addss
@@ -163,11 +163,11 @@ const MXCSR_MASKS: u32 = MXCSR_FLAGS << 7;
 /// register, the flags or the general register (as [`Sse::result`] says),
 /// and the MXCSR exception flags it raised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct SseResult {
-    pub(crate) xmm: u128,
-    pub(crate) rflags: u64,
-    pub(crate) gpr: u64,
-    pub(crate) raised: u32,
+pub struct SseResult {
+    pub xmm: u128,
+    pub rflags: u64,
+    pub gpr: u64,
+    pub raised: u32,
 }
 
 /// Runs `$body` (instructions on XMM0, XMM1 and the named operands) under
@@ -209,7 +209,7 @@ macro_rules! under_mxcsr {
 /// forms), `int64` says whether an integer operand (the memory one of
 /// `CVTSI2S*`, the destination of `CVT*2SI`) has 8 bytes, and `mxcsr` is
 /// the thread's MXCSR, of which the rounding control, FTZ and DAZ are used.
-pub(crate) fn run(op: Sse, xmm: u128, m: u64, int64: bool, mxcsr: u32) -> SseResult {
+pub fn run(op: Sse, xmm: u128, m: u64, int64: bool, mxcsr: u32) -> SseResult {
     let mut x = [xmm as u64, (xmm >> 64) as u64];
     let mut csr = (mxcsr & !MXCSR_FLAGS) | MXCSR_MASKS;
     let mut flags = 0u64;
@@ -309,7 +309,7 @@ const UE: u32 = 0x10;
 /// raised is unmasked, or underflow is unmasked and the result is tiny.
 /// Masked underflow is only flagged for a tiny result that is also inexact;
 /// unmasked, a tiny exact result traps too.
-pub(crate) fn traps(op: Sse, r: &SseResult, mxcsr: u32) -> bool {
+pub fn traps(op: Sse, r: &SseResult, mxcsr: u32) -> bool {
     if unmasked(r.raised, mxcsr) != 0 {
         return true;
     }
