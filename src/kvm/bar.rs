@@ -130,13 +130,12 @@ impl BarPassthrough {
             // Pushed first, so that a failure drops `bar` and frees the number.
             bar.slots.push(Slot { number, range });
             let slot = bar.slots.last().expect("pushed above");
-            bar.set_slot(slot, base, slot.len())
-                .inspect_err(|_| {
-                    bar.slots
-                        .pop()
-                        .into_iter()
-                        .for_each(|s| bar.vm.free_slot(s.number))
-                })?;
+            bar.set_slot(slot, base, slot.len()).inspect_err(|_| {
+                bar.slots
+                    .pop()
+                    .into_iter()
+                    .for_each(|s| bar.vm.free_slot(s.number))
+            })?;
         }
         Ok(bar)
     }
@@ -451,7 +450,11 @@ mod tests {
         assert_eq!(taken(&counts), (3, 6));
         let mut data = vec![0u8; 8];
         serve(&region, 0x40, 4, &mut data, false).unwrap();
-        assert_eq!(data, [0x40, 0x41, 0x42, 0x43, 0x40, 0x41, 0x42, 0x43], "rep insd, count 2");
+        assert_eq!(
+            data,
+            [0x40, 0x41, 0x42, 0x43, 0x40, 0x41, 0x42, 0x43],
+            "rep insd, count 2"
+        );
         assert_eq!(taken(&counts), (2, 8));
         // At the BAR's last byte, 16 elements are 16 reads of that byte.
         region.write::<u8>(SIZE as u64 - 1, 0x3c).unwrap();
@@ -478,11 +481,15 @@ mod tests {
 
     #[test]
     fn a_refused_element_ends_the_exit_with_all_ones() {
-        let (region, memory, counts) = counted(RegionFlags::READ_WRITE);
+        let (region, _, counts) = counted(RegionFlags::READ_WRITE);
         let mut data = [0u8; 4];
         assert!(matches!(
             serve(&region, 0x21, 2, &mut data, false),
-            Err(Error::Misaligned { offset: 0x21, width: 2, .. })
+            Err(Error::Misaligned {
+                offset: 0x21,
+                width: 2,
+                ..
+            })
         ));
         assert_eq!(data, [0xff; 4]);
         assert_eq!(taken(&counts), (0, 0));
@@ -506,15 +513,31 @@ mod tests {
             RegionIndex::bar(0).unwrap(),
             Arc::new(MemoryRegion::new(vec![0; 0x2000])),
         )
-        .map_from(&memfd, 0, &[SparseArea { offset: 0, size: 0x2000 }])
+        .map_from(
+            &memfd,
+            0,
+            &[SparseArea {
+                offset: 0,
+                size: 0x2000,
+            }],
+        )
         .build()
         .unwrap();
         region.write::<u32>(0x1000, 0x1234_5678).unwrap();
         let base = region.mapping_address();
         let slots = [
-            Slot { number: 3, range: 0..0x1000 },
-            Slot { number: 4, range: 0x1000..0x2000 },
-            Slot { number: 5, range: 0x2000..0x2000 },
+            Slot {
+                number: 3,
+                range: 0..0x1000,
+            },
+            Slot {
+                number: 4,
+                range: 0x1000..0x2000,
+            },
+            Slot {
+                number: 5,
+                range: 0x2000..0x2000,
+            },
         ];
         let mut tried = Vec::new();
         let mut freed = Vec::new();
@@ -549,7 +572,10 @@ mod tests {
     #[test]
     fn release_drops_the_region_when_every_slot_goes() {
         let (region, _, _) = counted(RegionFlags::READ_WRITE);
-        let slots = [Slot { number: 7, range: 0..0x100 }];
+        let slots = [Slot {
+            number: 7,
+            range: 0..0x100,
+        }];
         let mut freed = Vec::new();
         assert!(release(region, &slots, |_| Ok(()), |n| freed.push(n)));
         assert_eq!(freed, [7]);
@@ -557,9 +583,21 @@ mod tests {
 
     #[test]
     fn a_sub_page_slot_is_its_whole_page() {
-        let sub_page = Slot { number: 1, range: 0..0x100 };
-        let tail = Slot { number: 2, range: 0x3000..0x3800 };
-        let whole = Slot { number: 3, range: 0x1000..0x3000 };
-        assert_eq!((sub_page.len(), tail.len(), whole.len()), (0x1000, 0x1000, 0x2000));
+        let sub_page = Slot {
+            number: 1,
+            range: 0..0x100,
+        };
+        let tail = Slot {
+            number: 2,
+            range: 0x3000..0x3800,
+        };
+        let whole = Slot {
+            number: 3,
+            range: 0x1000..0x3000,
+        };
+        assert_eq!(
+            (sub_page.len(), tail.len(), whole.len()),
+            (0x1000, 0x1000, 0x2000)
+        );
     }
 }

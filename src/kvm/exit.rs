@@ -15,7 +15,11 @@ use kvm_ioctls::VcpuFd;
 #[derive(Debug)]
 pub(super) enum Exit<'a> {
     /// `KVM_EXIT_MMIO`: one access of `data.len()` bytes at guest-physical `addr`.
-    Mmio { addr: u64, data: &'a mut [u8], write: bool },
+    Mmio {
+        addr: u64,
+        data: &'a mut [u8],
+        write: bool,
+    },
     /// `KVM_EXIT_IO`: `data.len() / size` accesses of `size` bytes, all at `port`.
     Io {
         port: u16,

@@ -140,8 +140,10 @@ impl Routes {
 fn clash(a: &kvm_irq_routing_entry, b: &kvm_irq_routing_entry) -> bool {
     let irqchip = |e: &kvm_irq_routing_entry| {
         // SAFETY: every member of the union is plain integers, so any bit
-        // pattern is a valid `kvm_irq_routing_irqchip`; `type_` says it is the one in use.
-        (e.type_ == KVM_IRQ_ROUTING_IRQCHIP).then(|| unsafe { e.u.irqchip.irqchip })
+        // pattern is a valid `kvm_irq_routing_irqchip`; the value counts only
+        // where `type_` says that member is in use.
+        let chip = unsafe { e.u.irqchip.irqchip };
+        (e.type_ == KVM_IRQ_ROUTING_IRQCHIP).then_some(chip)
     };
     a.gsi == b.gsi
         && match (irqchip(a), irqchip(b)) {
@@ -309,8 +311,8 @@ impl Vm {
 
     /// `KVM_SET_GSI_ROUTING` with every route in the table.
     fn install(&self, routes: &Routes) -> std::result::Result<(), kvm_ioctls::Error> {
-        let table =
-            KvmIrqRouting::from_entries(&routes.entries()).map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
+        let table = KvmIrqRouting::from_entries(&routes.entries())
+            .map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
         self.fd().set_gsi_routing(&table)
     }
 }
@@ -431,12 +433,14 @@ mod tests {
         let gsi = routes.add(|gsi| msi(gsi, 0x40)).unwrap();
         for bad in [24, 25, 1023] {
             match routes.keep(msi(bad, 0x99)) {
-                Err(Error::KvmGsiReserved { gsi, first, limit }) => assert_eq!((gsi, first, limit), (bad, 24, 1024)),
+                Err(Error::KvmGsiReserved { gsi, first, limit }) => {
+                    assert_eq!((gsi, first, limit), (bad, 24, 1024))
+                }
                 other => panic!("keep of GSI {bad}: {other:?}"),
             }
         }
         routes.keep(msi(23, 0x41)).unwrap(); // the one below barmap's is the VMM's
-        // barmap's route is intact, and the next one takes the next GSI.
+                                             // barmap's route is intact, and the next one takes the next GSI.
         assert_eq!(routes.add(|gsi| msi(gsi, 0x42)), Some(25));
         assert_eq!(
             summary(&routes),
@@ -447,7 +451,11 @@ mod tests {
             ]
         );
         routes.remove(gsi);
-        assert_eq!(routes.add(|gsi| msi(gsi, 0x43)), Some(24), "a removed route frees its GSI");
+        assert_eq!(
+            routes.add(|gsi| msi(gsi, 0x43)),
+            Some(24),
+            "a removed route frees its GSI"
+        );
     }
 
     #[test]
