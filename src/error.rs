@@ -490,4 +490,15 @@ pub enum Error {
         /// One past the last GSI (`KVM_CAP_IRQ_ROUTING`).
         limit: u32,
     },
+
+    /// The VMM asked to keep a route of its own on a GSI that barmap allocates.
+    #[error("GSI {gsi} is one barmap allocates (GSIs {first}..{limit}): the VMM's own routes must be below {first}")]
+    KvmGsiReserved {
+        /// The route's GSI.
+        gsi: u32,
+        /// The first GSI barmap may allocate (`first_gsi` of `Vm::new`).
+        first: u32,
+        /// One past the last GSI (`KVM_CAP_IRQ_ROUTING`).
+        limit: u32,
+    },
 }

@@ -350,3 +350,253 @@ fn kvm_drop_removes_the_slots_and_move_follows_the_guest() {
     let again = BarPassthrough::new(&guest.vm, edu.bar(0).unwrap(), EDU_GPA).unwrap();
     assert_eq!(again.slots(), slots);
 }
+
+/// Where the string port I/O test keeps its buffers in guest RAM (ES = DS = 0).
+const BUFFERS: u16 = 0x9000;
+const BUFFER_SPAN: u16 = 0x800;
+/// The source bytes of its `rep outs`.
+const OUT_SOURCE: u16 = 0xe000;
+
+/// `rep insb`/`rep insw` of several counts from pci-testdev's I/O BAR into
+/// guest RAM, and `rep outsb`/`rep outsw` to its counting offset: KVM
+/// batches each `rep ins` into one exit of `count` elements, and every
+/// element is one device access at the same port.
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci and /dev/kvm (qemu-scripts/guest-test.sh)"]
+fn kvm_string_port_io_is_one_access_per_element() {
+    let mut guest = Guest::new();
+    let testdev = guest.vm.open_device(testdev()).unwrap();
+    let io = BarPassthrough::new(&guest.vm, testdev.bar(1).unwrap(), TESTDEV_PORT.into()).unwrap();
+    // (BAR offset, element width, count, the bytes one element reads) with
+    // I/O test 0 selected: offset 4 holds 0x83 (a u16 of 0x0083), 16 the
+    // name "portio-no-eventfd", and the BAR's last byte 0.
+    let ins: [(u16, usize, u16, &[u8]); 10] = [
+        (16, 1, 1, b"p"),
+        (16, 1, 2, b"p"),
+        (16, 1, 3, b"p"),
+        (16, 1, 4, b"p"),
+        (16, 1, 7, b"p"),
+        (16, 1, 1000, b"p"),
+        (4, 2, 1, &[0x83, 0]),
+        (4, 2, 3, &[0x83, 0]),
+        (4, 2, 2, &[0x83, 0]),
+        (0xff, 1, 5, &[0]),
+    ];
+    // (BAR offset, element width, source bytes, writes that count): a byte
+    // 0xfa landing on offset 0x83 counts, so an element of 0xfa at 0x83 (or
+    // 0xfa00 at 0x82) counts once.
+    let outs: [(u16, usize, &[u8], u32); 3] = [
+        (0x83, 1, &[0xfa, 0xce, 0xfa, 0xfa], 3),
+        (0x83, 1, &[0xfa, 0xfa, 0xfa], 3),
+        (0x82, 2, &[0x00, 0xfa, 0x00, 0xfa], 2),
+    ];
+    let mut asm = Asm::default();
+    asm.mov_dx(TESTDEV_PORT).mov_al(0).out_dx_al().cld(); // select I/O test 0
+    for (i, &(offset, width, count, _)) in ins.iter().enumerate() {
+        let buffer = BUFFERS + i as u16 * BUFFER_SPAN;
+        let len = usize::from(count) * width;
+        guest
+            .ram
+            .write_slice(&vec![0xaa; len + 16], GuestAddress(buffer.into()))
+            .unwrap();
+        asm.mov_dx(TESTDEV_PORT + offset).mov_di(buffer).mov_cx(count);
+        if width == 1 {
+            asm.rep_insb()
+        } else {
+            asm.rep_insw()
+        };
+    }
+    asm.mov_dx(TESTDEV_PORT + 12).in_eax_dx().report(); // the count before
+    for (i, &(offset, width, bytes, _)) in outs.iter().enumerate() {
+        let source = OUT_SOURCE + i as u16 * 0x10;
+        guest.ram.write_slice(bytes, GuestAddress(source.into())).unwrap();
+        asm.mov_dx(TESTDEV_PORT + offset)
+            .mov_si(source)
+            .mov_cx((bytes.len() / width) as u16);
+        if width == 1 {
+            asm.rep_outsb()
+        } else {
+            asm.rep_outsw()
+        };
+        asm.mov_dx(TESTDEV_PORT + 12).in_eax_dx().report();
+    }
+    asm.done();
+    guest.load(&asm.code);
+    let run = guest.run(&[&io]);
+
+    for (i, &(offset, width, count, element)) in ins.iter().enumerate() {
+        let buffer = BUFFERS + i as u16 * BUFFER_SPAN;
+        let len = usize::from(count) * width;
+        let mut got = vec![0u8; len + 16];
+        guest
+            .ram
+            .read_slice(&mut got, GuestAddress(buffer.into()))
+            .unwrap();
+        let want: Vec<u8> = element.iter().copied().cycle().take(len).collect();
+        assert_eq!(
+            got[..len],
+            want[..],
+            "rep ins of {count} x {width} bytes at BAR offset {offset:#x}"
+        );
+        assert_eq!(got[len..], [0xaa; 16], "nothing past {count} elements");
+    }
+    let counted: Vec<u32> = run.reports.windows(2).map(|w| w[1] - w[0]).collect();
+    let want: Vec<u32> = outs.iter().map(|o| o.3).collect();
+    assert_eq!(counted, want, "each element of rep outs is its own write");
+    let elements: usize = ins.iter().map(|i| usize::from(i.2)).sum::<usize>()
+        + outs.iter().map(|o| o.2.len() / o.1).sum::<usize>();
+    println!("{elements} string I/O elements in {} port exits", run.io_served);
+    assert!(
+        run.io_served < elements / 4,
+        "KVM batched the rep ins elements ({} exits for {elements} elements)",
+        run.io_served
+    );
+}
+
+/// ivshmem's address in the guest (`BARMAP_IVSHMEM`, set by the guest's /init).
+fn ivshmem() -> barmap::PciAddress {
+    std::env::var("BARMAP_IVSHMEM")
+        .expect(
+            "BARMAP_IVSHMEM is not set: ivshmem-plain must be bound to vfio-pci (qemu-scripts/guest-test.sh)",
+        )
+        .parse()
+        .expect("BARMAP_IVSHMEM is a PCI address")
+}
+
+/// ivshmem's BAR0 (256 bytes of registers) is mapped as its whole page and
+/// passed through as a whole-page slot: its interrupt mask register round
+/// trips with no exit, and the rest of the page reaches no register.
+#[test]
+#[ignore = "needs QEMU ivshmem-plain bound to vfio-pci and /dev/kvm (qemu-scripts/guest-test.sh)"]
+fn kvm_sub_page_bar_is_a_whole_page_slot() {
+    const GPA: u64 = 0x3_0000;
+    const INTR_MASK: u16 = 0x00;
+    let mut guest = Guest::new();
+    let ivshmem = guest.vm.open_device(ivshmem()).unwrap();
+    let region = ivshmem.bar(0).unwrap();
+    assert_eq!(region.size(), 0x100);
+    let mapped: Vec<(u64, u64)> = region.mapped_ranges().iter().map(|r| (r.start, r.end)).collect();
+    assert_eq!(mapped, [(0, 0x100)], "vfio-pci lets the sub-page BAR be mapped");
+    let bar0 = BarPassthrough::new(&guest.vm, region, GPA).unwrap();
+    assert_eq!(bar0.slots().len(), 1);
+    let mut asm = Asm::default();
+    asm.set_ds((GPA >> 4) as u16)
+        .store(INTR_MASK, 0x1234_5678)
+        .load(INTR_MASK)
+        .report()
+        .load(0x800)
+        .report() // past the BAR: no device
+        .store(0x100, 0xdead_beef)
+        .store(0xffc, 0xdead_beef)
+        .load(INTR_MASK)
+        .report()
+        .done();
+    guest.load(&asm.code);
+    let run = guest.run(&[&bar0]);
+    println!("past the BAR's end the guest read {:#x}", run.reports[1]);
+    assert_eq!(run.reports[0], 0x1234_5678, "the register round trips");
+    assert_eq!(
+        run.reports[2], 0x1234_5678,
+        "writes past the BAR's end reach no register"
+    );
+    assert_eq!(
+        (run.mmio_served, run.mmio_unserved.len()),
+        (0, 0),
+        "no MMIO exit in the page"
+    );
+    bar0.region().write::<u32>(INTR_MASK.into(), 0).unwrap();
+    assert_eq!(bar0.region().read::<u32>(INTR_MASK.into()).unwrap(), 0);
+}
+
+/// A region opened without write permission becomes read-only slots: guest
+/// reads take no exit, a guest write exits and is refused (ReadOnly), and
+/// the device never sees it.
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci and /dev/kvm (qemu-scripts/guest-test.sh)"]
+fn kvm_read_only_region_refuses_guest_writes() {
+    use vfio_bindings::bindings::vfio::VFIO_REGION_INFO_FLAG_WRITE;
+    let mut guest = Guest::new();
+    let edu = guest.vm.open_device(edu()).unwrap();
+    let writable = edu.bar(0).unwrap();
+    writable.write::<u32>(LIVENESS.into(), 0x1111_1111).unwrap();
+    let builder = edu.region_builder(RegionIndex::bar(0).unwrap()).unwrap();
+    let flags = barmap::RegionFlags::from_bits(writable.info().flags.bits() & !VFIO_REGION_INFO_FLAG_WRITE);
+    let read_only = builder.flags(flags).build().unwrap();
+    assert!(read_only.is_fully_mapped() && !read_only.info().flags.writable());
+    let bar0 = BarPassthrough::new(&guest.vm, read_only, EDU_GPA).unwrap();
+    let mut asm = Asm::default();
+    asm.set_ds(EDU_SEG)
+        .load(ID)
+        .report()
+        .store(LIVENESS, 0x1234_5678)
+        .load(LIVENESS)
+        .report()
+        .done();
+    guest.load(&asm.code);
+    let run = guest.run_refused(&[&bar0]);
+    assert_eq!(
+        run.reports,
+        [ID_VALUE, !0x1111_1111],
+        "the write did not reach edu"
+    );
+    assert_eq!(run.mmio_served, 1, "the write exits, the reads do not");
+    assert!(
+        matches!(run.errors[..], [barmap::Error::ReadOnly { .. }]),
+        "{:?}",
+        run.errors
+    );
+    assert!(run.mmio_unserved.is_empty());
+}
+
+/// KVM takes barmap's table with both default routes of GSIs 0-15 kept
+/// (PIC and IOAPIC) beside an MSI route, and a kept route in barmap's GSI
+/// range is refused.
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci and /dev/kvm (qemu-scripts/guest-test.sh)"]
+fn kvm_kept_default_routes_install_beside_msi_routes() {
+    use kvm_bindings::{
+        kvm_irq_routing_entry, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+        KVM_IRQ_ROUTING_IRQCHIP,
+    };
+    let guest = Guest::new();
+    let route = |gsi: u32, chip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip.irqchip = chip;
+        e.u.irqchip.pin = pin;
+        e
+    };
+    for gsi in 0..16 {
+        let pic = if gsi < 8 {
+            KVM_IRQCHIP_PIC_MASTER
+        } else {
+            KVM_IRQCHIP_PIC_SLAVE
+        };
+        guest.vm.keep_route(route(gsi, pic, gsi % 8)).unwrap();
+        guest.vm.keep_route(route(gsi, KVM_IRQCHIP_IOAPIC, gsi)).unwrap();
+    }
+    for gsi in 16..24 {
+        guest.vm.keep_route(route(gsi, KVM_IRQCHIP_IOAPIC, gsi)).unwrap();
+    }
+    assert!(matches!(
+        guest.vm.keep_route(route(24, KVM_IRQCHIP_IOAPIC, 0)),
+        Err(barmap::Error::KvmGsiReserved {
+            gsi: 24,
+            first: 24,
+            ..
+        })
+    ));
+    let edu = guest.vm.open_device(edu()).unwrap();
+    let msi = edu.enable_msi(1).unwrap();
+    // KVM refuses a table with two routes of one GSI to the same irqchip,
+    // so this also shows each kept route is there once.
+    let irq = guest
+        .vm
+        .route_msi(msi.vector(0).unwrap(), MsiMessage::fixed(0, 0x40))
+        .unwrap();
+    assert_eq!(irq.gsi(), 24);
+    irq.update(MsiMessage::fixed(0, 0x41)).unwrap();
+}

@@ -9,7 +9,7 @@
 //!    [`MapPolicy`](crate::MapPolicy), a whole I/O BAR) exits to the VMM, and
 //!    [`BarPassthrough::handle_exit`] serves those `KVM_EXIT_MMIO` and
 //!    `KVM_EXIT_IO` exits through the region's slow path and access hook, with
-//!    the guest's width. Dropping it removes the slots;
+//!    the guest's width (string port I/O element by element). Dropping it removes the slots;
 //!    [`BarPassthrough::move_to`] follows a guest that reprograms the BAR.
 //! 2. **DMA into guest memory.** [`Dma::map_guest_memory`](crate::Dma::map_guest_memory)
 //!    maps a vm-memory `GuestMemoryMmap` into the device's container with
@@ -45,18 +45,21 @@
 //! let _irq = vm.route_msi(msi.vector(0)?, MsiMessage::fixed(0, 0x40))?;
 //! let mut vcpu = vm.fd().create_vcpu(0).unwrap();
 //! loop {
-//!     let mut exit = vcpu.run().unwrap();
-//!     if !bar0.handle_exit(&mut exit)? {
-//!         match exit {
-//!             VcpuExit::Hlt => break,
-//!             other => println!("{other:?}"),
+//!     match vcpu.run().unwrap() {
+//!         VcpuExit::Hlt => break,
+//!         VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) | VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => {
+//!             if !bar0.handle_exit(&mut vcpu)? {
+//!                 // not the BAR's: the VMM's own devices
+//!             }
 //!         }
+//!         other => println!("{other:?}"),
 //!     }
 //! }
 //! # Ok::<(), barmap::Error>(())
 //! ```
 
 mod bar;
+mod exit;
 mod irq;
 mod vm;
 
