@@ -14,13 +14,7 @@ BARMAP_SCRIPTS="$BARMAP_REPO/qemu-scripts"
 : "${BARMAP_GUEST_MEM:=2048}"
 : "${BARMAP_QEMU_ARGS:=}"
 : "${BARMAP_KERNEL_ARGS:=}"
-if [[ -z "${BARMAP_CACHE:-}" ]]; then
-    if [[ -w /var/cache/barmap-kernels || (! -e /var/cache/barmap-kernels && -w /var/cache) ]]; then
-        BARMAP_CACHE=/var/cache/barmap-kernels
-    else
-        BARMAP_CACHE="$BARMAP_REPO/.cache/kernels"
-    fi
-fi
+: "${BARMAP_CACHE:=$BARMAP_REPO/target/kernels}"
 BARMAP_GUEST_WORK="$BARMAP_GUEST_TARGET/qemu"
 BARMAP_RUST_TARGET=x86_64-unknown-linux-gnu
 BARMAP_KERNELS=(6.1 6.12 7.3)
