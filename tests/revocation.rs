@@ -181,19 +181,7 @@ fn a_function_reset_resets_the_device_and_mappings_work_after() {
     region.write::<u8>(status, 1).unwrap(); // ACKNOWLEDGE
     assert_eq!(region.read::<u8>(status).unwrap(), 1);
     assert_eq!(dev.reset().unwrap(), ResetKind::Function);
-    assert_eq!(
-        region.read::<u8>(status).unwrap(),
-        0,
-        "the reset cleared device_status"
-    );
-    region.write::<u8>(status, 1).unwrap();
-    assert_eq!(
-        region.read::<u8>(status).unwrap(),
-        1,
-        "the mapping works after the reset"
-    );
-    region.write::<u8>(status, 0).unwrap();
-    assert!(region.take_error().is_none());
+    assert_reset_cleared_status(&region, status, "the reset");
 }
 
 /// Renames `/dev/vfio/GROUP` until dropped, so that no open file of this
@@ -250,19 +238,7 @@ fn a_bus_reset_uses_the_group_descriptor_the_device_holds() {
         }
         Err(e) => panic!("{e:?}"),
     }
-    assert_eq!(
-        region.read::<u8>(status).unwrap(),
-        0,
-        "the bus reset cleared device_status"
-    );
-    region.write::<u8>(status, 1).unwrap();
-    assert_eq!(
-        region.read::<u8>(status).unwrap(),
-        1,
-        "the mapping works after the reset"
-    );
-    region.write::<u8>(status, 0).unwrap();
-    assert!(region.take_error().is_none());
+    assert_reset_cleared_status(&region, status, "the bus reset");
     drop((region, dev));
     // The held descriptor closes with the device: the group can be opened again.
     let again = Device::open(flr_dev()).unwrap();
@@ -328,4 +304,22 @@ fn a_device_without_any_reset_says_so() {
         dev.bar(0).unwrap().read::<u32>(edu_reg::ID).unwrap(),
         edu_reg::ID_VALUE
     );
+}
+
+/// After a reset (`what`), virtio's `device_status` at `status` reads 0, the
+/// mapping still works, and no access was refused.
+fn assert_reset_cleared_status(region: &Region, status: u64, what: &str) {
+    assert_eq!(
+        region.read::<u8>(status).unwrap(),
+        0,
+        "{what} cleared device_status"
+    );
+    region.write::<u8>(status, 1).unwrap();
+    assert_eq!(
+        region.read::<u8>(status).unwrap(),
+        1,
+        "the mapping works after {what}"
+    );
+    region.write::<u8>(status, 0).unwrap();
+    assert!(region.take_error().is_none());
 }
