@@ -9,9 +9,20 @@
 //! container node ([`Error::VfioUnavailable`]); a wait on no vector at all
 //! ([`Error::IrqNoVectors`]) has no device to name. Errors are always
 //! returned, never only logged.
+//!
+//! A caller that branches on what went wrong asks [`Error::kind`] for its
+//! [`ErrorKind`] and [`Error::errno`] for the kernel's errno, instead of
+//! matching variants or downcasting sources. The enum is the same with and
+//! without the `kvm` feature: its KVM variants carry no kvm-ioctls type.
 
 use std::io;
 use std::path::PathBuf;
+
+mod kind;
+#[cfg(test)]
+mod tests;
+
+pub use kind::ErrorKind;
 
 use crate::dma::IovaError;
 use crate::irq::IrqIndex;
@@ -127,6 +138,9 @@ pub enum Error {
         addr: PciAddress,
         /// The IOMMU group number.
         group: u32,
+        /// The OS error of the open (`EBUSY`).
+        #[source]
+        source: io::Error,
     },
 
     /// Opening a VFIO node was refused.
@@ -136,6 +150,9 @@ pub enum Error {
         addr: PciAddress,
         /// The node that could not be opened.
         path: PathBuf,
+        /// The OS error of the open (`EACCES` or `EPERM`).
+        #[source]
+        source: io::Error,
     },
 
     /// A VFIO step failed in the kernel.
@@ -244,22 +261,6 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// `mmap` (or `munmap`/`mprotect`) failed.
-    #[error("mapping {addr} {region} offset {offset:#x} length {len:#x} failed")]
-    Mmap {
-        /// The device.
-        addr: PciAddress,
-        /// The region.
-        region: RegionIndex,
-        /// Offset in the region of the area.
-        offset: u64,
-        /// Length of the area.
-        len: u64,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-
     /// A read or write of the device through the VFIO file descriptor failed.
     #[error("{addr} {region}: {len}-byte access at offset {offset:#x} failed")]
     Io {
@@ -294,15 +295,16 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// Setting up a region's shadow part (reserving its range or registering
-    /// it with the fault handler) failed.
+    /// Setting up a region's mapping failed: reserving its address range,
+    /// mapping one of its direct areas into that range, or registering its
+    /// shadow part with the fault handler.
     #[error("{addr} {region}: {step} failed at offset {offset:#x} length {len:#x}")]
     Shadow {
         /// The device.
         addr: PciAddress,
         /// The region.
         region: RegionIndex,
-        /// The step that failed.
+        /// The step that failed (e.g. "reserving the address range", "mapping a direct area").
         step: &'static str,
         /// Offset in the region of the part involved.
         offset: u64,
@@ -444,6 +446,7 @@ pub enum Error {
         /// How many mappings the container may hold.
         limit: u32,
     },
+
     /// A KVM call made for a passed-through device failed.
     #[error("{addr}: KVM could not {step}")]
     Kvm {
@@ -451,9 +454,9 @@ pub enum Error {
         addr: PciAddress,
         /// What was being done (e.g. "set a user memory region for a BAR").
         step: &'static str,
-        /// The error from kvm-ioctls (the kernel's errno).
+        /// The kernel's error (kvm-ioctls reports an errno).
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: io::Error,
     },
 
     /// Every memory slot barmap may use in the VM is taken.

@@ -39,7 +39,7 @@ mod vfio;
 pub use access::{Region, RegionBuilder, Scalar};
 pub use config::{BarKind, ConfigSpace};
 pub use dma::{Dma, DmaBuffer, DmaMask};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use irq::{Interrupts, IrqIndex, IrqInfo, Vector};
 pub use map::MapPolicy;
 pub use pci::{PciAddress, PciDeviceInfo, Sysfs};

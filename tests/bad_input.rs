@@ -5,7 +5,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use barmap::{Device, Error, MapPolicy, PciAddress, RegionIndex};
+use barmap::{Device, Error, ErrorKind, MapPolicy, PciAddress, RegionIndex};
 use common::{edu, missing_address, testdev};
 
 #[test]
@@ -25,6 +25,7 @@ fn a_missing_device_is_named() {
         "{err}"
     );
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    assert_eq!((err.kind(), err.errno()), (ErrorKind::NotFound, None));
 }
 
 #[test]
@@ -34,6 +35,7 @@ fn a_device_without_vfio_pci_is_refused() {
     let bridge: PciAddress = "0000:00:00.0".parse().unwrap();
     let err = Device::open(bridge).unwrap_err();
     assert!(matches!(err, Error::NotBoundToVfio { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::NotConfigured);
     assert!(
         err.to_string().contains("0000:00:00.0") && err.to_string().contains("vfio-pci"),
         "{err}"
@@ -91,6 +93,7 @@ fn a_group_held_by_another_process_is_busy() {
         matches!(err, Error::GroupBusy { group: g, .. } if g == group),
         "{err}"
     );
+    assert_eq!((err.kind(), err.errno()), (ErrorKind::Busy, Some(libc::EBUSY)));
     let text = err.to_string();
     assert!(
         text.contains(&format!("group {group}")) && text.contains("busy"),

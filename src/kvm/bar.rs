@@ -411,7 +411,7 @@ mod tests {
                     4 => Err(Error::Kvm {
                         addr: "0000:00:04.0".parse().unwrap(),
                         step: "delete a memory slot",
-                        source: Box::new(kvm_ioctls::Error::new(libc::ENOMEM)),
+                        source: std::io::Error::from_raw_os_error(libc::ENOMEM),
                     }),
                     _ => Ok(()),
                 }

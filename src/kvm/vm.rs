@@ -326,7 +326,7 @@ pub(super) fn kvm_error(addr: PciAddress, step: &'static str, source: kvm_ioctls
     Error::Kvm {
         addr,
         step,
-        source: Box::new(source),
+        source: std::io::Error::from_raw_os_error(source.errno()),
     }
 }
 
@@ -471,5 +471,15 @@ mod tests {
         );
         n.free(3);
         assert_eq!(n.alloc(), Some(3));
+    }
+
+    #[test]
+    fn a_kvm_error_keeps_the_kernel_errno() {
+        let addr = "00:03.0".parse().unwrap();
+        let err = super::kvm_error(addr, "route a GSI", kvm_ioctls::Error::new(libc::EEXIST));
+        assert_eq!(
+            (err.kind(), err.errno()),
+            (crate::ErrorKind::Io, Some(libc::EEXIST))
+        );
     }
 }

@@ -87,9 +87,10 @@ impl Mapping {
                     source.file_offset,
                     source.writable,
                 )
-                .map_err(|(range, error)| Error::Mmap {
+                .map_err(|(range, error)| Error::Shadow {
                     addr,
                     region,
+                    step: "mapping a direct area",
                     offset: range.start,
                     len: range.end - range.start,
                     source: error,

@@ -383,10 +383,11 @@ fn read_region_info(fd: RawFd, addr: PciAddress, index: RegionIndex) -> Result<R
 fn open_error(sysfs: &Sysfs, addr: PciAddress, group: u32, err: VfioError) -> Error {
     match err {
         VfioError::OpenGroup(source, _) => match source.raw_os_error() {
-            Some(libc::EBUSY) => Error::GroupBusy { addr, group },
+            Some(libc::EBUSY) => Error::GroupBusy { addr, group, source },
             Some(libc::EACCES | libc::EPERM) => Error::PermissionDenied {
                 addr,
                 path: PathBuf::from(format!("/dev/vfio/{group}")),
+                source,
             },
             _ => Error::Vfio {
                 addr,
