@@ -63,15 +63,19 @@ fn decode_off_gives_typed_errors_or_all_ones_and_kills_nothing() {
     assert_eq!(id_through_pointer(&mapped), u32::MAX);
     assert_refused(mapped.take_error(), 1);
     assert!(mapped.take_error().is_none(), "taking the record clears it");
-    // A write is dropped and recorded.
-    mapped.write::<u32>(edu_reg::LIVENESS, 0x1234_5678).unwrap();
-    assert_refused(mapped.take_error(), 1);
-    // The trapped region: the pointer gets all-ones, typed accesses the OS error.
+    // A typed write is dropped and says so, on the mapping and on the syscall path.
+    let err = mapped.write::<u32>(edu_reg::LIVENESS, 0x1234_5678).unwrap_err();
+    assert!(matches!(&err, Error::Refused { count: 1, .. }), "{err:?}");
+    let err = trapped.write::<u32>(edu_reg::LIVENESS, 0x1234_5678).unwrap_err();
+    assert!(matches!(&err, Error::Refused { count: 1, .. }), "{err:?}");
+    assert!(mapped.take_error().is_none() && trapped.take_error().is_none());
+    // The trapped region: the pointer gets all-ones, recorded; a typed read
+    // says Refused, as on the mapping.
     assert_eq!(id_through_pointer(&trapped), u32::MAX);
     assert_refused(trapped.take_error(), 1);
     let err = trapped.read::<u32>(edu_reg::ID).unwrap_err();
     assert!(
-        matches!(&err, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EIO)),
+        matches!(&err, Error::Refused { count: 1, source, .. } if source.raw_os_error() == Some(libc::EIO)),
         "{err:?}"
     );
 

@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::layout::{direct_ranges, LayoutError, MapPolicy};
@@ -38,6 +39,9 @@ pub(crate) struct Mapping {
     mapped: Vec<Range<u64>>,
     /// Whether `mapped` covers the whole region.
     whole: bool,
+    /// The count of refused accesses not yet taken: the registration's, or
+    /// one that nothing raises where there is none.
+    refusals: Arc<AtomicU64>,
     addr: PciAddress,
 }
 
@@ -99,11 +103,15 @@ impl Mapping {
         let mapped: Vec<Range<u64>> = ranges.into_iter().map(|r| r.start..r.end.min(size)).collect();
         let whole = mapped.len() == 1 && mapped[0] == (0..size);
         let registration = register(addr, region, &reservation, size, io, hook)?;
+        let refusals = registration
+            .as_ref()
+            .map_or_else(Arc::default, Registration::refusals);
         Ok(Mapping {
             registration,
             reservation,
             mapped,
             whole,
+            refusals,
             addr,
         })
     }
@@ -147,6 +155,12 @@ impl Mapping {
         if let Some(registration) = &self.registration {
             registration.record(access);
         }
+    }
+
+    /// The count of accesses the device refused that nobody took yet, which
+    /// the fault handler raises (it stays 0 without a fault handler).
+    pub(crate) fn refusals(&self) -> Arc<AtomicU64> {
+        self.refusals.clone()
     }
 
     /// Takes the record of accesses the device refused (see
