@@ -206,7 +206,8 @@ impl Region {
     /// pointer is valid while the `Region` lives.
     ///
     /// A fully mapped region works everywhere; unmapped pages need x86-64
-    /// ([`Error::Unsupported`] elsewhere).
+    /// and the fault handler ([`Error::Unsupported`] elsewhere, and for a
+    /// region opened [without it](crate::RegionBuilder::without_fault_handler)).
     ///
     /// ```no_run
     /// use barmap::Device;

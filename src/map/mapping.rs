@@ -25,6 +25,16 @@ pub(crate) struct MapSource<'fd> {
     pub(crate) writable: bool,
 }
 
+/// Whether a region's range is served by the fault handler.
+pub(crate) enum Faults {
+    /// Registered with the fault handler (installing it on first use), which
+    /// calls the hook, if any, for every trapped access.
+    Served(Option<AccessHook>),
+    /// Registered with nothing: a fault on the range goes to whatever handles
+    /// the signal in the process.
+    Unserved,
+}
+
 /// A region's address range: reservation, direct mappings, fault-handler
 /// registration.
 ///
@@ -42,6 +52,8 @@ pub(crate) struct Mapping {
     /// The count of refused accesses not yet taken: the registration's, or
     /// one that nothing raises where there is none.
     refusals: Arc<AtomicU64>,
+    /// Whether the region was opened without the fault handler.
+    unserved: bool,
     addr: PciAddress,
 }
 
@@ -49,7 +61,7 @@ impl Mapping {
     /// Reserves a range of `size` bytes (the region's size, which `io`
     /// reaches) for `region` of `addr`, maps the areas of `source` that
     /// `policy` leaves untrapped, and registers the range with the fault
-    /// handler (installing it on first use; x86-64 only).
+    /// handler (installing it on first use; x86-64 only) if `faults` says so.
     pub(crate) fn new(
         addr: PciAddress,
         region: RegionIndex,
@@ -57,7 +69,7 @@ impl Mapping {
         io: Arc<dyn RegionIo>,
         source: Option<MapSource<'_>>,
         policy: &MapPolicy,
-        hook: Option<AccessHook>,
+        faults: Faults,
     ) -> Result<Mapping> {
         let page = page_size() as u64;
         let areas = source.as_ref().map_or(&[][..], |s| &s.areas[..]);
@@ -102,7 +114,10 @@ impl Mapping {
         }
         let mapped: Vec<Range<u64>> = ranges.into_iter().map(|r| r.start..r.end.min(size)).collect();
         let whole = mapped.len() == 1 && mapped[0] == (0..size);
-        let registration = register(addr, region, &reservation, size, io, hook)?;
+        let (registration, unserved) = match faults {
+            Faults::Served(hook) => (register(addr, region, &reservation, size, io, hook)?, false),
+            Faults::Unserved => (None, true),
+        };
         let refusals = registration
             .as_ref()
             .map_or_else(Arc::default, Registration::refusals);
@@ -112,6 +127,7 @@ impl Mapping {
             mapped,
             whole,
             refusals,
+            unserved,
             addr,
         })
     }
@@ -140,7 +156,11 @@ impl Mapping {
         Err(Error::Unsupported {
             addr: self.addr,
             what: "a pointer over a region with unmapped parts",
-            reason: "the fault handler decodes x86-64 instructions only",
+            reason: if self.unserved {
+                "the region was opened without the fault handler, which serves them"
+            } else {
+                "the fault handler decodes x86-64 instructions only"
+            },
         })
     }
 
