@@ -117,7 +117,7 @@ impl Region {
             }
             done += run.len;
         }
-        self.stored()
+        self.no_refusals()
     }
 
     /// Writes the `T`s of `data` consecutively from `offset`, each as one
@@ -153,7 +153,7 @@ impl Region {
             }
             done += run.len;
         }
-        self.stored()
+        self.no_refusals()
     }
 
     /// The checks of a bulk transfer of `count` `T`s at `offset`, done once.

@@ -55,11 +55,12 @@ impl Region {
         }
     }
 
-    /// The test after stores to the mapping (a refused store faulted and the
-    /// fault handler recorded it): `Ok`, or [`Error::Refused`] with the
-    /// record. One load of the count while nothing was refused.
+    /// The test after accesses to the mapping whose values say nothing (a
+    /// store, a bulk run; a refused one faulted and the fault handler
+    /// recorded it): `Ok`, or [`Error::Refused`] with the record. One load of
+    /// the count while nothing was refused.
     #[inline(always)]
-    pub(super) fn stored(&self) -> Result<()> {
+    pub(super) fn no_refusals(&self) -> Result<()> {
         if self.refusals.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
@@ -78,7 +79,7 @@ impl Region {
             Some(at) => {
                 // SAFETY: as in `read`.
                 unsafe { store::<T>(self.fast.base(), at, value) };
-                self.stored()
+                self.no_refusals()
             }
             None => {
                 std::hint::cold_path();
@@ -155,7 +156,7 @@ impl Region {
         if let Some(ptr) = self.mapped_ptr(offset, T::WIDTH) {
             // SAFETY: as in `read_general`.
             unsafe { store::<T>(ptr, 0, value) };
-            return self.stored();
+            return self.no_refusals();
         }
         let word = value.to_le_word();
         if let Err(e) = self.io.write_inside(offset, &word[..T::WIDTH]) {
