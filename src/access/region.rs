@@ -19,7 +19,7 @@ use crate::vfio::Device;
 ///
 /// Accesses inside a directly mapped page are one volatile load or store on
 /// the device; everything else is one `pread`/`pwrite` of the same width
-/// through the region's [`RegionIo`] (the VFIO descriptor, for a device's
+/// through the region's [`RegionIo`](crate::RegionIo) (the VFIO descriptor, for a device's
 /// regions). Every access is checked for bounds, natural alignment and the
 /// region's read/write flags first.
 ///
@@ -165,7 +165,7 @@ impl Region {
     }
 
     /// The device the region belongs to, for a region opened from a
-    /// [`Device`] (`None` for one built over any [`RegionIo`]).
+    /// [`Device`] (`None` for one built over any [`RegionIo`](crate::RegionIo)).
     pub fn device(&self) -> Option<&Device> {
         self._device.as_ref()
     }
