@@ -77,9 +77,11 @@ use crate::vfio::Device;
 ///   `take_error` takes the record first.
 /// - So a read that returns `Ok` was not refused, and a write that returns
 ///   `Ok` was not dropped (unless another thread took the record in
-///   between). A typed read that finds all-ones while a record is pending
-///   returns the record, since it cannot tell the device's all-ones from
-///   PCIe's.
+///   between). The converse does not hold: a write that finds a record
+///   pending returns it even if its own store landed, and so does a read
+///   that finds all-ones, since it cannot tell the device's all-ones from
+///   PCIe's. Take the record ([`Region::take_error`]) after pointer
+///   accesses, and `Refused` from a typed access is about that access.
 /// - A bulk access (`_bytes`, `_slice`) returns `Refused` if any of its
 ///   accesses was refused. On the slow path it stops at the first refused
 ///   one; a directly mapped run is made whole and checked once at its end,
@@ -90,8 +92,9 @@ use crate::vfio::Device;
 /// The cost on the inlined path is one load of the record's count after
 /// each store, and nothing on loads (a load that is not all-ones is not
 /// tested). A region opened without the fault handler
-/// ([`crate::RegionBuilder::without_fault_handler`]) has no record: a revoked mapped
-/// page raises SIGBUS in the process instead.
+/// ([`crate::RegionBuilder::without_fault_handler`]) has no record: a
+/// revoked mapped page raises SIGBUS in the process instead, and only its
+/// syscall path reports `Refused`.
 pub struct Region {
     pub(super) fast: FastWindow,
     /// The count of refused accesses not yet reported, tested after every
