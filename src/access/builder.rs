@@ -188,9 +188,10 @@ impl<'fd> RegionBuilder<'fd> {
 
     /// Opens the region without barmap's fault handler: its range is not
     /// registered, and as long as every region of the process is opened this
-    /// way, barmap never installs its SIGSEGV and SIGBUS handlers. For
-    /// programs that own those signals (JVMs, wasm runtimes, sanitizers).
-    /// The default is to register every region.
+    /// way, barmap never installs its SIGSEGV and SIGBUS handlers (the first
+    /// region opened without this option installs them for the rest of the
+    /// process's life). For programs that own those signals (JVMs, wasm
+    /// runtimes, sanitizers). The default is to register every region.
     ///
     /// What works without it: typed accesses everywhere (mapped pages with
     /// one load or store, the rest with one `pread`/`pwrite`, as always),
@@ -274,9 +275,10 @@ impl<'fd> RegionBuilder<'fd> {
             self.io.shared(),
             source,
             &self.policy,
-            match self.fault_handler {
-                true => Faults::Served(self.hook),
-                false => Faults::Unserved,
+            if self.fault_handler {
+                Faults::Served(self.hook)
+            } else {
+                Faults::Unserved
             },
         )?;
         Ok(Region::from_parts(self.addr, info, self.io, mapping, self.device))
