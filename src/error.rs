@@ -277,11 +277,18 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The device refused accesses made through the region's mapping or
-    /// pointer, which were completed as PCIe completes an unsupported
-    /// request: reads returned all-ones, writes were dropped. vfio-pci does
-    /// this while the device's memory decoding is off (command register) and
-    /// when a reset cannot be waited out.
+    /// The device refused accesses to the region: vfio-pci does this while
+    /// the device's memory decoding is off (command register) and when a
+    /// reset cannot be waited out. Accesses through the mapping or pointer
+    /// were completed as PCIe completes an unsupported request (reads
+    /// returned all-ones, writes were dropped); `pread`/`pwrite` failed with
+    /// `EIO`.
+    ///
+    /// Every typed access of a [`crate::Region`] that the device refused
+    /// returns this, on every path (see the contract in [`crate::Region`]'s
+    /// [refused accesses](crate::Region#refused-accesses)); accesses through
+    /// the region's pointer are reported by the next typed access that finds
+    /// the record, or by [`crate::Region::take_error`].
     #[error("{addr} {region}: the device refused {count} access(es) (reads returned all-ones, writes were dropped)")]
     Refused {
         /// The device.

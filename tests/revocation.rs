@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use barmap::config::regs::{PCI_CAPABILITY_LIST, PCI_CAP_ID_VNDR, PCI_COMMAND, PCI_COMMAND_MEMORY};
 use barmap::{Device, Error, MapPolicy, Region, RegionIndex, ResetKind};
-use common::{edu, edu_reg, flr_dev};
+use common::child::{in_child, run_ignored_child};
+use common::{edu, edu_reg, flr_dev, sentinel};
 
 /// Turns memory decoding of `dev` on or off through its command register.
 fn set_decode(dev: &Device, on: bool) {
@@ -63,15 +64,19 @@ fn decode_off_gives_typed_errors_or_all_ones_and_kills_nothing() {
     assert_eq!(id_through_pointer(&mapped), u32::MAX);
     assert_refused(mapped.take_error(), 1);
     assert!(mapped.take_error().is_none(), "taking the record clears it");
-    // A write is dropped and recorded.
-    mapped.write::<u32>(edu_reg::LIVENESS, 0x1234_5678).unwrap();
-    assert_refused(mapped.take_error(), 1);
-    // The trapped region: the pointer gets all-ones, typed accesses the OS error.
+    // A typed write is dropped and says so, on the mapping and on the syscall path.
+    let err = mapped.write::<u32>(edu_reg::LIVENESS, 0x1234_5678).unwrap_err();
+    assert!(matches!(&err, Error::Refused { count: 1, .. }), "{err:?}");
+    let err = trapped.write::<u32>(edu_reg::LIVENESS, 0x1234_5678).unwrap_err();
+    assert!(matches!(&err, Error::Refused { count: 1, .. }), "{err:?}");
+    assert!(mapped.take_error().is_none() && trapped.take_error().is_none());
+    // The trapped region: the pointer gets all-ones, recorded; a typed read
+    // says Refused, as on the mapping.
     assert_eq!(id_through_pointer(&trapped), u32::MAX);
     assert_refused(trapped.take_error(), 1);
     let err = trapped.read::<u32>(edu_reg::ID).unwrap_err();
     assert!(
-        matches!(&err, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EIO)),
+        matches!(&err, Error::Refused { count: 1, source, .. } if source.raw_os_error() == Some(libc::EIO)),
         "{err:?}"
     );
 
@@ -83,6 +88,58 @@ fn decode_off_gives_typed_errors_or_all_ones_and_kills_nothing() {
     // The dropped write never reached the device.
     mapped.write::<u32>(edu_reg::LIVENESS, 7).unwrap();
     assert_eq!(mapped.read::<u32>(edu_reg::LIVENESS).unwrap(), !7);
+}
+
+/// Printed by the child of the test below once it has checked everything.
+const UNSERVED_CHECKED: &str = "edu without the fault handler: all checked";
+
+#[test]
+#[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn edu_without_the_fault_handler_works_and_leaves_the_signal_handlers_alone() {
+    if !in_child() {
+        // A child of its own: it installs process-wide signal handlers, and
+        // must see no other region's.
+        let child =
+            run_ignored_child("edu_without_the_fault_handler_works_and_leaves_the_signal_handlers_alone");
+        child.assert_passed();
+        assert!(
+            child.stdout.contains(UNSERVED_CHECKED),
+            "the child did not get to its end: {child}"
+        );
+        return;
+    }
+    sentinel::install();
+    let dev = Device::open(edu()).unwrap();
+    let builder = || {
+        dev.region_builder(RegionIndex::bar(0).unwrap())
+            .unwrap()
+            .without_fault_handler()
+    };
+    // Fully mapped: typed accesses and the pointer reach the device directly.
+    let bar0 = builder().build().unwrap();
+    assert!(bar0.is_fully_mapped());
+    assert_eq!(bar0.read::<u32>(edu_reg::ID).unwrap(), edu_reg::ID_VALUE);
+    bar0.write::<u32>(edu_reg::LIVENESS, 0x1234_5678).unwrap();
+    assert_eq!(bar0.read::<u32>(edu_reg::LIVENESS).unwrap(), !0x1234_5678);
+    assert_eq!(id_through_pointer(&bar0), edu_reg::ID_VALUE);
+    // Nothing mapped: the syscall path, which needs no handler, and says
+    // Refused while decoding is off where a mapping would raise SIGBUS.
+    let io_only = builder().policy(MapPolicy::TrapAll).build().unwrap();
+    assert!(io_only.mapped_ranges().is_empty() && io_only.as_ptr().is_err());
+    assert_eq!(io_only.read::<u32>(edu_reg::ID).unwrap(), edu_reg::ID_VALUE);
+    set_decode(&dev, false);
+    let err = io_only.read::<u32>(edu_reg::ID).unwrap_err();
+    assert!(matches!(&err, Error::Refused { count: 1, .. }), "{err:?}");
+    let err = io_only.write::<u32>(edu_reg::LIVENESS, 1).unwrap_err();
+    assert!(matches!(&err, Error::Refused { count: 1, .. }), "{err:?}");
+    set_decode(&dev, true);
+    assert_eq!(bar0.read::<u32>(edu_reg::ID).unwrap(), edu_reg::ID_VALUE);
+    assert_eq!(
+        sentinel::in_place(),
+        [true, true],
+        "barmap installed a signal handler"
+    );
+    println!("{UNSERVED_CHECKED}");
 }
 
 #[test]

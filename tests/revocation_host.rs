@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
-use barmap::{Error, Region};
+use barmap::{Error, FdRegion, Region, RegionIndex};
 use common::child::{in_child, run_child};
 use common::emulated::{emulated, memfd, truncate, Device, PAGE};
 
@@ -67,8 +67,10 @@ fn a_revoked_mapping_reads_all_ones_drops_writes_and_records_it() {
     assert_eq!(got, (u8::MAX, u16::MAX, u64::MAX));
     assert_refused(region.take_error(), 3);
     assert!(region.take_error().is_none());
-    // Writes are dropped, and recorded.
-    region.write::<u32>(0x20, 0x1234).unwrap();
+    // Writes are dropped: a typed one says so, one through the pointer is
+    // recorded.
+    let err = region.write::<u32>(0x20, 0x1234).unwrap_err();
+    assert!(matches!(&err, Error::Refused { count: 1, .. }), "{err:?}");
     // SAFETY: as above.
     unsafe {
         region
@@ -78,7 +80,7 @@ fn a_revoked_mapping_reads_all_ones_drops_writes_and_records_it() {
             .cast::<u64>()
             .write_volatile(7)
     };
-    assert_refused(region.take_error(), 2);
+    assert_refused(region.take_error(), 1);
     // A typed read that finds a real all-ones value is not an error.
     restore(&dev);
     region.write::<u32>(0x30, u32::MAX).unwrap();
@@ -92,6 +94,167 @@ fn a_revoked_mapping_reads_all_ones_drops_writes_and_records_it() {
     assert_eq!(region.read::<u64>(0x28).unwrap(), 0);
     region.write::<u32>(0x10, 0xbeef).unwrap();
     assert_eq!(region.read::<u32>(0x10).unwrap(), 0xbeef);
+    assert!(region.take_error().is_none());
+}
+
+/// `result` is [`Error::Refused`] for `counts` accesses with `EIO`, and the
+/// error took the region's record with it.
+fn assert_refused_err<T: std::fmt::Debug>(
+    region: &Region,
+    result: barmap::Result<T>,
+    counts: std::ops::RangeInclusive<u64>,
+    what: &str,
+) {
+    match result {
+        Err(Error::Refused { count, source, .. }) => {
+            assert!(counts.contains(&count), "{what}: {count} refused");
+            assert_eq!(source.raw_os_error(), Some(libc::EIO), "{what}: {source}");
+        }
+        other => panic!("{what}: expected Err(Refused), got {other:?}"),
+    }
+    assert!(region.take_error().is_none(), "{what}: the error took the record");
+}
+
+/// Every typed write form at `at` on a revoked `region` says `Refused`.
+fn assert_every_write_refused(region: &Region, at: u64, what: &str) {
+    let w = |form: &str| format!("{what}: {form} at {at:#x}");
+    assert_refused_err(region, region.write::<u8>(at, 1), 1..=1, &w("write::<u8>"));
+    assert_refused_err(region, region.write::<u16>(at, 1), 1..=1, &w("write::<u16>"));
+    assert_refused_err(region, region.write::<u32>(at, 1), 1..=1, &w("write::<u32>"));
+    assert_refused_err(region, region.write::<u64>(at, 1), 1..=1, &w("write::<u64>"));
+    assert_refused_err(region, region.write_width(at, 4, 1), 1..=1, &w("write_width"));
+    assert_refused_err(region, region.write_bytes(at, &[1; 7]), 1..=3, &w("write_bytes"));
+    assert_refused_err(
+        region,
+        region.write_slice::<u16>(at, &[1; 3]),
+        1..=3,
+        &w("write_slice"),
+    );
+}
+
+/// Every typed read form at `at` on a revoked `region` says `Refused`.
+fn assert_every_read_refused(region: &Region, at: u64, what: &str) {
+    let r = |form: &str| format!("{what}: {form} at {at:#x}");
+    assert_refused_err(region, region.read::<u8>(at), 1..=1, &r("read::<u8>"));
+    assert_refused_err(region, region.read::<u16>(at), 1..=1, &r("read::<u16>"));
+    assert_refused_err(region, region.read::<u32>(at), 1..=1, &r("read::<u32>"));
+    assert_refused_err(region, region.read::<u64>(at), 1..=1, &r("read::<u64>"));
+    assert_refused_err(region, region.read_width(at, 4), 1..=1, &r("read_width"));
+    assert_refused_err(
+        region,
+        region.read_bytes(at, &mut [0; 7]),
+        1..=3,
+        &r("read_bytes"),
+    );
+    assert_refused_err(
+        region,
+        region.read_slice::<u16>(at, &mut [0; 3]),
+        1..=3,
+        &r("read_slice"),
+    );
+}
+
+#[test]
+fn every_typed_access_to_a_revoked_mapping_returns_refused() {
+    // Fully mapped: the inlined fast path, whose store faults and is refused.
+    let dev = Device::new(2 * PAGE);
+    let region = mapped(&dev);
+    revoke(&dev);
+    assert_every_write_refused(&region, 0x10, "fully mapped");
+    assert_every_read_refused(&region, 0x10, "fully mapped");
+    restore(&dev);
+    assert_eq!(dev.peek(0, 0x20), [0; 0x20], "no dropped write landed");
+    assert!(region.take_error().is_none());
+
+    // Half mapped: the mapped page through the general slow path's store,
+    // the trapped page through the slow path's pwrite, which says EIO.
+    let dev = Device::new(2 * PAGE);
+    let region = dev.sparse(&[barmap::SparseArea {
+        offset: 0,
+        size: PAGE,
+    }]);
+    assert!(region.is_trapped(PAGE) && !region.is_trapped(0));
+    revoke(&dev);
+    for at in [0x10, PAGE + 0x10] {
+        assert_every_write_refused(&region, at, "half mapped");
+        assert_every_read_refused(&region, at, "half mapped");
+    }
+    restore(&dev);
+    assert_eq!(dev.peek(0, 2 * PAGE as usize), vec![0; 2 * PAGE as usize]);
+}
+
+/// A memfd of `len` bytes mapped into this process, reached through
+/// `/proc/self/mem`: a descriptor whose `pread`/`pwrite` fail with `EIO`
+/// while the memfd is truncated, as a VFIO region's do while the device's
+/// memory decoding is off.
+struct ProcMem {
+    memfd: std::sync::Arc<std::os::fd::OwnedFd>,
+    addr: usize,
+    len: usize,
+    mem: std::sync::Arc<std::os::fd::OwnedFd>,
+}
+
+impl ProcMem {
+    fn new(len: u64) -> ProcMem {
+        let memfd = memfd(len);
+        // SAFETY: a fresh shared mapping of our own memfd, unmapped on drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                memfd.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/proc/self/mem")
+            .unwrap();
+        ProcMem {
+            memfd,
+            addr: p as usize,
+            len: len as usize,
+            mem: std::sync::Arc::new(mem.into()),
+        }
+    }
+
+    /// A region of the emulated device over it, with nothing mapped: every
+    /// typed access is one `pread`/`pwrite` on `/proc/self/mem`.
+    fn region(&self) -> Region {
+        let io = FdRegion::new(self.mem.clone(), self.addr as u64, self.len as u64);
+        Region::fd_builder(
+            common::emulated::emulated_addr(),
+            RegionIndex::bar(0).unwrap(),
+            io,
+        )
+        .build()
+        .unwrap()
+    }
+}
+
+impl Drop for ProcMem {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
+#[test]
+fn every_typed_access_on_the_syscall_path_of_a_refusing_device_returns_refused() {
+    let mem = ProcMem::new(PAGE);
+    let region = mem.region();
+    assert!(region.mapped_ranges().is_empty());
+    region.write::<u32>(0x10, 0xfeed).unwrap();
+    assert_eq!(region.read::<u32>(0x10).unwrap(), 0xfeed);
+    truncate(&mem.memfd, 0);
+    assert_every_write_refused(&region, 0x10, "syscall path");
+    assert_every_read_refused(&region, 0x10, "syscall path");
+    truncate(&mem.memfd, PAGE);
+    assert_eq!(region.read::<u32>(0x10).unwrap(), 0, "the file came back empty");
     assert!(region.take_error().is_none());
 }
 

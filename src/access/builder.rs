@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::slow::SlowPath;
 use super::Region;
-use crate::error::Result;
-use crate::map::{MapPolicy, MapSource, Mapping};
+use crate::error::{Error, Result};
+use crate::map::{Faults, MapPolicy, MapSource, Mapping};
 use crate::pci::PciAddress;
 use crate::region::{FdRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo, SparseArea};
 use crate::shadow::{Access, AccessHook};
@@ -49,6 +49,7 @@ pub struct RegionBuilder<'fd> {
     map: Option<(MapFd<'fd>, u64, Vec<SparseArea>)>,
     policy: MapPolicy,
     hook: Option<AccessHook>,
+    fault_handler: bool,
     device: Option<Device>,
 }
 
@@ -96,6 +97,7 @@ impl RegionBuilder<'_> {
             map: None,
             policy: MapPolicy::Direct,
             hook: None,
+            fault_handler: true,
             device: None,
         }
     }
@@ -114,6 +116,7 @@ impl RegionBuilder<'static> {
             map: Some((MapFd::Shared(fd), info.offset, info.mmap_areas())),
             policy: MapPolicy::Direct,
             hook: None,
+            fault_handler: true,
             device: Some(device),
         }
     }
@@ -183,9 +186,69 @@ impl<'fd> RegionBuilder<'fd> {
         self
     }
 
+    /// Opens the region without barmap's fault handler: its range is not
+    /// registered, and as long as every region of the process is opened this
+    /// way, barmap never installs its SIGSEGV and SIGBUS handlers (the first
+    /// region opened without this option installs them for the rest of the
+    /// process's life). For programs that own those signals (JVMs, wasm
+    /// runtimes, sanitizers). The default is to register every region.
+    ///
+    /// What works without it: typed accesses everywhere (mapped pages with
+    /// one load or store, the rest with one `pread`/`pwrite`, as always),
+    /// and [`Region::as_ptr`] on a region that is fully mapped. What needs
+    /// it is refused with [`Error::Unsupported`]: a pointer over a region
+    /// with pages that are not mapped (holes, I/O BARs, a trap
+    /// [`MapPolicy`]), from [`Region::as_ptr`], and an access hook, from
+    /// [`RegionBuilder::build`]. Nothing is traced.
+    ///
+    /// **Revocation.** vfio-pci zaps the region's mapping on a device reset,
+    /// a hot reset, runtime low power, and while the device's memory
+    /// decoding is off. A load or store to a mapped page then raises SIGBUS
+    /// in the thread that made it, typed accesses on the mapping included.
+    /// Without barmap's handler nothing serves it: the SIGBUS goes to the
+    /// program's own handler, or its default action kills the process. No
+    /// refusal is recorded ([`Region::take_error`] is always `None`). A
+    /// program that resets the device or turns its decoding off must not
+    /// touch the mapping meanwhile; one that must survive revocation without
+    /// the handler opens the region with [`MapPolicy::TrapAll`] as well:
+    /// nothing is mapped, every typed access is one `pread`/`pwrite`, which
+    /// waits out a reset, and while decoding is off every access returns
+    /// [`Error::Refused`] (see [refused accesses](Region#refused-accesses)).
+    ///
+    /// ```
+    /// use barmap::region::{FdRegion, SparseArea};
+    /// use barmap::{Region, RegionIndex};
+    /// use std::sync::Arc;
+    /// // A file standing in for a device's BAR, mapped whole.
+    /// let file = tempfile::tempfile()?;
+    /// file.set_len(0x1000)?;
+    /// let fd = Arc::new(std::os::fd::OwnedFd::from(file));
+    /// let io = FdRegion::new(fd.clone(), 0, 0x1000);
+    /// let region = Region::fd_builder("0000:00:04.0".parse()?, RegionIndex::bar(0).unwrap(), io)
+    ///     .map_from(&*fd, 0, &[SparseArea { offset: 0, size: 0x1000 }])
+    ///     .without_fault_handler()
+    ///     .build()?;
+    /// assert!(region.is_fully_mapped());
+    /// region.write::<u32>(0x10, 7)?; // one store, no signal handler involved
+    /// assert_eq!(region.read::<u32>(0x10)?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn without_fault_handler(mut self) -> Self {
+        self.fault_handler = false;
+        self
+    }
+
     /// Reserves the region's range, maps the direct areas and registers the
-    /// rest with the fault handler (installing it on first use).
+    /// rest with the fault handler (installing it on first use), unless
+    /// [`RegionBuilder::without_fault_handler`] said not to.
     pub fn build(self) -> Result<Region> {
+        if !self.fault_handler && self.hook.is_some() {
+            return Err(Error::Unsupported {
+                addr: self.addr,
+                what: "an access hook",
+                reason: "the region is opened without the fault handler, which calls it",
+            });
+        }
         let size = self.io.size();
         let info = RegionInfo::new(
             self.index,
@@ -212,7 +275,11 @@ impl<'fd> RegionBuilder<'fd> {
             self.io.shared(),
             source,
             &self.policy,
-            self.hook,
+            if self.fault_handler {
+                Faults::Served(self.hook)
+            } else {
+                Faults::Unserved
+            },
         )?;
         Ok(Region::from_parts(self.addr, info, self.io, mapping, self.device))
     }

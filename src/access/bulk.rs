@@ -86,9 +86,9 @@ impl Region {
     /// device access only since Linux 6.11; earlier kernels split it in two
     /// 4-byte ones.
     ///
-    /// If the device refused accesses (memory decoding off, a reset; see
-    /// [`Region::take_error`]), the refused elements read all-ones and the
-    /// call returns [`Error::Refused`].
+    /// If the device refused any of its accesses (memory decoding off, a
+    /// reset), the call returns [`Error::Refused`] and the contents of `buf`
+    /// are unspecified (see [refused accesses](Region#refused-accesses)).
     ///
     /// ```no_run
     /// let ivshmem = barmap::Device::open("0000:00:06.0".parse()?)?;
@@ -117,7 +117,7 @@ impl Region {
             }
             done += run.len;
         }
-        self.refused()
+        self.no_refusals()
     }
 
     /// Writes the `T`s of `data` consecutively from `offset`, each as one
@@ -126,8 +126,9 @@ impl Region {
     /// flag instead of its read flag, [`Error::ReadOnly`]), pinned stores on
     /// mapped parts and one `pwrite` per element elsewhere.
     ///
-    /// Returns [`Error::Refused`] if the device refused accesses (its stores
-    /// were dropped, as PCIe drops them).
+    /// Returns [`Error::Refused`] if the device refused any of its accesses
+    /// (its stores were dropped, as PCIe drops them; see
+    /// [refused accesses](Region#refused-accesses)).
     ///
     /// ```no_run
     /// let ivshmem = barmap::Device::open("0000:00:06.0".parse()?)?;
@@ -152,7 +153,7 @@ impl Region {
             }
             done += run.len;
         }
-        self.refused()
+        self.no_refusals()
     }
 
     /// The checks of a bulk transfer of `count` `T`s at `offset`, done once.
@@ -203,14 +204,5 @@ impl Region {
             .unwrap_or(end);
         let len = (next.min(end) - at).div_ceil(width) as usize;
         Run { mapped: false, len }
-    }
-
-    /// [`Error::Refused`] if the device refused accesses since the record was
-    /// last taken.
-    fn refused(&self) -> Result<()> {
-        match self.take_error() {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
     }
 }

@@ -3,6 +3,8 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use super::slow::SlowPath;
 use super::window::{FastWindow, Limits, SyscallWindow};
@@ -17,7 +19,7 @@ use crate::vfio::Device;
 ///
 /// Accesses inside a directly mapped page are one volatile load or store on
 /// the device; everything else is one `pread`/`pwrite` of the same width
-/// through the region's [`RegionIo`] (the VFIO descriptor, for a device's
+/// through the region's [`RegionIo`](crate::RegionIo) (the VFIO descriptor, for a device's
 /// regions). Every access is checked for bounds, natural alignment and the
 /// region's read/write flags first.
 ///
@@ -42,8 +44,62 @@ use crate::vfio::Device;
 /// # let _ = edu.device;
 /// # Ok::<(), barmap::Error>(())
 /// ```
+///
+/// # Refused accesses
+///
+/// vfio-pci revokes a device's BAR mappings while its memory decoding is off
+/// and while a reset runs; `pread`/`pwrite` of the region then wait out the
+/// reset, and fail with `EIO` while decoding is off. barmap's fault handler
+/// serves an access to a revoked mapped page with `pread`/`pwrite` and, when
+/// the device refuses it (`EIO`), completes it as PCIe completes an
+/// unsupported request: a read gets all-ones, a write is dropped, and the
+/// region records the refusal.
+///
+/// One contract holds for every typed access, reads and writes alike, on
+/// every path: [`Region::read`] and [`Region::write`] inlined on a fully
+/// mapped region, the mapped parts of any other region, the syscall path
+/// (trapped pages, I/O BARs, regions with nothing mapped, any
+/// [`crate::RegionIo`]), [`Region::read_width`]/[`Region::write_width`],
+/// [`Region::read_bytes`]/[`Region::write_bytes`] and
+/// [`Region::read_slice`]/[`Region::write_slice`]:
+///
+/// - **an access the device refused returns [`Error::Refused`]**, never
+///   `Ok`: a caller never takes a dropped write for one that landed, nor
+///   PCIe's all-ones for a value. A `pread`/`pwrite` of the slow path failing
+///   with `EIO` is such a refusal too; any other failure is
+///   [`Error::Io`].
+/// - The error takes the region's record: its count covers that access and
+///   the refusals recorded before it that no one has taken yet. Those are
+///   accesses through [`Region::as_ptr`] and [`crate::mmio`] views, which
+///   cannot return an error (take their record with [`Region::take_error`]),
+///   and, the record being one per region, accesses of other threads on the
+///   same region. A refusal is reported once: to whichever typed access or
+///   `take_error` takes the record first.
+/// - So a read that returns `Ok` was not refused, and a write that returns
+///   `Ok` was not dropped (unless another thread took the record in
+///   between). The converse does not hold: a write that finds a record
+///   pending returns it even if its own store landed, and so does a read
+///   that finds all-ones, since it cannot tell the device's all-ones from
+///   PCIe's. Take the record ([`Region::take_error`]) after pointer
+///   accesses, and `Refused` from a typed access is about that access.
+/// - A bulk access (`_bytes`, `_slice`) returns `Refused` if any of its
+///   accesses was refused. On the slow path it stops at the first refused
+///   one; a directly mapped run is made whole and checked once at its end,
+///   so the accesses after a refused one in that run were made too (and
+///   refused as well while decoding stays off). A failed bulk read leaves
+///   the buffer's contents unspecified.
+///
+/// The cost on the inlined path is one load of the record's count after
+/// each store, and nothing on loads (a load that is not all-ones is not
+/// tested). A region opened without the fault handler
+/// ([`crate::RegionBuilder::without_fault_handler`]) has no record: a
+/// revoked mapped page raises SIGBUS in the process instead, and only its
+/// syscall path reports `Refused`.
 pub struct Region {
     pub(super) fast: FastWindow,
+    /// The count of refused accesses not yet reported, tested after every
+    /// store (shared with the fault handler, which raises it).
+    pub(super) refusals: Arc<AtomicU64>,
     pub(super) syscall: SyscallWindow,
     pub(super) limits: Limits,
     /// Whether slow-path accesses are reported (a hook or the trace is on).
@@ -79,6 +135,7 @@ impl Region {
         let observed = mapping.is_observed();
         Region {
             fast: FastWindow::new(&info, &mapping),
+            refusals: mapping.refusals(),
             syscall: SyscallWindow::new(&info, &io, &mapping, observed),
             limits: Limits::new(&info),
             observed,
@@ -111,7 +168,7 @@ impl Region {
     }
 
     /// The device the region belongs to, for a region opened from a
-    /// [`Device`] (`None` for one built over any [`RegionIo`]).
+    /// [`Device`] (`None` for one built over any [`RegionIo`](crate::RegionIo)).
     pub fn device(&self) -> Option<&Device> {
         self._device.as_ref()
     }
@@ -152,7 +209,8 @@ impl Region {
     /// pointer is valid while the `Region` lives.
     ///
     /// A fully mapped region works everywhere; unmapped pages need x86-64
-    /// ([`Error::Unsupported`] elsewhere).
+    /// and the fault handler ([`Error::Unsupported`] elsewhere, and for a
+    /// region opened [without it](crate::RegionBuilder::without_fault_handler)).
     ///
     /// ```no_run
     /// use barmap::Device;
@@ -183,18 +241,16 @@ impl Region {
     }
 
     /// Takes the record of accesses the device refused since the last call
-    /// (or since a typed read reported them): [`Error::Refused`] with how
+    /// (or since a typed access reported them): [`Error::Refused`] with how
     /// many, or `None`.
     ///
-    /// vfio-pci revokes a device's BAR mappings while its memory decoding is
-    /// off and during resets. barmap's fault handler then serves accesses
-    /// through the region's mapping or pointer with `pread`/`pwrite`; when the
-    /// device refuses one (`EIO`), it completes it as PCIe completes an
-    /// unsupported request (reads return all-ones, writes are dropped) and
-    /// records it here. A typed read that returns all-ones reports the
-    /// record itself; a dropped write is reported by the next such read or
-    /// by this call. The record is one per region: with several threads
-    /// accessing one region, the refusals of one may be reported to another.
+    /// This is how accesses through the region's pointer and
+    /// [`crate::mmio`] views, which cannot return an error, learn that the
+    /// device refused them (see [refused accesses](Region#refused-accesses));
+    /// typed accesses report a refusal themselves. The record is one per
+    /// region: with several threads accessing one region, the refusals of
+    /// one may be reported to another. A region without the fault handler
+    /// has no record (always `None`).
     pub fn take_error(&self) -> Option<Error> {
         let (count, errno) = self.mapping.take_refused()?;
         Some(Error::Refused {

@@ -2,6 +2,9 @@
 //! region is fully mapped, else one `pread`/`pwrite` of the same width), a
 //! runtime width, and byte runs; and the checks they share.
 
+use std::io;
+use std::sync::atomic::Ordering;
+
 use super::scalar::{load, store, Scalar};
 use super::window::Limits;
 use super::Region;
@@ -18,10 +21,10 @@ impl Region {
     ///
     /// While vfio-pci has revoked the mapping (memory decoding off, a reset
     /// in progress), the load faults and is served by the fault handler with
-    /// `pread`, which waits out a reset; if the device refuses it, the load
-    /// reads all-ones and `read` returns [`Error::Refused`]. On a page that is
-    /// not mapped, the read is a `pread`, and a refusal is [`Error::Io`]
-    /// (`EIO`).
+    /// `pread`, which waits out a reset. On a page that is not mapped, the
+    /// read is a `pread`. Either way, if the device refuses it, `read`
+    /// returns [`Error::Refused`] (see
+    /// [refused accesses](Region#refused-accesses)).
     #[inline]
     pub fn read<T: Scalar>(&self, offset: u64) -> Result<T> {
         match self.fast.at(offset, T::WIDTH, self.fast.read_end) {
@@ -45,21 +48,38 @@ impl Region {
     /// accesses since the record was last taken.
     #[cold]
     #[inline(never)]
-    fn check_refused<T: Scalar>(&self, value: T) -> Result<T> {
+    fn check_refused<T>(&self, value: T) -> Result<T> {
         match self.take_error() {
             Some(error) => Err(error),
             None => Ok(value),
         }
     }
 
-    /// Writes one `T` at `offset`: on a fully mapped region, one volatile store.
+    /// The test after accesses to the mapping whose values say nothing (a
+    /// store, a bulk run; a refused one faulted and the fault handler
+    /// recorded it): `Ok`, or [`Error::Refused`] with the record. One load of
+    /// the count while nothing was refused.
+    #[inline(always)]
+    pub(super) fn no_refusals(&self) -> Result<()> {
+        if self.refusals.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        self.check_refused(())
+    }
+
+    /// Writes one `T` at `offset`: on a fully mapped region, one volatile
+    /// store, then one load of the region's count of refused accesses.
+    ///
+    /// A write the device refused (dropped while the mapping is revoked, or
+    /// a `pwrite` failing with `EIO`) returns [`Error::Refused`], as every
+    /// typed access does (see [refused accesses](Region#refused-accesses)).
     #[inline]
     pub fn write<T: Scalar>(&self, offset: u64, value: T) -> Result<()> {
         match self.fast.at(offset, T::WIDTH, self.fast.write_end) {
             Some(at) => {
                 // SAFETY: as in `read`.
                 unsafe { store::<T>(self.fast.base(), at, value) };
-                Ok(())
+                self.no_refusals()
             }
             None => {
                 std::hint::cold_path();
@@ -81,7 +101,7 @@ impl Region {
         let mut word = [0u8; 8];
         match pread_exact(window.fd, window.position(offset), &mut word[..T::WIDTH]) {
             Ok(()) => Ok(T::from_le_word(word)),
-            Err(e) => Err(self.io_error(offset, T::WIDTH, e)),
+            Err(e) => Err(self.access_error(offset, T::WIDTH, e)),
         }
     }
 
@@ -104,7 +124,7 @@ impl Region {
         }
         let mut word = [0u8; 8];
         if let Err(e) = self.io.read_inside(offset, &mut word[..T::WIDTH]) {
-            return Err(self.io_error(offset, T::WIDTH, e));
+            return Err(self.access_error(offset, T::WIDTH, e));
         }
         let value = T::from_le_word(word);
         if self.observed {
@@ -123,7 +143,7 @@ impl Region {
         let word = value.to_le_word();
         match pwrite_all(window.fd, window.position(offset), &word[..T::WIDTH]) {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.io_error(offset, T::WIDTH, e)),
+            Err(e) => Err(self.access_error(offset, T::WIDTH, e)),
         }
     }
 
@@ -136,11 +156,11 @@ impl Region {
         if let Some(ptr) = self.mapped_ptr(offset, T::WIDTH) {
             // SAFETY: as in `read_general`.
             unsafe { store::<T>(ptr, 0, value) };
-            return Ok(());
+            return self.no_refusals();
         }
         let word = value.to_le_word();
         if let Err(e) = self.io.write_inside(offset, &word[..T::WIDTH]) {
-            return Err(self.io_error(offset, T::WIDTH, e));
+            return Err(self.access_error(offset, T::WIDTH, e));
         }
         if self.observed {
             self.record(offset, T::WIDTH, value.to_u64(), AccessKind::Write);
@@ -197,7 +217,8 @@ impl Region {
 
     /// Reads `buf.len()` bytes from `offset`, as a run of naturally aligned
     /// 4-, 2- and 1-byte accesses (never a wider or unaligned one, and never a
-    /// `memcpy`, which could use any width on the bus).
+    /// `memcpy`, which could use any width on the bus). It stops at the
+    /// first access the device refuses, with [`Error::Refused`].
     pub fn read_bytes(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len() as u64, AccessKind::Read)?;
         let mut pos = 0usize;
@@ -216,7 +237,8 @@ impl Region {
     }
 
     /// Writes `data` at `offset`, as a run of naturally aligned 4-, 2- and
-    /// 1-byte accesses.
+    /// 1-byte accesses. It stops at the first access the device refuses,
+    /// with [`Error::Refused`].
     pub fn write_bytes(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len() as u64, AccessKind::Write)?;
         let mut pos = 0usize;
@@ -330,9 +352,26 @@ impl Region {
         }
     }
 
+    /// The error for a slow-path access of `len` bytes at `offset` that
+    /// failed with `source`: [`Error::Refused`] if the device refused it
+    /// (`EIO`, as the fault handler takes it), counting it and the refusals
+    /// recorded before it; else [`Error::Io`].
     #[cold]
     #[inline(never)]
-    fn io_error(&self, offset: u64, len: usize, source: std::io::Error) -> Error {
+    fn access_error(&self, offset: u64, len: usize, source: io::Error) -> Error {
+        if source.raw_os_error() != Some(libc::EIO) {
+            return self.io_error(offset, len, source);
+        }
+        let earlier = self.mapping.take_refused().map_or(0, |(count, _)| count);
+        Error::Refused {
+            addr: self.addr,
+            region: self.info.index,
+            count: earlier + 1,
+            source,
+        }
+    }
+
+    fn io_error(&self, offset: u64, len: usize, source: io::Error) -> Error {
         Error::Io {
             addr: self.addr,
             region: self.info.index,

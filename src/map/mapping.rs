@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::layout::{direct_ranges, LayoutError, MapPolicy};
@@ -24,6 +25,16 @@ pub(crate) struct MapSource<'fd> {
     pub(crate) writable: bool,
 }
 
+/// Whether a region's range is served by the fault handler.
+pub(crate) enum Faults {
+    /// Registered with the fault handler (installing it on first use), which
+    /// calls the hook, if any, for every trapped access.
+    Served(Option<AccessHook>),
+    /// Registered with nothing: a fault on the range goes to whatever handles
+    /// the signal in the process.
+    Unserved,
+}
+
 /// A region's address range: reservation, direct mappings, fault-handler
 /// registration.
 ///
@@ -38,6 +49,11 @@ pub(crate) struct Mapping {
     mapped: Vec<Range<u64>>,
     /// Whether `mapped` covers the whole region.
     whole: bool,
+    /// The count of refused accesses not yet taken: the registration's, or
+    /// one that nothing raises where there is none.
+    refusals: Arc<AtomicU64>,
+    /// Whether the region was opened without the fault handler.
+    unserved: bool,
     addr: PciAddress,
 }
 
@@ -45,7 +61,7 @@ impl Mapping {
     /// Reserves a range of `size` bytes (the region's size, which `io`
     /// reaches) for `region` of `addr`, maps the areas of `source` that
     /// `policy` leaves untrapped, and registers the range with the fault
-    /// handler (installing it on first use; x86-64 only).
+    /// handler (installing it on first use; x86-64 only) if `faults` says so.
     pub(crate) fn new(
         addr: PciAddress,
         region: RegionIndex,
@@ -53,7 +69,7 @@ impl Mapping {
         io: Arc<dyn RegionIo>,
         source: Option<MapSource<'_>>,
         policy: &MapPolicy,
-        hook: Option<AccessHook>,
+        faults: Faults,
     ) -> Result<Mapping> {
         let page = page_size() as u64;
         let areas = source.as_ref().map_or(&[][..], |s| &s.areas[..]);
@@ -98,12 +114,20 @@ impl Mapping {
         }
         let mapped: Vec<Range<u64>> = ranges.into_iter().map(|r| r.start..r.end.min(size)).collect();
         let whole = mapped.len() == 1 && mapped[0] == (0..size);
-        let registration = register(addr, region, &reservation, size, io, hook)?;
+        let (registration, unserved) = match faults {
+            Faults::Served(hook) => (register(addr, region, &reservation, size, io, hook)?, false),
+            Faults::Unserved => (None, true),
+        };
+        let refusals = registration
+            .as_ref()
+            .map_or_else(Arc::default, Registration::refusals);
         Ok(Mapping {
             registration,
             reservation,
             mapped,
             whole,
+            refusals,
+            unserved,
             addr,
         })
     }
@@ -132,7 +156,11 @@ impl Mapping {
         Err(Error::Unsupported {
             addr: self.addr,
             what: "a pointer over a region with unmapped parts",
-            reason: "the fault handler decodes x86-64 instructions only",
+            reason: if self.unserved {
+                "the region was opened without the fault handler, which serves them"
+            } else {
+                "the fault handler decodes x86-64 instructions only"
+            },
         })
     }
 
@@ -147,6 +175,12 @@ impl Mapping {
         if let Some(registration) = &self.registration {
             registration.record(access);
         }
+    }
+
+    /// The count of accesses the device refused that nobody took yet, which
+    /// the fault handler raises (it stays 0 without a fault handler).
+    pub(crate) fn refusals(&self) -> Arc<AtomicU64> {
+        self.refusals.clone()
     }
 
     /// Takes the record of accesses the device refused (see

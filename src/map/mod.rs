@@ -13,5 +13,5 @@ mod mapping;
 mod reservation;
 
 pub use layout::MapPolicy;
-pub(crate) use mapping::{MapSource, Mapping};
+pub(crate) use mapping::{Faults, MapSource, Mapping};
 pub(crate) use reservation::page_size;

@@ -226,8 +226,9 @@ pub(crate) struct Shared {
     trace: Option<TraceRing>,
     /// Accesses the device refused (EIO: memory decoding off, or a reset in
     /// a state it cannot wait out) since the owner last took the record, and
-    /// the errno of the last one.
-    refused: AtomicU64,
+    /// the errno of the last one. The count is shared with the region's
+    /// typed fast path, which tests it after every store.
+    refused: Arc<AtomicU64>,
     refused_errno: AtomicI32,
 }
 
@@ -342,7 +343,7 @@ impl Registration {
             io,
             hook,
             trace,
-            refused: AtomicU64::new(0),
+            refused: Arc::default(),
             refused_errno: AtomicI32::new(0),
         });
         Registration::register(shared)
@@ -383,6 +384,13 @@ impl Registration {
     /// how many, and the errno of the last one.
     pub(crate) fn take_refused(&self) -> Option<(u64, i32)> {
         self.shared.take_refused()
+    }
+
+    /// The count of refused accesses not yet taken, which the fault handler
+    /// raises; shared, so that a typed store can test it without going
+    /// through the registration.
+    pub(crate) fn refusals(&self) -> Arc<AtomicU64> {
+        self.shared.refused.clone()
     }
 
     /// Reports an access that a typed access made through the slow path, so

@@ -35,8 +35,19 @@ pub fn fault_next() {
 /// show it was found (for a name that matches nothing, libtest runs 0 tests
 /// and exits 0).
 pub fn run_child(name: &str) -> Child {
+    run_child_with(name, &[])
+}
+
+/// [`run_child`] for a device test (`#[ignore]`d on the host), which the
+/// child runs with `--include-ignored`.
+pub fn run_ignored_child(name: &str) -> Child {
+    run_child_with(name, &["--include-ignored"])
+}
+
+fn run_child_with(name: &str, extra: &[&str]) -> Child {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .args(extra)
         .env(CHILD_ENV, "1")
         .output()
         .unwrap();

@@ -5,6 +5,7 @@
 pub mod child;
 pub mod emulated;
 pub mod nvme_admin;
+pub mod sentinel;
 
 use std::time::{Duration, Instant};
 
