@@ -277,12 +277,14 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The device refused accesses made through the region's mapping or
-    /// pointer, which were completed as PCIe completes an unsupported
-    /// request: reads returned all-ones, writes were dropped. vfio-pci does
-    /// this while the device's memory decoding is off (command register) and
-    /// when a reset cannot be waited out.
-    #[error("{addr} {region}: the device refused {count} access(es) (reads returned all-ones, writes were dropped)")]
+    /// Accesses made through the region's mapping or pointer were refused,
+    /// and completed as PCIe completes an unsupported request: reads returned
+    /// all-ones, writes were dropped. The device refuses them (`EIO`) while
+    /// its memory decoding is off (command register) and when a reset cannot
+    /// be waited out; barmap's fault handler refuses (`EACCES`) a store to a
+    /// region without the write flag and a load from one without the read
+    /// flag.
+    #[error("{addr} {region}: {count} access(es) refused (reads returned all-ones, writes were dropped)")]
     Refused {
         /// The device.
         addr: PciAddress,
@@ -290,7 +292,8 @@ pub enum Error {
         region: RegionIndex,
         /// How many accesses were refused since the record was last taken.
         count: u64,
-        /// The OS error of the last one (`EIO` while decoding is off).
+        /// The OS error of the last one (`EIO` while decoding is off,
+        /// `EACCES` for one the region's flags forbid).
         #[source]
         source: io::Error,
     },

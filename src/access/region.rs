@@ -191,7 +191,9 @@ impl Region {
     /// through the region's mapping or pointer with `pread`/`pwrite`; when the
     /// device refuses one (`EIO`), it completes it as PCIe completes an
     /// unsupported request (reads return all-ones, writes are dropped) and
-    /// records it here. A typed read that returns all-ones reports the
+    /// records it here. It records the same way (with `EACCES`) a store
+    /// through the pointer to a region without the write flag and a load
+    /// from one without the read flag. A typed read that returns all-ones reports the
     /// record itself; a dropped write is reported by the next such read or
     /// by this call. The record is one per region: with several threads
     /// accessing one region, the refusals of one may be reported to another.

@@ -5,8 +5,10 @@
 //! region (a trapped page), and for a SIGBUS there (a mapped page that
 //! vfio-pci revoked: memory decoding off, a reset running), it decodes the
 //! instruction at RIP, does the load or store on the device through the
-//! region's [`RegionIo`](crate::region::RegionIo), updates the saved
-//! registers and returns past the instruction. `pread`/`pwrite` wait out a
+//! region's [`RegionIo`](crate::region::RegionIo) (unless the region's flags
+//! forbid it: then the load gets all-ones and the store is dropped, and both
+//! are recorded), updates the saved registers and returns past the
+//! instruction. `pread`/`pwrite` wait out a
 //! reset; when the device refuses the access (`EIO` while decoding is off) it
 //! is completed as PCIe completes an unsupported request, reads all-ones and
 //! writes dropped, and recorded for [`crate::Region::take_error`]. A SIGBUS
