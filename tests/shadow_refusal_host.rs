@@ -6,7 +6,10 @@
 //!   a read-only region (on a trapped page and on a `PROT_READ` mapped page)
 //!   is dropped, a load from a write-only region reads all-ones; neither
 //!   reaches the device, both are recorded for `Region::take_error` and shown
-//!   as refused to the access hook and the trace.
+//!   as refused to the access hook and the trace;
+//! - addresses that are not the region's any more: a page unmapped behind
+//!   barmap's back (`SEGV_MAPERR`), and a dropped region's addresses taken
+//!   by a new mapping.
 //!
 //! Run under `cargo test --release` too: opt-level 3 code reaches the fault
 //! handler with other instruction forms. Tests whose outcome is a dead
@@ -24,7 +27,7 @@ use std::sync::Arc;
 
 use barmap::shadow::{Access, AccessKind, Refusal};
 use barmap::{Error, ErrorKind, Region, RegionFlags, SparseArea};
-use common::child::{in_child, run_child};
+use common::child::{fault_next, in_child, run_child};
 use common::emulated::{emulated, rec, Device, PAGE};
 
 const READ: u32 = 1;
@@ -314,4 +317,159 @@ fn the_hook_and_the_trace_show_refused_accesses_as_refused() {
             "0000:ee:00.0 bar0: read8 at 0x8 = 0xff refused (device answered EIO)",
         ]
     );
+}
+
+/// Whether the page holding `addr` is mapped at all (`mincore` fails with
+/// `ENOMEM` on an unmapped one).
+fn is_mapped(addr: usize) -> bool {
+    let page = addr & !(PAGE as usize - 1);
+    let mut resident = 0u8;
+    // SAFETY: mincore only inspects the page table and writes one byte.
+    let rc = unsafe { libc::mincore(page as *mut libc::c_void, PAGE as usize, &mut resident) };
+    if rc == 0 {
+        return true;
+    }
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENOMEM));
+    false
+}
+
+#[test]
+fn a_page_unmapped_behind_barmaps_back_is_not_served() {
+    if !in_child() {
+        let child = run_child("a_page_unmapped_behind_barmaps_back_is_not_served");
+        child.assert_killed_by(libc::SIGSEGV);
+        assert!(
+            child.stderr.contains("test child: the first page was served"),
+            "{child}"
+        );
+        assert!(!child.stderr.contains("barmap: cannot emulate"), "{child}");
+        return;
+    }
+    let dev = device();
+    let region = dev.trap_all();
+    let p = region.as_ptr().unwrap();
+    // SAFETY: inside the first page, aligned.
+    let v = unsafe { ptr::read_volatile(p.add(0x10).cast::<u32>()) };
+    assert_eq!(u64::from(v), dev.peek_word(0x10, 4));
+    assert_eq!(dev.log.take(), [rec(0x10, 4, u64::from(v), false)]);
+    eprintln!("test child: the first page was served");
+    let second = p.wrapping_add(PAGE as usize);
+    // SAFETY: breaks the region's contract on purpose (see "The address range
+    // belongs to the region" in barmap::shadow): its second page goes away,
+    // and no pointer into it is used but the faulting load below.
+    assert_eq!(
+        unsafe { libc::munmap(second.cast_mut().cast(), PAGE as usize) },
+        0
+    );
+    assert!(!is_mapped(second as usize));
+    fault_next();
+    // SAFETY: a load from the page just unmapped: SEGV_MAPERR, which barmap
+    // leaves to the previous handler (the default action ends this child).
+    let v = unsafe { ptr::read_volatile(second.cast::<u32>()) };
+    unreachable!("a load with no mapping behind it was served: {v:#x}");
+}
+
+#[test]
+fn a_dropped_regions_addresses_in_a_new_mapping_are_not_served() {
+    if !in_child() {
+        let child = run_child("a_dropped_regions_addresses_in_a_new_mapping_are_not_served");
+        child.assert_killed_by(libc::SIGSEGV);
+        assert!(
+            child.stderr.contains("test child: the region was served"),
+            "{child}"
+        );
+        assert!(!child.stderr.contains("barmap: cannot emulate"), "{child}");
+        return;
+    }
+    let dev = device();
+    let region = dev.trap_all();
+    let base = region.as_ptr().unwrap();
+    // SAFETY: inside the region, aligned.
+    let v = unsafe { ptr::read_volatile(base.cast::<u32>()) };
+    assert_eq!(dev.log.take(), [rec(0, 4, u64::from(v), false)]);
+    eprintln!("test child: the region was served");
+    drop(region);
+    // Another mapping gets the same addresses, as another thread's mmap may:
+    // MAP_FIXED_NOREPLACE succeeds only because the region unmapped them.
+    // SAFETY: a new anonymous mapping at a free address replaces nothing.
+    let theirs = unsafe {
+        libc::mmap(
+            base.cast_mut().cast(),
+            2 * PAGE as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(
+        theirs,
+        base.cast_mut().cast(),
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    fault_next();
+    // SAFETY: a load from our own PROT_NONE mapping: SEGV_ACCERR outside
+    // every region, which goes to the previous handler (the default action
+    // ends this child).
+    let v = unsafe { ptr::read_volatile(base.cast::<u32>()) };
+    unreachable!(
+        "a load from another mapping was served: {v:#x} (device log {:?})",
+        dev.log.take()
+    );
+}
+
+#[test]
+fn dropping_a_region_waits_for_faults_in_progress_before_unmapping() {
+    if !in_child() {
+        // A child: no other test may map at the addresses the region frees.
+        run_child("dropping_a_region_waits_for_faults_in_progress_before_unmapping").assert_passed();
+        return;
+    }
+    let dev = device();
+    let inside = Arc::new(AtomicU64::new(0));
+    let release = Arc::new(AtomicU64::new(0));
+    let (entered, go) = (inside.clone(), release.clone());
+    // SAFETY: the hook only spins on and stores to atomics.
+    let builder = unsafe {
+        emulated(dev.io()).hook(move |_: &Access| {
+            entered.store(1, Ordering::SeqCst);
+            while go.load(Ordering::SeqCst) == 0 {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let region = builder.policy(barmap::MapPolicy::TrapAll).build().unwrap();
+    let base = region.as_ptr().unwrap() as usize;
+    let dropped = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let faulting = s.spawn(|| {
+            // SAFETY: inside the region, aligned; the region is dropped only
+            // after this load's fault was served (that is what is tested).
+            unsafe { ptr::read_volatile((base as *const u32).add(4)) }
+        });
+        while inside.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let dropping = s.spawn(|| {
+            drop(region);
+            dropped.store(1, Ordering::SeqCst);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            0,
+            "the drop did not wait for the fault"
+        );
+        assert!(
+            is_mapped(base),
+            "the range was unmapped under a fault being served"
+        );
+        release.store(1, Ordering::SeqCst);
+        let v = faulting.join().unwrap();
+        assert_eq!(u64::from(v), dev.peek_word(0x10, 4));
+        dropping.join().unwrap();
+    });
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    assert!(!is_mapped(base), "the drop unmapped the range");
 }

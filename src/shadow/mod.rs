@@ -109,6 +109,26 @@
 //! threads, coroutines) must leave that room, as an overflow there is not
 //! caught: it overwrites whatever lies below.
 //!
+//! # The address range belongs to the region
+//!
+//! While a [`crate::Region`] lives, its whole range (its pointer to its end,
+//! rounded up to whole pages) is barmap's: the handler serves every
+//! `SEGV_ACCERR` fault and every `BUS_ADRERR` fault there as an access to
+//! the device. Only `unsafe` code can change those pages behind barmap's
+//! back (`munmap`, `mprotect`, or `mmap` with `MAP_FIXED` over the range), and
+//! it must not: a load or store on a page some other mapping took over
+//! could be served as a device access. A page unmapped behind barmap's back
+//! faults with `SEGV_MAPERR`, which the handler never serves: that fault goes
+//! to the previous handler (by default, the process dies of SIGSEGV).
+//!
+//! Dropping a region takes its range out of the handler's table, and waits
+//! for faults being served on it, before it unmaps the range; so when the
+//! kernel hands the addresses to a new mapping (another thread's `mmap`),
+//! no fault there is served as the old region's. A placement that fails
+//! while the region is built (`MAP_FIXED` is not atomic: the kernel removes
+//! our pages before the driver can fail) leaves alone the pages another
+//! mapping took meanwhile, and the region is never registered.
+//!
 //! # Design
 //!
 //! - **Handler**: installed once, with `SA_SIGINFO | SA_ONSTACK` (so it runs
