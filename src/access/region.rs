@@ -149,7 +149,10 @@ impl Region {
     /// `pread`/`pwrite` of the same width. Use volatile accesses of 1, 2, 4 or
     /// 8 bytes (`read_volatile`/`write_volatile` of `u8`..`u64`); other
     /// instructions on a trapped page end the process with a diagnostic. The
-    /// pointer is valid while the `Region` lives.
+    /// pointer is valid while the `Region` lives, and the range it spans is
+    /// the region's: do not unmap or remap any of it. A store the region's
+    /// flags do not allow is dropped and a load they do not allow reads
+    /// all-ones, both recorded for [`Region::take_error`].
     ///
     /// A fully mapped region works everywhere; unmapped pages need x86-64
     /// ([`Error::Unsupported`] elsewhere).
