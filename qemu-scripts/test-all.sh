@@ -11,13 +11,13 @@ mkdir -p "$BARMAP_GUEST_WORK/logs"
 host_log="$BARMAP_GUEST_WORK/logs/host-test.log"
 guest_log="$BARMAP_GUEST_WORK/logs/guest-test.log"
 
-log "host: cargo test --workspace --all-targets --all-features; cargo test --workspace --doc; cargo test --release --test shadow_host --test shadow_forms --test revocation_host --test without_fault_handler_host --test region_host --test mmio_host; cargo test --release -p x86-mmio-emu (--no-fail-fast)"
+log "host: cargo test --workspace --all-targets --all-features; cargo test --workspace --doc; cargo test --release --test shadow_host --test shadow_forms --test revocation_host --test without_fault_handler_host --test region_host --test mmio_host --test shadow_refusal_host; cargo test --release -p x86-mmio-emu (--no-fail-fast)"
 host_rc=0
 (cd "$BARMAP_REPO" && cargo test --workspace --all-targets --all-features --no-fail-fast) 2>&1 | tee "$host_log" || host_rc=$?
 (cd "$BARMAP_REPO" && cargo test --workspace --doc --no-fail-fast) 2>&1 | tee -a "$host_log" || host_rc=$?
 (cd "$BARMAP_REPO" && cargo test --release --test shadow_host --test shadow_forms --test revocation_host \
     --test without_fault_handler_host --test region_host \
-    --test mmio_host --no-fail-fast) 2>&1 | tee -a "$host_log" ||
+    --test mmio_host --test shadow_refusal_host --no-fail-fast) 2>&1 | tee -a "$host_log" ||
     host_rc=$?
 (cd "$BARMAP_REPO" && cargo test --release -p x86-mmio-emu --no-fail-fast) 2>&1 | tee -a "$host_log" || host_rc=$?
 read -r host_passed host_failed < <(parse_cargo_tests "$host_log")

@@ -277,10 +277,12 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The device refused accesses to the region: vfio-pci does this while
-    /// the device's memory decoding is off (command register) and when a
-    /// reset cannot be waited out. Accesses through the mapping or pointer
-    /// were completed as PCIe completes an unsupported request (reads
+    /// Accesses to the region were refused. The device refuses them (`EIO`)
+    /// while its memory decoding is off (command register) and when a reset
+    /// cannot be waited out; barmap's fault handler refuses (`EACCES`) a
+    /// store through the pointer to a region without the write flag and a
+    /// load from one without the read flag. Accesses through the mapping or
+    /// pointer were completed as PCIe completes an unsupported request (reads
     /// returned all-ones, writes were dropped); `pread`/`pwrite` failed with
     /// `EIO`.
     ///
@@ -289,7 +291,7 @@ pub enum Error {
     /// [refused accesses](crate::Region#refused-accesses)); accesses through
     /// the region's pointer are reported by the next typed access that finds
     /// the record, or by [`crate::Region::take_error`].
-    #[error("{addr} {region}: the device refused {count} access(es) (reads returned all-ones, writes were dropped)")]
+    #[error("{addr} {region}: {count} access(es) refused (reads returned all-ones, writes were dropped)")]
     Refused {
         /// The device.
         addr: PciAddress,
@@ -297,7 +299,8 @@ pub enum Error {
         region: RegionIndex,
         /// How many accesses were refused since the record was last taken.
         count: u64,
-        /// The OS error of the last one (`EIO` while decoding is off).
+        /// The OS error of the last one (`EIO` while decoding is off,
+        /// `EACCES` for one the region's flags forbid).
         #[source]
         source: io::Error,
     },

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::ops::Range;
 
+use barmap::shadow::Refusal;
 use barmap::RegionIndex;
 
 use crate::parse::Width;
@@ -48,7 +49,9 @@ pub fn hex_value(value: u64, width: Width) -> String {
     format!("0x{value:0digits$x}", digits = width.bits() as usize / 4)
 }
 
-/// `--trace` line of one access, e.g. `trace: read bar0+0x0 w32 = 0x010000ed via mmap`.
+/// `--trace` line of one access, e.g. `trace: read bar0+0x0 w32 = 0x010000ed via mmap`;
+/// one the fault handler refused ends with what became of it:
+/// `trace: write bar0+0x4 w32 = 0x00000001 via fault, dropped (device answered EIO)`.
 pub fn trace_line(
     op: &str,
     region: RegionIndex,
@@ -56,12 +59,18 @@ pub fn trace_line(
     width: Width,
     value: u64,
     path: AccessPath,
+    refused: Option<Refusal>,
 ) -> String {
-    format!(
+    let mut line = format!(
         "trace: {op} {region}+{offset:#x} w{width} = {} via {}",
         hex_value(value, width),
         path.name()
-    )
+    );
+    if let Some(refusal) = refused {
+        let fate = if op == "write" { "dropped" } else { "refused" };
+        let _ = write!(line, ", {fate} ({})", refusal.reason());
+    }
+    line
 }
 
 /// `bytes` read from `start` on, formatted like `hexdump -C` (without squeezing
@@ -147,7 +156,8 @@ mod tests {
                 0,
                 Width::W32,
                 0x0100_00ed,
-                AccessPath::Mmap
+                AccessPath::Mmap,
+                None
             ),
             "trace: read bar0+0x0 w32 = 0x010000ed via mmap"
         );
@@ -158,7 +168,8 @@ mod tests {
                 0x83,
                 width("8").unwrap(),
                 0xfa,
-                AccessPath::Syscall
+                AccessPath::Syscall,
+                None
             ),
             "trace: write bar1+0x83 w8 = 0xfa via syscall"
         );
@@ -169,9 +180,38 @@ mod tests {
                 4,
                 Width::W32,
                 0x83,
-                AccessPath::Fault
+                AccessPath::Fault,
+                None
             ),
             "trace: read bar1+0x4 w32 = 0x00000083 via fault"
+        );
+    }
+
+    #[test]
+    fn trace_lines_show_refused_accesses_as_refused() {
+        assert_eq!(
+            trace_line(
+                "write",
+                RegionIndex::new(0),
+                4,
+                Width::W32,
+                1,
+                AccessPath::Fault,
+                Some(Refusal::Revoked)
+            ),
+            "trace: write bar0+0x4 w32 = 0x00000001 via fault, dropped (device answered EIO)"
+        );
+        assert_eq!(
+            trace_line(
+                "read",
+                RegionIndex::new(0),
+                0x10,
+                width("16").unwrap(),
+                0xffff,
+                AccessPath::Fault,
+                Some(Refusal::WriteOnly)
+            ),
+            "trace: read bar0+0x10 w16 = 0xffff via fault, refused (write-only region)"
         );
     }
 

@@ -2,11 +2,11 @@
 //! `--via fault` and `--via auto` make through its shadow pointer.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use barmap::mmio;
-use barmap::shadow::AccessKind;
+use barmap::shadow::{Access, AccessKind, Refusal};
 use barmap::{Device, Error, MapPolicy, RegionIndex, Result};
 
 use crate::cli::Via;
@@ -20,6 +20,9 @@ pub struct Opened {
     /// Accesses that did not go straight to a mapping, counted by the
     /// region's access hook: what `--trace` reports as the path taken.
     trapped: Arc<AtomicU64>,
+    /// The refusal of the last access the hook saw, as an index into
+    /// [`REFUSALS`]: what `--trace` reports as dropped.
+    refused: Arc<AtomicU8>,
     /// The directly mapped ranges (empty under `--via syscall` and `fault`).
     mapped: Vec<Range<u64>>,
     /// One pointer over the whole region whose unmapped pages are trapped (a
@@ -27,6 +30,16 @@ pub struct Opened {
     /// that is not fully mapped. Valid while `bar` lives.
     shadow: Option<*mut u8>,
 }
+
+/// What the fault handler may say of an access, by index (barmap's hook
+/// runs in the signal handler: it stores an index, never a value that
+/// needs dropping).
+const REFUSALS: [Option<Refusal>; 4] = [
+    None,
+    Some(Refusal::ReadOnly),
+    Some(Refusal::WriteOnly),
+    Some(Refusal::Revoked),
+];
 
 /// The pointer `--via auto` uses for `bar`: the shadow region over its
 /// unmapped parts, or `None` if it is fully mapped or this platform has no
@@ -58,10 +71,21 @@ impl Opened {
     /// hook counting trapped accesses, and the shadow pointer where `via` uses one.
     pub fn open(device: &Device, index: RegionIndex, via: Via) -> Result<Opened> {
         let trapped = Arc::new(AtomicU64::new(0));
-        let count = trapped.clone();
+        let refused = Arc::new(AtomicU8::new(0));
+        let (count, last) = (trapped.clone(), refused.clone());
         let builder = device.region_builder(index)?.policy(Opened::policy(via));
-        // SAFETY: the hook only increments an atomic counter: async-signal-safe.
-        let bar = unsafe { builder.hook(move |_| _ = count.fetch_add(1, Ordering::Relaxed)) }.build()?;
+        let hook = move |a: &Access| {
+            count.fetch_add(1, Ordering::Relaxed);
+            // REFUSALS holds every refusal this barmap knows.
+            let code = REFUSALS
+                .iter()
+                .position(|r| *r == a.refused)
+                .unwrap_or(REFUSALS.len() - 1);
+            last.store(code as u8, Ordering::Relaxed);
+        };
+        // SAFETY: the hook only stores to atomics and scans a constant array:
+        // async-signal-safe.
+        let bar = unsafe { builder.hook(hook) }.build()?;
         let mapped = bar.mapped_ranges().to_vec();
         if via == Via::Mmap && mapped.is_empty() {
             return Err(Error::NotMmapable {
@@ -79,6 +103,7 @@ impl Opened {
             bar,
             via,
             trapped,
+            refused,
             mapped,
             shadow,
         })
@@ -140,10 +165,17 @@ impl Opened {
         }
     }
 
+    /// Why the fault handler refused the last access the hook saw, if it
+    /// did; forgets it.
+    fn take_refusal(&self) -> Option<Refusal> {
+        REFUSALS[usize::from(self.refused.swap(0, Ordering::Relaxed))]
+    }
+
     /// One read of `width` at `offset`, traced to stderr if `trace`.
     pub fn read(&self, offset: u64, width: Width, trace: bool) -> Result<u64> {
         self.path(offset, width)?;
         let before = self.trapped.load(Ordering::Relaxed);
+        self.take_refusal();
         let value = match self.shadow {
             Some(base) => {
                 self.bar.check_access(offset, width.bytes(), AccessKind::Read)?;
@@ -154,10 +186,11 @@ impl Opened {
             None => self.bar.read_width(offset, width.bytes())?,
         };
         let path = self.taken(before);
+        let refused = self.take_refusal();
         if trace {
             eprintln!(
                 "{}",
-                format::trace_line("read", self.bar.index(), offset, width, value, path)
+                format::trace_line("read", self.bar.index(), offset, width, value, path, refused)
             );
         }
         Ok(value)
@@ -167,6 +200,7 @@ impl Opened {
     pub fn write(&self, offset: u64, width: Width, value: u64, trace: bool) -> Result<()> {
         self.path(offset, width)?;
         let before = self.trapped.load(Ordering::Relaxed);
+        self.take_refusal();
         match self.shadow {
             Some(base) => {
                 self.bar.check_access(offset, width.bytes(), AccessKind::Write)?;
@@ -184,10 +218,11 @@ impl Opened {
             None => self.bar.write_width(offset, width.bytes(), value)?,
         }
         let path = self.taken(before);
+        let refused = self.take_refusal();
         if trace {
             eprintln!(
                 "{}",
-                format::trace_line("write", self.bar.index(), offset, width, value, path)
+                format::trace_line("write", self.bar.index(), offset, width, value, path, refused)
             );
         }
         Ok(())

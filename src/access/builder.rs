@@ -123,9 +123,11 @@ impl RegionBuilder<'static> {
 }
 
 impl<'fd> RegionBuilder<'fd> {
-    /// The region's access flags (default: readable and writable). Accesses
-    /// the flags do not allow are refused with a typed error, and mapped
-    /// areas are mapped read-only unless the region is writable.
+    /// The region's access flags (default: readable and writable). Typed
+    /// accesses the flags do not allow are refused with a typed error;
+    /// through the pointer, the fault handler completes them as refused
+    /// (see [`crate::shadow`]). Mapped areas are mapped read-only unless the
+    /// region is writable, and not at all unless it is readable.
     pub fn flags(mut self, flags: RegionFlags) -> Self {
         self.flags = flags;
         self
@@ -264,7 +266,6 @@ impl<'fd> RegionBuilder<'fd> {
             },
             file_offset: *file_offset,
             areas: areas.clone(),
-            writable: self.flags.writable(),
         });
         // The size is read once: the range, the fast path and the fault
         // handler all use this one value.
@@ -273,6 +274,7 @@ impl<'fd> RegionBuilder<'fd> {
             self.index,
             size,
             self.io.shared(),
+            self.flags,
             source,
             &self.policy,
             if self.fault_handler {

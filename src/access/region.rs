@@ -206,7 +206,10 @@ impl Region {
     /// `pread`/`pwrite` of the same width. Use volatile accesses of 1, 2, 4 or
     /// 8 bytes (`read_volatile`/`write_volatile` of `u8`..`u64`); other
     /// instructions on a trapped page end the process with a diagnostic. The
-    /// pointer is valid while the `Region` lives.
+    /// pointer is valid while the `Region` lives, and the range it spans is
+    /// the region's: do not unmap or remap any of it. A store the region's
+    /// flags do not allow is dropped and a load they do not allow reads
+    /// all-ones, both recorded for [`Region::take_error`].
     ///
     /// A fully mapped region works everywhere; unmapped pages need x86-64
     /// and the fault handler ([`Error::Unsupported`] elsewhere, and for a
@@ -244,9 +247,18 @@ impl Region {
     /// (or since a typed access reported them): [`Error::Refused`] with how
     /// many, or `None`.
     ///
+    /// vfio-pci revokes a device's BAR mappings while its memory decoding is
+    /// off and during resets. barmap's fault handler then serves accesses
+    /// through the region's mapping or pointer with `pread`/`pwrite`; when the
+    /// device refuses one (`EIO`), it completes it as PCIe completes an
+    /// unsupported request (reads return all-ones, writes are dropped) and
+    /// records it here. It records the same way (with `EACCES`) a store
+    /// through the pointer to a region without the write flag and a load
+    /// from one without the read flag.
+    ///
     /// This is how accesses through the region's pointer and
-    /// [`crate::mmio`] views, which cannot return an error, learn that the
-    /// device refused them (see [refused accesses](Region#refused-accesses));
+    /// [`crate::mmio`] views, which cannot return an error, learn that they
+    /// were refused (see [refused accesses](Region#refused-accesses));
     /// typed accesses report a refusal themselves. The record is one per
     /// region: with several threads accessing one region, the refusals of
     /// one may be reported to another. A region without the fault handler

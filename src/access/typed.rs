@@ -173,12 +173,7 @@ impl Region {
     #[cold]
     #[inline(never)]
     fn record(&self, offset: u64, width: usize, value: u64, kind: AccessKind) {
-        self.mapping.record(&Access {
-            offset,
-            width,
-            value,
-            kind,
-        });
+        self.mapping.record(&Access::new(offset, width, value, kind));
     }
 
     /// Reads one access of `width` bytes (1, 2, 4 or 8) at `offset`, zero-extended:

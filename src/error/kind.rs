@@ -39,7 +39,8 @@ pub enum ErrorKind {
     Busy,
     /// The platform, kernel, device or region cannot do this:
     /// [`Error::Unsupported`], [`Error::NotMmapable`], [`Error::ReadOnly`],
-    /// [`Error::NotReadable`], [`Error::IrqNotMaskable`].
+    /// [`Error::NotReadable`], [`Error::IrqNotMaskable`], and
+    /// [`Error::Refused`] with `EACCES` (the region's flags forbade them).
     Unsupported,
     /// Waiting ran out: [`Error::IrqTimeout`].
     Timeout,
@@ -91,6 +92,7 @@ impl Error {
             | Error::NotReadable { .. }
             | Error::IrqNotMaskable { .. } => K::Unsupported,
             Error::IrqTimeout { .. } => K::Timeout,
+            Error::Refused { source, .. } if source.raw_os_error() == Some(libc::EACCES) => K::Unsupported,
             Error::Refused { .. } => K::Revoked,
             Error::ShadowTableFull { .. }
             | Error::Iova { .. }
@@ -117,7 +119,7 @@ impl Error {
     /// [`Error::VfioUnavailable`] (unless the kernel lacks an API, which has
     /// no errno), [`Error::GroupBusy`] (`EBUSY`), [`Error::PermissionDenied`]
     /// (`EACCES` or `EPERM`), [`Error::Vfio`] (unless a step failed in
-    /// barmap's own parsing), [`Error::Io`], [`Error::Refused`] (`EIO`),
+    /// barmap's own parsing), [`Error::Io`], [`Error::Refused`] (`EIO` or `EACCES`),
     /// [`Error::Shadow`] and [`Error::Kvm`]. Every other variant is found by
     /// barmap itself and has none.
     pub fn errno(&self) -> Option<i32> {

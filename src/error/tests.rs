@@ -411,6 +411,20 @@ fn every_variant_has_its_kind_and_errno() {
     }
 }
 
+#[test]
+fn accesses_refused_by_the_region_flags_are_unsupported_not_revoked() {
+    let err = Error::Refused {
+        addr: "0000:00:02.0".parse().unwrap(),
+        region: BAR0,
+        count: 1,
+        source: os(libc::EACCES),
+    };
+    assert_eq!(
+        (err.kind(), err.errno()),
+        (ErrorKind::Unsupported, Some(libc::EACCES))
+    );
+}
+
 fn vfio_step(source: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Vfio {
         addr: addr(),

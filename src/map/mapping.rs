@@ -10,7 +10,7 @@ use super::layout::{direct_ranges, LayoutError, MapPolicy};
 use super::reservation::{page_size, Reservation};
 use crate::error::{Error, Result};
 use crate::pci::PciAddress;
-use crate::region::{RegionIndex, RegionIo, SparseArea};
+use crate::region::{RegionFlags, RegionIndex, RegionIo, SparseArea};
 use crate::shadow::{Access, AccessHook, Registration};
 
 /// Where the directly mapped parts of a region come from.
@@ -21,8 +21,6 @@ pub(crate) struct MapSource<'fd> {
     pub(crate) file_offset: u64,
     /// The areas the kernel allows to mmap, in region offsets.
     pub(crate) areas: Vec<SparseArea>,
-    /// Whether to map them writable.
-    pub(crate) writable: bool,
 }
 
 /// Whether a region's range is served by the fault handler.
@@ -61,17 +59,26 @@ impl Mapping {
     /// Reserves a range of `size` bytes (the region's size, which `io`
     /// reaches) for `region` of `addr`, maps the areas of `source` that
     /// `policy` leaves untrapped, and registers the range with the fault
-    /// handler (installing it on first use; x86-64 only) if `faults` says so.
+    /// handler (installing it on first use; x86-64 only) if `faults` says so;
+    /// the handler refuses the accesses `flags` do not allow.
+    ///
+    /// Areas are mapped read-only unless `flags` say writable; a region that
+    /// is not readable maps nothing (x86 page tables cannot make a page
+    /// writable without making it readable), so every load of it faults and
+    /// is refused.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         addr: PciAddress,
         region: RegionIndex,
         size: u64,
         io: Arc<dyn RegionIo>,
+        flags: RegionFlags,
         source: Option<MapSource<'_>>,
         policy: &MapPolicy,
         faults: Faults,
     ) -> Result<Mapping> {
         let page = page_size() as u64;
+        let source = source.filter(|_| flags.readable());
         let areas = source.as_ref().map_or(&[][..], |s| &s.areas[..]);
         let ranges = direct_ranges(size, page, areas, policy).map_err(|e| match e {
             LayoutError::AreaOutside(_) => Error::NotMmapable {
@@ -101,7 +108,7 @@ impl Mapping {
                     &ranges,
                     source.fd.as_raw_fd(),
                     source.file_offset,
-                    source.writable,
+                    flags.writable(),
                 )
                 .map_err(|(range, error)| Error::Shadow {
                     addr,
@@ -115,7 +122,10 @@ impl Mapping {
         let mapped: Vec<Range<u64>> = ranges.into_iter().map(|r| r.start..r.end.min(size)).collect();
         let whole = mapped.len() == 1 && mapped[0] == (0..size);
         let (registration, unserved) = match faults {
-            Faults::Served(hook) => (register(addr, region, &reservation, size, io, hook)?, false),
+            Faults::Served(hook) => (
+                register(addr, region, &reservation, size, io, flags, hook)?,
+                false,
+            ),
             Faults::Unserved => (None, true),
         };
         let refusals = registration
@@ -210,9 +220,10 @@ fn register(
     reservation: &Reservation,
     size: u64,
     io: Arc<dyn RegionIo>,
+    flags: RegionFlags,
     hook: Option<AccessHook>,
 ) -> Result<Option<Registration>> {
     let name = format!("{addr} {region}");
-    Registration::new(reservation.base(), reservation.len(), size, name, io, hook)
+    Registration::new(reservation.base(), reservation.len(), size, name, io, flags, hook)
         .map_err(|e| e.into_error(addr, region))
 }

@@ -2,11 +2,14 @@
 //! revoked mappings (x86-64).
 //!
 //! Installed once, on the first region. For a SIGSEGV inside a registered
-//! region (a trapped page), and for a SIGBUS there (a mapped page that
+//! region (`SEGV_ACCERR`: a trapped page, or a store to a page mapped
+//! read-only), and for a SIGBUS there (a mapped page that
 //! vfio-pci revoked: memory decoding off, a reset running), it decodes the
 //! instruction at RIP, does the load or store on the device through the
-//! region's [`RegionIo`](crate::region::RegionIo), updates the saved
-//! registers and returns past the instruction. `pread`/`pwrite` wait out a
+//! region's [`RegionIo`](crate::region::RegionIo) (unless the region's flags
+//! forbid it: then the load gets all-ones and the store is dropped, and both
+//! are recorded), updates the saved registers and returns past the
+//! instruction. `pread`/`pwrite` wait out a
 //! reset; when the device refuses the access (`EIO` while decoding is off) it
 //! is completed as PCIe completes an unsupported request, reads all-ones and
 //! writes dropped, and recorded for [`crate::Region::take_error`]. A SIGBUS
@@ -67,8 +70,19 @@ pub(crate) fn install() -> io::Result<()> {
     SIGBUS.install(on_sigbus, || {})
 }
 
+/// `si_code` of a SIGSEGV for an access the page's protection forbids, where
+/// a mapping exists (the kernel's `SEGV_ACCERR`; the libc crate lacks it).
+const SEGV_ACCERR: c_int = 2;
+
 extern "C" fn on_sigsegv(_: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
-    on_fault(&SIGSEGV, info, ctx, |_| Class::Serve);
+    on_fault(&SIGSEGV, info, ctx, |code| match code {
+        // A trapped (`PROT_NONE`) page, or a store to a page mapped read-only.
+        SEGV_ACCERR => Class::Serve,
+        // No mapping there at all (`SEGV_MAPERR`: a page of the range was
+        // unmapped behind barmap's back), a protection-key or bounds fault, a
+        // general protection fault (`SI_KERNEL`): not an access barmap serves.
+        _ => Class::Fault,
+    });
 }
 
 extern "C" fn on_sigbus(_: c_int, info: *mut siginfo_t, ctx: *mut c_void) {

@@ -109,6 +109,26 @@
 //! threads, coroutines) must leave that room, as an overflow there is not
 //! caught: it overwrites whatever lies below.
 //!
+//! # The address range belongs to the region
+//!
+//! While a [`crate::Region`] lives, its whole range (its pointer to its end,
+//! rounded up to whole pages) is barmap's: the handler serves every
+//! `SEGV_ACCERR` fault and every `BUS_ADRERR` fault there as an access to
+//! the device. Only `unsafe` code can change those pages behind barmap's
+//! back (`munmap`, `mprotect`, or `mmap` with `MAP_FIXED` over the range), and
+//! it must not: a load or store on a page some other mapping took over
+//! could be served as a device access. A page unmapped behind barmap's back
+//! faults with `SEGV_MAPERR`, which the handler never serves: that fault goes
+//! to the previous handler (by default, the process dies of SIGSEGV).
+//!
+//! Dropping a region takes its range out of the handler's table, and waits
+//! for faults being served on it, before it unmaps the range; so when the
+//! kernel hands the addresses to a new mapping (another thread's `mmap`),
+//! no fault there is served as the old region's. A placement that fails
+//! while the region is built (`MAP_FIXED` is not atomic: the kernel removes
+//! our pages before the driver can fail) leaves alone the pages another
+//! mapping took meanwhile, and the region is never registered.
+//!
 //! # Design
 //!
 //! - **Handler**: installed once, with `SA_SIGINFO | SA_ONSTACK` (so it runs
@@ -159,6 +179,25 @@
 //!   ([`crate::Region::take_error`]). Machine-check SIGBUSes
 //!   (`BUS_MCEERR_*`) and SIGBUSes outside every region go to the previous
 //!   handler.
+//! - **Access flags**: the handler keeps the region's VFIO read and write
+//!   flags ([`crate::RegionFlags`]) and refuses what they forbid, as a typed
+//!   access does with [`crate::Error::ReadOnly`] and
+//!   [`crate::Error::NotReadable`]: a store through
+//!   [`crate::Region::as_mut_ptr`] to a region without the write flag is
+//!   dropped, whether its page is trapped or mapped (a read-only region's
+//!   areas are mapped `PROT_READ`, so a store there faults too), and a load
+//!   from a region without the read flag gets all-ones (such a region maps
+//!   nothing, as x86 cannot map a page writable but not readable). Neither
+//!   reaches the region's `RegionIo`. Each is recorded like a refusal of
+//!   the device, with `EACCES` instead of `EIO`: [`crate::Region::take_error`]
+//!   returns [`crate::Error::Refused`] with that errno (its
+//!   [`crate::Error::kind`] is [`crate::ErrorKind::Unsupported`]), and a
+//!   typed read that returns all-ones reports it.
+//! - **Observing refusals**: the [`AccessHook`] and the trace see a refused
+//!   access with [`Access::refused`] set to why ([`Refusal::ReadOnly`],
+//!   [`Refusal::WriteOnly`], [`Refusal::Revoked`]); a trace line ends with
+//!   `dropped (read-only region)`, `refused (write-only region)` or
+//!   `dropped (device answered EIO)`.
 //!
 //! 8-byte accesses are one 8-byte `pread`/`pwrite`, which kernels before 6.11
 //! split into two 4-byte device accesses.
@@ -203,11 +242,11 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use trace::TraceRing;
-pub use trace::{Access, AccessHook, AccessKind};
+pub use trace::{Access, AccessHook, AccessKind, Refusal};
 
 use crate::error::Error;
 use crate::pci::PciAddress;
-use crate::region::{RegionIndex, RegionIo};
+use crate::region::{RegionFlags, RegionIndex, RegionIo};
 
 /// Records kept for [`crate::Region::flush_trace`] when tracing is on.
 const TRACE_CAPACITY: usize = 4096;
@@ -222,20 +261,24 @@ pub(crate) struct Shared {
     size: u64,
     name: String,
     io: Arc<dyn RegionIo>,
+    /// The region's VFIO access flags: a load without the read flag or a
+    /// store without the write flag never reaches `io`.
+    flags: RegionFlags,
     hook: Option<AccessHook>,
     trace: Option<TraceRing>,
-    /// Accesses the device refused (EIO: memory decoding off, or a reset in
-    /// a state it cannot wait out) since the owner last took the record, and
-    /// the errno of the last one. The count is shared with the region's
-    /// typed fast path, which tests it after every store.
+    /// Accesses refused since the owner last took the record (by the device:
+    /// EIO, memory decoding off or a reset in a state it cannot wait out; or
+    /// by `flags`: EACCES), and the errno of the last one. The count is
+    /// shared with the region's typed fast path, which tests it after every
+    /// store.
     refused: Arc<AtomicU64>,
     refused_errno: AtomicI32,
 }
 
 impl Shared {
-    /// Records an access the device refused with `errno`, which the fault
-    /// handler completed as PCIe does (all-ones read, dropped write).
-    /// Async-signal-safe.
+    /// Records an access refused with `errno` (by the device, or by the
+    /// region's flags), which the fault handler completed as PCIe does
+    /// (all-ones read, dropped write). Async-signal-safe.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn note_refused(&self, errno: i32) {
         self.refused_errno.store(errno, Ordering::Relaxed);
@@ -324,14 +367,16 @@ pub(crate) struct Registration {
 
 impl Registration {
     /// Registers the range `base..base + len` (holding a region of `size`
-    /// bytes) so that faults on its `PROT_NONE` pages are served from `io`;
-    /// `None` where there is no fault handler (off x86-64).
+    /// bytes) so that faults on its `PROT_NONE` pages are served from `io`
+    /// as far as `flags` allow; `None` where there is no fault handler (off
+    /// x86-64).
     pub(crate) fn new(
         base: *mut u8,
         len: usize,
         size: u64,
         name: String,
         io: Arc<dyn RegionIo>,
+        flags: RegionFlags,
         hook: Option<AccessHook>,
     ) -> std::result::Result<Option<Registration>, RegisterError> {
         let trace = log::log_enabled!(log::Level::Trace).then(|| TraceRing::new(TRACE_CAPACITY));
@@ -341,6 +386,7 @@ impl Registration {
             size,
             name,
             io,
+            flags,
             hook,
             trace,
             refused: Arc::default(),

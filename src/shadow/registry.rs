@@ -213,6 +213,7 @@ mod tests {
             size: 0x1000,
             name: format!("test {base:#x}"),
             io: std::sync::Arc::new(Nothing),
+            flags: crate::region::RegionFlags::READ_WRITE,
             hook: None,
             trace: None,
             refused: Default::default(),

@@ -19,7 +19,63 @@ pub enum AccessKind {
     Write,
 }
 
-/// One trapped access, as the fault handler served it.
+/// Why the fault handler did not let a trapped access reach the device.
+///
+/// Such an access is completed as PCIe completes an unsupported request: a
+/// load gets all-ones, a store is dropped. The region records it
+/// ([`crate::Region::take_error`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A store to a region without the write flag (recorded with `EACCES`).
+    ReadOnly,
+    /// A load from a region without the read flag (recorded with `EACCES`).
+    WriteOnly,
+    /// The device refused it: `EIO` from `pread`/`pwrite`, as vfio-pci
+    /// answers while memory decoding is off or a reset cannot be waited out.
+    Revoked,
+}
+
+impl Refusal {
+    /// The errno the region records for it (see [`crate::Error::Refused`]).
+    pub fn errno(self) -> i32 {
+        match self {
+            Refusal::ReadOnly | Refusal::WriteOnly => libc::EACCES,
+            Refusal::Revoked => libc::EIO,
+        }
+    }
+
+    /// A few words for trace lines: `read-only region`, `write-only region`,
+    /// `device answered EIO`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::ReadOnly => "read-only region",
+            Refusal::WriteOnly => "write-only region",
+            Refusal::Revoked => "device answered EIO",
+        }
+    }
+
+    /// Its code in a trace cell: 0 is none.
+    fn code(refusal: Option<Refusal>) -> u64 {
+        match refusal {
+            None => 0,
+            Some(Refusal::ReadOnly) => 1,
+            Some(Refusal::WriteOnly) => 2,
+            Some(Refusal::Revoked) => 3,
+        }
+    }
+
+    fn from_code(code: u64) -> Option<Refusal> {
+        match code {
+            1 => Some(Refusal::ReadOnly),
+            2 => Some(Refusal::WriteOnly),
+            3 => Some(Refusal::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// One trapped access, as the fault handler served (or refused) it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Access {
@@ -27,10 +83,15 @@ pub struct Access {
     pub offset: u64,
     /// Width in bytes: 1, 2, 4 or 8.
     pub width: usize,
-    /// The value read from or written to the device (zero-extended).
+    /// The value read from or written to the device (zero-extended). For a
+    /// refused load, the all-ones the instruction got; for a dropped store,
+    /// the value the instruction meant to write.
     pub value: u64,
     /// Read or write.
     pub kind: AccessKind,
+    /// `Some` if the access never reached the device, and why: the load got
+    /// all-ones, the store was dropped.
+    pub refused: Option<Refusal>,
 }
 
 impl Access {
@@ -41,11 +102,23 @@ impl Access {
             width,
             value,
             kind,
+            refused: None,
+        }
+    }
+
+    /// This access, marked as not reaching the device for `refusal`.
+    pub fn with_refusal(self, refusal: Refusal) -> Access {
+        Access {
+            refused: Some(refusal),
+            ..self
         }
     }
 }
 
 impl fmt::Display for Access {
+    /// `write16 at 0x20 = 0x4242`; a refused access ends with what became
+    /// of it: `write16 at 0x20 = 0x4242 dropped (read-only region)`,
+    /// `read32 at 0x4 = 0xffffffff refused (write-only region)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dir = match self.kind {
             AccessKind::Read => "read",
@@ -58,14 +131,23 @@ impl fmt::Display for Access {
             self.offset,
             self.value,
             w = self.width * 2 + 2
-        )
+        )?;
+        if let Some(refusal) = self.refused {
+            let fate = match self.kind {
+                AccessKind::Read => "refused",
+                AccessKind::Write => "dropped",
+            };
+            write!(f, " {fate} ({})", refusal.reason())?;
+        }
+        Ok(())
     }
 }
 
 /// A callback for every trapped access of a shadow region.
 ///
-/// It is called **inside the SIGSEGV handler**, after the device access and
-/// before the faulting instruction resumes, so it must be async-signal-safe:
+/// It is called **inside the SIGSEGV handler**, after the device access (or
+/// its refusal: see [`Access::refused`]) and before the faulting instruction
+/// resumes, so it must be async-signal-safe:
 /// no allocation, no locks, no `log`/`println!`, no panics. Atomics (counters,
 /// a preallocated ring) are fine. For logging, use the `log::trace!` output of
 /// [`crate::Region::flush_trace`] instead.
@@ -80,6 +162,7 @@ impl fmt::Display for Access {
 pub type AccessHook = Arc<dyn Fn(&Access) + Send + Sync>;
 
 const KIND_SHIFT: u64 = 8;
+const REFUSAL_SHIFT: u64 = 16;
 
 /// One cell of the ring: a sequence number and the record, all atomics so that
 /// a reader racing a writer can at worst see a cell it will then skip.
@@ -87,7 +170,7 @@ struct Cell {
     seq: AtomicUsize,
     offset: AtomicU64,
     value: AtomicU64,
-    /// Width in the low byte, kind above it.
+    /// Width in the low byte, kind in the next, the refusal's code above.
     meta: AtomicU64,
 }
 
@@ -144,8 +227,10 @@ impl TraceRing {
                         };
                         cell.offset.store(access.offset, Ordering::Relaxed);
                         cell.value.store(access.value, Ordering::Relaxed);
-                        cell.meta
-                            .store(access.width as u64 | kind << KIND_SHIFT, Ordering::Relaxed);
+                        let meta = access.width as u64
+                            | kind << KIND_SHIFT
+                            | Refusal::code(access.refused) << REFUSAL_SHIFT;
+                        cell.meta.store(meta, Ordering::Relaxed);
                         cell.seq.store(pos + 1, Ordering::Release);
                         return;
                     }
@@ -177,11 +262,12 @@ impl TraceRing {
                             offset: cell.offset.load(Ordering::Relaxed),
                             value: cell.value.load(Ordering::Relaxed),
                             width: (meta & 0xff) as usize,
-                            kind: if meta >> KIND_SHIFT == 0 {
+                            kind: if (meta >> KIND_SHIFT) & 0xff == 0 {
                                 AccessKind::Read
                             } else {
                                 AccessKind::Write
                             },
+                            refused: Refusal::from_code(meta >> REFUSAL_SHIFT),
                         };
                         cell.seq.store(pos + self.cells.len(), Ordering::Release);
                         return Some(access);
@@ -205,16 +291,16 @@ mod tests {
     use super::*;
 
     fn access(i: u64) -> Access {
-        Access {
-            offset: i * 4,
-            width: 4,
-            value: i,
-            kind: if i.is_multiple_of(2) {
+        Access::new(
+            i * 4,
+            4,
+            i,
+            if i.is_multiple_of(2) {
                 AccessKind::Read
             } else {
                 AccessKind::Write
             },
-        }
+        )
     }
 
     #[test]
@@ -252,12 +338,40 @@ mod tests {
 
     #[test]
     fn access_displays_width_and_direction() {
-        let a = Access {
-            offset: 0x10,
-            width: 2,
-            value: 0xab,
-            kind: AccessKind::Write,
-        };
+        let a = Access::new(0x10, 2, 0xab, AccessKind::Write);
         assert_eq!(a.to_string(), "write16 at 0x10 = 0x00ab");
+    }
+
+    #[test]
+    fn refused_accesses_display_what_became_of_them() {
+        let write = Access::new(0x20, 2, 0x4242, AccessKind::Write);
+        assert_eq!(
+            write.with_refusal(Refusal::ReadOnly).to_string(),
+            "write16 at 0x20 = 0x4242 dropped (read-only region)"
+        );
+        assert_eq!(
+            write.with_refusal(Refusal::Revoked).to_string(),
+            "write16 at 0x20 = 0x4242 dropped (device answered EIO)"
+        );
+        let read = Access::new(4, 4, 0xffff_ffff, AccessKind::Read);
+        assert_eq!(
+            read.with_refusal(Refusal::WriteOnly).to_string(),
+            "read32 at 0x4 = 0xffffffff refused (write-only region)"
+        );
+    }
+
+    #[test]
+    fn the_ring_keeps_each_refusal() {
+        let ring = TraceRing::new(8);
+        let plain = Access::new(8, 8, u64::MAX, AccessKind::Write);
+        let marked = [
+            plain,
+            plain.with_refusal(Refusal::ReadOnly),
+            Access::new(0, 1, 0xff, AccessKind::Read).with_refusal(Refusal::WriteOnly),
+            plain.with_refusal(Refusal::Revoked),
+        ];
+        marked.iter().for_each(|a| ring.push(a));
+        let back: Vec<Access> = std::iter::from_fn(|| ring.pop()).collect();
+        assert_eq!(back, marked);
     }
 }

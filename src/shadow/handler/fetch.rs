@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use super::super::cache::CACHE;
 use super::super::emulate::{self, Decoded, MAX_INSN_LEN};
 use super::super::registry::REGISTRY;
-use super::serve::{refuse, Fetched, Refusal};
+use super::serve::{refuse, Fetched, Unserved};
 use super::PAGE_SIZE;
 
 /// Reads the instruction at `rip` and decodes it (or finds it in the decode
@@ -19,7 +19,7 @@ use super::PAGE_SIZE;
 /// It never reads a byte of a shadow region (a hole would fault, a mapped page
 /// is device memory): code just below one is decoded from the bytes before
 /// it, and an instruction that needs more is refused.
-pub(super) fn fetch_and_decode(rip: u64, fetched: &mut Fetched) -> Result<Decoded, Refusal> {
+pub(super) fn fetch_and_decode(rip: u64, fetched: &mut Fetched) -> Result<Decoded, Unserved> {
     let at = rip as usize;
     let readable = readable_len(at);
     let in_region = || refuse("instruction bytes lie in a shadow region");

@@ -4,7 +4,7 @@
 use std::fmt::{self, Write as _};
 
 use super::super::Shared;
-use super::serve::{Fetched, Refusal};
+use super::serve::{Fetched, Unserved};
 
 /// A fixed buffer that formats without allocating.
 struct Line {
@@ -29,7 +29,7 @@ pub(super) fn report(
     rip: u64,
     offset: Option<u64>,
     fetched: &Fetched,
-    refusal: &Refusal,
+    unserved: &Unserved,
 ) {
     let mut line = Line {
         buf: [0; 512],
@@ -43,8 +43,8 @@ pub(super) fn report(
     if let Some(offset) = offset {
         let _ = write!(line, " at offset {offset:#x}");
     }
-    let _ = write!(line, ": {}", refusal.reason);
-    if let Some(errno) = refusal.errno {
+    let _ = write!(line, ": {}", unserved.reason);
+    if let Some(errno) = unserved.errno {
         let _ = write!(line, " (errno {errno})");
     }
     let _ = write!(line, "; instruction at {rip:#x}:");

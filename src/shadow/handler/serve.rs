@@ -6,20 +6,20 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use super::super::emulate::{self, Bus, ExecError, Regs, MAX_INSN_LEN};
-use super::super::trace::{Access, AccessKind};
+use super::super::trace::{Access, AccessKind, Refusal};
 use super::super::Shared;
 use super::fetch::fetch_and_decode;
 use super::report::report;
 use super::PAGE_SIZE;
 
 /// Why a fault in a shadow region could not be served.
-pub(super) struct Refusal {
+pub(super) struct Unserved {
     pub(super) reason: &'static str,
     pub(super) errno: Option<i32>,
 }
 
-pub(super) fn refuse(reason: &'static str) -> Refusal {
-    Refusal { reason, errno: None }
+pub(super) fn refuse(reason: &'static str) -> Unserved {
+    Unserved { reason, errno: None }
 }
 
 /// The instruction bytes at RIP, as far as they were read.
@@ -39,8 +39,8 @@ pub(super) fn serve(shared: &Shared, addr: usize, mut regs: Regs<'_>) -> bool {
     let mut offset = None;
     match emulate_at(shared, addr, &mut regs, &mut fetched, &mut offset) {
         Ok(()) => true,
-        Err(refusal) => {
-            report(shared, addr, rip, offset, &fetched, &refusal);
+        Err(unserved) => {
+            report(shared, addr, rip, offset, &fetched, &unserved);
             false
         }
     }
@@ -52,7 +52,7 @@ fn emulate_at(
     regs: &mut Regs<'_>,
     fetched: &mut Fetched,
     offset_out: &mut Option<u64>,
-) -> Result<(), Refusal> {
+) -> Result<(), Unserved> {
     *offset_out = Some((addr - shared.base) as u64);
     let rip = regs.rip();
     let decoded = fetch_and_decode(rip, fetched)?;
@@ -77,7 +77,7 @@ fn emulate_at(
     let mut bus = DeviceBus { shared, offset };
     emulate::execute(decoded.op, regs, &mut bus).map_err(|e| match e {
         ExecError::Context(reason) | ExecError::Exception(reason) => refuse(reason),
-        ExecError::Io(e) => Refusal {
+        ExecError::Io(e) => Unserved {
             reason: "device access failed",
             errno: e.raw_os_error(),
         },
@@ -90,7 +90,7 @@ fn emulate_at(
 /// width: one that crosses a page (a mapped and a trapped page, or two
 /// trapped ones) or is not naturally aligned. vfio-pci splits such a
 /// `pread`/`pwrite` into narrower bus accesses.
-fn check_alignment(ea: usize, width: usize) -> Result<(), Refusal> {
+fn check_alignment(ea: usize, width: usize) -> Result<(), Unserved> {
     let page = PAGE_SIZE.load(Ordering::Relaxed);
     if ea / page != ea.wrapping_add(width - 1) / page {
         return Err(refuse("access straddles a page boundary"));
@@ -111,13 +111,17 @@ struct DeviceBus<'a> {
 }
 
 impl DeviceBus<'_> {
-    fn record(&self, width: usize, value: u64, kind: AccessKind) {
+    fn record(&self, width: usize, value: u64, kind: AccessKind, refused: Option<Refusal>) {
         self.shared.record(&Access {
-            offset: self.offset,
-            width,
-            value,
-            kind,
+            refused,
+            ..Access::new(self.offset, width, value, kind)
         });
+    }
+
+    /// Records `refusal` for the region (see [`crate::Region::take_error`]).
+    fn note(&self, refusal: Refusal) -> Option<Refusal> {
+        self.shared.note_refused(refusal.errno());
+        Some(refusal)
     }
 }
 
@@ -128,33 +132,41 @@ fn refused(e: &io::Error) -> bool {
 }
 
 impl Bus for DeviceBus<'_> {
-    /// A refused read returns all-ones of its width and is recorded.
+    /// A read the region's flags forbid, or the device refuses, returns
+    /// all-ones of its width and is recorded.
     fn read(&mut self, width: usize) -> io::Result<u64> {
+        let all_ones = u64::MAX >> (64 - 8 * width);
         let mut buf = [0u8; 8];
-        let value = match self.shared.io.read_at(self.offset, &mut buf[..width]) {
-            Ok(()) => u64::from_le_bytes(buf),
-            Err(e) if refused(&e) => {
-                self.shared.note_refused(libc::EIO);
-                u64::MAX >> (64 - 8 * width)
+        let (value, refusal) = if !self.shared.flags.readable() {
+            (all_ones, self.note(Refusal::WriteOnly))
+        } else {
+            match self.shared.io.read_at(self.offset, &mut buf[..width]) {
+                Ok(()) => (u64::from_le_bytes(buf), None),
+                Err(e) if refused(&e) => (all_ones, self.note(Refusal::Revoked)),
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         };
-        self.record(width, value, AccessKind::Read);
+        self.record(width, value, AccessKind::Read, refusal);
         Ok(value)
     }
 
-    /// A refused write is dropped and recorded.
+    /// A write the region's flags forbid, or the device refuses, is dropped
+    /// and recorded.
     fn write(&mut self, width: usize, value: u64) -> io::Result<()> {
-        match self
-            .shared
-            .io
-            .write_at(self.offset, &value.to_le_bytes()[..width])
-        {
-            Ok(()) => {}
-            Err(e) if refused(&e) => self.shared.note_refused(libc::EIO),
-            Err(e) => return Err(e),
-        }
-        self.record(width, value, AccessKind::Write);
+        let refusal = if !self.shared.flags.writable() {
+            self.note(Refusal::ReadOnly)
+        } else {
+            match self
+                .shared
+                .io
+                .write_at(self.offset, &value.to_le_bytes()[..width])
+            {
+                Ok(()) => None,
+                Err(e) if refused(&e) => self.note(Refusal::Revoked),
+                Err(e) => return Err(e),
+            }
+        };
+        self.record(width, value, AccessKind::Write, refusal);
         Ok(())
     }
 }
