@@ -25,6 +25,7 @@ use barmap::shadow::{Access, AccessKind};
 use barmap::{MapPolicy, Region, RegionIo, SparseArea};
 use common::child::{fault_next, in_child, run_child};
 use common::emulated::{emulated, emulated_addr, rec, Device, Log, Rec, PAGE};
+use common::trace_log;
 
 /// The emulated device, byte i holding i * 7 + 1 (mod 256): a recognisable
 /// pattern.
@@ -457,8 +458,7 @@ fn hook_and_trace_see_every_trapped_access() {
         return;
     }
     // Tracing is on for regions built while barmap's trace level is enabled.
-    log::set_logger(&COLLECT).unwrap();
-    log::set_max_level(log::LevelFilter::Trace);
+    trace_log::install();
     let dev = device(2 * PAGE);
     let seen = Arc::new(Log::new(64));
     let hook_log = seen.clone();
@@ -490,7 +490,7 @@ fn hook_and_trace_see_every_trapped_access() {
     assert_eq!(hooked[0], rec(0x20, 2, 0x4242, true));
     // The trace has the same two accesses, and not the mapped one.
     assert_eq!(region.flush_trace(), 2);
-    let lines = std::mem::take(&mut *COLLECT.0.lock().unwrap());
+    let lines = trace_log::take();
     assert_eq!(
         lines,
         vec![
@@ -1160,31 +1160,13 @@ fn other_signals_during_a_fault_do_not_clobber_it() {
     });
 }
 
-/// Collects log lines (outside the fault handler only).
-struct Collect(std::sync::Mutex<Vec<String>>);
-
-impl log::Log for Collect {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if record.level() == log::Level::Trace {
-            self.0.lock().unwrap().push(record.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
-
-static COLLECT: Collect = Collect(std::sync::Mutex::new(Vec::new()));
-
 #[test]
 fn trapped_accesses_are_traced_through_log() {
     if !in_child() {
         run_child("trapped_accesses_are_traced_through_log").assert_passed();
         return;
     }
-    log::set_logger(&COLLECT).unwrap();
-    log::set_max_level(log::LevelFilter::Trace);
+    trace_log::install();
     let dev = device(PAGE);
     let region = dev.trap_all();
     let p = region.as_mut_ptr().unwrap();
@@ -1194,7 +1176,7 @@ fn trapped_accesses_are_traced_through_log() {
         ptr::read_volatile(p.add(0x10).cast::<u32>());
     }
     assert_eq!(region.flush_trace(), 2);
-    let lines = std::mem::take(&mut *COLLECT.0.lock().unwrap());
+    let lines = trace_log::take();
     let value = dev.peek_word(0x10, 4);
     assert_eq!(
         lines,
@@ -1209,7 +1191,7 @@ fn trapped_accesses_are_traced_through_log() {
         unsafe { ptr::write_volatile(p.cast::<u8>(), i as u8) };
     }
     assert_eq!(region.flush_trace(), 4096);
-    let lines = std::mem::take(&mut *COLLECT.0.lock().unwrap());
+    let lines = trace_log::take();
     assert_eq!(lines.len(), 4097);
     assert_eq!(
         lines[4096],

@@ -29,6 +29,7 @@ use barmap::shadow::{Access, AccessKind, Refusal};
 use barmap::{Error, ErrorKind, Region, RegionFlags, SparseArea};
 use common::child::{fault_next, in_child, run_child};
 use common::emulated::{emulated, rec, Device, PAGE};
+use common::trace_log;
 
 const READ: u32 = 1;
 const WRITE: u32 = 2;
@@ -153,23 +154,6 @@ fn loads_from_a_write_only_region_read_all_ones_and_are_recorded() {
     assert!(matches!(region.read::<u32>(0x10), Err(Error::NotReadable { .. })));
 }
 
-/// Collects log lines (outside the fault handler only).
-struct Collect(std::sync::Mutex<Vec<String>>);
-
-impl log::Log for Collect {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if record.level() == log::Level::Trace {
-            self.0.lock().unwrap().push(record.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
-
-static COLLECT: Collect = Collect(std::sync::Mutex::new(Vec::new()));
-
 /// The accesses a hook saw, in preallocated atomics (the hook runs in the
 /// fault handler): offset, value, and width, kind and refusal packed.
 #[derive(Default)]
@@ -232,8 +216,7 @@ fn the_hook_and_the_trace_show_refused_accesses_as_refused() {
         run_child("the_hook_and_the_trace_show_refused_accesses_as_refused").assert_passed();
         return;
     }
-    log::set_logger(&COLLECT).unwrap();
-    log::set_max_level(log::LevelFilter::Trace);
+    trace_log::install();
     let dev = device();
     let hooked = Arc::new(Hooked::default());
     let build = |flags: u32| {
@@ -266,7 +249,7 @@ fn the_hook_and_the_trace_show_refused_accesses_as_refused() {
     assert_eq!(hooked.take(), want);
     assert_eq!(read_only.flush_trace(), 3);
     assert_eq!(
-        std::mem::take(&mut *COLLECT.0.lock().unwrap()),
+        trace_log::take(),
         [
             "0000:ee:00.0 bar0: write16 at 0x20 = 0x4242 dropped (read-only region)".to_string(),
             "0000:ee:00.0 bar0: write32 at 0x1000 = 0x00000007 dropped (read-only region)".to_string(),
@@ -286,7 +269,7 @@ fn the_hook_and_the_trace_show_refused_accesses_as_refused() {
     );
     assert_eq!(write_only.flush_trace(), 1);
     assert_eq!(
-        std::mem::take(&mut *COLLECT.0.lock().unwrap()),
+        trace_log::take(),
         ["0000:ee:00.0 bar0: read32 at 0x4 = 0xffffffff refused (write-only region)"]
     );
     drop(write_only);
@@ -311,7 +294,7 @@ fn the_hook_and_the_trace_show_refused_accesses_as_refused() {
     );
     assert_eq!(both.flush_trace(), 2);
     assert_eq!(
-        std::mem::take(&mut *COLLECT.0.lock().unwrap()),
+        trace_log::take(),
         [
             "0000:ee:00.0 bar0: write8 at 0x8 = 0x5a dropped (device answered EIO)",
             "0000:ee:00.0 bar0: read8 at 0x8 = 0xff refused (device answered EIO)",

@@ -6,6 +6,7 @@ pub mod child;
 pub mod emulated;
 pub mod nvme_admin;
 pub mod sentinel;
+pub mod trace_log;
 
 use std::time::{Duration, Instant};
 
