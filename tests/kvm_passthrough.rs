@@ -510,7 +510,10 @@ fn kvm_sub_page_bar_is_a_whole_page_slot() {
 
 /// A region opened without write permission becomes read-only slots: guest
 /// reads take no exit, a guest write exits and is refused (ReadOnly), and
-/// the device never sees it.
+/// the device never sees it. The write is the guest's first touch of the
+/// mapping: KVM turns a write to a populated read-only host page into an MMIO
+/// exit by itself, but on a page the host has not faulted in yet only a
+/// `KVM_MEM_READONLY` slot exits instead of failing `KVM_RUN` with `EFAULT`.
 #[test]
 #[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci and /dev/kvm (qemu-scripts/guest-test.sh)"]
 fn kvm_read_only_region_refuses_guest_writes() {
@@ -526,9 +529,9 @@ fn kvm_read_only_region_refuses_guest_writes() {
     let bar0 = BarPassthrough::new(&guest.vm, read_only, EDU_GPA).unwrap();
     let mut asm = Asm::default();
     asm.set_ds(EDU_SEG)
+        .store(LIVENESS, 0x1234_5678)
         .load(ID)
         .report()
-        .store(LIVENESS, 0x1234_5678)
         .load(LIVENESS)
         .report()
         .done();
