@@ -4,7 +4,9 @@
 //! programs use.
 #![allow(dead_code)] // the test and the bench use different parts
 
-use barmap::kvm::{BarPassthrough, Vm};
+use std::sync::Arc;
+
+use barmap::kvm::{BarPassthrough, GsiRoutes, Vm};
 use barmap::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
@@ -47,9 +49,10 @@ impl Guest {
     /// A VM with RAM as slot 0 (barmap allocates from slot 1 and GSI 24 on).
     pub fn new() -> Guest {
         let kvm = Kvm::new().expect("open /dev/kvm");
-        let vm = Vm::new(&kvm, kvm.create_vm().expect("create a VM"), 1, 24);
-        vm.fd().set_tss_address(0xfffb_d000).unwrap();
-        vm.fd().create_irq_chip().expect("in-kernel irqchip");
+        let fd = Arc::new(kvm.create_vm().expect("create a VM"));
+        fd.set_tss_address(0xfffb_d000).unwrap();
+        fd.create_irq_chip().expect("in-kernel irqchip");
+        let vm = Vm::new(&kvm, GsiRoutes::new(fd, 24..u32::MAX), 1..u32::MAX);
         let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE)]).unwrap();
         let host = ram.get_host_address(GuestAddress(0)).unwrap();
         let slot = kvm_userspace_memory_region {
