@@ -134,6 +134,16 @@ impl GuestInterrupt {
         self.gsi
     }
 
+    /// Fires the vector's interrupt once, as if the device had (a vector
+    /// that was pending while masked, delivered on unmask).
+    pub(super) fn signal(&self) -> Result<()> {
+        self.eventfd.write(1).map_err(|e| Error::Vfio {
+            addr: self.addr,
+            step: "signal an interrupt eventfd",
+            source: Box::new(e),
+        })
+    }
+
     /// Routes the vector to `message` instead (the guest reprogrammed the
     /// MSI capability or the MSI-X table entry).
     pub fn update(&self, message: MsiMessage) -> Result<()> {

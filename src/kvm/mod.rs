@@ -75,11 +75,13 @@
 
 mod bar;
 mod exit;
+mod function;
 mod irq;
 mod routes;
 mod vm;
 
 pub use bar::BarPassthrough;
+pub use function::{FunctionConfig, FunctionExits, PlacedBar, VirtualFunction};
 pub use irq::{GuestInterrupt, MsiMessage};
 pub use routes::GsiRoutes;
 pub use vm::Vm;
