@@ -533,7 +533,7 @@ impl ConfigSpaceEmu {
         let memory = self.decode & PCI_COMMAND_MEMORY != 0;
         let (io, base, size) = if i == 6 {
             let rom = self.rom?;
-            (false, rom.enabled_at()?, rom.size)
+            (false, memory.then_some(rom.enabled_at()?)?, rom.size)
         } else {
             let bar = self.bars[i]?;
             let on = if bar.is_io() {

@@ -72,6 +72,7 @@ impl Msi {
     /// Reads `width` bytes at `offset` from the capability's start (2 or more).
     pub(super) fn read(&self, offset: usize, width: usize) -> u64 {
         let mut words = self.words;
+        words[0] = u32::from(self.control()) << 16;
         let (_, _, pending) = self.layout();
         if self.fixed & PCI_MSI_FLAGS_MASKBIT != 0 {
             words[pending / 4] = self.pending;
