@@ -239,7 +239,7 @@ fn a_bar_over_guest_ram_or_another_bar_is_refused() {
         2,
         (PCI_COMMAND_MEMORY | PCI_COMMAND_IO).into(),
     );
-    let ram = [0..0x8000_0000u64];
+    let ram = [0..0x8000_0000u64, 0x1_0000_0000..0x1_8000_0000];
     write(&mut emu, &dev, 0x10, 4, 0x7fff_c000); // BAR0's last 16 KiB of RAM
     write(&mut emu, &dev, 0x18, 4, 0x9000_0000);
     let p = emu.placements(&ram);
