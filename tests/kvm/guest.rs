@@ -128,6 +128,20 @@ impl Guest {
     /// Runs until `out DONE`, serving exits through `bars` and recording
     /// the errors they return (an exit that fails still counts as served).
     pub fn run_refused(&mut self, bars: &[&BarPassthrough]) -> Run {
+        self.run_serving(|vcpu| {
+            for bar in bars {
+                if bar.handle_exit(vcpu)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+    }
+
+    /// Runs until `out DONE`, serving MMIO and port I/O exits with `serve`
+    /// (`Ok(false)`: not served) and recording the errors it returns (an
+    /// exit that fails still counts as served).
+    pub fn run_serving(&mut self, mut serve: impl FnMut(&mut VcpuFd) -> barmap::Result<bool>) -> Run {
         let mut run = Run::default();
         loop {
             let exit = self.vcpu.run().expect("KVM_RUN");
@@ -145,16 +159,13 @@ impl Guest {
                 VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => (None, false),
                 other => panic!("unexpected exit {other:?}"),
             };
-            let mut served = false;
-            for bar in bars {
-                match bar.handle_exit(&mut self.vcpu) {
-                    Ok(false) => continue,
-                    Ok(true) => {}
-                    Err(e) => run.errors.push(e),
+            let served = match serve(&mut self.vcpu) {
+                Ok(served) => served,
+                Err(e) => {
+                    run.errors.push(e);
+                    true
                 }
-                served = true;
-                break;
-            }
+            };
             match mmio {
                 _ if !served && mmio.is_none() => panic!("a port I/O exit no passthrough served"),
                 None => run.io_served += 1,
