@@ -1,6 +1,6 @@
 //! A whole device as a virtual PCI function of a KVM guest: config sizing,
 //! BAR placement and moves, and MSI-X table writes that become routes, on
-//! QEMU's NVMe controller (run in the QEMU guest, where /dev/kvm is nested
+//! QEMU's NVMe controller, MSI and INTx on edu (run in the QEMU guest, where /dev/kvm is nested
 //! KVM, with --include-ignored).
 #![cfg(feature = "kvm")]
 
@@ -12,10 +12,10 @@ use barmap::kvm::{FunctionConfig, VirtualFunction};
 use barmap::vm_memory::{Bytes, GuestAddress};
 use barmap::PciAddress;
 use barmap::{Error, IrqIndex, RegionIndex};
-use common::nvme;
 use common::nvme_admin::Admin;
+use common::{edu, nvme};
 use guest::{Asm, Guest, RAM_SIZE};
-use kvm_bindings::KVM_IRQ_ROUTING_MSI;
+use kvm_bindings::{kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQ_ROUTING_MSI};
 
 /// Where the guest places NVMe's BAR0 first, and where it moves it (both
 /// below 1 MiB, for the real-mode guest, and above its RAM).
@@ -312,4 +312,130 @@ fn kvm_function_refuses_intx_for_a_device_without_interrupts() {
     let mut f = VirtualFunction::new(&guest.vm, device, FunctionConfig::default()).unwrap();
     assert_eq!(f.config_read(0x3d, 1).unwrap(), 0);
     assert_eq!(f.config_read(0x00, 4).unwrap(), 0x1110_1af4);
+}
+
+/// Where the guest places edu's 1 MiB BAR0: at 1 MiB, which real mode
+/// reaches from segment 0xffff (offset 0x10 is the BAR's start).
+const EDU_AT: u64 = 0x10_0000;
+const EDU_SEG: u16 = 0xffff;
+const EDU_OFF: u16 = 0x10;
+const EDU_FACTORIAL: u16 = EDU_OFF + 0x08;
+const EDU_STATUS: u16 = EDU_OFF + 0x20;
+const EDU_IRQ_STATUS: u16 = EDU_OFF + 0x24;
+const EDU_RAISE: u16 = EDU_OFF + 0x60;
+const EDU_IRQ_ACK: u16 = EDU_OFF + 0x64;
+const FLAG: u16 = 0x500; // in RAM, through ES = 0
+
+fn edu_function(guest: &Guest, intx_gsi: Option<u32>) -> VirtualFunction {
+    let device = guest.vm.open_device(edu()).unwrap();
+    let config = FunctionConfig {
+        intx_gsi,
+        reserved: std::iter::once(0..RAM_SIZE as u64).collect(),
+    };
+    let mut f = VirtualFunction::new(&guest.vm, device, config).unwrap();
+    f.config_write(0x10, 4, EDU_AT as u32).unwrap();
+    f.config_write(COMMAND, 2, MEMORY | MASTER).unwrap();
+    assert_eq!(f.bars()[0].base, EDU_AT);
+    f
+}
+
+/// A guest program that enables interrupts, runs `raise` and waits for its
+/// handler, which reports edu's interrupt status, acknowledges it and flags.
+fn interrupt_program(guest: &mut Guest, vector: u8, raise: impl FnOnce(&mut Asm)) {
+    let mut asm = Asm::default();
+    asm.set_ds(EDU_SEG).store(EDU_IRQ_ACK, u32::MAX).sti();
+    raise(&mut asm);
+    asm.mov_ecx(50_000_000);
+    let wait = asm.here();
+    asm.es_cmp8(FLAG, 0);
+    asm.code.extend_from_slice(&[0x75, 4]);
+    asm.dec_ecx().jnz(wait).done();
+    let handler = asm.here();
+    asm.load(EDU_IRQ_STATUS)
+        .report()
+        .store_eax(EDU_IRQ_ACK)
+        .es_store8(FLAG, 1)
+        .iret();
+    guest.ram.write_obj(0u8, GuestAddress(FLAG.into())).unwrap();
+    guest.load(&asm.code);
+    guest.set_handler(vector, handler);
+}
+
+/// edu's MSI capability programmed by the guest's config writes: enabling
+/// it enables MSI on the device and routes it to the guest's message, and
+/// edu's interrupt runs the guest's handler.
+#[test]
+#[ignore = "needs QEMU edu bound to vfio-pci and /dev/kvm (qemu-scripts/guest-test.sh)"]
+fn kvm_function_msi_capability_writes_route_edus_interrupt() {
+    const VECTOR: u8 = 0x40;
+    let mut guest = Guest::new();
+    let mut f = edu_function(&guest, None);
+    let cap = find_cap(&mut f, 0x05).expect("MSI capability");
+    let control = f.config_read(cap + 2, 2).unwrap();
+    assert_eq!(control & 1, 0, "MSI starts disabled");
+    let data = if control & 0x80 != 0 { cap + 12 } else { cap + 8 };
+    f.config_write(cap + 4, 4, 0xfee0_0000).unwrap();
+    if control & 0x80 != 0 {
+        f.config_write(cap + 8, 4, 0).unwrap();
+    }
+    f.config_write(data, 2, VECTOR.into()).unwrap();
+    assert_eq!(f.vector_gsi(0), None);
+    f.config_write(cap + 2, 2, control | 1).unwrap();
+    assert_eq!(f.config_read(cap + 2, 2).unwrap() & 1, 1);
+    assert!(
+        f.vector_gsi(0).is_some_and(|gsi| gsi >= 24),
+        "routed on one of barmap's GSIs"
+    );
+    // The guest has edu raise an interrupt when its factorial is done.
+    interrupt_program(&mut guest, VECTOR, |asm| {
+        asm.wait_clear(EDU_STATUS, 1)
+            .store(EDU_STATUS, 0x80)
+            .store(EDU_FACTORIAL, 5);
+    });
+    let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
+    assert_eq!(run.reports, [1], "the handler ran once");
+    assert_eq!(
+        (run.mmio_served, run.mmio_unserved.len()),
+        (0, 0),
+        "edu's registers are a slot"
+    );
+    // Disabled again: no route.
+    f.config_write(cap + 2, 2, control).unwrap();
+    assert_eq!(f.vector_gsi(0), None);
+}
+
+/// INTx through the resampled irqfd: edu's interrupt, raised by the guest
+/// through the slot, reaches the guest's handler on the IOAPIC pin the VMM
+/// wired the function to, with no VMM round trip.
+#[test]
+#[ignore = "needs QEMU edu bound to vfio-pci and /dev/kvm (qemu-scripts/guest-test.sh)"]
+fn kvm_function_intx_reaches_the_guest_through_the_ioapic() {
+    const VECTOR: u8 = 0x42;
+    const PIN: u32 = 10;
+    let mut guest = Guest::new();
+    guest.vm.routes().add_x86_defaults().unwrap();
+    let mut f = edu_function(&guest, Some(PIN));
+    assert_eq!(f.config_read(0x3d, 1).unwrap(), 1, "INTA");
+    assert_eq!(f.vector_gsi(0), Some(PIN));
+    // The IOAPIC's pin 10: fixed delivery of VECTOR to APIC 0, level-triggered, unmasked.
+    let mut chip = kvm_irqchip {
+        chip_id: KVM_IRQCHIP_IOAPIC,
+        ..Default::default()
+    };
+    guest.vm.fd().get_irqchip(&mut chip).unwrap();
+    // SAFETY: `chip_id` asked for the IOAPIC's state: the union holds `ioapic`.
+    let mut ioapic = unsafe { chip.chip.ioapic };
+    ioapic.redirtbl[PIN as usize].bits = u64::from(VECTOR) | 1 << 15;
+    chip.chip.ioapic = ioapic;
+    guest.vm.fd().set_irqchip(&chip).unwrap();
+    interrupt_program(&mut guest, VECTOR, |asm| {
+        asm.store(EDU_RAISE, 1);
+    });
+    let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
+    assert_eq!(
+        run.reports,
+        [1],
+        "the handler ran once and saw edu's raised status"
+    );
+    assert_eq!((run.mmio_served, run.mmio_unserved.len()), (0, 0));
 }
