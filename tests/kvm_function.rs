@@ -15,7 +15,9 @@ use barmap::{Error, IrqIndex, RegionIndex};
 use common::nvme_admin::Admin;
 use common::{edu, nvme};
 use guest::{Asm, Guest, RAM_SIZE};
-use kvm_bindings::{kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQ_ROUTING_MSI};
+use kvm_bindings::{
+    kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_MSI,
+};
 
 /// Where the guest places NVMe's BAR0 first, and where it moves it (both
 /// below 1 MiB, for the real-mode guest, and above its RAM).
@@ -192,25 +194,32 @@ fn kvm_function_msix_table_writes_route_the_vector_into_the_guest() {
     let entries = (f.config_read(cap + 2, 2).unwrap() & 0x7ff) + 1;
     f.config_write(cap + 2, 2, MSIX_ENABLE | MSIX_MASKALL).unwrap();
 
-    // The guest programs entry 0 and reads it back: each access one exit,
-    // served from the cached table.
+    // The guest programs entries 0 and 2 and reads one back: each access
+    // one exit, served from the cached table.
     let mut asm = Asm::default();
     asm.set_ds((BAR0_AT >> 4) as u16)
         .store(table, 0xfee0_0000)
         .store(table + 4, 0)
         .store(table + 8, VECTOR.into())
         .store(table + 12, 0)
+        .store(table + 32, 0xfee0_0000)
+        .store(table + 40, u32::from(VECTOR) + 2)
+        .store(table + 44, 0)
         .load(table + 8)
         .report()
         .done();
     guest.load(&asm.code);
     let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
     assert_eq!(run.reports, [u32::from(VECTOR)]);
-    assert_eq!(f.exits().msix, 5);
+    assert_eq!(f.exits().msix, 8);
     assert_eq!(f.vector_gsi(0), None, "the function mask holds it back");
-    // The guest lifts the function mask: the vector is routed to its message.
+    // The guest lifts the function mask: the vectors are enabled on the
+    // device as far as entry 2 and routed to their messages.
     f.config_write(cap + 2, 2, MSIX_ENABLE).unwrap();
     let gsi = f.vector_gsi(0).expect("vector 0 routed");
+    let gsi2 = f.vector_gsi(2).expect("vector 2 routed");
+    assert_ne!(gsi, gsi2);
+    assert_eq!(f.vector_gsi(1), None, "entry 1 is still masked");
     let route = guest
         .vm
         .routes()
@@ -240,6 +249,41 @@ fn kvm_function_msix_table_writes_route_the_vector_into_the_guest() {
     let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
     assert_eq!(run.reports, [MARK], "the handler ran once");
     admin.check_identify(0x2c);
+
+    // Masked, the completion sets vector 0's pending bit instead, and the
+    // guest's unmask delivers it.
+    let mut asm = Asm::default();
+    asm.set_ds((BAR0_AT >> 4) as u16).store(table + 12, 1).done();
+    guest.load(&asm.code);
+    guest.run_serving(|vcpu| f.handle_exit(vcpu));
+    assert_eq!(f.vector_gsi(0), None, "masked: no route");
+    admin.disable();
+    admin.enable();
+    admin.submit_identify(0x2d);
+    let mut asm = Asm::default();
+    asm.set_ds((BAR0_AT >> 4) as u16).mov_ecx(100_000);
+    let poll = asm.here();
+    asm.load(pba).test_al(1);
+    asm.code.extend_from_slice(&[0x75, 4]);
+    asm.dec_ecx().jnz(poll);
+    asm.report().sti().store(table + 12, 0).mov_ecx(50_000_000);
+    let wait = asm.here();
+    asm.es_cmp8(FLAG, 0);
+    asm.code.extend_from_slice(&[0x75, 4]);
+    asm.dec_ecx().jnz(wait).done();
+    let handler = asm.here();
+    asm.mov_eax(MARK).report().es_store8(FLAG, 1).iret();
+    guest.ram.write_obj(0u8, GuestAddress(FLAG.into())).unwrap();
+    guest.load(&asm.code);
+    guest.set_handler(VECTOR, handler);
+    let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
+    assert_eq!(
+        run.reports,
+        [1, MARK],
+        "vector 0 pending in the PBA, then delivered once unmasked"
+    );
+    assert!(f.vector_gsi(0).is_some());
+    admin.check_identify(0x2d);
 
     // Past the last entry, in the table's page: refused, entry 0 intact.
     let past = table + entries as u16 * 16;
@@ -428,6 +472,20 @@ fn kvm_function_intx_reaches_the_guest_through_the_ioapic() {
     ioapic.redirtbl[PIN as usize].bits = u64::from(VECTOR) | 1 << 15;
     chip.chip.ioapic = ioapic;
     guest.vm.fd().set_irqchip(&chip).unwrap();
+    // The PICs masked, as an OS that uses the IOAPIC has them: GSI 10 is
+    // routed to the slave PIC too (KVM's default table, kept by the VMM).
+    for id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE] {
+        let mut chip = kvm_irqchip {
+            chip_id: id,
+            ..Default::default()
+        };
+        guest.vm.fd().get_irqchip(&mut chip).unwrap();
+        // SAFETY: `chip_id` asked for a PIC's state: the union holds `pic`.
+        let mut pic = unsafe { chip.chip.pic };
+        pic.imr = 0xff;
+        chip.chip.pic = pic;
+        guest.vm.fd().set_irqchip(&chip).unwrap();
+    }
     interrupt_program(&mut guest, VECTOR, |asm| {
         asm.store(EDU_RAISE, 1);
     });
