@@ -251,9 +251,15 @@ fn kvm_function_msix_table_writes_route_the_vector_into_the_guest() {
     admin.check_identify(0x2c);
 
     // Masked, the completion sets vector 0's pending bit instead, and the
-    // guest's unmask delivers it.
+    // guest's unmask delivers it, to the message it programmed meanwhile
+    // (another vector: the guest never sent the local APIC an EOI, so
+    // VECTOR's priority class stays blocked).
+    const VECTOR2: u8 = 0x51;
     let mut asm = Asm::default();
-    asm.set_ds((BAR0_AT >> 4) as u16).store(table + 12, 1).done();
+    asm.set_ds((BAR0_AT >> 4) as u16)
+        .store(table + 12, 1)
+        .store(table + 8, VECTOR2.into())
+        .done();
     guest.load(&asm.code);
     guest.run_serving(|vcpu| f.handle_exit(vcpu));
     assert_eq!(f.vector_gsi(0), None, "masked: no route");
@@ -275,7 +281,7 @@ fn kvm_function_msix_table_writes_route_the_vector_into_the_guest() {
     asm.mov_eax(MARK).report().es_store8(FLAG, 1).iret();
     guest.ram.write_obj(0u8, GuestAddress(FLAG.into())).unwrap();
     guest.load(&asm.code);
-    guest.set_handler(VECTOR, handler);
+    guest.set_handler(VECTOR2, handler);
     let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
     assert_eq!(
         run.reports,
