@@ -58,7 +58,8 @@ pub enum ErrorKind {
     /// [`Error::MalformedConfig`].
     Malformed,
     /// A system call failed; [`Error::errno`] says why: [`Error::Sysfs`],
-    /// [`Error::Vfio`], [`Error::Io`], [`Error::Shadow`], [`Error::Kvm`].
+    /// [`Error::Vfio`], [`Error::Io`], [`Error::Shadow`], [`Error::Kvm`],
+    /// [`Error::KvmRouting`].
     Io,
 }
 
@@ -106,7 +107,8 @@ impl Error {
             | Error::Vfio { .. }
             | Error::Io { .. }
             | Error::Shadow { .. }
-            | Error::Kvm { .. } => K::Io,
+            | Error::Kvm { .. }
+            | Error::KvmRouting { .. } => K::Io,
         }
     }
 
@@ -119,8 +121,9 @@ impl Error {
     /// [`Error::VfioUnavailable`] (unless the kernel lacks an API, which has
     /// no errno), [`Error::GroupBusy`] (`EBUSY`), [`Error::PermissionDenied`]
     /// (`EACCES` or `EPERM`), [`Error::Vfio`] (unless a step failed in
-    /// barmap's own parsing), [`Error::Io`], [`Error::Refused`] (`EIO` or `EACCES`),
-    /// [`Error::Shadow`] and [`Error::Kvm`]. Every other variant is found by
+    /// barmap's own parsing), [`Error::Io`], [`Error::Refused`] (`EIO` or
+    /// `EACCES`), [`Error::Shadow`], [`Error::Kvm`] and [`Error::KvmRouting`].
+    /// Every other variant is found by
     /// barmap itself and has none.
     pub fn errno(&self) -> Option<i32> {
         let mut next = StdError::source(self);
