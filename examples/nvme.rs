@@ -5,6 +5,7 @@
 //! nvme read LBA COUNT [--nsid N] [--output FILE]  # hexdump or file
 //! nvme write LBA COUNT [--byte B | --seed S | --input FILE]
 //! nvme bench [--pattern randread|randwrite|seqread] [--qd N] [--bs BYTES] [--time S]
+//! nvme floor [--count N]                          # one doorbell write, one register read
 //! global: --device ADDR (BARMAP_NVME) --mode poll|msix --queues N --timeout-ms MS --json
 //! ```
 //!
@@ -27,6 +28,8 @@ mod cli;
 mod driver;
 #[path = "nvme/pattern.rs"]
 mod pattern;
+#[path = "nvme/rng.rs"]
+mod rng;
 #[path = "nvme/stats.rs"]
 mod stats;
 
@@ -124,6 +127,11 @@ fn run(cli: &Cli) -> Result<(), NvmeError> {
             bench::run(&mut ctrl, &job)?.print(cli.json);
             Ok(())
         }
+        Command::Floor { count } => bench::floor(
+            &mut Controller::open(cli.device, cli.options(1))?,
+            *count,
+            cli.json,
+        ),
     }
 }
 

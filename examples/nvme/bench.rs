@@ -1,12 +1,12 @@
 //! `nvme bench`: keeps a queue depth of reads or writes outstanding on the
 //! controller's I/O queues for a while and summarises their latencies.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use barmap::vm_memory::{Bytes, VolatileMemory};
 
 use crate::driver::{Controller, Data, Mode, NvmeError};
-use crate::pattern::Rng;
+use crate::rng::Rng;
 use crate::stats::{Pattern, Setup, Stats, Summary};
 
 /// What to run.
@@ -127,4 +127,32 @@ pub fn run(ctrl: &mut Controller, job: &Job) -> Result<Summary, NvmeError> {
     });
     (summary.recoveries, summary.interrupts) = (ctrl.recoveries(), ctrl.interrupts());
     Ok(summary)
+}
+
+/// The cost of the driver's two kinds of register access, the floor under
+/// every command: a doorbell write (one per submission batch and one per
+/// completion batch) and a register read, averaged over `count` of each.
+pub fn floor(ctrl: &mut Controller, count: u32, json: bool) -> Result<(), NvmeError> {
+    let count = count.max(1);
+    let start = Instant::now();
+    for _ in 0..count {
+        ctrl.ring_unchanged(0)?;
+    }
+    let doorbell = start.elapsed() / count;
+    let start = Instant::now();
+    for _ in 0..count {
+        ctrl.status()?;
+    }
+    let read = start.elapsed() / count;
+    let (doorbell_ns, read_ns) = (doorbell.as_nanos(), read.as_nanos());
+    match json {
+        true => println!(
+            "{}",
+            serde_json::json!({"count": count, "doorbell_write_ns": doorbell_ns, "register_read_ns": read_ns})
+        ),
+        false => println!(
+            "doorbell write {doorbell_ns} ns, register read (CSTS) {read_ns} ns, over {count} of each"
+        ),
+    }
+    Ok(())
 }

@@ -93,6 +93,15 @@ pub enum Command {
     ///
     /// Example: nvme bench --pattern randread --qd 32 --bs 4096 --time 5 --mode msix
     Bench(BenchArgs),
+    /// Time COUNT doorbell writes (an unchanged tail) and COUNT register reads: the floor under each command
+    ///
+    /// Example: nvme floor --count 100000
+    /// JSON: {"count": .., "doorbell_write_ns": .., "register_read_ns": ..}
+    Floor {
+        /// Accesses of each kind
+        #[arg(long, default_value_t = 10_000)]
+        count: u32,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -346,6 +346,18 @@ impl Controller {
         self.io[q].ring(&self.bar)
     }
 
+    /// Rings I/O queue `q`'s doorbell with its current tail (no new
+    /// command): the cost of one doorbell write.
+    pub fn ring_unchanged(&mut self, q: usize) -> Result<(), NvmeError> {
+        let q = q.min(self.io.len() - 1);
+        self.io[q].ring_unchanged(&self.bar)
+    }
+
+    /// Reads CSTS (checked): the cost of one register read.
+    pub fn status(&self) -> Result<u32, NvmeError> {
+        check_csts(self.bar.read::<u32>(regs::CSTS)?)
+    }
+
     /// Waits until at least `at_least` commands of queue `q` completed (or
     /// none is outstanding), moving them into `out`. Looks at CSTS and the
     /// oldest command's age whenever the queue makes no progress for a
@@ -398,6 +410,7 @@ impl Controller {
     /// reset, or a fatal status) and resubmits every outstanding I/O
     /// command under its identifier; returns how many were resubmitted.
     pub fn recover(&mut self) -> Result<usize, NvmeError> {
+        self.dev.set_bus_master(true)?;
         self.bring_up()?;
         self.recoveries += 1;
         let mut resubmitted = 0;

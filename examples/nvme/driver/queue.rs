@@ -182,6 +182,13 @@ impl QueuePair {
         Ok(())
     }
 
+    /// Writes the submission queue tail doorbell with the tail it already
+    /// has: no new command, only the cost of the doorbell write itself.
+    pub fn ring_unchanged(&mut self, bar: &Region) -> Result<(), NvmeError> {
+        bar.write::<u32>(self.sq_doorbell, u32::from(self.sq_tail))?;
+        Ok(())
+    }
+
     /// Pushes every outstanding command again under its own identifier, in
     /// the order they were first submitted, and rings (after a reset).
     pub fn resubmit(&mut self, bar: &Region) -> Result<usize, NvmeError> {
