@@ -314,7 +314,9 @@ BARMAP_OPT3_TESTS=(shadow_guest revocation)
 # guest_build MODE OUT: builds statically (separate target dir) and writes "KIND NAME PATH" lines to OUT:
 #   MODE test:  KIND test (lib unit tests, integration tests) and example (examples, normal build), then
 #               the BARMAP_OPT3_TESTS again in release as KIND test named opt3-test-NAME;
-#   MODE bench: KIND bench (criterion bench binaries, bench profile).
+#   MODE bench: KIND bench (criterion bench binaries, bench profile);
+#   MODE nvme-bench: KIND example, the userspace NVMe driver and its kernel baseline in release
+#               (qemu-scripts/nvme-bench.sh).
 guest_build() {
     local mode=$1 out=$2 filter json="$2.json" format=json rc=0 prefix="" t
     local -a cmd
@@ -334,6 +336,10 @@ guest_build() {
     bench)
         cmd=(bench --no-run)
         filter='.target.kind[0] == "bench"'
+        ;;
+    nvme-bench)
+        cmd=(build --release --example nvme --example nvme_uring)
+        filter='.target.kind[0] == "example"'
         ;;
     esac
     # The guest has /dev/kvm: build the KVM passthrough (tests, example, bench) too.
@@ -368,7 +374,8 @@ guest_build_has() {
 
 # initramfs_build KERNEL_DIR BUILD_LIST JOB OUT: writes the guest's initramfs (uncompressed newc cpio) to OUT.
 # Layout: busybox applets, /init, /lib/modules/barmap/*.ko, /tests/*, examples in /usr/bin, /benches/*,
-# /usr/bin/barmap-run-tests, and JOB as /job.sh (the command the guest runs).
+# /usr/bin/barmap-run-tests, and JOB as /job.sh (the command the guest runs); then the tree in
+# $BARMAP_INITRAMFS_EXTRA, if set, on top.
 initramfs_build() {
     local kdir=$1 list=$2 job=$3 out=$4 root kind name path applet
     root=$(mktemp -d "$RUN_DIR/initramfs.XXXXXX")
@@ -389,6 +396,9 @@ initramfs_build() {
         bench) strip --strip-debug -o "$root/benches/${name#bench-}" "$path" ;;
         esac
     done <"$list"
+    if [[ -n "${BARMAP_INITRAMFS_EXTRA:-}" ]]; then
+        cp -a "$BARMAP_INITRAMFS_EXTRA/." "$root/"
+    fi
     (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$out"
     rm -rf "$root"
 }
