@@ -38,11 +38,12 @@ pub fn run(ctrl: &mut Controller, job: &Job) -> Result<Summary, NvmeError> {
         .map(|q| job.qd / queues + usize::from(q < job.qd % queues))
         .collect();
     for (q, &depth) in per_queue.iter().enumerate() {
-        if depth > ctrl.queue(q).depth() as usize - 1 {
+        let entries = ctrl.queue(q)?.depth();
+        if depth > usize::from(entries) - 1 {
             return Err(NvmeError::BadTransfer(format!(
                 "queue depth {depth} on queue {} exceeds its {} entries",
                 q + 1,
-                ctrl.queue(q).depth()
+                entries
             )));
         }
     }
@@ -125,7 +126,10 @@ pub fn run(ctrl: &mut Controller, job: &Job) -> Result<Summary, NvmeError> {
         qd: job.qd,
         bs: job.bs,
     });
-    (summary.recoveries, summary.interrupts) = (ctrl.recoveries(), ctrl.interrupts());
+    summary.recoveries = ctrl.recoveries();
+    for q in 0..queues {
+        summary.interrupts += ctrl.interrupts(q)?;
+    }
     Ok(summary)
 }
 

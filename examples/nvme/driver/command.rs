@@ -82,9 +82,11 @@ impl Command {
     }
 
     /// Read (`write` false) or Write of `blocks` blocks from `lba` (PRPs set later).
-    pub fn rw(write: bool, nsid: u32, lba: u64, blocks: u16) -> Command {
+    /// `blocks` is 1..=65536 (NLB is 0-based): 0 is taken as 1, more is cut to 16 bits.
+    pub fn rw(write: bool, nsid: u32, lba: u64, blocks: u32) -> Command {
         let opcode = if write { NVM_WRITE } else { NVM_READ };
-        Command::new(opcode, nsid).with_cdw(&[lba as u32, (lba >> 32) as u32, u32::from(blocks - 1)])
+        let nlb = blocks.saturating_sub(1) & 0xffff;
+        Command::new(opcode, nsid).with_cdw(&[lba as u32, (lba >> 32) as u32, nlb])
     }
 
     /// The specification's name of the command, for errors.

@@ -1,6 +1,8 @@
 //! The controller: reset and enable as CAP says, the admin queue, Identify,
-//! Number of Queues, I/O queue pairs, waiting for completions by polling or
-//! on MSI-X, recovery after a reset, and shutdown on drop.
+//! Number of Queues, I/O queue pairs and shutdown on drop; `io` has the I/O
+//! path (submission, waiting by polling or on MSI-X, recovery).
+
+mod io;
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use barmap::{Device, Dma, DmaBuffer, DmaMask, Interrupts, PciAddress, Region};
 use super::command::{self, Command};
 use super::error::NvmeError;
 use super::identify::{namespace_list, ControllerInfo, Namespace};
-use super::queue::{Data, Done, QueuePair, PRP_MAX_TRANSFER};
+use super::queue::{Data, QueuePair, PRP_MAX_TRANSFER};
 use super::regs::{self, check_csts, Cap, PAGE};
 
 /// How I/O completions are found.
@@ -47,8 +49,6 @@ impl Default for Options {
 }
 
 const ADMIN_DEPTH: u16 = 32;
-/// How often a wait without progress looks at CSTS and the command timeout.
-const HEALTH_INTERVAL: Duration = Duration::from_millis(2);
 
 /// An enabled controller with its I/O queue pairs.
 pub struct Controller {
@@ -64,7 +64,6 @@ pub struct Controller {
     info: ControllerInfo,
     namespaces: Vec<Namespace>,
     max_transfer: usize,
-    interrupts: u64,
     recoveries: u32,
     shut_down: bool,
 }
@@ -102,7 +101,6 @@ impl Controller {
             info: ControllerInfo::parse(&[0; 4096]),
             namespaces: Vec::new(),
             max_transfer: 0,
-            interrupts: 0,
             recoveries: 0,
             shut_down: false,
         };
@@ -283,168 +281,14 @@ impl Controller {
         self.io.len()
     }
 
-    /// I/O queue pair `q` (0-based: queue identifier `q + 1`).
-    pub fn queue(&self, q: usize) -> &QueuePair {
-        &self.io[q.min(self.io.len() - 1)]
-    }
-
     /// The completion mode.
     pub fn mode(&self) -> Mode {
         self.opts.mode
     }
 
-    /// Interrupts taken by waits so far (MSI-X mode).
-    pub fn interrupts(&self) -> u64 {
-        self.interrupts
-    }
-
     /// Recoveries done by [`Controller::recover`].
     pub fn recoveries(&self) -> u32 {
         self.recoveries
-    }
-
-    /// A Read or Write of `len` bytes at `lba` of namespace `ns`, checked
-    /// against the block size and the transfer limit (not against the
-    /// namespace's size: that is the controller's to refuse).
-    pub fn rw_command(
-        &self,
-        write: bool,
-        ns: &Namespace,
-        lba: u64,
-        len: usize,
-    ) -> Result<Command, NvmeError> {
-        let block = ns.block_size as usize;
-        if len == 0 || !len.is_multiple_of(block) {
-            return Err(NvmeError::BadTransfer(format!(
-                "{len} bytes is not a whole number of {block}-byte blocks"
-            )));
-        }
-        if len > self.max_transfer {
-            return Err(NvmeError::TransferTooLarge {
-                bytes: len,
-                max: self.max_transfer,
-            });
-        }
-        Ok(Command::rw(write, ns.id, lba, (len / block) as u16))
-    }
-
-    /// Places a command on I/O queue `q` without ringing its doorbell.
-    pub fn push(
-        &mut self,
-        q: usize,
-        cmd: Command,
-        data: Option<Data<'_>>,
-        tag: u64,
-    ) -> Result<u16, NvmeError> {
-        let q = q.min(self.io.len() - 1);
-        self.io[q].push(cmd, data, tag)
-    }
-
-    /// Rings I/O queue `q`'s submission doorbell.
-    pub fn ring(&mut self, q: usize) -> Result<(), NvmeError> {
-        let q = q.min(self.io.len() - 1);
-        self.io[q].ring(&self.bar)
-    }
-
-    /// Rings I/O queue `q`'s doorbell with its current tail (no new
-    /// command): the cost of one doorbell write.
-    pub fn ring_unchanged(&mut self, q: usize) -> Result<(), NvmeError> {
-        let q = q.min(self.io.len() - 1);
-        self.io[q].ring_unchanged(&self.bar)
-    }
-
-    /// Reads CSTS (checked): the cost of one register read.
-    pub fn status(&self) -> Result<u32, NvmeError> {
-        check_csts(self.bar.read::<u32>(regs::CSTS)?)
-    }
-
-    /// Waits until at least `at_least` commands of queue `q` completed (or
-    /// none is outstanding), moving them into `out`. Looks at CSTS and the
-    /// oldest command's age whenever the queue makes no progress for a
-    /// while: a fatal status, a controller that was reset behind the
-    /// driver, and a command past the timeout are errors.
-    pub fn wait(&mut self, q: usize, out: &mut Vec<Done>, at_least: usize) -> Result<usize, NvmeError> {
-        let q = q.min(self.io.len() - 1);
-        let mut got = 0;
-        let mut last_check = Instant::now();
-        loop {
-            got += self.io[q].reap(&self.bar, out)?;
-            if got >= at_least || self.io[q].outstanding() == 0 {
-                return Ok(got);
-            }
-            match (self.irqs.as_ref(), self.io[q].vector()) {
-                (Some(irqs), Some(v)) => match irqs.vector(v)?.wait(HEALTH_INTERVAL) {
-                    Ok(n) => self.interrupts += n,
-                    Err(barmap::Error::IrqTimeout { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                },
-                _ => std::hint::spin_loop(),
-            }
-            if last_check.elapsed() >= HEALTH_INTERVAL {
-                self.check_health(q)?;
-                last_check = Instant::now();
-            }
-        }
-    }
-
-    fn check_health(&self, q: usize) -> Result<(), NvmeError> {
-        let csts = check_csts(self.bar.read::<u32>(regs::CSTS)?)?;
-        let outstanding = self.io[q].outstanding();
-        if csts & regs::CSTS_RDY == 0 {
-            return Err(NvmeError::ControllerLost { csts, outstanding });
-        }
-        if let Some((submitted, cid, opcode)) = self.io[q].oldest() {
-            if submitted.elapsed() > self.opts.timeout {
-                let command = Command::new(opcode, 0).name(false);
-                return Err(NvmeError::Timeout {
-                    command,
-                    cid,
-                    after: self.opts.timeout,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Brings the controller up again after a reset (its own, a function
-    /// reset, or a fatal status) and resubmits every outstanding I/O
-    /// command under its identifier; returns how many were resubmitted.
-    pub fn recover(&mut self) -> Result<usize, NvmeError> {
-        self.dev.set_bus_master(true)?;
-        self.bring_up()?;
-        self.recoveries += 1;
-        let mut resubmitted = 0;
-        for queue in &mut self.io {
-            resubmitted += queue.resubmit(&self.bar)?;
-        }
-        Ok(resubmitted)
-    }
-
-    /// Runs one command on queue 0 to completion: a Read or Write of
-    /// `data.len` bytes at `lba`, or a Flush (`None` for `lba`).
-    pub fn sync(
-        &mut self,
-        write: bool,
-        nsid: u32,
-        lba: Option<u64>,
-        data: Option<Data<'_>>,
-    ) -> Result<(), NvmeError> {
-        let cmd = match (lba, data) {
-            (Some(lba), Some(data)) => self.rw_command(write, &self.namespace(nsid)?, lba, data.len)?,
-            _ => Command::new(command::NVM_FLUSH, nsid),
-        };
-        self.push(0, cmd, data, 0)?;
-        self.ring(0)?;
-        let mut done = Vec::with_capacity(1);
-        while done.is_empty() {
-            self.wait(0, &mut done, 1)?;
-        }
-        let done = done[0];
-        done.result.map(|_| ()).map_err(|status| NvmeError::Status {
-            command: cmd.name(false),
-            cid: done.cid,
-            status,
-        })
     }
 
     /// Sends the shutdown notification (CC.SHN normal) and waits for

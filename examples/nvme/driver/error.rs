@@ -93,6 +93,14 @@ pub enum NvmeError {
         /// The active namespaces.
         active: Vec<u32>,
     },
+    /// No I/O queue pair with this index.
+    #[error("no I/O queue {queue} (the controller has {queues})")]
+    NoQueue {
+        /// The index asked for (0-based).
+        queue: usize,
+        /// The number of I/O queue pairs.
+        queues: usize,
+    },
     /// A queue has no free slot for another command.
     #[error("queue {qid} is full ({depth} commands outstanding)")]
     QueueFull {

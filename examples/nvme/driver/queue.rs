@@ -62,6 +62,7 @@ pub struct QueuePair {
     slots: Vec<Option<Slot>>,
     free: Vec<u16>,
     vector: Option<u32>,
+    interrupts: u64,
 }
 
 impl QueuePair {
@@ -90,6 +91,7 @@ impl QueuePair {
             slots: (0..depth).map(|_| None).collect(),
             free: (0..depth - 1).rev().collect(),
             vector: None,
+            interrupts: 0,
         };
         queue.restart()?;
         Ok(queue)
@@ -123,6 +125,16 @@ impl QueuePair {
     /// Sets the MSI-X vector (before the queue is created on the controller).
     pub fn set_vector(&mut self, vector: Option<u32>) {
         self.vector = vector;
+    }
+
+    /// Counts `n` interrupts taken on the queue's vector.
+    pub fn count_interrupts(&mut self, n: u64) {
+        self.interrupts += n;
+    }
+
+    /// Interrupts counted on the queue's vector.
+    pub fn interrupts(&self) -> u64 {
+        self.interrupts
     }
 
     /// Commands submitted and not yet completed.
