@@ -4,7 +4,7 @@
 //! result format (stats shared with `nvme`).
 //!
 //! ```text
-//! nvme_uring /dev/nvme0n2 --pattern randread --qd 32 --bs 4096 --time 5 [--json]
+//! nvme_uring /dev/nvme0n2 --pattern randread --qd 32 --bs 4096 --time 5 [--iopoll] [--json]
 //! ```
 //!
 //! qemu-scripts/nvme-bench.sh rebinds the guest's controller to `nvme` and
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use barmap::vm_memory::MmapRegion;
 use clap::Parser;
-use io_uring::{opcode, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use rng::Rng;
 use stats::{Pattern, Setup, Stats, Summary};
@@ -57,6 +57,9 @@ struct Cli {
     /// Print one JSON line instead of the table
     #[arg(long)]
     json: bool,
+    /// Poll for completions (IORING_SETUP_IOPOLL; needs the nvme module's poll_queues)
+    #[arg(long)]
+    iopoll: bool,
 }
 
 /// What the baseline can fail with.
@@ -119,7 +122,13 @@ fn run(cli: &Cli) -> Result<Summary, UringError> {
     let qd = cli.qd as usize;
     let buffers = MmapRegion::<()>::new(qd * cli.bs)?;
     let ring_error = |step| move |source| UringError::Ring { step, source };
-    let mut ring = IoUring::new(cli.qd.next_power_of_two()).map_err(ring_error("setup"))?;
+    let mut builder = IoUring::<squeue::Entry, cqueue::Entry>::builder();
+    if cli.iopoll {
+        builder.setup_iopoll();
+    }
+    let mut ring = builder
+        .build(cli.qd.next_power_of_two())
+        .map_err(ring_error("setup"))?;
     let fd = types::Fd(file.as_raw_fd());
     let mut rng = Rng::new(cli.seed);
     let (mut next_seq, mut inflight, mut draining) = (0u64, 0usize, false);
@@ -183,7 +192,7 @@ fn run(cli: &Cli) -> Result<Summary, UringError> {
     }
     Ok(stats.finish(Setup {
         driver: "kernel",
-        mode: "io_uring",
+        mode: if cli.iopoll { "io_uring-iopoll" } else { "io_uring" },
         target: path,
         pattern: cli.pattern,
         qd,

@@ -5,8 +5,9 @@
 # on the null namespace (2, QEMU null-co: no storage cost) and the file-backed one (1):
 #   4 KiB random reads at QD1 (median and p99 latency), at QD32 (IOPS), 128 KiB sequential reads at QD4
 #   (MiB/s), each for BARMAP_NVME_BENCH_TIME seconds (default 3): `nvme bench` polled and on MSI-X, then,
-#   after rebinding the controller from vfio-pci to nvme, `nvme_uring` (O_DIRECT through io_uring, the
-#   same patterns and queue depths) on /dev/nvme0nN;
+#   after rebinding the controller from vfio-pci to nvme (loaded with poll_queues=1), `nvme_uring`
+#   (O_DIRECT through io_uring, the same patterns and queue depths) on /dev/nvme0nN, completing on
+#   interrupts and again with IORING_SETUP_IOPOLL;
 #   `nvme floor`: the cost of one doorbell write and one register read (the floor under each command).
 # Prints a table per namespace and RATIO lines (userspace / kernel; goals: QD1 latency <= 0.8, QD32 IOPS
 # >= 1.0). Exits non-zero if a run failed.
@@ -92,7 +93,9 @@ dev=/sys/bus/pci/devices/$A
 echo "$A" >"$dev/driver/unbind"
 echo nvme >"$dev/driver_override"
 for m in $(cat /lib/modules/nvme/order); do
-    insmod "/lib/modules/nvme/$m.ko" || { echo "bench: insmod $m failed"; exit 1; }
+    params=
+    [ "$m" = nvme ] && params=poll_queues=1 # a polled queue for io_uring's IOPOLL, besides the interrupt one
+    insmod "/lib/modules/nvme/$m.ko" $params || { echo "bench: insmod $m failed"; exit 1; }
 done
 [ -e "$dev/driver" ] || echo "$A" >/sys/bus/pci/drivers_probe
 i=0
@@ -102,6 +105,7 @@ echo "bench: $A bound to ${driver##*/}; nvme0n1 $(cat /sys/block/nvme0n1/size) a
 [ -b /dev/nvme0n2 ] || { echo "bench: the kernel's nvme driver made no /dev/nvme0n2"; exit 1; }
 for ns in 2 1; do
     patterns kernel "$ns" nvme_uring "/dev/nvme0n$ns"
+    patterns kernel-iopoll "$ns" nvme_uring "/dev/nvme0n$ns" --iopoll
 done
 exit $status
 JOB
@@ -120,16 +124,16 @@ strip_ansi <"$out" | sed -n 's/^BENCH //p' | jq -rs --argjson floor "$(strip_ans
     ([2, 1][] as $ns |
         ("", "namespace \($ns) (\(if $ns == 2 then "null-co" else "file-backed" end))",
          (pad("driver"; 20) + pad("QD1 p50 us"; 12) + pad("QD1 p99 us"; 12) + pad("QD32 IOPS"; 12) + "128K QD4 MiB/s"),
-         (["barmap-poll", "barmap-msix", "kernel"][] as $w |
+         (["barmap-poll", "barmap-msix", "kernel", "kernel-iopoll"][] as $w |
             pad($w; 20) + pad(f($all | get($w; $ns; "qd1") | .lat_us.p50; 1); 12)
             + pad(f($all | get($w; $ns; "qd1") | .lat_us.p99; 1); 12)
             + pad(f($all | get($w; $ns; "qd32") | .iops; 0); 12) + f($all | get($w; $ns; "seq128k") | .mib_s; 1)),
-         (["barmap-poll", "barmap-msix"][] as $w |
-            ($all | get($w; $ns; "qd1")) as $u | ($all | get("kernel"; $ns; "qd1")) as $k |
-            ($all | get($w; $ns; "qd32")) as $u32 | ($all | get("kernel"; $ns; "qd32")) as $k32 |
-            ($all | get($w; $ns; "seq128k")) as $us | ($all | get("kernel"; $ns; "seq128k")) as $ks |
-            if $u and $k then "RATIO ns\($ns) qd1-p50-latency \($w)/kernel \(f($u.lat_us.p50 / $k.lat_us.p50; 2)) (goal <= 0.8)",
-                "RATIO ns\($ns) qd1-p99-latency \($w)/kernel \(f($u.lat_us.p99 / $k.lat_us.p99; 2))" else empty end,
-            if $u32 and $k32 then "RATIO ns\($ns) qd32-iops \($w)/kernel \(f($u32.iops / $k32.iops; 2)) (goal >= 1.0)" else empty end,
-            if $us and $ks then "RATIO ns\($ns) seq128k-mib-s \($w)/kernel \(f($us.mib_s / $ks.mib_s; 2))" else empty end)))'
+         ([["barmap-poll", "kernel"], ["barmap-msix", "kernel"], ["barmap-poll", "kernel-iopoll"]][] as [$w, $kw] |
+            ($all | get($w; $ns; "qd1")) as $u | ($all | get($kw; $ns; "qd1")) as $k |
+            ($all | get($w; $ns; "qd32")) as $u32 | ($all | get($kw; $ns; "qd32")) as $k32 |
+            ($all | get($w; $ns; "seq128k")) as $us | ($all | get($kw; $ns; "seq128k")) as $ks |
+            if $u and $k then "RATIO ns\($ns) qd1-p50-latency \($w)/\($kw) \(f($u.lat_us.p50 / $k.lat_us.p50; 2)) (goal <= 0.8)",
+                "RATIO ns\($ns) qd1-p99-latency \($w)/\($kw) \(f($u.lat_us.p99 / $k.lat_us.p99; 2))" else empty end,
+            if $u32 and $k32 then "RATIO ns\($ns) qd32-iops \($w)/\($kw) \(f($u32.iops / $k32.iops; 2)) (goal >= 1.0)" else empty end,
+            if $us and $ks then "RATIO ns\($ns) seq128k-mib-s \($w)/\($kw) \(f($us.mib_s / $ks.mib_s; 2))" else empty end)))'
 exit "$GUEST_STATUS"

@@ -581,3 +581,133 @@ fn nvme_driver_msix_and_polled_modes_give_the_same_data() {
         "polled mode reads the same"
     );
 }
+
+#[test]
+#[ignore = "needs QEMU NVMe (serial=barmap0001, two namespaces) bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn nvme_driver_a_command_never_rung_times_out() {
+    let timeout = Duration::from_millis(300);
+    let opts = Options {
+        queues: 1,
+        depth: 16,
+        mode: Mode::Poll,
+        timeout,
+    };
+    let mut ctrl = Controller::open(nvme(), opts).unwrap();
+    let buffer = ctrl.dma().alloc(4096).unwrap();
+    let ns = ctrl.namespace(FILE_NS).unwrap();
+    let cmd = ctrl.rw_command(false, &ns, MODES_LBA, BLOCK).unwrap();
+    let cid = ctrl
+        .push(
+            0,
+            cmd,
+            Some(Data {
+                buffer: &buffer,
+                offset: 0,
+                len: BLOCK,
+            }),
+            7,
+        )
+        .unwrap();
+    let mut done = Vec::new();
+    let start = std::time::Instant::now();
+    match ctrl.wait(0, &mut done, 1) {
+        Err(NvmeError::Timeout {
+            command: "Read",
+            cid: timed_out,
+            after,
+        }) => {
+            assert_eq!((timed_out, after), (cid, timeout));
+        }
+        other => panic!("a command whose doorbell was not rung: {other:?}"),
+    }
+    assert!(start.elapsed() >= timeout, "the wait lasted the timeout");
+    // Still outstanding: rung now, its timeout counts from the doorbell and it completes.
+    ctrl.ring(0).unwrap();
+    ctrl.wait(0, &mut done, 1).unwrap();
+    assert_eq!((done.len(), done[0].tag, done[0].result), (1, 7, Ok(0)));
+}
+
+fn nvme_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let built = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples/nvme"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = std::env::split_paths(&path).map(|dir| dir.join("nvme"));
+    let mut candidates = built.into_iter().chain(on_path);
+    candidates
+        .find(|p| p.is_file())
+        .expect("no nvme binary: `cargo build --example nvme` (the guest has it in /usr/bin)")
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(nvme_binary())
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+#[test]
+#[ignore = "needs QEMU NVMe (serial=barmap0001, two namespaces) bound to vfio-pci (qemu-scripts/guest-test.sh)"]
+fn nvme_cli_identifies_writes_reads_and_benchmarks() {
+    const CLI_LBA: u64 = 25000; // 0x61a8, the first word of its written block
+    let (code, out, err) = cli(&["--json", "identify"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["serial"], SERIAL);
+    assert_eq!(doc["mdts_bytes"], MIB);
+    assert_eq!(doc["namespaces"][1]["blocks"], 1 << 21);
+
+    let lba = CLI_LBA.to_string();
+    let (code, _, err) = cli(&["write", &lba, "4", "--seed", "5"]);
+    assert_eq!(code, 0, "{err}");
+    let file = std::env::temp_dir().join("nvme-cli-read.bin");
+    let (code, _, err) = cli(&["read", &lba, "4", "--output", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::read(&file).unwrap() == written(CLI_LBA, 4 * BLOCK, 5),
+        "read returns what write wrote"
+    );
+    let (code, out, _) = cli(&["read", &lba, "1"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(&format!(
+            "{:08x}  a8 61 00 00 00 00 00 00 05 00",
+            CLI_LBA * BLOCK as u64
+        )),
+        "hexdump: {out}"
+    );
+
+    let (code, _, err) = cli(&["read", &FILE_BLOCKS.to_string(), "1"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("nvme: error: Read (cid ") && err.contains("LBA Out of Range"),
+        "{err}"
+    );
+
+    let args = [
+        "--mode", "msix", "--json", "bench", "--nsid", "2", "--qd", "4", "--time", "0.5", "--quiet",
+    ];
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "{err}");
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            result["driver"].as_str(),
+            result["mode"].as_str(),
+            result["qd"].as_u64()
+        ),
+        (Some("barmap"), Some("msix"), Some(4))
+    );
+    assert!(
+        result["ops"].as_u64().unwrap() > 0 && result["lat_us"]["p50"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
+}

@@ -57,6 +57,11 @@ impl Command {
         self.dw[0] as u8
     }
 
+    /// The command identifier.
+    pub fn cid(&self) -> u16 {
+        (self.dw[0] >> 16) as u16
+    }
+
     /// Sets the command identifier (CDW0 bits 31:16).
     pub fn set_cid(&mut self, cid: u16) {
         self.dw[0] = (self.dw[0] & 0xffff) | u32::from(cid) << 16;

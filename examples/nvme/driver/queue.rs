@@ -25,13 +25,17 @@ pub struct Done {
     pub cid: u16,
     /// DW0 of the completion, or the error status.
     pub result: Result<u32, Status>,
-    /// Submission to the completion being seen.
+    /// From the doorbell write that submitted the command to its
+    /// completion being seen.
     pub latency: Duration,
 }
 
 struct Slot {
     cmd: Command,
     tag: u64,
+    /// Push order, for resubmission.
+    seq: u64,
+    /// When the doorbell was rung for it (until then: when it was pushed).
     submitted: Instant,
 }
 
@@ -58,7 +62,8 @@ pub struct QueuePair {
     sq_tail: u16,
     cq_head: u16,
     phase: bool,
-    unrung: bool,
+    unrung: Vec<u16>,
+    next_seq: u64,
     slots: Vec<Option<Slot>>,
     free: Vec<u16>,
     vector: Option<u32>,
@@ -87,7 +92,8 @@ impl QueuePair {
             sq_tail: 0,
             cq_head: 0,
             phase: true,
-            unrung: false,
+            unrung: Vec::new(),
+            next_seq: 0,
             slots: (0..depth).map(|_| None).collect(),
             free: (0..depth - 1).rev().collect(),
             vector: None,
@@ -142,8 +148,9 @@ impl QueuePair {
         usize::from(self.depth - 1) - self.free.len()
     }
 
-    /// The submission time of the oldest outstanding command, with its cid
-    /// and opcode.
+    /// The submission time of the oldest outstanding command (its doorbell
+    /// write, or its push if the doorbell was not rung yet), with its cid and
+    /// opcode.
     pub fn oldest(&self) -> Option<(Instant, u16, u8)> {
         let slots = self.slots.iter().enumerate();
         let outstanding =
@@ -157,7 +164,8 @@ impl QueuePair {
     pub fn restart(&mut self) -> Result<(), NvmeError> {
         let zeros = vec![0u8; self.cq.size()];
         self.cq.as_volatile_slice().write_slice(&zeros, 0)?;
-        (self.sq_tail, self.cq_head, self.phase, self.unrung) = (0, 0, true, false);
+        (self.sq_tail, self.cq_head, self.phase) = (0, 0, true);
+        self.unrung.clear();
         Ok(())
     }
 
@@ -177,19 +185,30 @@ impl QueuePair {
         cmd.set_cid(cid);
         self.write_sqe(&cmd)?;
         self.free.pop();
+        self.unrung.push(cid);
+        let seq = self.next_seq;
+        self.next_seq += 1;
         self.slots[usize::from(cid)] = Some(Slot {
             cmd,
             tag,
+            seq,
             submitted: Instant::now(),
         });
         Ok(cid)
     }
 
-    /// Writes the submission queue tail doorbell if commands were pushed since.
+    /// Writes the submission queue tail doorbell if commands were pushed
+    /// since; their timeout and latency count from now.
     pub fn ring(&mut self, bar: &Region) -> Result<(), NvmeError> {
-        if self.unrung {
-            bar.write::<u32>(self.sq_doorbell, u32::from(self.sq_tail))?;
-            self.unrung = false;
+        if self.unrung.is_empty() {
+            return Ok(());
+        }
+        bar.write::<u32>(self.sq_doorbell, u32::from(self.sq_tail))?;
+        let now = Instant::now();
+        for cid in self.unrung.drain(..) {
+            if let Some(slot) = self.slots[usize::from(cid)].as_mut() {
+                slot.submitted = now;
+            }
         }
         Ok(())
     }
@@ -204,15 +223,11 @@ impl QueuePair {
     /// Pushes every outstanding command again under its own identifier, in
     /// the order they were first submitted, and rings (after a reset).
     pub fn resubmit(&mut self, bar: &Region) -> Result<usize, NvmeError> {
-        let mut pending: Vec<(Instant, Command)> = self
-            .slots
-            .iter()
-            .flatten()
-            .map(|s| (s.submitted, s.cmd))
-            .collect();
-        pending.sort_by_key(|(submitted, _)| *submitted);
+        let mut pending: Vec<(u64, Command)> = self.slots.iter().flatten().map(|s| (s.seq, s.cmd)).collect();
+        pending.sort_by_key(|(seq, _)| *seq);
         for (_, cmd) in &pending {
             self.write_sqe(cmd)?;
+            self.unrung.push(cmd.cid());
         }
         self.ring(bar)?;
         Ok(pending.len())
@@ -265,7 +280,6 @@ impl QueuePair {
         self.sq.as_volatile_slice().write_obj(cmd.dw, offset)?;
         fence(Ordering::Release);
         self.sq_tail = (self.sq_tail + 1) % self.depth;
-        self.unrung = true;
         Ok(())
     }
 
