@@ -113,6 +113,7 @@ impl Controller {
     fn bring_up(&mut self) -> Result<(), NvmeError> {
         self.disable()?;
         self.admin.restart()?;
+        self.admin.abandon();
         let depth = u32::from(self.admin.depth()) - 1;
         self.bar.write::<u32>(regs::AQA, depth | depth << 16)?;
         self.bar.write::<u64>(regs::ASQ, self.admin.sq_iova())?;

@@ -169,6 +169,17 @@ impl QueuePair {
         Ok(())
     }
 
+    /// Forgets every outstanding command, freeing its identifier (the admin
+    /// queue after a reset: its commands are not resubmitted).
+    pub fn abandon(&mut self) {
+        for (cid, slot) in self.slots.iter_mut().enumerate() {
+            if slot.take().is_some() {
+                self.free.push(cid as u16);
+            }
+        }
+        self.unrung.clear();
+    }
+
     /// Places `cmd` in the submission queue under a free command
     /// identifier, with PRPs for `data`, without ringing the doorbell.
     pub fn push(&mut self, mut cmd: Command, data: Option<Data<'_>>, tag: u64) -> Result<u16, NvmeError> {
