@@ -209,13 +209,14 @@ impl QueuePair {
     }
 
     /// Writes the submission queue tail doorbell if commands were pushed
-    /// since; their timeout and latency count from now.
+    /// since; their timeout and latency count from just before the write.
     pub fn ring(&mut self, bar: &Region) -> Result<(), NvmeError> {
         if self.unrung.is_empty() {
             return Ok(());
         }
-        bar.write::<u32>(self.sq_doorbell, u32::from(self.sq_tail))?;
+        // Taken before the write: the doorbell's own cost is part of the latency.
         let now = Instant::now();
+        bar.write::<u32>(self.sq_doorbell, u32::from(self.sq_tail))?;
         for cid in self.unrung.drain(..) {
             if let Some(slot) = self.slots[usize::from(cid)].as_mut() {
                 slot.submitted = now;
