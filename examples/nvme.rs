@@ -15,10 +15,12 @@
 //! and Flush through PRPs and PRP lists into barmap DMA buffers; completions
 //! are found by polling the phase tag or on each queue's MSI-X vector. It
 //! shuts the controller down (CC.SHN) when dropped. `bench` keeps a queue
-//! depth outstanding (`bench`, with `stats` for the results, shared with the
-//! kernel baseline `nvme-uring`); `pattern` has the known data the guest
-//! tests write. Host tests: `cargo test --example nvme`; tests/nvme_driver.rs
-//! runs the driver against QEMU's controller in the guest.
+//! depth outstanding, with `stats` for the results (shared with the kernel
+//! baseline `nvme_uring`); `pattern` has the known data the guest tests
+//! write, `rng` the seeded generator of offsets, `cli` the command line.
+//! Host tests: `cargo test --example nvme`; tests/nvme_driver.rs runs the
+//! driver against QEMU's controller in the guest, and
+//! qemu-scripts/nvme-bench.sh measures it against the kernel's driver.
 
 #[path = "nvme/bench.rs"]
 mod bench;
