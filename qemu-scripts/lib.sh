@@ -314,7 +314,9 @@ BARMAP_OPT3_TESTS=(shadow_guest revocation)
 # guest_build MODE OUT: builds statically (separate target dir) and writes "KIND NAME PATH" lines to OUT:
 #   MODE test:  KIND test (lib unit tests, integration tests) and example (examples, normal build), then
 #               the BARMAP_OPT3_TESTS again in release as KIND test named opt3-test-NAME;
-#   MODE bench: KIND bench (criterion bench binaries, bench profile).
+#   MODE bench: KIND bench (criterion bench binaries, bench profile);
+#   MODE nvme-bench: KIND example, the userspace NVMe driver and its kernel baseline in release
+#               (qemu-scripts/nvme-bench.sh).
 guest_build() {
     local mode=$1 out=$2 filter json="$2.json" format=json rc=0 prefix="" t
     local -a cmd
@@ -334,6 +336,10 @@ guest_build() {
     bench)
         cmd=(bench --no-run)
         filter='.target.kind[0] == "bench"'
+        ;;
+    nvme-bench)
+        cmd=(build --release --example nvme --example nvme_uring)
+        filter='.target.kind[0] == "example"'
         ;;
     esac
     # The guest has /dev/kvm: build the KVM passthrough (tests, example, bench) too.
@@ -368,7 +374,8 @@ guest_build_has() {
 
 # initramfs_build KERNEL_DIR BUILD_LIST JOB OUT: writes the guest's initramfs (uncompressed newc cpio) to OUT.
 # Layout: busybox applets, /init, /lib/modules/barmap/*.ko, /tests/*, examples in /usr/bin, /benches/*,
-# /usr/bin/barmap-run-tests, and JOB as /job.sh (the command the guest runs).
+# /usr/bin/barmap-run-tests, and JOB as /job.sh (the command the guest runs); then the tree in
+# $BARMAP_INITRAMFS_EXTRA, if set, on top.
 initramfs_build() {
     local kdir=$1 list=$2 job=$3 out=$4 root kind name path applet
     root=$(mktemp -d "$RUN_DIR/initramfs.XXXXXX")
@@ -389,6 +396,9 @@ initramfs_build() {
         bench) strip --strip-debug -o "$root/benches/${name#bench-}" "$path" ;;
         esac
     done <"$list"
+    if [[ -n "${BARMAP_INITRAMFS_EXTRA:-}" ]]; then
+        cp -a "$BARMAP_INITRAMFS_EXTRA/." "$root/"
+    fi
     (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$out"
     rm -rf "$root"
 }
@@ -412,10 +422,52 @@ testdev_rom() {
     truncate -s 4096 "$1"
 }
 
+# NVMe namespace 1 of the test guest: a raw image of this many 512-byte blocks (16 MiB).
+BARMAP_NVME_IMAGE_BLOCKS=32768
+
+# nvme_image FILE: writes the known-pattern image of NVMe namespace 1: block N (512 bytes) is the text
+# "barmap-nvme lba NNNNNNNNNNNN" (N in 12 decimal digits) padded with spaces to 511 bytes and a newline
+# (tests/nvme/image.rs has the same definition).
+nvme_image() {
+    awk -v n="$BARMAP_NVME_IMAGE_BLOCKS" \
+        'BEGIN { for (i = 0; i < n; i++) printf "%-511s\n", sprintf("barmap-nvme lba %012d", i) }' >"$1"
+}
+
+# nvme_image_check SERIES IMAGE: for every line "MARKER nvme-image-cksum OFFSET LEN CRC" in the guest's
+# output (a test that wrote namespace 1 and computed the POSIX cksum CRC that those bytes of the image must
+# have), compares with `cksum` of that range of the image file after the guest is gone. Appends the result to
+# the output log as a pseudo test binary `harness-nvme-image` (counted by parse_guest_tests); returns 1 if a
+# range differs.
+nvme_image_check() {
+    local log="$BARMAP_GUEST_WORK/logs/$1-output.log" img=$2 offset len crc actual line out passed=0 failed=0
+    local -a checks
+    mapfile -t checks < <(strip_ansi <"$log" |
+        sed -n "s/.*$BARMAP_MARKER nvme-image-cksum \([0-9]*\) \([0-9]*\) \([0-9]*\).*/\1 \2 \3/p")
+    ((${#checks[@]} > 0)) || return 0
+    out=$(printf '\n%s bin-start harness-nvme-image' "$BARMAP_MARKER")
+    for line in "${checks[@]}"; do
+        read -r offset len crc <<<"$line"
+        actual=$(tail -c +$((offset + 1)) "$img" | head -c "$len" | cksum | awk '{ print $1 }')
+        if [[ "$actual" == "$crc" ]]; then
+            out+=$'\n'"test nvme image bytes $offset..+$len: cksum $crc as the guest expects ... ok"
+            passed=$((passed + 1))
+        else
+            out+=$'\n'"test nvme image bytes $offset..+$len: cksum $actual, the guest expects $crc ... FAILED"
+            failed=$((failed + 1))
+        fi
+    done
+    out+=$'\n'"test result: $( ((failed == 0)) && echo ok || echo FAILED). $passed passed; $failed failed"
+    out+=$'\n'"$BARMAP_MARKER bin-exit harness-nvme-image $((failed > 0))"
+    printf '%s\n' "$out" | tee -a "$log"
+    ((failed == 0))
+}
+
 # guest_boot SERIES KERNEL_DIR INITRAMFS: boots the guest under TCG behind an intel-iommu with the test
 # devices: edu, pci-testdev, a modern-only virtio-rng (function-level reset) alone behind a pcie-root-port,
-# an NVMe controller on a fresh sparse 8 MiB raw image in $RUN_DIR, and ivshmem-plain with a 1 GiB RAM
-# backend (BAR2: 1 GiB, 64-bit prefetchable). Streams the job's output (guest ttyS1) to stdout and into
+# an NVMe controller (MDTS 1 MiB) with namespace 1 on a fresh known-pattern 16 MiB raw image
+# ($RUN_DIR/nvme-SERIES.img, nvme_image; left for guest_run to check) and namespace 2 on a 1 GiB null-co
+# block device that reads zeroes, and ivshmem-plain with a 1 GiB RAM backend (BAR2: 1 GiB, 64-bit
+# prefetchable). Streams the job's output (guest ttyS1) to stdout and into
 # $BARMAP_GUEST_WORK/logs/SERIES-output.log, and keeps the kernel console (ttyS0) in SERIES-console.log
 # (also streamed to stderr if BARMAP_CONSOLE=1). Returns QEMU's (or timeout's) exit status. Stdin is passed
 # through to the job (use </dev/null for unattended runs).
@@ -431,8 +483,7 @@ guest_boot() {
     fi
     testdev_rom "$BARMAP_GUEST_WORK/testdev-rom.bin"
     nvme_img="$RUN_DIR/nvme-$series.img"
-    rm -f "$nvme_img"
-    truncate -s 8M "$nvme_img"
+    nvme_image "$nvme_img"
     log "booting guest kernel $series ($(basename "$kdir")), timeout ${BARMAP_GUEST_TIMEOUT}s"
     timeout --foreground -k 10 "$BARMAP_GUEST_TIMEOUT" \
         qemu-system-x86_64 -machine q35,kernel-irqchip=split -accel tcg -cpu max -smp 1 \
@@ -440,7 +491,10 @@ guest_boot() {
         -device intel-iommu,intremap=on,caching-mode=on -nic none -device edu \
         -device "pci-testdev,romfile=$BARMAP_GUEST_WORK/testdev-rom.bin" \
         -device pcie-root-port,id=flr-port,chassis=1 -device virtio-rng-pci,bus=flr-port,disable-legacy=on \
-        -drive "file=$nvme_img,if=none,id=nvm,format=raw" -device nvme,serial=barmap0001,drive=nvm \
+        -drive "file=$nvme_img,if=none,id=nvm,format=raw" -device nvme,id=nvme0,serial=barmap0001,mdts=8 \
+        -device nvme-ns,drive=nvm,bus=nvme0,nsid=1 \
+        -blockdev null-co,node-name=nvmnull,size=$((1 << 30)),read-zeroes=on \
+        -device nvme-ns,drive=nvmnull,bus=nvme0,nsid=2 \
         -object memory-backend-ram,id=shm,size=1G -device ivshmem-plain,memdev=shm \
         -kernel "$kdir/vmlinuz" -initrd "$initrd" \
         -append "console=ttyS0 intel_iommu=on panic=1 $BARMAP_GUEST_KERNEL_ARGS $BARMAP_KERNEL_ARGS" \
@@ -451,7 +505,6 @@ guest_boot() {
         sleep 0.2 # let tail show the console's last lines
         kill "$tail_pid"
     fi
-    rm -f "$nvme_img"
     return "$rc"
 }
 
@@ -472,6 +525,10 @@ guest_run() {
     guest_boot "$series" "$kdir" "$initrd" || qemu_rc=$?
     rm -f "$initrd"
     status=$(guest_job_status "$series")
+    if ! nvme_image_check "$series" "$RUN_DIR/nvme-$series.img" && [[ $status == 0 ]]; then
+        status=1
+    fi
+    rm -f "$RUN_DIR/nvme-$series.img"
     if ((qemu_rc == 124 || qemu_rc == 137)); then
         log "guest $series timed out after ${BARMAP_GUEST_TIMEOUT}s (BARMAP_GUEST_TIMEOUT)"
         guest_console_tail "$series"
