@@ -135,11 +135,7 @@ impl Dma {
         // the buffer. No Rust reference to it is ever made (the CPU reaches it
         // through vm-memory's volatile slices only), and it stays mapped until
         // the IOMMU mapping is removed (in `release`, before it is freed).
-        let mapped = unsafe {
-            self.container()
-                .inner()
-                .vfio_dma_map(iova, len as usize, memory.as_ptr())
-        };
+        let mapped = unsafe { self.container().backend().map_dma(iova, len, memory.as_ptr()) };
         if let Err(e) = mapped {
             undo();
             return Err(Error::Vfio {
@@ -295,7 +291,7 @@ impl Dma {
             // SAFETY: the region belongs to `memory`, whose clone the mapping
             // holds, so it stays mapped until the IOMMU mapping is removed in
             // `release`; GuestMemoryMmap hands out only volatile access to it.
-            let mapped = unsafe { self.container().inner().vfio_dma_map(iova, size as usize, host) };
+            let mapped = unsafe { self.container().backend().map_dma(iova, size, host) };
             if let Err(e) = mapped {
                 let _ = self.with_state(|state| {
                     state.forget_mapping(iova);

@@ -35,6 +35,7 @@ mod iova;
 mod space;
 
 pub use buffer::{DmaBuffer, GuestMapping};
+pub(crate) use iommu::{parse_iommu_info, IommuInfo};
 pub use iova::{IovaAllocator, IovaError};
 pub(crate) use space::ContainerDma;
 pub use space::{Dma, DmaMask};

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Mutex;
 
-use super::iommu::{parse_iommu_info, IommuInfo};
+use super::iommu::IommuInfo;
 use super::{IovaAllocator, IovaError};
 use crate::config::regs::{PCI_COMMAND, PCI_COMMAND_MASTER};
 use crate::error::{Error, Result};
@@ -170,8 +170,8 @@ impl Dma {
     /// reach it.
     pub(super) fn unmap(&self, iova: u64, size: u64) -> Result<()> {
         self.container()
-            .inner()
-            .vfio_dma_unmap(iova, size as usize)
+            .backend()
+            .unmap_dma(iova, size)
             .map_err(|e| Error::Vfio {
                 addr: self.device.address(),
                 step: "unmap DMA",
@@ -213,12 +213,7 @@ impl Dma {
     fn read_state(&self) -> Result<DmaState> {
         let addr = self.device.address();
         let step = "get IOMMU info";
-        let bytes = self.container().iommu_info_bytes().map_err(|e| Error::Vfio {
-            addr,
-            step,
-            source: Box::new(e),
-        })?;
-        let info: IommuInfo = parse_iommu_info(&bytes).map_err(|e| Error::Vfio {
+        let info: IommuInfo = self.container().backend().iommu_info().map_err(|e| Error::Vfio {
             addr,
             step,
             source: Box::new(e),

@@ -133,8 +133,7 @@ pub struct IrqInfo {
 
 impl Device {
     /// What the kernel reports for interrupt `index`: its vector count and
-    /// flags (from `VFIO_DEVICE_GET_IRQ_INFO`, which vfio-ioctls issues for
-    /// every index when it opens the device). An index the kernel refuses,
+    /// flags (`VFIO_DEVICE_GET_IRQ_INFO`). An index the kernel refuses,
     /// such as ERR on a conventional PCI device, is [`Error::NoSuchIrq`]; an
     /// index it reports with count 0 is returned as it is.
     ///
@@ -146,10 +145,20 @@ impl Device {
     /// # Ok::<(), barmap::Error>(())
     /// ```
     pub fn irq_info(&self, index: IrqIndex) -> Result<IrqInfo> {
-        let irq = self.vfio().get_irq_info(index.raw()).ok_or(Error::NoSuchIrq {
-            addr: self.address(),
-            index,
-        })?;
+        let irq = self
+            .backend()
+            .irq_info(index.raw())
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) => Error::NoSuchIrq {
+                    addr: self.address(),
+                    index,
+                },
+                _ => Error::Vfio {
+                    addr: self.address(),
+                    step: "get interrupt info",
+                    source: Box::new(e),
+                },
+            })?;
         Ok(IrqInfo {
             index,
             count: irq.count,

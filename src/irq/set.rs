@@ -4,7 +4,9 @@ use std::fmt;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD};
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+};
 
 use super::{vector::wait_any, IrqIndex, IrqInfo, Vector};
 use crate::error::{Error, Result};
@@ -117,13 +119,19 @@ impl Device {
             let vectors = (0..n)
                 .map(|number| Vector::new(self, index, number, info.flags))
                 .collect::<Result<Vec<_>>>()?;
-            self.vfio()
-                .enable_irq(index.raw(), vectors.iter().map(Vector::eventfd).collect())
-                .map_err(|e| Error::Vfio {
-                    addr: self.address(),
-                    step: "enable interrupts",
-                    source: Box::new(e),
-                })?;
+            let fds: Vec<_> = vectors.iter().map(Vector::as_raw_fd).collect();
+            self.set_irqs(
+                index.raw(),
+                VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+                0,
+                n,
+                &fds,
+            )
+            .map_err(|e| Error::Vfio {
+                addr: self.address(),
+                step: "enable interrupts",
+                source: Box::new(e),
+            })?;
             if matches!(index, IrqIndex::Msi | IrqIndex::Msix) {
                 // A message is a memory write by the device: without bus
                 // mastering it is dropped, silently. Set after the enable,
@@ -131,7 +139,7 @@ impl Device {
                 if let Err(e) = self.set_bus_master(true) {
                     // The kernel has the index enabled: disable it, or it
                     // would refuse the next enable of another index.
-                    if let Err(undo) = self.vfio().disable_irq(index.raw()) {
+                    if let Err(undo) = disable(self, index) {
                         log::warn!(
                             "{}: disabling {index} after a failed enable: {undo}",
                             self.address()
@@ -210,8 +218,8 @@ impl Interrupts {
     /// (v6.5 on, where the index is not `NORESIZE`). Asking for no more than
     /// are enabled does nothing.
     ///
-    /// vfio-ioctls' `enable_irq` always starts at vector 0 and would rewire
-    /// every enabled vector; this sets only the new ones.
+    /// Only the new vectors are set (`start` at the first of them), so the
+    /// enabled ones are not rewired.
     ///
     /// Fails with [`Error::Unsupported`] if the kernel reports the index
     /// `NORESIZE` (drop the set and enable it again with more), and
@@ -270,7 +278,7 @@ impl Interrupts {
             return Ok(());
         }
         self.enabled = false;
-        let result = self.device.vfio().disable_irq(self.info.index.raw());
+        let result = disable(&self.device, self.info.index);
         // Even if the kernel refused, the eventfds are closed with `self`: the
         // index is free to be enabled again (the kernel replaces its triggers).
         self.device.irq_state().release(self.info.index);
@@ -288,4 +296,15 @@ impl Drop for Interrupts {
             log::warn!("{e}");
         }
     }
+}
+
+/// Tears down every trigger of `index` (`VFIO_IRQ_SET_DATA_NONE` with count 0).
+fn disable(device: &Device, index: IrqIndex) -> std::io::Result<()> {
+    device.set_irqs(
+        index.raw(),
+        VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+        0,
+        0,
+        &[],
+    )
 }

@@ -6,7 +6,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_DATA_NONE};
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_NONE,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{IrqFlags, IrqIndex};
@@ -69,11 +71,6 @@ impl Vector {
             masked_by_kernel: AtomicBool::new(false),
             masked_by_caller: AtomicBool::new(false),
         })
-    }
-
-    /// The eventfd, as vfio-ioctls takes it.
-    pub(super) fn eventfd(&self) -> &EventFd {
-        &self.eventfd
     }
 
     /// The device the vector belongs to (for barmap::kvm's errors).
@@ -146,11 +143,16 @@ impl Vector {
         }
     }
 
-    /// Unmasks through vfio-ioctls, which unmasks INTx (vfio-pci's only maskable index).
+    /// Unmasks the vector in the kernel.
     fn do_unmask(&self) -> Result<()> {
         self.device
-            .vfio()
-            .unmask_irq(self.index.raw())
+            .set_irqs(
+                self.index.raw(),
+                VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK,
+                self.number,
+                1,
+                &[],
+            )
             .map_err(|e| self.error("unmask an interrupt", e))
     }
 

@@ -1,18 +1,11 @@
 //! The VFIO container: one IOMMU address space, shareable by several devices.
 
 use std::fmt;
-use std::io;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use vfio_ioctls::{VfioContainer, VfioError};
-
-use super::ioctl;
-use crate::error::{Error, Result};
-
-/// The VFIO container node.
-const VFIO_CONTAINER_PATH: &str = "/dev/vfio/vfio";
+use super::backend::IommuBackend;
+use super::legacy::LegacyContainer;
+use crate::error::Result;
 
 /// A VFIO container with the type1v2 IOMMU: one DMA address space.
 ///
@@ -29,14 +22,16 @@ const VFIO_CONTAINER_PATH: &str = "/dev/vfio/vfio";
 /// ```
 #[derive(Clone)]
 pub struct Container {
-    inner: Arc<VfioContainer>,
+    backend: Arc<dyn IommuBackend>,
     /// The IOVA space and DMA-mapping count, shared by every clone.
     dma: Arc<crate::dma::ContainerDma>,
 }
 
 impl fmt::Debug for Container {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Container").finish_non_exhaustive()
+        f.debug_struct("Container")
+            .field("interface", &self.backend.interface())
+            .finish_non_exhaustive()
     }
 }
 
@@ -49,45 +44,26 @@ impl Container {
     /// [`Container::new`], with the hypervisor's VFIO device (the KVM-VFIO
     /// device) that vfio-ioctls registers each group with as it is attached.
     pub(crate) fn with_device_fd(device_fd: Option<Arc<vfio_ioctls::VfioDeviceFd>>) -> Result<Container> {
-        let inner = VfioContainer::new(device_fd).map_err(|e| match e {
-            VfioError::OpenContainer(source) => Error::VfioUnavailable {
-                path: PathBuf::from(VFIO_CONTAINER_PATH),
-                reason: match source.kind() {
-                    io::ErrorKind::NotFound => "the node is missing: load the vfio and vfio-pci modules",
-                    io::ErrorKind::PermissionDenied => "permission denied: run as root",
-                    _ => "it could not be opened",
-                },
-                source: Box::new(source),
-            },
-            other => Error::VfioUnavailable {
-                path: PathBuf::from(VFIO_CONTAINER_PATH),
-                reason: "the kernel's VFIO API version or type1v2 IOMMU support is missing",
-                source: Box::new(other),
-            },
-        })?;
-        log::debug!("opened VFIO container {VFIO_CONTAINER_PATH}");
-        Ok(Container {
-            inner: Arc::new(inner),
+        Ok(Container::with_backend(Arc::new(LegacyContainer::open(
+            device_fd,
+        )?)))
+    }
+
+    /// A container over any backend (the legacy one, or a test's fake kernel).
+    pub(crate) fn with_backend(backend: Arc<dyn IommuBackend>) -> Container {
+        Container {
+            backend,
             dma: Arc::default(),
-        })
+        }
     }
 
-    pub(crate) fn inner(&self) -> &Arc<VfioContainer> {
-        &self.inner
+    /// The kernel interface behind the container.
+    pub(crate) fn backend(&self) -> &dyn IommuBackend {
+        &*self.backend
     }
-}
 
-/// What the DMA module needs of a container.
-impl Container {
     /// The container's IOVA space and mapping count.
     pub(crate) fn dma_state(&self) -> &crate::dma::ContainerDma {
         &self.dma
-    }
-
-    /// `VFIO_IOMMU_GET_INFO` (see [`ioctl::iommu_info_bytes`]): vfio-ioctls
-    /// has no call for it, so the IOVA-range and DMA-available capabilities
-    /// are read with barmap's own.
-    pub(crate) fn iommu_info_bytes(&self) -> io::Result<Vec<u8>> {
-        ioctl::iommu_info_bytes(self.inner.as_raw_fd())
     }
 }

@@ -3,14 +3,14 @@
 use std::fmt;
 use std::io;
 use std::mem::offset_of;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use vfio_bindings::bindings::vfio::{vfio_region_info, VFIO_REGION_INFO_FLAG_CAPS};
-use vfio_ioctls::{VfioDevice, VfioError};
 
-use super::{ioctl, Container};
+use super::backend::{DeviceBackend, IrqSet, OpenFailure};
+use super::Container;
 use crate::access::{Region, RegionBuilder};
 use crate::config::{BarKind, ConfigSpace};
 use crate::error::{Error, Result};
@@ -52,17 +52,12 @@ struct Inner {
     flags: u32,
     regions: Vec<RegionInfo>,
     bar_kinds: [Option<BarKind>; 6],
-    /// A duplicate of the device descriptor, shared by the regions' slow
-    /// paths (and so by the fault handler's table while they are registered).
-    fd: Arc<OwnedFd>,
     config: Option<FdRegion>,
-    /// The device as vfio-ioctls opened it: held so that the device stays
-    /// open and its group attached while any handle lives.
-    _vfio: VfioDevice,
-    /// A duplicate of the group's descriptor, for hot resets: a descriptor
-    /// of our own, so its number cannot be closed and reused under us.
-    /// `None` if it could not be found at open (no /proc).
-    group_fd: Option<OwnedFd>,
+    /// The device as the kernel interface opened it: held so that the device
+    /// stays open and attached while any handle lives. Its descriptor is
+    /// shared by the regions' slow paths (and so by the fault handler's
+    /// table while they are registered).
+    backend: Box<dyn DeviceBackend>,
     container: Container,
     /// Which interrupt indices are enabled, against a second enable.
     irqs: crate::irq::IrqState,
@@ -81,21 +76,21 @@ impl fmt::Debug for Device {
 impl Device {
     /// Opens the device at `addr` in a container of its own.
     pub fn open(addr: PciAddress) -> Result<Device> {
-        let sysfs = Sysfs::default();
-        let group = check_openable(&sysfs, addr)?;
-        Device::attach(&sysfs, &Container::new()?, addr, group)
+        Device::open_with(&Sysfs::default(), &Container::new()?, addr)
     }
 
     /// Opens the device at `addr` in `container`, sharing its IOMMU mappings.
     pub fn open_in(container: &Container, addr: PciAddress) -> Result<Device> {
-        let sysfs = Sysfs::default();
-        let group = check_openable(&sysfs, addr)?;
-        Device::attach(&sysfs, container, addr, group)
+        Device::open_with(&Sysfs::default(), container, addr)
     }
 
-    /// Attaches the (checked) device's group to `container` and reads its regions.
-    fn attach(sysfs: &Sysfs, container: &Container, addr: PciAddress, group: u32) -> Result<Device> {
-        let vfio = VfioDevice::new(&sysfs.device_path(addr), container.inner().clone(), false)
+    /// Checks the device in `sysfs`, opens it through `container`'s kernel
+    /// interface and reads its regions.
+    pub(crate) fn open_with(sysfs: &Sysfs, container: &Container, addr: PciAddress) -> Result<Device> {
+        let group = check_openable(sysfs, addr)?;
+        let backend = container
+            .backend()
+            .open_device(sysfs, addr, group)
             .map_err(|e| open_error(sysfs, addr, group, e))?;
         let step = |step: &'static str| {
             move |e: io::Error| Error::Vfio {
@@ -104,21 +99,15 @@ impl Device {
                 source: Box::new(e),
             }
         };
-        // SAFETY: `vfio` owns this descriptor and keeps it open for the borrow,
-        // which ends with the duplication.
-        let fd = unsafe { BorrowedFd::borrow_raw(vfio.as_raw_fd()) }
-            .try_clone_to_owned()
-            .map(Arc::new)
-            .map_err(step("duplicate the device descriptor"))?;
-        let device_info = ioctl::device_info(fd.as_raw_fd()).map_err(step("get device info"))?;
+        let device_info = backend.device_info().map_err(step("get device info"))?;
         let count = device_info.num_regions;
         let regions = (0..count)
-            .map(|index| region_info(&vfio, fd.as_raw_fd(), addr, RegionIndex::new(index)))
+            .map(|index| read_region_info(&*backend, addr, RegionIndex::new(index)))
             .collect::<Result<Vec<_>>>()?;
         let config = regions
             .iter()
             .find(|r| r.index == RegionIndex::CONFIG && r.size > 0 && r.flags.readable())
-            .map(|r| FdRegion::new(fd.clone(), r.offset, r.size));
+            .map(|r| FdRegion::new(backend.fd().clone(), r.offset, r.size));
         let mut bar_kinds = [None; 6];
         if let Some(io) = &config {
             let space = ConfigSpace::new(io, addr);
@@ -128,11 +117,10 @@ impl Device {
                 }
             }
         }
-        let group_fd = super::reset::find_group_fd(group);
-        if group_fd.is_none() {
-            log::debug!("{addr}: the descriptor of IOMMU group {group} was not found: the kernel will refuse hot resets");
-        }
-        log::debug!("opened {addr} (IOMMU group {group}) with {count} regions");
+        log::debug!(
+            "opened {addr} (IOMMU group {group}, {}) with {count} regions",
+            container.backend().interface()
+        );
         Ok(Device {
             inner: Arc::new(Inner {
                 addr,
@@ -140,10 +128,8 @@ impl Device {
                 flags: device_info.flags,
                 regions,
                 bar_kinds,
-                fd,
                 config,
-                _vfio: vfio,
-                group_fd,
+                backend,
                 container: container.clone(),
                 irqs: crate::irq::IrqState::default(),
             }),
@@ -232,22 +218,13 @@ impl Device {
     /// access hook before opening it.
     pub fn region_builder(&self, index: RegionIndex) -> Result<RegionBuilder<'static>> {
         let info = self.region_info(index)?;
-        let io = FdRegion::new(self.inner.fd.clone(), info.offset, info.size);
-        Ok(RegionBuilder::for_device(
-            self.clone(),
-            info,
-            io,
-            self.inner.fd.clone(),
-        ))
-    }
-
-    /// The descriptor of the device's IOMMU group (a duplicate of its own),
-    /// for a hot reset.
-    pub(super) fn group_fd(&self) -> Option<&OwnedFd> {
-        self.inner.group_fd.as_ref()
+        let fd = self.inner.backend.fd();
+        let io = FdRegion::new(fd.clone(), info.offset, info.size);
+        Ok(RegionBuilder::for_device(self.clone(), info, io, fd.clone()))
     }
 
     /// The config space's slow path, if the device has a readable config region.
+    #[cfg(feature = "kvm")]
     pub(crate) fn config_io(&self) -> Option<&FdRegion> {
         self.inner.config.as_ref()
     }
@@ -271,14 +248,14 @@ impl AsFd for Device {
     /// the same open device), for calls barmap does not wrap (pread at a
     /// region's [`RegionInfo::offset`], ioctls).
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.fd.as_fd()
+        self.inner.backend.fd().as_fd()
     }
 }
 
 impl AsRawFd for Device {
     /// The VFIO device descriptor, as [`AsFd::as_fd`].
     fn as_raw_fd(&self) -> RawFd {
-        self.inner.fd.as_raw_fd()
+        self.inner.backend.fd().as_raw_fd()
     }
 }
 
@@ -304,47 +281,12 @@ fn check_openable(sysfs: &Sysfs, addr: PciAddress) -> Result<u32> {
     Ok(group)
 }
 
-/// One region's info.
-///
-/// vfio-ioctls has already asked the kernel for the size, offset and flags of
-/// every region while opening the device, so those are taken from it for the
-/// BARs, the ROM and config space. But vfio-ioctls keeps no raw capability
-/// chain, and stores regions by position rather than index, skipping any
-/// whose info it could not read (the VGA region of a device without VGA, a
-/// region whose capabilities it failed to parse), after which positions and
-/// indices differ. So its answer for index `i` is used only when its offset is
-/// the one vfio-pci gives region `i` (`i << 40`, `VFIO_PCI_INDEX_TO_OFFSET`),
-/// which a shifted entry cannot have, and when the region has no
-/// capabilities; every other region, and every region from `vga` on, is read
-/// here with barmap's own call and its chain parsed with barmap's
-/// bounds-checked parser.
-fn region_info(vfio: &VfioDevice, fd: RawFd, addr: PciAddress, index: RegionIndex) -> Result<RegionInfo> {
-    let i = index.get();
-    let flags = vfio.get_region_flags(i);
-    let offset = vfio.get_region_offset(i);
-    let in_place = offset == u64::from(i) << VFIO_PCI_OFFSET_SHIFT;
-    if i < RegionIndex::VGA.get() && in_place && flags & VFIO_REGION_INFO_FLAG_CAPS == 0 {
-        let size = vfio.get_region_size(i);
-        return Ok(RegionInfo::new(
-            index,
-            size,
-            offset,
-            RegionFlags::from_bits(flags),
-            vec![],
-        ));
-    }
-    read_region_info(fd, addr, index)
-}
-
-/// vfio-pci's region offsets in the device file: index << 40.
-const VFIO_PCI_OFFSET_SHIFT: u32 = 40;
-
 /// Reads and parses one region's info, capabilities included.
 ///
 /// vfio-pci counts the VGA region among its regions but refuses its info with
 /// `EINVAL` on devices without VGA: such a region is reported with size 0.
-fn read_region_info(fd: RawFd, addr: PciAddress, index: RegionIndex) -> Result<RegionInfo> {
-    let bytes = match ioctl::region_info_bytes(fd, index.get()) {
+fn read_region_info(backend: &dyn DeviceBackend, addr: PciAddress, index: RegionIndex) -> Result<RegionInfo> {
+    let bytes = match backend.region_info(index.get()) {
         Ok(bytes) => bytes,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             log::debug!("{addr}: region {index} is not implemented");
@@ -384,10 +326,10 @@ fn read_region_info(fd: RawFd, addr: PciAddress, index: RegionIndex) -> Result<R
     ))
 }
 
-/// Turns a vfio-ioctls open failure into the error that says what happened.
-fn open_error(sysfs: &Sysfs, addr: PciAddress, group: u32, err: VfioError) -> Error {
-    match err {
-        VfioError::OpenGroup(source, _) => match source.raw_os_error() {
+/// Turns a failure of the open sequence into the error that says what happened.
+fn open_error(sysfs: &Sysfs, addr: PciAddress, group: u32, failure: OpenFailure) -> Error {
+    match failure {
+        OpenFailure::Group(source) => match source.raw_os_error() {
             Some(libc::EBUSY) => Error::GroupBusy { addr, group, source },
             Some(libc::EACCES | libc::EPERM) => Error::PermissionDenied {
                 addr,
@@ -400,24 +342,20 @@ fn open_error(sysfs: &Sysfs, addr: PciAddress, group: u32, err: VfioError) -> Er
                 source: Box::new(source),
             },
         },
-        VfioError::GroupViable => Error::GroupNotViable {
+        OpenFailure::NotViable => Error::GroupNotViable {
             addr,
             group,
             blockers: sysfs.group_blockers(group).unwrap_or_default(),
         },
-        other => Error::Vfio {
-            addr,
-            step: "attach group and open device",
-            source: Box::new(other),
-        },
+        OpenFailure::Step { step, source } => Error::Vfio { addr, step, source },
     }
 }
 
-/// What the interrupt and DMA modules need of an open device.
+/// What the interrupt, reset and DMA modules need of an open device.
 impl Device {
-    /// The device as vfio-ioctls opened it.
-    pub(crate) fn vfio(&self) -> &VfioDevice {
-        &self.inner._vfio
+    /// The kernel interface the device is reached through.
+    pub(crate) fn backend(&self) -> &dyn DeviceBackend {
+        &*self.inner.backend
     }
 
     /// Which interrupt indices are enabled.
@@ -425,9 +363,8 @@ impl Device {
         &self.inner.irqs
     }
 
-    /// `VFIO_DEVICE_SET_IRQS` on this device (see [`ioctl::set_irqs`]), for
-    /// what vfio-ioctls' wrappers cannot express: a start vector other than 0,
-    /// masking, and unmasking other indices than INTx.
+    /// `VFIO_DEVICE_SET_IRQS` on vectors `start..start + count` of `index`
+    /// with the action and data type in `flags` (see [`IrqSet`]).
     pub(crate) fn set_irqs(
         &self,
         index: u32,
@@ -436,6 +373,12 @@ impl Device {
         count: u32,
         fds: &[RawFd],
     ) -> io::Result<()> {
-        ioctl::set_irqs(self.inner.fd.as_raw_fd(), index, flags, start, count, fds)
+        self.inner.backend.set_irqs(&IrqSet {
+            index,
+            flags,
+            start,
+            count,
+            fds,
+        })
     }
 }

@@ -1,17 +1,22 @@
-//! The VFIO ioctls barmap issues itself, one safe function each: vfio-ioctls
-//! does not expose the raw region-info bytes, its `reset` drops the kernel's
-//! answer, it has no hot reset, no `VFIO_IOMMU_GET_INFO` (so no IOVA ranges
-//! or DMA-mapping limit), and its `VFIO_DEVICE_SET_IRQS` wrappers always
-//! start at vector 0, cannot mask, and unmask only INTx.
+//! The VFIO ioctls barmap issues itself on a device or container, one safe
+//! function each: vfio-ioctls does not expose the raw region-info bytes or
+//! the kernel's errno of an interrupt-info query (it caches what it read at
+//! open and drops the failures), its `reset` drops the kernel's answer, it
+//! has no hot reset, no `VFIO_IOMMU_GET_INFO` (so no IOVA ranges or
+//! DMA-mapping limit), and its `VFIO_DEVICE_SET_IRQS` wrappers always start
+//! at vector 0, cannot mask, and unmask only INTx.
 
 use std::io;
 use std::mem::{offset_of, size_of, size_of_val};
 use std::os::fd::RawFd;
 
 use vfio_bindings::bindings::vfio::{
-    vfio_device_info, vfio_iommu_type1_info, vfio_irq_set, vfio_pci_dependent_device, vfio_pci_hot_reset,
-    vfio_pci_hot_reset_info, vfio_region_info, VFIO_BASE, VFIO_TYPE,
+    vfio_device_info, vfio_iommu_type1_info, vfio_irq_info, vfio_irq_set, vfio_pci_dependent_device,
+    vfio_pci_hot_reset, vfio_pci_hot_reset_info, vfio_region_info, VFIO_BASE, VFIO_TYPE,
 };
+
+use super::backend::{DependentDevice, IrqSet};
+use crate::pci::PciAddress;
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + nr)`.
 const fn vfio_io(nr: u32) -> libc::c_ulong {
@@ -20,6 +25,7 @@ const fn vfio_io(nr: u32) -> libc::c_ulong {
 
 const VFIO_DEVICE_GET_INFO: libc::c_ulong = vfio_io(7);
 const VFIO_DEVICE_GET_REGION_INFO: libc::c_ulong = vfio_io(8);
+const VFIO_DEVICE_GET_IRQ_INFO: libc::c_ulong = vfio_io(9);
 const VFIO_DEVICE_RESET: libc::c_ulong = vfio_io(11);
 const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: libc::c_ulong = vfio_io(12);
 const VFIO_DEVICE_PCI_HOT_RESET: libc::c_ulong = vfio_io(13);
@@ -41,6 +47,22 @@ pub(crate) fn device_info(fd: RawFd) -> io::Result<vfio_device_info> {
     // SAFETY: `info` is a properly sized, writable vfio_device_info whose argsz
     // tells the kernel how much it may write.
     let ret = unsafe { libc::ioctl(fd, VFIO_DEVICE_GET_INFO, &mut info as *mut vfio_device_info) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info)
+}
+
+/// `VFIO_DEVICE_GET_IRQ_INFO` for interrupt `index`: its flags and vector count.
+pub(crate) fn irq_info(fd: RawFd, index: u32) -> io::Result<vfio_irq_info> {
+    let mut info = vfio_irq_info {
+        argsz: size_of::<vfio_irq_info>() as u32,
+        index,
+        ..Default::default()
+    };
+    // SAFETY: `info` is a properly sized, writable vfio_irq_info whose argsz
+    // tells the kernel how much it may write.
+    let ret = unsafe { libc::ioctl(fd, VFIO_DEVICE_GET_IRQ_INFO, &mut info as *mut vfio_irq_info) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -103,27 +125,15 @@ pub(crate) fn device_reset(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// `VFIO_DEVICE_SET_IRQS` on vectors `start..start + count` of IRQ `index`
-/// with the action and data type in `flags`.
-///
-/// With `VFIO_IRQ_SET_DATA_EVENTFD`, `fds` holds one descriptor per vector
-/// (`-1` tears a vector's trigger down) and `count` is `fds.len()`; with
-/// `VFIO_IRQ_SET_DATA_NONE`, `fds` is empty and `count` is passed as given.
-pub(crate) fn set_irqs(
-    fd: RawFd,
-    index: u32,
-    flags: u32,
-    start: u32,
-    count: u32,
-    fds: &[RawFd],
-) -> io::Result<()> {
+/// `VFIO_DEVICE_SET_IRQS` with the arguments in `set`.
+pub(crate) fn set_irqs(fd: RawFd, set: &IrqSet<'_>) -> io::Result<()> {
     // The header is five native-order u32s (the data array has no size).
     const _: () = assert!(size_of::<vfio_irq_set>() == 5 * size_of::<u32>());
-    let argsz = size_of::<vfio_irq_set>() + size_of_val(fds);
-    let bytes: Vec<u8> = [argsz as u32, flags, index, start, count]
+    let argsz = size_of::<vfio_irq_set>() + size_of_val(set.fds);
+    let bytes: Vec<u8> = [argsz as u32, set.flags, set.index, set.start, set.count]
         .iter()
         .flat_map(|v| v.to_ne_bytes())
-        .chain(fds.iter().flat_map(|fd| fd.to_ne_bytes()))
+        .chain(set.fds.iter().flat_map(|fd| fd.to_ne_bytes()))
         .collect();
     // u64 words keep the buffer aligned for the kernel.
     let words = ne_words(&bytes);
@@ -136,9 +146,9 @@ pub(crate) fn set_irqs(
     Ok(())
 }
 
-/// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`: the IOMMU groups of every device a
-/// hot reset of this one's bus would reset, deduplicated.
-pub(crate) fn hot_reset_groups(fd: RawFd) -> io::Result<Vec<u32>> {
+/// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`: every device a hot reset of this
+/// one's bus would reset, with its IOMMU group.
+pub(crate) fn hot_reset_info(fd: RawFd) -> io::Result<Vec<DependentDevice>> {
     let header = size_of::<vfio_pci_hot_reset_info>();
     let entry = size_of::<vfio_pci_dependent_device>();
     let mut count = 0usize;
@@ -154,10 +164,17 @@ pub(crate) fn hot_reset_groups(fd: RawFd) -> io::Result<Vec<u32>> {
         match ret {
             0 => {
                 // Each entry is (group or devid: u32, segment: u16, bus: u8, devfn: u8).
-                let mut groups: Vec<u32> = words[3..].chunks(entry / 4).take(wanted).map(|d| d[0]).collect();
-                groups.sort_unstable();
-                groups.dedup();
-                return Ok(groups);
+                return words[3..]
+                    .chunks(entry / 4)
+                    .take(wanted)
+                    .map(|d| {
+                        let [segment_lo, segment_hi, bus, devfn] = d[1].to_ne_bytes();
+                        let segment = u16::from_ne_bytes([segment_lo, segment_hi]);
+                        PciAddress::new(segment.into(), bus, devfn >> 3, devfn & 7)
+                            .map(|addr| DependentDevice { group: d[0], addr })
+                            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+                    })
+                    .collect();
             }
             _ if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSPC) && wanted > count => {
                 if wanted > MAX_HOT_RESET_DEVICES {
@@ -172,7 +189,7 @@ pub(crate) fn hot_reset_groups(fd: RawFd) -> io::Result<Vec<u32>> {
 
 /// `VFIO_DEVICE_PCI_HOT_RESET`: resets the device's bus. The kernel refuses
 /// (`EINVAL`) unless `group_fds` holds an open descriptor of every group
-/// [`hot_reset_groups`] named.
+/// [`hot_reset_info`] named.
 pub(crate) fn hot_reset(fd: RawFd, group_fds: &[RawFd]) -> io::Result<()> {
     let header = size_of::<vfio_pci_hot_reset>();
     let argsz = header + size_of_val(group_fds);

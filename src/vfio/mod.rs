@@ -1,8 +1,11 @@
-//! Opening devices through VFIO: container (type1v2 IOMMU), group, device.
+//! Opening devices through VFIO: container (type1v2 IOMMU), group, device,
+//! all through one seam ([`backend`]) that a kernel interface implements.
 
+mod backend;
 mod container;
 mod device;
 mod ioctl;
+mod legacy;
 mod reset;
 
 pub use container::Container;

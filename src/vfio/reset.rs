@@ -9,7 +9,7 @@ use std::path::Path;
 
 use vfio_bindings::bindings::vfio::VFIO_DEVICE_FLAGS_RESET;
 
-use super::{ioctl, Device};
+use super::Device;
 use crate::error::{Error, Result};
 
 /// Which reset [`Device::reset`] did.
@@ -45,7 +45,7 @@ impl Device {
     pub fn reset(&self) -> Result<ResetKind> {
         let addr = self.address();
         if self.device_flags() & VFIO_DEVICE_FLAGS_RESET != 0 {
-            ioctl::device_reset(self.as_raw_fd()).map_err(|e| Error::Vfio {
+            self.backend().reset().map_err(|e| Error::Vfio {
                 addr,
                 step: "function reset",
                 source: Box::new(e),
@@ -84,7 +84,6 @@ impl Device {
     /// The hot reset; `unsupported` says why when the kernel has none for the device.
     fn hot_reset(&self, unsupported: &'static str) -> Result<()> {
         let addr = self.address();
-        let fd = self.as_raw_fd();
         let failed = |step: &'static str| {
             move |e: io::Error| Error::Vfio {
                 addr,
@@ -92,8 +91,13 @@ impl Device {
                 source: Box::new(e),
             }
         };
-        let groups = match ioctl::hot_reset_groups(fd) {
-            Ok(groups) => groups,
+        let groups = match self.backend().hot_reset_info() {
+            Ok(devices) => {
+                let mut groups: Vec<u32> = devices.iter().map(|d| d.group).collect();
+                groups.sort_unstable();
+                groups.dedup();
+                groups
+            }
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::EINVAL | libc::ENOTTY)) => {
                 return Err(Error::Unsupported {
                     addr,
@@ -103,13 +107,7 @@ impl Device {
             }
             Err(e) => return Err(failed("get hot reset info")(e)),
         };
-        let held = group_fds(&groups, |group| {
-            if group == self.iommu_group() {
-                self.group_fd()?.try_clone().ok()
-            } else {
-                find_group_fd(group)
-            }
-        });
+        let held = group_fds(&groups, |group| self.backend().group_fd(group));
         let raw: Vec<RawFd> = held.fds.iter().map(AsRawFd::as_raw_fd).collect();
         let step = if held.missing.is_empty() {
             "hot reset"
@@ -120,7 +118,7 @@ impl Device {
             );
             "hot reset (the bus has devices of IOMMU groups not open in this process)"
         };
-        ioctl::hot_reset(fd, &raw).map_err(failed(step))?;
+        self.backend().hot_reset(&raw).map_err(failed(step))?;
         log::debug!("{addr}: hot reset of its bus (groups {groups:?})");
         Ok(())
     }
