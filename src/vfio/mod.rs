@@ -4,9 +4,13 @@
 mod backend;
 mod container;
 mod device;
+#[cfg(test)]
+pub(crate) mod fake;
 mod ioctl;
 mod legacy;
 mod reset;
+#[cfg(test)]
+mod tests;
 
 pub use container::Container;
 pub use device::Device;

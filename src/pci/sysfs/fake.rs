@@ -13,24 +13,24 @@ use super::Sysfs;
 use crate::pci::PciAddress;
 
 /// The address most tests use.
-pub(super) const A: &str = "0000:00:03.0";
+pub(crate) const A: &str = "0000:00:03.0";
 
 /// Parses a test address.
-pub(super) fn addr(s: &str) -> PciAddress {
+pub(crate) fn addr(s: &str) -> PciAddress {
     s.parse().unwrap()
 }
 
 /// A sysfs tree laid out like the kernel's: device directories under
 /// `devices/pci0000:00/`, linked from `bus/pci/devices/` and from their IOMMU
 /// group, with `driver` and `iommu_group` as relative symlinks.
-pub(super) struct FakeSys {
+pub(crate) struct FakeSys {
     dir: TempDir,
 }
 
 impl FakeSys {
     /// The set-up most tests share: device [`A`] in IOMMU group `group` (if
     /// any), with the `loaded` drivers loaded, bound to `bound` (if any).
-    pub(super) fn with_device(group: Option<u32>, loaded: &[&str], bound: Option<&str>) -> Self {
+    pub(crate) fn with_device(group: Option<u32>, loaded: &[&str], bound: Option<&str>) -> Self {
         let fake = FakeSys::new();
         fake.add_plain_device(A);
         if let Some(group) = group {
@@ -67,7 +67,7 @@ impl FakeSys {
     }
 
     /// A handle whose writes also do what the kernel would do (see [`fake_kernel_write`]).
-    pub(super) fn sysfs(&self) -> Sysfs {
+    pub(crate) fn sysfs(&self) -> Sysfs {
         Sysfs::with_root(self.root()).with_writer(fake_kernel_write)
     }
 

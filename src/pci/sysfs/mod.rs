@@ -16,7 +16,7 @@ mod attr;
 mod bind;
 mod devices;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 mod group;
 
 use std::fs;

@@ -1,0 +1,367 @@
+//! A scripted kernel behind the seam, for host unit tests of vfio/, irq/ and
+//! dma/: it answers each call from its script, fails the calls a test asks
+//! it to with the errno given, and records every call.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+
+use super::backend::{
+    DependentDevice, DeviceBackend, DeviceInfo, IommuBackend, IrqSet, OpenFailure, RawIrqInfo,
+};
+use crate::dma::IommuInfo;
+use crate::pci::{PciAddress, Sysfs};
+
+/// Where the fake puts region `index` in the device file.
+pub(crate) fn region_offset(index: u32) -> u64 {
+    u64::from(index) << 16
+}
+
+/// One call the code above the seam made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Call {
+    OpenDevice {
+        addr: PciAddress,
+        group: u32,
+    },
+    DeviceInfo,
+    RegionInfo(u32),
+    IrqInfo(u32),
+    SetIrqs {
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<RawFd>,
+    },
+    Reset,
+    HotResetInfo,
+    HotReset {
+        groups: Vec<u32>,
+    },
+    IommuInfo,
+    MapDma {
+        iova: u64,
+        size: u64,
+    },
+    UnmapDma {
+        iova: u64,
+        size: u64,
+    },
+}
+
+/// A failure to inject: calls matching `when` fail with `errno`, `times`
+/// times (`None`: always).
+struct Failure {
+    when: Box<dyn Fn(&Call) -> bool + Send>,
+    errno: i32,
+    times: Option<usize>,
+}
+
+/// The script and the record.
+pub(crate) struct Script {
+    /// `VFIO_DEVICE_GET_INFO` flags.
+    pub device_flags: u32,
+    /// Region info buffers, by index.
+    pub regions: Vec<Vec<u8>>,
+    /// Interrupt info, by index; `None`: the kernel refuses the index (EINVAL).
+    pub irqs: Vec<Option<RawIrqInfo>>,
+    /// What a hot reset would reset.
+    pub dependents: Vec<DependentDevice>,
+    /// The groups this process holds a descriptor of.
+    pub held_groups: Vec<u32>,
+    /// The IOMMU's answer.
+    pub iommu: IommuInfo,
+    /// The mappings the kernel holds, `(iova, size)`.
+    pub mappings: Vec<(u64, u64)>,
+    /// The most mappings the kernel allows (ENOSPC past it, as type1's `dma_entry_limit`).
+    pub max_mappings: usize,
+    /// The open sequence fails like this.
+    pub open_failure: Option<fn() -> OpenFailure>,
+    pub calls: Vec<Call>,
+    failures: Vec<Failure>,
+    /// Descriptors handed out by `group_fd`, with their group.
+    lent: Vec<(RawFd, u32)>,
+}
+
+/// The fake kernel: one device, its container, the script they share.
+#[derive(Clone)]
+pub(crate) struct FakeKernel {
+    script: Arc<Mutex<Script>>,
+    /// The device file: regions at [`region_offset`], config space written by the test.
+    file: Arc<File>,
+}
+
+/// A readable, writable, mmapable region info buffer (no capabilities).
+pub(crate) fn region_bytes(index: u32, size: u64) -> Vec<u8> {
+    let flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | VFIO_REGION_INFO_FLAG_MMAP;
+    let mut b = vec![];
+    b.extend(32u32.to_ne_bytes());
+    b.extend(flags.to_ne_bytes());
+    b.extend(index.to_ne_bytes());
+    b.extend(0u32.to_ne_bytes());
+    b.extend(size.to_ne_bytes());
+    b.extend(region_offset(index).to_ne_bytes());
+    b
+}
+
+impl FakeKernel {
+    /// An edu-like device: BAR0 of 1 MiB, config space of 256 bytes, INTx
+    /// (maskable, automasked), 1 MSI vector, 8 MSI-X vectors, no ERR, REQ;
+    /// an IOMMU with the MSI window reserved and 39 address bits.
+    pub(crate) fn edu() -> FakeKernel {
+        let mut regions: Vec<Vec<u8>> = (0..9).map(|i| region_bytes(i, 0)).collect();
+        regions[0] = region_bytes(0, 1 << 20);
+        regions[7] = region_bytes(7, 256);
+        let eventfd = VFIO_IRQ_INFO_EVENTFD;
+        let file = tempfile::tempfile().unwrap();
+        // A memory BAR0 (type 0, 32-bit) and nothing else in the header.
+        file.write_all_at(&0x1234u16.to_le_bytes(), region_offset(7))
+            .unwrap();
+        file.write_all_at(&[0; 256][..0x10], region_offset(7) + 0x10)
+            .unwrap();
+        file.set_len(region_offset(8)).unwrap();
+        FakeKernel {
+            script: Arc::new(Mutex::new(Script {
+                device_flags: 0,
+                regions,
+                irqs: vec![
+                    Some(RawIrqInfo {
+                        flags: eventfd | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED,
+                        count: 1,
+                    }),
+                    Some(RawIrqInfo {
+                        flags: eventfd | VFIO_IRQ_INFO_NORESIZE,
+                        count: 1,
+                    }),
+                    Some(RawIrqInfo {
+                        flags: eventfd,
+                        count: 8,
+                    }),
+                    None,
+                    Some(RawIrqInfo {
+                        flags: eventfd,
+                        count: 1,
+                    }),
+                ],
+                dependents: vec![],
+                held_groups: vec![],
+                iommu: IommuInfo {
+                    pgsizes: 0x4020_1000,
+                    ranges: vec![0..=0xfedf_ffff, 0xfef0_0000..=0x7f_ffff_ffff],
+                    dma_avail: Some(65535),
+                },
+                mappings: vec![],
+                max_mappings: usize::MAX,
+                open_failure: None,
+                calls: vec![],
+                failures: vec![],
+                lent: vec![],
+            })),
+            file: Arc::new(file),
+        }
+    }
+
+    /// The script and record, to change or read.
+    pub(crate) fn script(&self) -> MutexGuard<'_, Script> {
+        self.script.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The calls made so far.
+    pub(crate) fn calls(&self) -> Vec<Call> {
+        self.script().calls.clone()
+    }
+
+    /// Forgets the calls made so far.
+    pub(crate) fn clear_calls(&self) {
+        self.script().calls.clear();
+    }
+
+    /// Makes the next `times` calls matching `when` (every one, for `None`) fail with `errno`.
+    pub(crate) fn fail(
+        &self,
+        when: impl Fn(&Call) -> bool + Send + 'static,
+        errno: i32,
+        times: Option<usize>,
+    ) {
+        self.script().failures.push(Failure {
+            when: Box::new(when),
+            errno,
+            times,
+        });
+    }
+
+    /// The device file, to read what was written to config space.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Records `call`, then fails it if a failure matches.
+    fn call(&self, call: Call) -> io::Result<MutexGuard<'_, Script>> {
+        let mut script = self.script();
+        script.calls.push(call.clone());
+        if let Some(f) = script
+            .failures
+            .iter_mut()
+            .find(|f| f.times != Some(0) && (f.when)(&call))
+        {
+            f.times = f.times.map(|t| t - 1);
+            return Err(io::Error::from_raw_os_error(f.errno));
+        }
+        Ok(script)
+    }
+}
+
+impl IommuBackend for FakeKernel {
+    fn interface(&self) -> &'static str {
+        "fake kernel"
+    }
+
+    fn open_device(
+        &self,
+        _: &Sysfs,
+        addr: PciAddress,
+        group: u32,
+    ) -> Result<Box<dyn DeviceBackend>, OpenFailure> {
+        let script = self
+            .call(Call::OpenDevice { addr, group })
+            .map_err(OpenFailure::Group)?;
+        if let Some(failure) = script.open_failure {
+            return Err(failure());
+        }
+        drop(script);
+        let fd: OwnedFd = self.file.try_clone().unwrap().into();
+        Ok(Box::new(FakeDevice {
+            kernel: self.clone(),
+            fd: Arc::new(fd),
+        }))
+    }
+
+    fn iommu_info(&self) -> io::Result<IommuInfo> {
+        Ok(self.call(Call::IommuInfo)?.iommu.clone())
+    }
+
+    unsafe fn map_dma(&self, iova: u64, size: u64, _host: *mut u8) -> io::Result<()> {
+        let mut script = self.call(Call::MapDma { iova, size })?;
+        if script
+            .mappings
+            .iter()
+            .any(|&(i, s)| iova < i + s && i < iova + size)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        if script.mappings.len() >= script.max_mappings {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        script.mappings.push((iova, size));
+        Ok(())
+    }
+
+    fn unmap_dma(&self, iova: u64, size: u64) -> io::Result<()> {
+        let mut script = self.call(Call::UnmapDma { iova, size })?;
+        let at = script
+            .mappings
+            .iter()
+            .position(|&m| m == (iova, size))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        script.mappings.remove(at);
+        Ok(())
+    }
+}
+
+/// The fake's open device.
+struct FakeDevice {
+    kernel: FakeKernel,
+    fd: Arc<OwnedFd>,
+}
+
+impl DeviceBackend for FakeDevice {
+    fn fd(&self) -> &Arc<OwnedFd> {
+        &self.fd
+    }
+
+    fn device_info(&self) -> io::Result<DeviceInfo> {
+        let script = self.kernel.call(Call::DeviceInfo)?;
+        Ok(DeviceInfo {
+            flags: script.device_flags,
+            num_regions: script.regions.len() as u32,
+            num_irqs: script.irqs.len() as u32,
+        })
+    }
+
+    fn region_info(&self, index: u32) -> io::Result<Vec<u8>> {
+        let script = self.kernel.call(Call::RegionInfo(index))?;
+        script
+            .regions
+            .get(index as usize)
+            .cloned()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    fn irq_info(&self, index: u32) -> io::Result<RawIrqInfo> {
+        let script = self.kernel.call(Call::IrqInfo(index))?;
+        script
+            .irqs
+            .get(index as usize)
+            .copied()
+            .flatten()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    fn set_irqs(&self, set: &IrqSet<'_>) -> io::Result<()> {
+        self.kernel
+            .call(Call::SetIrqs {
+                index: set.index,
+                flags: set.flags,
+                start: set.start,
+                count: set.count,
+                fds: set.fds.to_vec(),
+            })
+            .map(drop)
+    }
+
+    fn reset(&self) -> io::Result<()> {
+        self.kernel.call(Call::Reset).map(drop)
+    }
+
+    fn hot_reset_info(&self) -> io::Result<Vec<DependentDevice>> {
+        Ok(self.kernel.call(Call::HotResetInfo)?.dependents.clone())
+    }
+
+    fn group_fd(&self, group: u32) -> Option<OwnedFd> {
+        let mut script = self.kernel.script();
+        if !script.held_groups.contains(&group) {
+            return None;
+        }
+        let fd: OwnedFd = self.kernel.file.try_clone().ok()?.into();
+        script.lent.push((fd.as_raw_fd(), group));
+        Some(fd)
+    }
+
+    /// Refuses with EINVAL, as the kernel does, unless a descriptor of every
+    /// dependent device's group is passed.
+    fn hot_reset(&self, group_fds: &[RawFd]) -> io::Result<()> {
+        let groups: Vec<u32> = {
+            let mut script = self.kernel.script();
+            let lent = std::mem::take(&mut script.lent);
+            group_fds
+                .iter()
+                .filter_map(|fd| lent.iter().find(|(l, _)| l == fd).map(|(_, g)| *g))
+                .collect()
+        };
+        let script = self.kernel.call(Call::HotReset {
+            groups: groups.clone(),
+        })?;
+        if script.dependents.iter().any(|d| !groups.contains(&d.group)) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(())
+    }
+}
