@@ -516,3 +516,50 @@ fn iommu_info_failure_is_an_io_error_and_a_later_dma_reads_it_again() {
     assert_eq!(err.errno(), Some(libc::ENODEV));
     assert!(dev.dma(DmaMask::FULL).is_ok());
 }
+
+#[test]
+fn devices_in_one_container_share_its_iova_space() {
+    let kernel = FakeKernel::edu();
+    let container = Container::with_backend(Arc::new(kernel.clone()));
+    let sys = sys();
+    let first = Device::open_with(&sys.sysfs(), &container, addr(A)).unwrap();
+    let second = Device::open_with(&sys.sysfs(), &container, addr(A)).unwrap();
+    let a = first.dma(DmaMask::FULL).unwrap().alloc(0x1000).unwrap();
+    let b = second.dma(DmaMask::FULL).unwrap().alloc(0x1000).unwrap();
+    assert_eq!((a.iova(), b.iova()), (0, 0x1000));
+    assert_eq!(
+        kernel.calls().iter().filter(|c| **c == Call::IommuInfo).count(),
+        1
+    );
+}
+
+#[test]
+fn guest_memory_outside_the_ranges_is_refused_and_a_refused_region_unmaps_the_others() {
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    let kernel = FakeKernel::edu();
+    let dev = opened(&kernel);
+    let dma = dev.dma(DmaMask::FULL).unwrap();
+    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0xfee0_0000), 0x1000)]).unwrap();
+    let err = dma.map_guest_memory(&ram).unwrap_err();
+    assert!(matches!(err, Error::Iova { .. }), "{err:?}");
+    assert!(kernel.calls().iter().all(|c| !matches!(c, Call::MapDma { .. })));
+
+    let ram =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x10_0000), 0x1000)])
+            .unwrap();
+    kernel.fail(
+        |c| matches!(c, Call::MapDma { iova: 0x10_0000, .. }),
+        libc::ENOMEM,
+        Some(1),
+    );
+    let err = dma.map_guest_memory(&ram).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOMEM));
+    assert!(
+        kernel.script().mappings.is_empty(),
+        "the first region was unmapped again"
+    );
+    let mapping = dma.map_guest_memory(&ram).unwrap();
+    assert_eq!(mapping.ranges(), &[(0, 0x1000), (0x10_0000, 0x1000)]);
+    drop(mapping);
+    assert!(kernel.script().mappings.is_empty());
+}
