@@ -76,7 +76,9 @@ impl fmt::Debug for Device {
 impl Device {
     /// Opens the device at `addr` in a container of its own.
     pub fn open(addr: PciAddress) -> Result<Device> {
-        Device::open_with(&Sysfs::default(), &Container::new()?, addr)
+        let sysfs = Sysfs::default();
+        let group = check_openable(&sysfs, addr)?;
+        Device::attach(&sysfs, &Container::new()?, addr, group)
     }
 
     /// Opens the device at `addr` in `container`, sharing its IOMMU mappings.
@@ -88,6 +90,12 @@ impl Device {
     /// interface and reads its regions.
     pub(crate) fn open_with(sysfs: &Sysfs, container: &Container, addr: PciAddress) -> Result<Device> {
         let group = check_openable(sysfs, addr)?;
+        Device::attach(sysfs, container, addr, group)
+    }
+
+    /// Opens the (checked) device through `container`'s kernel interface and
+    /// reads its regions.
+    fn attach(sysfs: &Sysfs, container: &Container, addr: PciAddress, group: u32) -> Result<Device> {
         let backend = container
             .backend()
             .open_device(sysfs, addr, group)

@@ -563,3 +563,13 @@ fn guest_memory_outside_the_ranges_is_refused_and_a_refused_region_unmaps_the_ot
     drop(mapping);
     assert!(kernel.script().mappings.is_empty());
 }
+
+#[test]
+fn a_device_not_bound_to_vfio_pci_is_refused_before_any_kernel_call() {
+    let kernel = FakeKernel::edu();
+    let container = Container::with_backend(Arc::new(kernel.clone()));
+    let sys = FakeSys::with_device(Some(GROUP), &["vfio-pci", "edu"], Some("edu"));
+    let err = Device::open_with(&sys.sysfs(), &container, addr(A)).unwrap_err();
+    assert!(matches!(err, Error::NotBoundToVfio { .. }), "{err:?}");
+    assert!(kernel.calls().is_empty());
+}
