@@ -103,6 +103,10 @@ kernel_modules() {
     esac
 }
 
+# The modules of the L2 guest's initramfs (qemu-scripts/guest/l2-init), with the modules they depend on
+# (found from each module's `depends=`), which kernel_extract puts first.
+BARMAP_L2_MODULES=(nvme)
+
 BARMAP_BACKPORTS_APT="$BARMAP_CACHE/apt-trixie-backports"
 
 # kernel_apt SERIES apt-get|apt-cache ARGS...: runs the apt command for the series' archive: the host's
@@ -200,8 +204,8 @@ kernel_newest_package() {
     echo "$pkg"
 }
 
-# kernel_prepare SERIES: prints the directory holding `vmlinuz`, `config` and `modules/NN-name.ko`
-# (decompressed), downloading and extracting the kernel's packages on first use. Holds a lock on the cache
+# kernel_prepare SERIES: prints the directory holding `vmlinuz`, `config`, `modules/NN-name.ko` and
+# `l2-modules/NN-name.ko` (decompressed), downloading and extracting the kernel's packages on first use. Holds a lock on the cache
 # (shared by worktrees).
 kernel_prepare() {
     local series=$1 pkg dir
@@ -209,10 +213,10 @@ kernel_prepare() {
     mkdir -p "$BARMAP_CACHE"
     pkg=$(cache_locked kernel_newest_package "$series") # apt-get update inside must not race another run's
     dir="$BARMAP_CACHE/$pkg"
-    if [[ ! -f "$dir/.complete" ]]; then
+    if [[ ! -f "$dir/.complete" || ! -d "$dir/l2-modules" ]]; then
         (
             flock 9
-            if [[ ! -f "$dir/.complete" ]]; then
+            if [[ ! -f "$dir/.complete" || ! -d "$dir/l2-modules" ]]; then
                 kernel_extract "$series" "$pkg" "$dir"
             fi
         ) 9>"$BARMAP_CACHE/.lock"
@@ -259,6 +263,34 @@ kernel_decompress() {
     esac
 }
 
+# kernel_module_file TREE NAME: the file of module NAME (`-` and `_` alike) in the extracted packages TREE.
+kernel_module_file() {
+    find "$1" -path '*/modules/*' \( -name "${2//_/-}.ko" -o -name "${2//_/-}.ko.*" \
+        -o -name "${2//-/_}.ko" -o -name "${2//-/_}.ko.*" \) | head -n 1
+}
+
+# kernel_l2_module TREE OUT NAME...: decompresses each module NAME from TREE into OUT as NN-NAME.ko after
+# the modules it depends on (its `depends=` in .modinfo), each once (L2_SEEN, L2_INDEX: the caller's).
+kernel_l2_module() {
+    local tree=$1 out=$2 name ko deps
+    shift 2
+    for name in "$@"; do
+        [[ " $L2_SEEN " == *" ${name//_/-} "* ]] && continue
+        L2_SEEN+=" ${name//_/-}"
+        ko=$(kernel_module_file "$tree" "$name")
+        [[ -n "$ko" ]] || die "module $name (for the L2 guest) not found"
+        kernel_decompress "$ko" "$out/module.ko"
+        objcopy -O binary --only-section=.modinfo "$out/module.ko" "$out/modinfo"
+        deps=$(tr '\0' '\n' <"$out/modinfo" | sed -n 's/^depends=//p' | tr ',' ' ')
+        rm -f "$out/modinfo"
+        # shellcheck disable=SC2086 # the dependencies are words
+        kernel_l2_module "$tree" "$out" $deps
+        kernel_decompress "$ko" "$out/$L2_INDEX-${name//_/-}.ko"
+        L2_INDEX=$((L2_INDEX + 1))
+    done
+    rm -f "$out/module.ko"
+}
+
 # kernel_extract SERIES PACKAGE DIR: downloads the kernel's .debs into the cache if absent and fills DIR.
 # Handles both layouts: /boot/vmlinuz-VER and /lib/modules/VER (bookworm), and /usr/lib/modules/VER/vmlinuz
 # with the modules under /usr/lib/modules/VER/kernel (trixie, merged /usr).
@@ -296,6 +328,9 @@ kernel_extract() {
         kernel_decompress "$ko" "$dir/modules/$i-$m.ko"
         i=$((i + 1))
     done
+    mkdir -p "$dir/l2-modules"
+    L2_SEEN="" L2_INDEX=10
+    kernel_l2_module "$tmp" "$dir/l2-modules" "${BARMAP_L2_MODULES[@]}"
     rm -rf "$tmp"
     touch "$dir/.complete"
 }
@@ -366,21 +401,55 @@ guest_build_has() {
 # ---------------------------------------------------------------------------------------------------------
 # Initramfs
 
-# initramfs_build KERNEL_DIR BUILD_LIST JOB OUT: writes the guest's initramfs (uncompressed newc cpio) to OUT.
-# Layout: busybox applets, /init, /lib/modules/barmap/*.ko, /tests/*, examples in /usr/bin, /benches/*,
-# /usr/bin/barmap-run-tests, and JOB as /job.sh (the command the guest runs).
-initramfs_build() {
-    local kdir=$1 list=$2 job=$3 out=$4 root kind name path applet
-    root=$(mktemp -d "$RUN_DIR/initramfs.XXXXXX")
-    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,tests,benches,lib/modules/barmap}
+# busybox_install ROOT: busybox in ROOT/bin with a link for each applet, in the usual folders.
+busybox_install() {
+    local root=$1 applet
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin}
     cp /bin/busybox "$root/bin/busybox"
     for applet in $(/bin/busybox --list-full); do
         [[ -e "$root/$applet" ]] || ln -s /bin/busybox "$root/$applet"
     done
+}
+
+# nvme_image FILE: writes the NVMe namespace's 8 MiB image: in each 512-byte block 16 lines of 32 bytes,
+# "barmap nvme lba BBBBBBBB LL" (block and line numbers in hex), so a misplaced block shows.
+nvme_image() {
+    awk 'BEGIN { for (b = 0; b < 16384; b++) for (l = 0; l < 16; l++)
+        printf "barmap nvme lba %08x %02x    \n", b, l }' >"$1"
+}
+
+# l2_initramfs_build KERNEL_DIR OUT: writes the initramfs of the L2 guest that examples/vmm boots in the
+# guest (tests/vmm_guest.rs): busybox, /init (guest/l2-init) and the kernel's l2-modules in /lib/modules/l2.
+l2_initramfs_build() {
+    local kdir=$1 out=$2 root
+    root=$(mktemp -d "$RUN_DIR/l2-initramfs.XXXXXX")
+    busybox_install "$root"
+    mkdir -p "$root"/{proc,sys,dev,tmp,lib/modules/l2}
+    install -m 0755 "$BARMAP_SCRIPTS/guest/l2-init" "$root/init"
+    cp "$kdir"/l2-modules/*.ko "$root/lib/modules/l2/"
+    (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$out"
+    rm -rf "$root"
+}
+
+# initramfs_build KERNEL_DIR BUILD_LIST JOB OUT: writes the guest's initramfs (uncompressed newc cpio) to OUT.
+# Layout: busybox applets, /init, /lib/modules/barmap/*.ko, /tests/*, examples in /usr/bin, /benches/*,
+# /usr/bin/barmap-run-tests, JOB as /job.sh (the command the guest runs), and in /l2 what examples/vmm
+# boots: the same kernel (vmlinuz), the L2 initramfs (initramfs.cpio) and the SHA-256 of the NVMe
+# namespace's image (nvme.sha256).
+initramfs_build() {
+    local kdir=$1 list=$2 job=$3 out=$4 root kind name path applet
+    root=$(mktemp -d "$RUN_DIR/initramfs.XXXXXX")
+    busybox_install "$root"
+    mkdir -p "$root"/{proc,sys,dev,tmp,root,tests,benches,lib/modules/barmap,l2}
     install -m 0755 "$BARMAP_SCRIPTS/guest/init" "$root/init"
     install -m 0755 "$BARMAP_SCRIPTS/guest/run-tests" "$root/usr/bin/barmap-run-tests"
     install -m 0755 "$job" "$root/job.sh"
     cp "$kdir"/modules/*.ko "$root/lib/modules/barmap/"
+    cp "$kdir/vmlinuz" "$root/l2/vmlinuz"
+    l2_initramfs_build "$kdir" "$root/l2/initramfs.cpio"
+    nvme_image "$root/l2/nvme.img"
+    sha256sum "$root/l2/nvme.img" | cut -d' ' -f1 >"$root/l2/nvme.sha256"
+    rm "$root/l2/nvme.img"
     while IFS=$'\t' read -r kind name path; do
         case "$kind" in
         # Without debug info: the unpacked initramfs lives in the guest's RAM.
@@ -414,7 +483,7 @@ testdev_rom() {
 
 # guest_boot SERIES KERNEL_DIR INITRAMFS: boots the guest under TCG behind an intel-iommu with the test
 # devices: edu, pci-testdev, a modern-only virtio-rng (function-level reset) alone behind a pcie-root-port,
-# an NVMe controller on a fresh sparse 8 MiB raw image in $RUN_DIR, and ivshmem-plain with a 1 GiB RAM
+# an NVMe controller on a fresh 8 MiB raw image in $RUN_DIR (nvme_image), and ivshmem-plain with a 1 GiB RAM
 # backend (BAR2: 1 GiB, 64-bit prefetchable). Streams the job's output (guest ttyS1) to stdout and into
 # $BARMAP_GUEST_WORK/logs/SERIES-output.log, and keeps the kernel console (ttyS0) in SERIES-console.log
 # (also streamed to stderr if BARMAP_CONSOLE=1). Returns QEMU's (or timeout's) exit status. Stdin is passed
@@ -431,8 +500,7 @@ guest_boot() {
     fi
     testdev_rom "$BARMAP_GUEST_WORK/testdev-rom.bin"
     nvme_img="$RUN_DIR/nvme-$series.img"
-    rm -f "$nvme_img"
-    truncate -s 8M "$nvme_img"
+    nvme_image "$nvme_img"
     log "booting guest kernel $series ($(basename "$kdir")), timeout ${BARMAP_GUEST_TIMEOUT}s"
     timeout --foreground -k 10 "$BARMAP_GUEST_TIMEOUT" \
         qemu-system-x86_64 -machine q35,kernel-irqchip=split -accel tcg -cpu max -smp 1 \

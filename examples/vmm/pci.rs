@@ -1,0 +1,255 @@
+//! The PCI host bridge: bus 0 behind configuration mechanism #1 (the
+//! address register at 0xcf8, the data window at 0xcfc..0xcff), a host
+//! bridge function at 00:00.0, and the VMM's functions on the devices after
+//! it. Before the guest runs, [`Bus::assign`] plays the firmware's part: it
+//! sizes every BAR with the guest's own all-ones writes, places it in the
+//! MMIO or port window, sets the interrupt line and turns decoding on, so
+//! that Linux (which needs no ACPI for this) finds the devices configured.
+
+use crate::VmmError;
+
+/// The 32-bit MMIO window for BARs, up to the IOAPIC's page.
+pub const MMIO32_START: u64 = 0xc000_0000;
+const MMIO32_END: u64 = 0xfec0_0000;
+/// The window for 64-bit BARs that do not fit below 4 GiB.
+const MMIO64_START: u64 = 0x100_0000_0000;
+/// The port window for I/O BARs.
+const IO_START: u64 = 0xc000;
+const IO_END: u64 = 0x1_0000;
+
+const ADDRESS_PORT: u16 = 0xcf8;
+const DATA_PORT: u16 = 0xcfc;
+const ENABLE: u32 = 1 << 31;
+
+const COMMAND: u16 = 0x04;
+const BAR0: u16 = 0x10;
+const INTERRUPT_LINE: u16 = 0x3c;
+const INTERRUPT_PIN: u16 = 0x3d;
+const COMMAND_IO: u32 = 1 << 0;
+const COMMAND_MEMORY: u32 = 1 << 1;
+const BAR_IO: u32 = 1 << 0;
+const BAR_MEM64: u32 = 0b10 << 1;
+
+/// A PCI function as the bus sees it: its configuration space.
+pub trait Function {
+    /// Reads `width` (1, 2 or 4) bytes at `offset` of the configuration space.
+    fn config_read(&mut self, offset: u16, width: u8) -> Result<u32, VmmError>;
+    /// Writes `width` bytes at `offset` of the configuration space.
+    fn config_write(&mut self, offset: u16, width: u8, value: u32) -> Result<(), VmmError>;
+}
+
+/// The host bridge at 00:00.0: identity and class, nothing writable.
+struct HostBridge;
+
+impl Function for HostBridge {
+    fn config_read(&mut self, offset: u16, width: u8) -> Result<u32, VmmError> {
+        // Red Hat's QEMU PCIe host bridge ids, class 06.00.00 (host bridge).
+        let dword = match offset & !3 {
+            0x00 => 0x0008_1b36,
+            0x08 => 0x0600_0000,
+            _ => 0,
+        };
+        Ok(dword >> ((offset & 3) * 8) & mask(width))
+    }
+
+    fn config_write(&mut self, _: u16, _: u8, _: u32) -> Result<(), VmmError> {
+        Ok(())
+    }
+}
+
+fn mask(width: u8) -> u32 {
+    match width {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    }
+}
+
+/// Bus 0: the host bridge and the VMM's functions, one per device number.
+pub struct Bus {
+    functions: Vec<Box<dyn Function>>,
+    address: u32,
+    /// Configuration accesses served (for the exit counts).
+    pub accesses: u64,
+}
+
+impl Bus {
+    /// Bus 0 with the host bridge alone.
+    pub fn new() -> Bus {
+        Bus {
+            functions: vec![Box::new(HostBridge)],
+            address: 0,
+            accesses: 0,
+        }
+    }
+
+    /// Adds `function` on the next device number; returns that number.
+    pub fn add(&mut self, function: Box<dyn Function>) -> Result<u8, VmmError> {
+        if self.functions.len() >= 32 {
+            return Err("bus 0 is full (32 devices)".into());
+        }
+        self.functions.push(function);
+        Ok(self.functions.len() as u8 - 1)
+    }
+
+    /// The function a configuration address selects, and the register offset.
+    fn selected(&mut self) -> Option<(&mut dyn Function, u16)> {
+        let a = self.address;
+        let (bus, device, function) = ((a >> 16) & 0xff, (a >> 11) & 0x1f, (a >> 8) & 0x7);
+        if a & ENABLE == 0 || bus != 0 || function != 0 {
+            return None;
+        }
+        let f = self.functions.get_mut(device as usize)?;
+        Some((f.as_mut(), (a & 0xfc) as u16))
+    }
+
+    /// Serves a guest `in` if `port` is the mechanism's; false otherwise.
+    pub fn io_in(&mut self, port: u16, data: &mut [u8]) -> Result<bool, VmmError> {
+        let value = match port {
+            ADDRESS_PORT if data.len() == 4 => self.address,
+            DATA_PORT..=0xcff => {
+                self.accesses += 1;
+                let offset = port - DATA_PORT;
+                match self.selected() {
+                    Some((f, reg)) => f.config_read(reg + offset, data.len() as u8)?,
+                    None => u32::MAX,
+                }
+            }
+            ADDRESS_PORT..=0xcfb => u32::MAX,
+            _ => return Ok(false),
+        };
+        data.copy_from_slice(&value.to_le_bytes()[..data.len()]);
+        Ok(true)
+    }
+
+    /// Serves a guest `out` if `port` is the mechanism's; false otherwise.
+    pub fn io_out(&mut self, port: u16, data: &[u8]) -> Result<bool, VmmError> {
+        let mut word = [0u8; 4];
+        word[..data.len()].copy_from_slice(data);
+        let value = u32::from_le_bytes(word);
+        match port {
+            ADDRESS_PORT if data.len() == 4 => self.address = value,
+            DATA_PORT..=0xcff => {
+                self.accesses += 1;
+                let offset = port - DATA_PORT;
+                if let Some((f, reg)) = self.selected() {
+                    f.config_write(reg + offset, data.len() as u8, value)?;
+                }
+            }
+            // Byte writes to 0xcfb probe for mechanism #2: ignored.
+            ADDRESS_PORT..=0xcfb => {}
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Configures every function as firmware would (see the module docs);
+    /// `irqs` gives the interrupt line of each added function in turn.
+    /// Returns, per added function, its placed BARs.
+    pub fn assign(&mut self, irqs: &[u8]) -> Result<Vec<Vec<PlacedBar>>, VmmError> {
+        let mut windows = Windows {
+            mmio32: MMIO32_START,
+            mmio64: MMIO64_START,
+            io: IO_START,
+        };
+        let mut placed = Vec::new();
+        for (i, f) in self.functions.iter_mut().enumerate().skip(1) {
+            let bars = assign_bars(f.as_mut(), &mut windows)?;
+            let mut command = f.config_read(COMMAND, 2)?;
+            for bar in &bars {
+                command |= if bar.io { COMMAND_IO } else { COMMAND_MEMORY };
+            }
+            if f.config_read(INTERRUPT_PIN, 1)? != 0 {
+                let irq = *irqs.get(i - 1).ok_or("no interrupt line for a function")?;
+                f.config_write(INTERRUPT_LINE, 1, u32::from(irq))?;
+            }
+            f.config_write(COMMAND, 2, command)?;
+            placed.push(bars);
+        }
+        Ok(placed)
+    }
+}
+
+/// A BAR as the firmware placed it.
+#[derive(Debug, Clone, Copy)]
+pub struct PlacedBar {
+    /// Its index (the lower one of a 64-bit pair).
+    pub index: u8,
+    /// Guest address (or port).
+    pub addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// An I/O BAR.
+    pub io: bool,
+}
+
+/// The next free address of each window.
+struct Windows {
+    mmio32: u64,
+    mmio64: u64,
+    io: u64,
+}
+
+impl Windows {
+    /// Takes a naturally aligned range of `size` bytes from the right window.
+    fn take(&mut self, size: u64, io: bool, mem64: bool) -> Result<u64, VmmError> {
+        let align = |at: u64| at.div_ceil(size) * size;
+        let (next, end) = if io {
+            (&mut self.io, IO_END)
+        } else if align(self.mmio32) + size <= MMIO32_END {
+            (&mut self.mmio32, MMIO32_END)
+        } else if mem64 {
+            (&mut self.mmio64, u64::MAX)
+        } else {
+            return Err(format!("no room for a {size:#x}-byte 32-bit BAR").into());
+        };
+        let at = align(*next);
+        if at.checked_add(size).is_none_or(|e| e > end) {
+            return Err(format!("no room for a {size:#x}-byte BAR").into());
+        }
+        *next = at + size;
+        Ok(at)
+    }
+}
+
+/// Sizes and places the six BARs of `f`.
+fn assign_bars(f: &mut dyn Function, windows: &mut Windows) -> Result<Vec<PlacedBar>, VmmError> {
+    let mut bars = Vec::new();
+    let mut index = 0u8;
+    while index < 6 {
+        let reg = BAR0 + 4 * u16::from(index);
+        let original = f.config_read(reg, 4)?;
+        f.config_write(reg, 4, u32::MAX)?;
+        let low = f.config_read(reg, 4)?;
+        let io = original & BAR_IO != 0;
+        let mem64 = !io && original & (0b11 << 1) == BAR_MEM64;
+        let mut mask = u64::from(low & if io { !0x3 } else { !0xf });
+        if mem64 {
+            f.config_write(reg + 4, 4, u32::MAX)?;
+            mask |= u64::from(f.config_read(reg + 4, 4)?) << 32;
+        } else {
+            mask |= 0xffff_ffff_0000_0000;
+        }
+        if io {
+            mask |= 0xffff_0000;
+        }
+        let size = (!mask).wrapping_add(1);
+        if mask == 0xffff_ffff_0000_0000 || size == 0 {
+            f.config_write(reg, 4, original)?;
+        } else {
+            let addr = windows.take(size, io, mem64)?;
+            f.config_write(reg, 4, addr as u32 | (original & if io { 0x3 } else { 0xf }))?;
+            if mem64 {
+                f.config_write(reg + 4, 4, (addr >> 32) as u32)?;
+            }
+            bars.push(PlacedBar {
+                index,
+                addr,
+                size,
+                io,
+            });
+        }
+        index += if mem64 { 2 } else { 1 };
+    }
+    Ok(bars)
+}
