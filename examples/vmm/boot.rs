@@ -41,6 +41,7 @@ const E820_RAM: u32 = 1;
 const BOOT_CS: u16 = 0x10;
 const BOOT_DS: u16 = 0x18;
 const CR0_PE: u64 = 1;
+const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// Local APIC registers and LVT delivery modes the boot vCPU is given (the
 /// virtual wire that firmware sets up: PIC interrupts on LINT0, NMI on LINT1).
 const APIC_LVT0: usize = 0x350;
@@ -133,7 +134,16 @@ pub fn load(
 /// without paging, flat `__BOOT_CS`/`__BOOT_DS` segments, `esi` at the zero
 /// page; with KVM's supported CPUID and the local APIC's virtual wire.
 pub fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, entry: GuestAddress) -> Result<(), VmmError> {
-    let cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
+    let mut cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == 1 {
+            // A guest of a hypervisor: Linux then finds KVM's leaves (kvmclock,
+            // the TSC rate) instead of calibrating against the PIT.
+            entry.ecx |= CPUID_1_ECX_HYPERVISOR;
+            // The initial APIC ID: vCPU 0.
+            entry.ebx &= 0x00ff_ffff;
+        }
+    }
     vcpu.set_cpuid2(&cpuid)?;
 
     let mut sregs = vcpu.get_sregs()?;
