@@ -9,8 +9,9 @@
 //! ```
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 
-use barmap::kvm::{BarPassthrough, Vm};
+use barmap::kvm::{BarPassthrough, GsiRoutes, Vm};
 use barmap::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use barmap::PciAddress;
 use kvm_bindings::kvm_userspace_memory_region;
@@ -57,7 +58,8 @@ fn main() -> Result<(), Box<dyn StdError>> {
     let cli = <Cli as clap::Parser>::parse();
     let kvm = Kvm::new()?;
     // Slot 0 is the VMM's RAM; barmap takes slots from 1 and GSIs from 24 on.
-    let vm = Vm::new(&kvm, kvm.create_vm()?, 1, 24);
+    let fd = Arc::new(kvm.create_vm()?);
+    let vm = Vm::new(&kvm, GsiRoutes::new(fd, 24..u32::MAX), 1..u32::MAX);
 
     let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE)])?;
     ram.write_slice(PROGRAM, GuestAddress(CODE))?;

@@ -494,14 +494,25 @@ pub enum Error {
         limit: u32,
     },
 
-    /// The VMM asked to keep a route of its own on a GSI that barmap allocates.
-    #[error("GSI {gsi} is one barmap allocates (GSIs {first}..{limit}): the VMM's own routes must be below {first}")]
+    /// The VMM asked for a route of its own on a GSI that barmap allocates.
+    #[error("GSI {gsi} is one barmap allocates (GSIs {first}..{limit}): the VMM's own routes must lie outside them")]
     KvmGsiReserved {
         /// The route's GSI.
         gsi: u32,
-        /// The first GSI barmap may allocate (`first_gsi` of `Vm::new`).
+        /// The first GSI barmap may allocate (of the range given to `GsiRoutes::new`).
         first: u32,
-        /// One past the last GSI (`KVM_CAP_IRQ_ROUTING`).
+        /// One past the last GSI barmap may allocate.
         limit: u32,
+    },
+
+    /// KVM refused the GSI routing table with a change of the VMM's own
+    /// routes (`KVM_SET_GSI_ROUTING`); the table is as it was before.
+    #[error("KVM refused the GSI routing table with the VMM's route of GSI {gsi}")]
+    KvmRouting {
+        /// The GSI of the (first) route added or removed.
+        gsi: u32,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
     },
 }

@@ -548,12 +548,12 @@ fn kvm_read_only_region_refuses_guest_writes() {
     assert!(run.mmio_unserved.is_empty());
 }
 
-/// KVM takes barmap's table with both default routes of GSIs 0-15 kept
-/// (PIC and IOAPIC) beside an MSI route, and a kept route in barmap's GSI
-/// range is refused.
+/// KVM takes the VMM's table with both default routes of GSIs 0-15 (PIC and
+/// IOAPIC) beside barmap's MSI route, and a VMM route in barmap's GSI range
+/// is refused.
 #[test]
 #[ignore = "needs QEMU edu + pci-testdev bound to vfio-pci and /dev/kvm (qemu-scripts/guest-test.sh)"]
-fn kvm_kept_default_routes_install_beside_msi_routes() {
+fn kvm_vmm_default_routes_commit_beside_msi_routes() {
     use kvm_bindings::{
         kvm_irq_routing_entry, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
         KVM_IRQ_ROUTING_IRQCHIP,
@@ -575,28 +575,46 @@ fn kvm_kept_default_routes_install_beside_msi_routes() {
         } else {
             KVM_IRQCHIP_PIC_SLAVE
         };
-        guest.vm.keep_route(route(gsi, pic, gsi % 8)).unwrap();
-        guest.vm.keep_route(route(gsi, KVM_IRQCHIP_IOAPIC, gsi)).unwrap();
+        guest.vm.routes().add(route(gsi, pic, gsi % 8)).unwrap();
+        guest
+            .vm
+            .routes()
+            .add(route(gsi, KVM_IRQCHIP_IOAPIC, gsi))
+            .unwrap();
     }
     for gsi in 16..24 {
-        guest.vm.keep_route(route(gsi, KVM_IRQCHIP_IOAPIC, gsi)).unwrap();
+        guest
+            .vm
+            .routes()
+            .add(route(gsi, KVM_IRQCHIP_IOAPIC, gsi))
+            .unwrap();
     }
     assert!(matches!(
-        guest.vm.keep_route(route(24, KVM_IRQCHIP_IOAPIC, 0)),
+        guest.vm.routes().add(route(24, KVM_IRQCHIP_IOAPIC, 0)),
         Err(barmap::Error::KvmGsiReserved {
             gsi: 24,
             first: 24,
             ..
         })
     ));
+    assert_eq!(guest.vm.routes().entries().len(), 40);
+    // The same routes again replace the ones there: KVM refuses a table with
+    // two routes of one GSI to the same irqchip, so its taking the table
+    // shows each route is there once.
+    guest.vm.routes().add_x86_defaults().unwrap();
+    assert_eq!(guest.vm.routes().entries().len(), 40);
     let edu = guest.vm.open_device(edu()).unwrap();
     let msi = edu.enable_msi(1).unwrap();
-    // KVM refuses a table with two routes of one GSI to the same irqchip,
-    // so this also shows each kept route is there once.
     let irq = guest
         .vm
         .route_msi(msi.vector(0).unwrap(), MsiMessage::fixed(0, 0x40))
         .unwrap();
     assert_eq!(irq.gsi(), 24);
+    assert_eq!(guest.vm.routes().entries().len(), 41);
     irq.update(MsiMessage::fixed(0, 0x41)).unwrap();
+    // The VMM's change after barmap's keeps barmap's route.
+    guest.vm.routes().remove(23).unwrap();
+    assert_eq!(guest.vm.routes().entries().len(), 40);
+    drop(irq);
+    assert_eq!(guest.vm.routes().entries().len(), 39);
 }

@@ -189,3 +189,57 @@ pub const PCI_EXT_CAP_ID_PL_32GT: u16 = 0x2a;
 pub const PCI_EXT_CAP_ID_DOE: u16 = 0x2e;
 /// Extended capability ID: Physical Layer 64.0 GT/s.
 pub const PCI_EXT_CAP_ID_PL_64GT: u16 = 0x31;
+
+/// Type-0 headers: the expansion ROM base address register (32 bits).
+pub const PCI_ROM_ADDRESS: u16 = 0x30;
+/// Expansion ROM register bit: the ROM decodes (with memory decode on).
+pub const PCI_ROM_ADDRESS_ENABLE: u32 = 0x1;
+/// Expansion ROM register bits that hold the address.
+pub const PCI_ROM_ADDRESS_MASK: u32 = !0x7ff;
+/// BAR register bit: an I/O BAR.
+pub const PCI_BASE_ADDRESS_SPACE_IO: u32 = 0x1;
+/// BAR register bits: a 64-bit memory BAR.
+pub const PCI_BASE_ADDRESS_MEM_TYPE_64: u32 = 0x4;
+/// BAR register bit: a prefetchable memory BAR.
+pub const PCI_BASE_ADDRESS_MEM_PREFETCH: u32 = 0x8;
+
+/// MSI capability: message control (16 bits), from the capability's start.
+pub const PCI_MSI_FLAGS: u16 = 2;
+/// MSI control bit: MSI enabled.
+pub const PCI_MSI_FLAGS_ENABLE: u16 = 0x1;
+/// MSI control bits: the log2 of the vectors the function can request.
+pub const PCI_MSI_FLAGS_QMASK: u16 = 0xe;
+/// MSI control bits: the log2 of the vectors enabled.
+pub const PCI_MSI_FLAGS_QSIZE: u16 = 0x70;
+/// MSI control bit: 64-bit message addresses.
+pub const PCI_MSI_FLAGS_64BIT: u16 = 0x80;
+/// MSI control bit: per-vector masking.
+pub const PCI_MSI_FLAGS_MASKBIT: u16 = 0x100;
+
+/// MSI-X capability: message control (16 bits), from the capability's start.
+pub const PCI_MSIX_FLAGS: u16 = 2;
+/// MSI-X control bits: the table size minus one.
+pub const PCI_MSIX_FLAGS_QSIZE: u16 = 0x7ff;
+/// MSI-X control bit: the function mask.
+pub const PCI_MSIX_FLAGS_MASKALL: u16 = 0x4000;
+/// MSI-X control bit: MSI-X enabled.
+pub const PCI_MSIX_FLAGS_ENABLE: u16 = 0x8000;
+/// MSI-X capability: table offset and BAR indicator (32 bits).
+pub const PCI_MSIX_TABLE: u16 = 4;
+/// MSI-X capability: PBA offset and BAR indicator (32 bits).
+pub const PCI_MSIX_PBA: u16 = 8;
+/// MSI-X table and PBA registers: the BAR indicator bits.
+pub const PCI_MSIX_BIR: u32 = 0x7;
+/// Bytes per MSI-X table entry.
+pub const PCI_MSIX_ENTRY_SIZE: u64 = 16;
+/// MSI-X entry vector control bit: the vector is masked.
+pub const PCI_MSIX_ENTRY_CTRL_MASKBIT: u32 = 0x1;
+
+/// PCI Express capability: device capabilities (32 bits).
+pub const PCI_EXP_DEVCAP: u16 = 4;
+/// Device capabilities bit: function-level reset.
+pub const PCI_EXP_DEVCAP_FLR: u32 = 0x1000_0000;
+/// PCI Express capability: device control (16 bits).
+pub const PCI_EXP_DEVCTL: u16 = 8;
+/// Device control bit: initiate a function-level reset.
+pub const PCI_EXP_DEVCTL_BCR_FLR: u16 = 0x8000;

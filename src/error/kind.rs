@@ -57,7 +57,8 @@ pub enum ErrorKind {
     /// [`Error::MalformedConfig`].
     Malformed,
     /// A system call failed; [`Error::errno`] says why: [`Error::Sysfs`],
-    /// [`Error::Vfio`], [`Error::Io`], [`Error::Shadow`], [`Error::Kvm`].
+    /// [`Error::Vfio`], [`Error::Io`], [`Error::Shadow`], [`Error::Kvm`],
+    /// [`Error::KvmRouting`].
     Io,
 }
 
@@ -104,7 +105,8 @@ impl Error {
             | Error::Vfio { .. }
             | Error::Io { .. }
             | Error::Shadow { .. }
-            | Error::Kvm { .. } => K::Io,
+            | Error::Kvm { .. }
+            | Error::KvmRouting { .. } => K::Io,
         }
     }
 
@@ -118,7 +120,7 @@ impl Error {
     /// no errno), [`Error::GroupBusy`] (`EBUSY`), [`Error::PermissionDenied`]
     /// (`EACCES` or `EPERM`), [`Error::Vfio`] (unless a step failed in
     /// barmap's own parsing), [`Error::Io`], [`Error::Refused`] (`EIO`),
-    /// [`Error::Shadow`] and [`Error::Kvm`]. Every other variant is found by
+    /// [`Error::Shadow`], [`Error::Kvm`] and [`Error::KvmRouting`]. Every other variant is found by
     /// barmap itself and has none.
     pub fn errno(&self) -> Option<i32> {
         let mut next = StdError::source(self);

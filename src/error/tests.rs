@@ -346,11 +346,19 @@ fn samples() -> Vec<(Error, ErrorKind, Option<i32>)> {
             K::InvalidInput,
             None,
         ),
+        (
+            Error::KvmRouting {
+                gsi: 5,
+                source: os(libc::EINVAL),
+            },
+            K::Io,
+            Some(libc::EINVAL),
+        ),
     ]
 }
 
 /// How many variants [`Error`] has: [`ordinal`] numbers them `0..VARIANTS`.
-const VARIANTS: usize = 40;
+const VARIANTS: usize = 41;
 
 /// A distinct number per variant. The match has no wildcard, so a new
 /// variant does not compile until it is numbered here (and VARIANTS raised),
@@ -397,6 +405,7 @@ fn ordinal(e: &Error) -> usize {
         Error::KvmNoFreeGsi { .. } => 37,
         Error::IrqNoVectors => 38,
         Error::KvmGsiReserved { .. } => 39,
+        Error::KvmRouting { .. } => 40,
     }
 }
 

@@ -90,7 +90,7 @@ impl BarPassthrough {
     /// use barmap::kvm::{BarPassthrough, Vm};
     /// use barmap::{MapPolicy, RegionIndex};
     /// # let kvm = kvm_ioctls::Kvm::new().unwrap();
-    /// # let vm = Vm::new(&kvm, kvm.create_vm().unwrap(), 1, 24);
+    /// # let vm = barmap::kvm::Vm::new(&kvm, barmap::kvm::GsiRoutes::new(std::sync::Arc::new(kvm.create_vm().unwrap()), 24..1024), 1..32);
     /// let edu = vm.open_device("0000:00:02.0".parse()?)?;
     /// // BAR0 at 0x20000, its first page exiting on every access.
     /// let bar0 = edu.region(RegionIndex::bar(0).unwrap(), MapPolicy::trap_range(0..0x1000))?;
@@ -168,7 +168,7 @@ impl BarPassthrough {
     ///
     /// ```no_run
     /// # let kvm = kvm_ioctls::Kvm::new().unwrap();
-    /// # let vm = barmap::kvm::Vm::new(&kvm, kvm.create_vm().unwrap(), 1, 24);
+    /// # let vm = barmap::kvm::Vm::new(&kvm, barmap::kvm::GsiRoutes::new(std::sync::Arc::new(kvm.create_vm().unwrap()), 24..1024), 1..32);
     /// # let edu = vm.open_device("0000:00:02.0".parse()?)?;
     /// let mut bar0 = barmap::kvm::BarPassthrough::new(&vm, edu.bar(0)?, 0x20000)?;
     /// bar0.move_to(0x4000_0000)?;
@@ -214,7 +214,7 @@ impl BarPassthrough {
     /// ```no_run
     /// use kvm_ioctls::VcpuExit;
     /// # let kvm = kvm_ioctls::Kvm::new().unwrap();
-    /// # let vm = barmap::kvm::Vm::new(&kvm, kvm.create_vm().unwrap(), 1, 24);
+    /// # let vm = barmap::kvm::Vm::new(&kvm, barmap::kvm::GsiRoutes::new(std::sync::Arc::new(kvm.create_vm().unwrap()), 24..1024), 1..32);
     /// # let testdev = vm.open_device("0000:00:03.0".parse()?)?;
     /// let ports = barmap::kvm::BarPassthrough::new(&vm, testdev.bar(1)?, 0x1000)?;
     /// let mut vcpu = vm.fd().create_vcpu(0).unwrap();

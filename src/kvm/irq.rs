@@ -86,7 +86,8 @@ impl Vm {
     /// ```no_run
     /// use barmap::kvm::{MsiMessage, Vm};
     /// # let kvm = kvm_ioctls::Kvm::new().unwrap();
-    /// # let vm = Vm::new(&kvm, kvm.create_vm().unwrap(), 1, 24);
+    /// # let fd = std::sync::Arc::new(kvm.create_vm().unwrap());
+    /// # let vm = Vm::new(&kvm, barmap::kvm::GsiRoutes::new(fd, 24..1024), 1..32);
     /// vm.fd().create_irq_chip().unwrap();
     /// let edu = vm.open_device("0000:00:02.0".parse()?)?;
     /// let msi = edu.enable_msi(1)?;
@@ -106,10 +107,11 @@ impl Vm {
         // and hand over whole.
         let eventfd = unsafe { EventFd::from_raw_fd(owned.into_raw_fd()) };
         let gsi = self
-            .add_route(|gsi| message.route(gsi))
+            .routes()
+            .alloc(|gsi| message.route(gsi))
             .ok_or(Error::KvmNoFreeGsi {
                 addr,
-                limit: self.gsi_limit(),
+                limit: self.routes().limit(),
             })?
             .map_err(|e| kvm_error(addr, "set the GSI routing", e))?;
         let interrupt = GuestInterrupt {
@@ -132,11 +134,22 @@ impl GuestInterrupt {
         self.gsi
     }
 
+    /// Fires the vector's interrupt once, as if the device had (a vector
+    /// that was pending while masked, delivered on unmask).
+    pub(super) fn signal(&self) -> Result<()> {
+        self.eventfd.write(1).map_err(|e| Error::Vfio {
+            addr: self.addr,
+            step: "signal an interrupt eventfd",
+            source: Box::new(e),
+        })
+    }
+
     /// Routes the vector to `message` instead (the guest reprogrammed the
     /// MSI capability or the MSI-X table entry).
     pub fn update(&self, message: MsiMessage) -> Result<()> {
         self.vm
-            .set_route(message.route(self.gsi))
+            .routes()
+            .set(message.route(self.gsi))
             .map_err(|e| kvm_error(self.addr, "set the GSI routing", e))
     }
 }
@@ -146,7 +159,7 @@ impl Drop for GuestInterrupt {
         // KVM_IRQFD with the deassign flag for an irqfd that was never
         // registered (a failed `route_msi`) fails harmlessly.
         let _ = self.vm.fd().unregister_irqfd(&self.eventfd, self.gsi);
-        if let Err(e) = self.vm.remove_route(self.gsi) {
+        if let Err(e) = self.vm.routes().free(self.gsi) {
             log::error!("{}", kvm_error(self.addr, "remove a GSI route", e));
         }
     }

@@ -21,21 +21,36 @@
 //!    [`AsFd`](std::os::fd::AsFd)).
 //! 4. **The KVM-VFIO device.** [`Vm::open_device`] opens devices in one
 //!    container per VM that registers each group with KVM's VFIO device.
+//! 5. **A whole virtual PCI function.** [`VirtualFunction`] puts a device in
+//!    front of the guest as its own PCI function: virtual BARs placed where
+//!    the guest programs them, decode, the ROM, MSI-X/MSI routed from the
+//!    guest's own table writes and INTx through a resampled irqfd. The VMM's
+//!    PCI bus calls [`VirtualFunction::config_read`] and
+//!    [`VirtualFunction::config_write`], and its exit loop
+//!    [`VirtualFunction::handle_exit`].
 //!
 //! KVM keeps two tables for a whole VM that it cannot be asked about: memory
-//! slots and GSI routes. [`Vm`] keeps barmap's share of both, so that several
-//! passthroughs (and the VMM's own slots and routes, below the numbers it
-//! hands barmap) do not collide.
+//! slots and GSI routes. The VMM's objects stay the VMM's: it creates the
+//! `VmFd` (in an `Arc`) and the VM's routing table, [`GsiRoutes`], adds its
+//! own routes to it, and hands barmap a range of slot numbers and a range of
+//! GSIs; [`Vm`] borrows them, so that several passthroughs and the VMM's own
+//! slots and routes do not collide.
 //!
 //! ```no_run
-//! use barmap::kvm::{BarPassthrough, MsiMessage, Vm};
+//! use std::sync::Arc;
+//! use barmap::kvm::{BarPassthrough, GsiRoutes, MsiMessage, Vm};
 //! use barmap::dma::DmaMask;
 //! use barmap::vm_memory::{GuestAddress, GuestMemoryMmap};
 //! use kvm_ioctls::{Kvm, VcpuExit};
 //!
 //! let kvm = Kvm::new().unwrap();
-//! let vm = Vm::new(&kvm, kvm.create_vm().unwrap(), 1, 24);
-//! vm.fd().create_irq_chip().unwrap();
+//! let fd = Arc::new(kvm.create_vm().unwrap());
+//! fd.create_irq_chip().unwrap();
+//! // GSIs 0..24 are the IOAPIC's, the VMM's own; barmap allocates from 24 on.
+//! let routes = GsiRoutes::new(fd.clone(), 24..u32::MAX);
+//! routes.add_x86_defaults()?;
+//! // Slot 0 is the VMM's RAM; barmap allocates slots from 1 on.
+//! let vm = Vm::new(&kvm, routes.clone(), 1..u32::MAX);
 //! let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
 //! // ... register `ram` as slot 0 (the VMM's own) with vm.fd().set_user_memory_region ...
 //! let edu = vm.open_device("0000:00:02.0".parse()?)?;
@@ -60,9 +75,13 @@
 
 mod bar;
 mod exit;
+mod function;
 mod irq;
+mod routes;
 mod vm;
 
 pub use bar::BarPassthrough;
+pub use function::{FunctionConfig, FunctionExits, PlacedBar, VirtualFunction};
 pub use irq::{GuestInterrupt, MsiMessage};
+pub use routes::GsiRoutes;
 pub use vm::Vm;

@@ -247,6 +247,11 @@ impl Device {
         self.inner.group_fd.as_ref()
     }
 
+    /// The config space's slow path, if the device has a readable config region.
+    pub(crate) fn config_io(&self) -> Option<&FdRegion> {
+        self.inner.config.as_ref()
+    }
+
     /// The `VFIO_DEVICE_GET_INFO` flags.
     pub(crate) fn device_flags(&self) -> u32 {
         self.inner.flags

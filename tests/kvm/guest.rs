@@ -4,7 +4,9 @@
 //! programs use.
 #![allow(dead_code)] // the test and the bench use different parts
 
-use barmap::kvm::{BarPassthrough, Vm};
+use std::sync::Arc;
+
+use barmap::kvm::{BarPassthrough, GsiRoutes, Vm};
 use barmap::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
@@ -47,9 +49,10 @@ impl Guest {
     /// A VM with RAM as slot 0 (barmap allocates from slot 1 and GSI 24 on).
     pub fn new() -> Guest {
         let kvm = Kvm::new().expect("open /dev/kvm");
-        let vm = Vm::new(&kvm, kvm.create_vm().expect("create a VM"), 1, 24);
-        vm.fd().set_tss_address(0xfffb_d000).unwrap();
-        vm.fd().create_irq_chip().expect("in-kernel irqchip");
+        let fd = Arc::new(kvm.create_vm().expect("create a VM"));
+        fd.set_tss_address(0xfffb_d000).unwrap();
+        fd.create_irq_chip().expect("in-kernel irqchip");
+        let vm = Vm::new(&kvm, GsiRoutes::new(fd, 24..u32::MAX), 1..u32::MAX);
         let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE)]).unwrap();
         let host = ram.get_host_address(GuestAddress(0)).unwrap();
         let slot = kvm_userspace_memory_region {
@@ -125,6 +128,20 @@ impl Guest {
     /// Runs until `out DONE`, serving exits through `bars` and recording
     /// the errors they return (an exit that fails still counts as served).
     pub fn run_refused(&mut self, bars: &[&BarPassthrough]) -> Run {
+        self.run_serving(|vcpu| {
+            for bar in bars {
+                if bar.handle_exit(vcpu)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+    }
+
+    /// Runs until `out DONE`, serving MMIO and port I/O exits with `serve`
+    /// (`Ok(false)`: not served) and recording the errors it returns (an
+    /// exit that fails still counts as served).
+    pub fn run_serving(&mut self, mut serve: impl FnMut(&mut VcpuFd) -> barmap::Result<bool>) -> Run {
         let mut run = Run::default();
         loop {
             let exit = self.vcpu.run().expect("KVM_RUN");
@@ -142,16 +159,13 @@ impl Guest {
                 VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => (None, false),
                 other => panic!("unexpected exit {other:?}"),
             };
-            let mut served = false;
-            for bar in bars {
-                match bar.handle_exit(&mut self.vcpu) {
-                    Ok(false) => continue,
-                    Ok(true) => {}
-                    Err(e) => run.errors.push(e),
+            let served = match serve(&mut self.vcpu) {
+                Ok(served) => served,
+                Err(e) => {
+                    run.errors.push(e);
+                    true
                 }
-                served = true;
-                break;
-            }
+            };
             match mmio {
                 _ if !served && mmio.is_none() => panic!("a port I/O exit no passthrough served"),
                 None => run.io_served += 1,
