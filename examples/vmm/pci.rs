@@ -1,7 +1,7 @@
 //! The PCI host bridge: bus 0 behind configuration mechanism #1 (the
 //! address register at 0xcf8, the data window at 0xcfc..0xcff), a host
 //! bridge function at 00:00.0, and the VMM's functions on the devices after
-//! it. Before the guest runs, [`Bus::assign`] plays the firmware's part: it
+//! it (function 0 of devices 1, 2, ...). Before the guest runs, [`Bus::assign`] plays the firmware's part: it
 //! sizes every BAR with the guest's own all-ones writes, places it in the
 //! MMIO or port window, sets the interrupt line and turns decoding on, so
 //! that Linux (which needs no ACPI for this) finds the devices configured.
@@ -11,8 +11,9 @@ use crate::VmmError;
 /// The 32-bit MMIO window for BARs, up to the IOAPIC's page.
 pub const MMIO32_START: u64 = 0xc000_0000;
 const MMIO32_END: u64 = 0xfec0_0000;
-/// The window for 64-bit BARs that do not fit below 4 GiB.
-const MMIO64_START: u64 = 0x100_0000_0000;
+/// The window for 64-bit BARs that do not fit below 4 GiB (64 GiB up, in
+/// reach of a 40-bit physical address).
+const MMIO64_START: u64 = 0x10_0000_0000;
 /// The port window for I/O BARs.
 const IO_START: u64 = 0xc000;
 const IO_END: u64 = 0x1_0000;
@@ -39,22 +40,14 @@ pub trait Function {
 }
 
 /// The host bridge at 00:00.0: identity and class, nothing writable.
-struct HostBridge;
-
-impl Function for HostBridge {
-    fn config_read(&mut self, offset: u16, width: u8) -> Result<u32, VmmError> {
-        // Red Hat's QEMU PCIe host bridge ids, class 06.00.00 (host bridge).
-        let dword = match offset & !3 {
-            0x00 => 0x0008_1b36,
-            0x08 => 0x0600_0000,
-            _ => 0,
-        };
-        Ok(dword >> ((offset & 3) * 8) & mask(width))
-    }
-
-    fn config_write(&mut self, _: u16, _: u8, _: u32) -> Result<(), VmmError> {
-        Ok(())
-    }
+fn host_bridge_read(offset: u16, width: u8) -> u32 {
+    // Red Hat's QEMU PCIe host bridge ids, class 06.00.00 (host bridge).
+    let dword: u32 = match offset & !3 {
+        0x00 => 0x0008_1b36,
+        0x08 => 0x0600_0000,
+        _ => 0,
+    };
+    dword >> ((offset & 3) * 8) & mask(width)
 }
 
 fn mask(width: u8) -> u32 {
@@ -66,41 +59,53 @@ fn mask(width: u8) -> u32 {
 }
 
 /// Bus 0: the host bridge and the VMM's functions, one per device number.
-pub struct Bus {
-    functions: Vec<Box<dyn Function>>,
+pub struct Bus<F> {
+    functions: Vec<F>,
     address: u32,
     /// Configuration accesses served (for the exit counts).
     pub accesses: u64,
 }
 
-impl Bus {
-    /// Bus 0 with the host bridge alone.
-    pub fn new() -> Bus {
-        Bus {
-            functions: vec![Box::new(HostBridge)],
+/// What a configuration address selects.
+enum Selected<'a, F> {
+    HostBridge,
+    Function(&'a mut F),
+    Nothing,
+}
+
+impl<F: Function> Bus<F> {
+    /// Bus 0 with the host bridge and `functions` on devices 1, 2, ...
+    pub fn new(functions: Vec<F>) -> Result<Bus<F>, VmmError> {
+        if functions.len() > 31 {
+            return Err("bus 0 holds 31 functions besides the host bridge".into());
+        }
+        Ok(Bus {
+            functions,
             address: 0,
             accesses: 0,
-        }
+        })
     }
 
-    /// Adds `function` on the next device number; returns that number.
-    pub fn add(&mut self, function: Box<dyn Function>) -> Result<u8, VmmError> {
-        if self.functions.len() >= 32 {
-            return Err("bus 0 is full (32 devices)".into());
-        }
-        self.functions.push(function);
-        Ok(self.functions.len() as u8 - 1)
+    /// The functions, device 1 first.
+    pub fn functions(&mut self) -> &mut [F] {
+        &mut self.functions
     }
 
     /// The function a configuration address selects, and the register offset.
-    fn selected(&mut self) -> Option<(&mut dyn Function, u16)> {
+    fn selected(&mut self) -> (Selected<'_, F>, u16) {
         let a = self.address;
         let (bus, device, function) = ((a >> 16) & 0xff, (a >> 11) & 0x1f, (a >> 8) & 0x7);
+        let reg = (a & 0xfc) as u16;
         if a & ENABLE == 0 || bus != 0 || function != 0 {
-            return None;
+            return (Selected::Nothing, reg);
         }
-        let f = self.functions.get_mut(device as usize)?;
-        Some((f.as_mut(), (a & 0xfc) as u16))
+        match device {
+            0 => (Selected::HostBridge, reg),
+            d => match self.functions.get_mut(d as usize - 1) {
+                Some(f) => (Selected::Function(f), reg),
+                None => (Selected::Nothing, reg),
+            },
+        }
     }
 
     /// Serves a guest `in` if `port` is the mechanism's; false otherwise.
@@ -110,9 +115,11 @@ impl Bus {
             DATA_PORT..=0xcff => {
                 self.accesses += 1;
                 let offset = port - DATA_PORT;
+                let width = data.len() as u8;
                 match self.selected() {
-                    Some((f, reg)) => f.config_read(reg + offset, data.len() as u8)?,
-                    None => u32::MAX,
+                    (Selected::HostBridge, reg) => host_bridge_read(reg + offset, width),
+                    (Selected::Function(f), reg) => f.config_read(reg + offset, width)?,
+                    (Selected::Nothing, _) => u32::MAX,
                 }
             }
             ADDRESS_PORT..=0xcfb => u32::MAX,
@@ -132,7 +139,7 @@ impl Bus {
             DATA_PORT..=0xcff => {
                 self.accesses += 1;
                 let offset = port - DATA_PORT;
-                if let Some((f, reg)) = self.selected() {
+                if let (Selected::Function(f), reg) = self.selected() {
                     f.config_write(reg + offset, data.len() as u8, value)?;
                 }
             }
@@ -144,43 +151,26 @@ impl Bus {
     }
 
     /// Configures every function as firmware would (see the module docs);
-    /// `irqs` gives the interrupt line of each added function in turn.
-    /// Returns, per added function, its placed BARs.
-    pub fn assign(&mut self, irqs: &[u8]) -> Result<Vec<Vec<PlacedBar>>, VmmError> {
+    /// `irqs` gives the interrupt line of each function in turn.
+    pub fn assign(&mut self, irqs: &[u8]) -> Result<(), VmmError> {
         let mut windows = Windows {
             mmio32: MMIO32_START,
             mmio64: MMIO64_START,
             io: IO_START,
         };
-        let mut placed = Vec::new();
-        for (i, f) in self.functions.iter_mut().enumerate().skip(1) {
-            let bars = assign_bars(f.as_mut(), &mut windows)?;
+        for (i, f) in self.functions.iter_mut().enumerate() {
             let mut command = f.config_read(COMMAND, 2)?;
-            for bar in &bars {
-                command |= if bar.io { COMMAND_IO } else { COMMAND_MEMORY };
+            for io in assign_bars(f, &mut windows)? {
+                command |= if io { COMMAND_IO } else { COMMAND_MEMORY };
             }
             if f.config_read(INTERRUPT_PIN, 1)? != 0 {
-                let irq = *irqs.get(i - 1).ok_or("no interrupt line for a function")?;
+                let irq = *irqs.get(i).ok_or("no interrupt line for a function")?;
                 f.config_write(INTERRUPT_LINE, 1, u32::from(irq))?;
             }
             f.config_write(COMMAND, 2, command)?;
-            placed.push(bars);
         }
-        Ok(placed)
+        Ok(())
     }
-}
-
-/// A BAR as the firmware placed it.
-#[derive(Debug, Clone, Copy)]
-pub struct PlacedBar {
-    /// Its index (the lower one of a 64-bit pair).
-    pub index: u8,
-    /// Guest address (or port).
-    pub addr: u64,
-    /// Size in bytes.
-    pub size: u64,
-    /// An I/O BAR.
-    pub io: bool,
 }
 
 /// The next free address of each window.
@@ -212,42 +202,45 @@ impl Windows {
     }
 }
 
-/// Sizes and places the six BARs of `f`.
-fn assign_bars(f: &mut dyn Function, windows: &mut Windows) -> Result<Vec<PlacedBar>, VmmError> {
+/// Sizes and places the six BARs of `f`; returns, for each BAR it has,
+/// whether it is an I/O BAR.
+fn assign_bars(f: &mut impl Function, windows: &mut Windows) -> Result<Vec<bool>, VmmError> {
     let mut bars = Vec::new();
-    let mut index = 0u8;
+    let mut index = 0u16;
     while index < 6 {
-        let reg = BAR0 + 4 * u16::from(index);
+        let reg = BAR0 + 4 * index;
         let original = f.config_read(reg, 4)?;
         f.config_write(reg, 4, u32::MAX)?;
         let low = f.config_read(reg, 4)?;
         let io = original & BAR_IO != 0;
         let mem64 = !io && original & (0b11 << 1) == BAR_MEM64;
-        let mut mask = u64::from(low & if io { !0x3 } else { !0xf });
-        if mem64 {
+        let flags = if io { 0x3 } else { 0xf };
+        let high = if mem64 {
             f.config_write(reg + 4, 4, u32::MAX)?;
-            mask |= u64::from(f.config_read(reg + 4, 4)?) << 32;
+            f.config_read(reg + 4, 4)?
         } else {
+            0
+        };
+        let implemented = low & !flags != 0 || high != 0;
+        let mut mask = u64::from(low & !flags) | u64::from(high) << 32;
+        if !mem64 {
             mask |= 0xffff_ffff_0000_0000;
         }
         if io {
+            // A 16-bit I/O BAR may read its upper half as zero.
             mask |= 0xffff_0000;
         }
         let size = (!mask).wrapping_add(1);
-        if mask == 0xffff_ffff_0000_0000 || size == 0 {
+        if !implemented || size == 0 {
+            // Not implemented.
             f.config_write(reg, 4, original)?;
         } else {
             let addr = windows.take(size, io, mem64)?;
-            f.config_write(reg, 4, addr as u32 | (original & if io { 0x3 } else { 0xf }))?;
+            f.config_write(reg, 4, addr as u32 | (original & flags))?;
             if mem64 {
                 f.config_write(reg + 4, 4, (addr >> 32) as u32)?;
             }
-            bars.push(PlacedBar {
-                index,
-                addr,
-                size,
-                io,
-            });
+            bars.push(io);
         }
         index += if mem64 { 2 } else { 1 };
     }
