@@ -106,7 +106,14 @@ fn boot(extra: &str) -> Boot {
     let cmdline = format!("{CMDLINE} {extra}");
     let start = Instant::now();
     let mut child = Command::new(vmm_binary())
-        .args(["--kernel", &kernel, "--initramfs", &initramfs, "--cmdline", &cmdline])
+        .args([
+            "--kernel",
+            &kernel,
+            "--initramfs",
+            &initramfs,
+            "--cmdline",
+            &cmdline,
+        ])
         .arg(nvme.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -219,7 +226,11 @@ fn nvme_irqs(boot: &Boot) -> Vec<(u64, String)> {
     boot.l2("irq")
         .into_iter()
         .map(|l| {
-            let count = l.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let count = l
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             (count, l.to_string())
         })
         .collect()
@@ -227,7 +238,9 @@ fn nvme_irqs(boot: &Boot) -> Vec<(u64, String)> {
 
 /// Writes past libtest's capture, so the guest run's output shows it.
 fn note(text: &str) {
-    writeln!(std::io::stderr(), "vmm_guest: {text}").unwrap();
+    std::io::stderr()
+        .write_all(format!("vmm_guest: {text}\n").as_bytes())
+        .unwrap();
 }
 
 #[test]
@@ -245,8 +258,17 @@ fn guest_vmm_nvme_msix() {
     );
     let (msix, bar, errors) = function_exits(&boot, &addr);
     assert_eq!(errors, 0, "the vmm refused guest accesses\n{}", boot.context());
-    assert!(msix > 0, "no MSI-X table exits: the table was not trapped\n{}", boot.context());
-    assert_eq!(bar, 0, "exits on the mapped parts of the BARs\n{}", boot.context());
+    assert!(
+        msix > 0,
+        "no MSI-X table exits: the table was not trapped\n{}",
+        boot.context()
+    );
+    assert_eq!(
+        bar,
+        0,
+        "exits on the mapped parts of the BARs\n{}",
+        boot.context()
+    );
     let table = msix_pages(&addr);
     let pages = page_exits(&boot, &addr);
     for (page, n) in &pages {
@@ -284,7 +306,12 @@ fn guest_vmm_nvme_intx() {
     assert!(total > 1, "nvme took {total} INTx interrupts\n{}", boot.context());
     let (msix, bar, errors) = function_exits(&boot, &addr);
     assert_eq!(errors, 0, "the vmm refused guest accesses\n{}", boot.context());
-    assert_eq!(bar, 0, "exits on the mapped parts of the BARs\n{}", boot.context());
+    assert_eq!(
+        bar,
+        0,
+        "exits on the mapped parts of the BARs\n{}",
+        boot.context()
+    );
     note(&format!(
         "INTx boot (pci=nomsi) in {:.1}s: checksum match (sha256 {sha}); {total} INTx interrupts \
          {irqs:?}; exits: {msix} on the MSI-X table and PBA, {bar} on the mapped BAR parts",

@@ -51,7 +51,7 @@ const APIC_MODE_NMI: u32 = 0x4 << 8;
 
 /// Guest RAM from address 0, registered as KVM memory slot 0.
 pub fn ram(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, VmmError> {
-    if size < 64 << 20 || size > RAM_LIMIT {
+    if !(64 << 20..=RAM_LIMIT).contains(&size) {
         return Err(format!("guest RAM {size:#x} outside 64 MiB..{RAM_LIMIT:#x}").into());
     }
     let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])?;
@@ -81,9 +81,7 @@ pub fn load(
     let loaded = BzImage::load(ram, None, &mut image, Some(GuestAddress(HIGH_RAM)))
         .map_err(|e| format!("{}: {e}", kernel.display()))?;
     let mut params = boot_params {
-        hdr: loaded
-            .setup_header
-            .ok_or("a bzImage without a setup header")?,
+        hdr: loaded.setup_header.ok_or("a bzImage without a setup header")?,
         ..Default::default()
     };
     params.hdr.type_of_loader = LOADER_UNDEFINED;
@@ -180,12 +178,7 @@ pub fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, entry: GuestAddress) -> Result<(), V
     let mut lapic = vcpu.get_lapic()?;
     for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
         let bytes = &mut lapic.regs[reg..reg + 4];
-        let old = u32::from_le_bytes([
-            bytes[0] as u8,
-            bytes[1] as u8,
-            bytes[2] as u8,
-            bytes[3] as u8,
-        ]);
+        let old = u32::from_le_bytes([bytes[0] as u8, bytes[1] as u8, bytes[2] as u8, bytes[3] as u8]);
         let new = (old & !0x0001_0700) | mode;
         for (b, v) in bytes.iter_mut().zip(new.to_le_bytes()) {
             *b = v as i8;

@@ -61,13 +61,16 @@ pub fn open(
         // The guest turns bus mastering on when its driver is ready for it.
         device.set_bus_master(false)?;
         let intx = device.irq_info(IrqIndex::Intx).is_ok_and(|i| i.count > 0);
-        let irq = if intx { irqs.next().copied().unwrap_or(0) } else { 0 };
+        let irq = if intx {
+            irqs.next().copied().unwrap_or(0)
+        } else {
+            0
+        };
         let config = FunctionConfig {
             intx_gsi: intx.then_some(u32::from(irq)),
             reserved: vec![reserved.clone()],
         };
-        let function =
-            VirtualFunction::new(vm, device, config).map_err(|e| format!("{addr}: {e}"))?;
+        let function = VirtualFunction::new(vm, device, config).map_err(|e| format!("{addr}: {e}"))?;
         functions.push(Passthrough {
             function,
             addr,
@@ -150,10 +153,7 @@ impl Function for Passthrough {
     }
 
     fn config_write(&mut self, offset: u16, width: u8, value: u32) -> Result<(), VmmError> {
-        if let Err(e) = self
-            .function
-            .config_write(offset, usize::from(width), value)
-        {
+        if let Err(e) = self.function.config_write(offset, usize::from(width), value) {
             self.refused(format_args!("config write at {offset:#x}: {e}"));
         }
         Ok(())

@@ -246,3 +246,169 @@ fn assign_bars(f: &mut impl Function, windows: &mut Windows) -> Result<Vec<bool>
     }
     Ok(bars)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A function with BARs of the given (size, flags): flags 0x1 an I/O
+    /// BAR, 0x4 the lower half of a 64-bit memory BAR (the upper half is
+    /// the next entry, given as (0, 0)); and an interrupt pin.
+    struct Fake {
+        config: [u8; 256],
+        sizes: [u64; 6],
+    }
+
+    impl Fake {
+        fn new(bars: &[(u64, u32)], pin: u8) -> Fake {
+            let mut f = Fake {
+                config: [0; 256],
+                sizes: [0; 6],
+            };
+            f.config[..4].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+            for (i, &(size, flags)) in bars.iter().enumerate() {
+                f.sizes[i] = size;
+                f.dword_set(BAR0 + 4 * i as u16, flags);
+            }
+            f.config[INTERRUPT_PIN as usize] = pin;
+            f
+        }
+
+        fn dword(&self, at: u16) -> u32 {
+            let at = usize::from(at);
+            u32::from_le_bytes(self.config[at..at + 4].try_into().unwrap())
+        }
+
+        fn dword_set(&mut self, at: u16, value: u32) {
+            let at = usize::from(at);
+            self.config[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        }
+
+        fn bar_address(&self, i: u16) -> u64 {
+            let low = self.dword(BAR0 + 4 * i);
+            let flags = if low & 1 != 0 { 0x3 } else { 0xf };
+            let mut addr = u64::from(low & !flags);
+            if low & 0x7 == 0x4 {
+                addr |= u64::from(self.dword(BAR0 + 4 * i + 4)) << 32;
+            }
+            addr
+        }
+    }
+
+    impl Function for Fake {
+        fn config_read(&mut self, offset: u16, width: u8) -> Result<u32, VmmError> {
+            Ok(self.dword(offset & !3) >> ((offset & 3) * 8) & mask(width))
+        }
+
+        fn config_write(&mut self, offset: u16, width: u8, value: u32) -> Result<(), VmmError> {
+            let bar = offset.checked_sub(BAR0).map(|o| o / 4).filter(|&i| i < 6);
+            match bar {
+                Some(i) => {
+                    assert_eq!((width, offset % 4), (4, 0), "BARs are written whole");
+                    let upper_half = i > 0
+                        && self.sizes[usize::from(i)] == 0
+                        && self.dword(BAR0 + 4 * (i - 1)) & 0x7 == 0x4;
+                    let (lower, size) = if upper_half {
+                        (i - 1, self.sizes[usize::from(i) - 1])
+                    } else {
+                        (i, self.sizes[usize::from(i)])
+                    };
+                    let flags = self.dword(BAR0 + 4 * lower) & if lower == i { 0xf } else { 0 };
+                    let flags = if flags & 1 != 0 { flags & 0x3 } else { flags };
+                    let upper = lower != i;
+                    let size_mask = !(size.max(1) - 1);
+                    let value = if upper {
+                        value & (size_mask >> 32) as u32
+                    } else if size == 0 {
+                        0
+                    } else {
+                        value & size_mask as u32 & !0xf | flags
+                    };
+                    self.dword_set(offset, value);
+                }
+                None => {
+                    let old = self.dword(offset & !3);
+                    let shift = (offset & 3) * 8;
+                    let m = mask(width) << shift;
+                    self.dword_set(offset & !3, old & !m | (value << shift) & m);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn cycle(bus: &mut Bus<Fake>, address: u32, port: u16, width: usize) -> u32 {
+        bus.io_out(ADDRESS_PORT, &address.to_le_bytes()).unwrap();
+        let mut data = vec![0; width];
+        assert!(bus.io_in(port, &mut data).unwrap());
+        let mut word = [0; 4];
+        word[..width].copy_from_slice(&data);
+        u32::from_le_bytes(word)
+    }
+
+    #[test]
+    fn mechanism_1_selects_host_bridge_functions_and_nothing() {
+        let mut bus = Bus::new(vec![Fake::new(&[], 0)]).unwrap();
+        assert_eq!(cycle(&mut bus, ENABLE, DATA_PORT, 4), 0x0008_1b36);
+        assert_eq!(
+            cycle(&mut bus, ENABLE | 0x08, 0xcfe, 2),
+            0x0600,
+            "host bridge class"
+        );
+        assert_eq!(cycle(&mut bus, ENABLE | 1 << 11, DATA_PORT, 4), 0x1234_5678);
+        assert_eq!(cycle(&mut bus, ENABLE | 1 << 11, 0xcfd, 1), 0x56);
+        assert_eq!(
+            cycle(&mut bus, ENABLE | 2 << 11, DATA_PORT, 4),
+            u32::MAX,
+            "no device 2"
+        );
+        assert_eq!(
+            cycle(&mut bus, ENABLE | 1 << 11 | 1 << 8, DATA_PORT, 4),
+            u32::MAX,
+            "function 1"
+        );
+        assert_eq!(cycle(&mut bus, ENABLE | 1 << 16, DATA_PORT, 4), u32::MAX, "bus 1");
+        assert_eq!(
+            cycle(&mut bus, 1 << 11, DATA_PORT, 4),
+            u32::MAX,
+            "enable bit clear"
+        );
+        // The address register reads back (Linux's probe for mechanism #1).
+        bus.io_out(ADDRESS_PORT, &0x8000_0000u32.to_le_bytes()).unwrap();
+        let mut data = [0; 4];
+        assert!(bus.io_in(ADDRESS_PORT, &mut data).unwrap());
+        assert_eq!(u32::from_le_bytes(data), 0x8000_0000);
+        assert!(!bus.io_in(0x3f8, &mut data).unwrap(), "not the bus's port");
+    }
+
+    #[test]
+    fn assign_sizes_places_and_enables_every_kind_of_bar() {
+        let bars = [
+            (0x4000, 0x4), // 64-bit memory, 16 KiB
+            (0, 0),
+            (0x100, 0x1),         // I/O, 256 ports
+            (0x1000, 0x0),        // 32-bit memory, 4 KiB
+            (0x2_0000_0000, 0xc), // 64-bit prefetchable, 8 GiB: above 4 GiB
+            (0, 0),
+        ];
+        let mut bus = Bus::new(vec![Fake::new(&bars, 1), Fake::new(&[], 0)]).unwrap();
+        bus.assign(&[10, 11]).unwrap();
+        let f = &bus.functions()[0];
+        assert_eq!(f.bar_address(0), MMIO32_START);
+        assert_eq!(f.bar_address(2), IO_START);
+        assert_eq!(f.bar_address(3), MMIO32_START + 0x4000);
+        assert_eq!(f.bar_address(4), MMIO64_START);
+        assert_eq!(f.dword(COMMAND) & 0x3, COMMAND_IO | COMMAND_MEMORY);
+        assert_eq!(f.config[INTERRUPT_LINE as usize], 10);
+        let g = &bus.functions()[1];
+        assert_eq!(g.dword(COMMAND) & 0x3, 0, "no BARs, no decode");
+        assert_eq!(g.config[INTERRUPT_LINE as usize], 0, "no pin, no line");
+    }
+
+    #[test]
+    fn assign_refuses_a_32_bit_bar_that_does_not_fit() {
+        let mut bus = Bus::new(vec![Fake::new(&[(0x8000_0000, 0)], 0)]).unwrap();
+        let e = bus.assign(&[0]).unwrap_err();
+        assert!(e.to_string().contains("no room"), "{e}");
+    }
+}

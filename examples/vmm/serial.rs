@@ -40,9 +40,7 @@ impl Console {
 
     /// The register offset of `port` if it is the UART's.
     fn offset(port: u16) -> Option<u8> {
-        port.checked_sub(BASE)
-            .filter(|&o| o < PORTS)
-            .map(|o| o as u8)
+        port.checked_sub(BASE).filter(|&o| o < PORTS).map(|o| o as u8)
     }
 
     /// Serves a guest `in` if `port` is the UART's.
