@@ -86,6 +86,14 @@ impl Boot {
             .collect()
     }
 
+    /// The VMM's summary of all exits (`vmm: exits: N total, ...`).
+    fn exit_summary(&self) -> &str {
+        self.vmm
+            .lines()
+            .find_map(|l| l.strip_prefix("vmm: exits: ").filter(|l| l.contains(" total")))
+            .unwrap_or("(no exit summary)")
+    }
+
     fn context(&self) -> String {
         let tail: Vec<&str> = self.console.lines().rev().take(40).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -282,8 +290,10 @@ fn guest_vmm_nvme_msix() {
     }
     note(&format!(
         "MSI-X boot in {:.1}s: checksum match (sha256 {sha}); exits: {msix} on the MSI-X table and PBA \
-         pages {pages:x?}, {bar} on the mapped BAR parts (registers, doorbells); L2 interrupts {irqs:?}",
-        boot.seconds
+         pages {pages:x?}, {bar} on the mapped BAR parts (registers, doorbells); L2 interrupts {irqs:?}; \
+         all exits: {}",
+        boot.seconds,
+        boot.exit_summary()
     ));
 }
 
@@ -314,7 +324,8 @@ fn guest_vmm_nvme_intx() {
     );
     note(&format!(
         "INTx boot (pci=nomsi) in {:.1}s: checksum match (sha256 {sha}); {total} INTx interrupts \
-         {irqs:?}; exits: {msix} on the MSI-X table and PBA, {bar} on the mapped BAR parts",
-        boot.seconds
+         {irqs:?}; exits: {msix} on the MSI-X table and PBA, {bar} on the mapped BAR parts; all exits: {}",
+        boot.seconds,
+        boot.exit_summary()
     ));
 }
