@@ -468,7 +468,8 @@ pub enum Error {
         region: RegionIndex,
         /// The first slot number barmap may use.
         first: u32,
-        /// One past the last slot number (`KVM_CAP_NR_MEMSLOTS`).
+        /// One past the last slot number barmap may use (the end of the
+        /// range given to `Vm::new`, at most `KVM_CAP_NR_MEMSLOTS`).
         limit: u32,
     },
 
@@ -490,7 +491,8 @@ pub enum Error {
     KvmNoFreeGsi {
         /// The device.
         addr: PciAddress,
-        /// One past the last GSI (`KVM_CAP_IRQ_ROUTING`).
+        /// One past the last GSI barmap may allocate (the end of the range
+        /// given to `GsiRoutes::new`, at most `KVM_CAP_IRQ_ROUTING`).
         limit: u32,
     },
 

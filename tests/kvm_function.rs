@@ -1,6 +1,6 @@
 //! A whole device as a virtual PCI function of a KVM guest: config sizing,
 //! BAR placement and moves, and MSI-X table writes that become routes, on
-//! QEMU's NVMe controller (run in the QEMU guest, where /dev/kvm is nested
+//! QEMU's NVMe controller, MSI and INTx on edu (run in the QEMU guest, where /dev/kvm is nested
 //! KVM, with --include-ignored).
 #![cfg(feature = "kvm")]
 
@@ -12,10 +12,12 @@ use barmap::kvm::{FunctionConfig, VirtualFunction};
 use barmap::vm_memory::{Bytes, GuestAddress};
 use barmap::PciAddress;
 use barmap::{Error, IrqIndex, RegionIndex};
-use common::nvme;
 use common::nvme_admin::Admin;
+use common::{edu, nvme};
 use guest::{Asm, Guest, RAM_SIZE};
-use kvm_bindings::KVM_IRQ_ROUTING_MSI;
+use kvm_bindings::{
+    kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_MSI,
+};
 
 /// Where the guest places NVMe's BAR0 first, and where it moves it (both
 /// below 1 MiB, for the real-mode guest, and above its RAM).
@@ -192,25 +194,32 @@ fn kvm_function_msix_table_writes_route_the_vector_into_the_guest() {
     let entries = (f.config_read(cap + 2, 2).unwrap() & 0x7ff) + 1;
     f.config_write(cap + 2, 2, MSIX_ENABLE | MSIX_MASKALL).unwrap();
 
-    // The guest programs entry 0 and reads it back: each access one exit,
-    // served from the cached table.
+    // The guest programs entries 0 and 2 and reads one back: each access
+    // one exit, served from the cached table.
     let mut asm = Asm::default();
     asm.set_ds((BAR0_AT >> 4) as u16)
         .store(table, 0xfee0_0000)
         .store(table + 4, 0)
         .store(table + 8, VECTOR.into())
         .store(table + 12, 0)
+        .store(table + 32, 0xfee0_0000)
+        .store(table + 40, u32::from(VECTOR) + 2)
+        .store(table + 44, 0)
         .load(table + 8)
         .report()
         .done();
     guest.load(&asm.code);
     let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
     assert_eq!(run.reports, [u32::from(VECTOR)]);
-    assert_eq!(f.exits().msix, 5);
+    assert_eq!(f.exits().msix, 8);
     assert_eq!(f.vector_gsi(0), None, "the function mask holds it back");
-    // The guest lifts the function mask: the vector is routed to its message.
+    // The guest lifts the function mask: the vectors are enabled on the
+    // device as far as entry 2 and routed to their messages.
     f.config_write(cap + 2, 2, MSIX_ENABLE).unwrap();
     let gsi = f.vector_gsi(0).expect("vector 0 routed");
+    let gsi2 = f.vector_gsi(2).expect("vector 2 routed");
+    assert_ne!(gsi, gsi2);
+    assert_eq!(f.vector_gsi(1), None, "entry 1 is still masked");
     let route = guest
         .vm
         .routes()
@@ -241,6 +250,47 @@ fn kvm_function_msix_table_writes_route_the_vector_into_the_guest() {
     assert_eq!(run.reports, [MARK], "the handler ran once");
     admin.check_identify(0x2c);
 
+    // Masked, the completion sets vector 0's pending bit instead, and the
+    // guest's unmask delivers it, to the message it programmed meanwhile
+    // (another vector: the guest never sent the local APIC an EOI, so
+    // VECTOR's priority class stays blocked).
+    const VECTOR2: u8 = 0x51;
+    let mut asm = Asm::default();
+    asm.set_ds((BAR0_AT >> 4) as u16)
+        .store(table + 12, 1)
+        .store(table + 8, VECTOR2.into())
+        .done();
+    guest.load(&asm.code);
+    guest.run_serving(|vcpu| f.handle_exit(vcpu));
+    assert_eq!(f.vector_gsi(0), None, "masked: no route");
+    admin.disable();
+    admin.enable();
+    admin.submit_identify(0x2d);
+    let mut asm = Asm::default();
+    asm.set_ds((BAR0_AT >> 4) as u16).mov_ecx(100_000);
+    let poll = asm.here();
+    asm.load(pba).test_al(1);
+    asm.code.extend_from_slice(&[0x75, 4]);
+    asm.dec_ecx().jnz(poll);
+    asm.report().sti().store(table + 12, 0).mov_ecx(50_000_000);
+    let wait = asm.here();
+    asm.es_cmp8(FLAG, 0);
+    asm.code.extend_from_slice(&[0x75, 4]);
+    asm.dec_ecx().jnz(wait).done();
+    let handler = asm.here();
+    asm.mov_eax(MARK).report().es_store8(FLAG, 1).iret();
+    guest.ram.write_obj(0u8, GuestAddress(FLAG.into())).unwrap();
+    guest.load(&asm.code);
+    guest.set_handler(VECTOR2, handler);
+    let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
+    assert_eq!(
+        run.reports,
+        [1, MARK],
+        "vector 0 pending in the PBA, then delivered once unmasked"
+    );
+    assert!(f.vector_gsi(0).is_some());
+    admin.check_identify(0x2d);
+
     // Past the last entry, in the table's page: refused, entry 0 intact.
     let past = table + entries as u16 * 16;
     if !past.is_multiple_of(0x1000) && !(pba..pba + 8).contains(&past) {
@@ -263,7 +313,7 @@ fn kvm_function_msix_table_writes_route_the_vector_into_the_guest() {
             "{:?}",
             run.errors
         );
-        assert_eq!(run.reports, [u32::from(VECTOR)]);
+        assert_eq!(run.reports, [u32::from(VECTOR2)], "entry 0 is intact");
     }
     admin.disable();
 }
@@ -312,4 +362,144 @@ fn kvm_function_refuses_intx_for_a_device_without_interrupts() {
     let mut f = VirtualFunction::new(&guest.vm, device, FunctionConfig::default()).unwrap();
     assert_eq!(f.config_read(0x3d, 1).unwrap(), 0);
     assert_eq!(f.config_read(0x00, 4).unwrap(), 0x1110_1af4);
+}
+
+/// Where the guest places edu's 1 MiB BAR0: at 1 MiB, which real mode
+/// reaches from segment 0xffff (offset 0x10 is the BAR's start).
+const EDU_AT: u64 = 0x10_0000;
+const EDU_SEG: u16 = 0xffff;
+const EDU_OFF: u16 = 0x10;
+const EDU_FACTORIAL: u16 = EDU_OFF + 0x08;
+const EDU_STATUS: u16 = EDU_OFF + 0x20;
+const EDU_IRQ_STATUS: u16 = EDU_OFF + 0x24;
+const EDU_RAISE: u16 = EDU_OFF + 0x60;
+const EDU_IRQ_ACK: u16 = EDU_OFF + 0x64;
+const FLAG: u16 = 0x500; // in RAM, through ES = 0
+
+fn edu_function(guest: &Guest, intx_gsi: Option<u32>) -> VirtualFunction {
+    let device = guest.vm.open_device(edu()).unwrap();
+    let config = FunctionConfig {
+        intx_gsi,
+        reserved: std::iter::once(0..RAM_SIZE as u64).collect(),
+    };
+    let mut f = VirtualFunction::new(&guest.vm, device, config).unwrap();
+    f.config_write(0x10, 4, EDU_AT as u32).unwrap();
+    f.config_write(COMMAND, 2, MEMORY | MASTER).unwrap();
+    assert_eq!(f.bars()[0].base, EDU_AT);
+    f
+}
+
+/// A guest program that enables interrupts, runs `raise` and waits for its
+/// handler, which reports edu's interrupt status, acknowledges it and flags.
+fn interrupt_program(guest: &mut Guest, vector: u8, raise: impl FnOnce(&mut Asm)) {
+    let mut asm = Asm::default();
+    asm.set_ds(EDU_SEG).store(EDU_IRQ_ACK, u32::MAX).sti();
+    raise(&mut asm);
+    asm.mov_ecx(50_000_000);
+    let wait = asm.here();
+    asm.es_cmp8(FLAG, 0);
+    asm.code.extend_from_slice(&[0x75, 4]);
+    asm.dec_ecx().jnz(wait).done();
+    let handler = asm.here();
+    asm.load(EDU_IRQ_STATUS)
+        .report()
+        .store_eax(EDU_IRQ_ACK)
+        .es_store8(FLAG, 1)
+        .iret();
+    guest.ram.write_obj(0u8, GuestAddress(FLAG.into())).unwrap();
+    guest.load(&asm.code);
+    guest.set_handler(vector, handler);
+}
+
+/// edu's MSI capability programmed by the guest's config writes: enabling
+/// it enables MSI on the device and routes it to the guest's message, and
+/// edu's interrupt runs the guest's handler.
+#[test]
+#[ignore = "needs QEMU edu bound to vfio-pci and /dev/kvm (qemu-scripts/guest-test.sh)"]
+fn kvm_function_msi_capability_writes_route_edus_interrupt() {
+    const VECTOR: u8 = 0x40;
+    let mut guest = Guest::new();
+    let mut f = edu_function(&guest, None);
+    let cap = find_cap(&mut f, 0x05).expect("MSI capability");
+    let control = f.config_read(cap + 2, 2).unwrap();
+    assert_eq!(control & 1, 0, "MSI starts disabled");
+    let data = if control & 0x80 != 0 { cap + 12 } else { cap + 8 };
+    f.config_write(cap + 4, 4, 0xfee0_0000).unwrap();
+    if control & 0x80 != 0 {
+        f.config_write(cap + 8, 4, 0).unwrap();
+    }
+    f.config_write(data, 2, VECTOR.into()).unwrap();
+    assert_eq!(f.vector_gsi(0), None);
+    f.config_write(cap + 2, 2, control | 1).unwrap();
+    assert_eq!(f.config_read(cap + 2, 2).unwrap() & 1, 1);
+    assert!(
+        f.vector_gsi(0).is_some_and(|gsi| gsi >= 24),
+        "routed on one of barmap's GSIs"
+    );
+    // The guest has edu raise an interrupt when its factorial is done.
+    interrupt_program(&mut guest, VECTOR, |asm| {
+        asm.wait_clear(EDU_STATUS, 1)
+            .store(EDU_STATUS, 0x80)
+            .store(EDU_FACTORIAL, 5);
+    });
+    let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
+    assert_eq!(run.reports, [1], "the handler ran once");
+    assert_eq!(
+        (run.mmio_served, run.mmio_unserved.len()),
+        (0, 0),
+        "edu's registers are a slot"
+    );
+    // Disabled again: no route.
+    f.config_write(cap + 2, 2, control).unwrap();
+    assert_eq!(f.vector_gsi(0), None);
+}
+
+/// INTx through the resampled irqfd: edu's interrupt, raised by the guest
+/// through the slot, reaches the guest's handler on the IOAPIC pin the VMM
+/// wired the function to, with no VMM round trip.
+#[test]
+#[ignore = "needs QEMU edu bound to vfio-pci and /dev/kvm (qemu-scripts/guest-test.sh)"]
+fn kvm_function_intx_reaches_the_guest_through_the_ioapic() {
+    const VECTOR: u8 = 0x42;
+    const PIN: u32 = 10;
+    let mut guest = Guest::new();
+    guest.vm.routes().add_x86_defaults().unwrap();
+    let mut f = edu_function(&guest, Some(PIN));
+    assert_eq!(f.config_read(0x3d, 1).unwrap(), 1, "INTA");
+    assert_eq!(f.vector_gsi(0), Some(PIN));
+    // The IOAPIC's pin 10: fixed delivery of VECTOR to APIC 0, level-triggered, unmasked.
+    let mut chip = kvm_irqchip {
+        chip_id: KVM_IRQCHIP_IOAPIC,
+        ..Default::default()
+    };
+    guest.vm.fd().get_irqchip(&mut chip).unwrap();
+    // SAFETY: `chip_id` asked for the IOAPIC's state: the union holds `ioapic`.
+    let mut ioapic = unsafe { chip.chip.ioapic };
+    ioapic.redirtbl[PIN as usize].bits = u64::from(VECTOR) | 1 << 15;
+    chip.chip.ioapic = ioapic;
+    guest.vm.fd().set_irqchip(&chip).unwrap();
+    // The PICs masked, as an OS that uses the IOAPIC has them: GSI 10 is
+    // routed to the slave PIC too (KVM's default table, kept by the VMM).
+    for id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE] {
+        let mut chip = kvm_irqchip {
+            chip_id: id,
+            ..Default::default()
+        };
+        guest.vm.fd().get_irqchip(&mut chip).unwrap();
+        // SAFETY: `chip_id` asked for a PIC's state: the union holds `pic`.
+        let mut pic = unsafe { chip.chip.pic };
+        pic.imr = 0xff;
+        chip.chip.pic = pic;
+        guest.vm.fd().set_irqchip(&chip).unwrap();
+    }
+    interrupt_program(&mut guest, VECTOR, |asm| {
+        asm.store(EDU_RAISE, 1);
+    });
+    let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
+    assert_eq!(
+        run.reports,
+        [1],
+        "the handler ran once and saw edu's raised status"
+    );
+    assert_eq!((run.mmio_served, run.mmio_unserved.len()), (0, 0));
 }

@@ -40,6 +40,9 @@ pub(super) enum Effect {
     Msix,
 }
 
+/// The config space of a function, as ECAM reaches it.
+const CONFIG_SIZE: usize = 0x1000;
+
 /// How a capability in the guest's list is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CapKind {
@@ -78,9 +81,8 @@ enum Class {
 #[derive(Debug)]
 pub(super) struct ConfigSpaceEmu {
     addr: PciAddress,
-    /// The size the guest sees: 256 bytes, or 4 KiB for a PCIe device.
-    size: u16,
-    /// The size of the device's config region: past it, reads are 0.
+    /// The size of the device's config region: past it (up to the 4 KiB
+    /// the guest may reach through ECAM), reads are 0 and writes dropped.
     device_size: u64,
     pub(super) bars: [Option<VirtualBar>; 6],
     pub(super) rom: Option<VirtualRom>,
@@ -112,11 +114,6 @@ impl ConfigSpaceEmu {
         }
         let mut emu = ConfigSpaceEmu {
             addr,
-            size: if device_size > u64::from(PCI_CFG_SPACE_SIZE) {
-                0x1000
-            } else {
-                PCI_CFG_SPACE_SIZE
-            },
             device_size,
             bars,
             rom: view.rom.map(VirtualRom::new),
@@ -172,7 +169,7 @@ impl ConfigSpaceEmu {
         for i in 1..emu.caps.len() {
             emu.caps[i - 1].next = emu.caps[i].offset as u8;
         }
-        if emu.size > PCI_CFG_SPACE_SIZE {
+        if device_size > u64::from(PCI_CFG_SPACE_SIZE) {
             emu.hidden_ext = space
                 .extended_capabilities()?
                 .into_iter()
@@ -184,7 +181,7 @@ impl ConfigSpaceEmu {
     }
 
     /// Checks a guest config access: 1, 2 or 4 bytes, naturally aligned,
-    /// inside the config space.
+    /// inside the 4 KiB of config space a function has.
     fn check(&self, offset: u16, width: usize) -> Result<()> {
         let region = RegionIndex::CONFIG;
         let addr = self.addr;
@@ -199,13 +196,13 @@ impl ConfigSpaceEmu {
                 width,
             });
         }
-        if usize::from(offset) + width > usize::from(self.size) {
+        if usize::from(offset) + width > CONFIG_SIZE {
             return Err(Error::OutOfRange {
                 addr,
                 region,
                 offset: offset.into(),
                 len: width as u64,
-                size: self.size.into(),
+                size: CONFIG_SIZE as u64,
             });
         }
         Ok(())
@@ -248,6 +245,9 @@ impl ConfigSpaceEmu {
         let shift = 8 * u32::from(offset - dword);
         let bytes: Vec<u16> = (offset..offset + width as u16).collect();
         let classes: Vec<Class> = bytes.iter().map(|&b| self.class(b)).collect();
+        if u64::from(offset) >= self.device_size {
+            return Ok(Effect::None);
+        }
         if classes.iter().all(|&c| c == Class::Pass) {
             write_device(io, self.addr, offset, width, value)?;
             return Ok(Effect::None);

@@ -225,7 +225,10 @@ impl VirtualFunction {
     /// The guest's config read of `width` bytes (1, 2 or 4, naturally
     /// aligned) at `offset` (below 256, or 4,096 for a PCIe device).
     pub fn config_read(&mut self, offset: u16, width: usize) -> Result<u32> {
-        self.collect_pending()?;
+        // MSI's pending bits are in config space (MSI-X's are in its PBA).
+        if matches!(self.mode, Mode::Msi(_)) {
+            self.collect_pending()?;
+        }
         let io = self.config_io()?;
         self.emu.read(&io, offset, width)
     }

@@ -362,6 +362,11 @@ fn the_capability_list_skips_hidden_capabilities() {
         ]
     );
     assert_eq!(read(&emu, &dev, SHPC_AT, 4), 0, "a hidden capability reads 0");
+    // A conventional device's config space ends at 256 bytes: past it, 0.
+    let conventional = MemoryRegion::new(image()[..0x100].to_vec());
+    let mut short = ConfigSpaceEmu::new(addr(), &conventional, &view()).unwrap();
+    assert_eq!(read(&short, &conventional, 0x100, 4), 0);
+    assert_eq!(write(&mut short, &conventional, 0x100, 4, 1), Effect::None);
     write(&mut emu, &dev, SHPC_AT + 2, 2, 0x1234);
     assert_eq!(dev.bytes()[usize::from(SHPC_AT) + 2], 0xaa, "and takes no write");
     // Power management is the device's.
