@@ -20,13 +20,15 @@ mod serial;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use barmap::kvm::{GsiRoutes, Vm};
 use barmap::PciAddress;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 /// Every error of the VMM, with what it was doing.
 pub type VmmError = Box<dyn std::error::Error>;
@@ -52,6 +54,10 @@ struct Cli {
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 512)]
     mem: u64,
+    /// Stop the guest after this many seconds (0: never), with the exit
+    /// report, and fail.
+    #[arg(long, default_value_t = 0)]
+    timeout: u64,
     /// PCI addresses of the devices to pass through (bound to vfio-pci);
     /// without any the guest boots with the host bridge alone.
     addrs: Vec<PciAddress>,
@@ -116,6 +122,7 @@ fn run(cli: &Cli) -> Result<(), VmmError> {
         cli.addrs.len(),
         start.elapsed().as_secs_f64()
     );
+    let timed_out = watchdog(cli.timeout)?;
     let mut exits = Exits::default();
     let end = loop {
         exits.total += 1;
@@ -152,11 +159,13 @@ fn run(cli: &Cli) -> Result<(), VmmError> {
             Ok(VcpuExit::Shutdown) => break "shutdown (triple fault)",
             Ok(VcpuExit::SystemEvent(..)) => break "system event",
             Ok(VcpuExit::Hlt) => break "halt",
+            Ok(VcpuExit::Intr) if timed_out.load(Ordering::Relaxed) => break "timeout",
             Ok(VcpuExit::Intr) => continue,
             Ok(other) => {
                 let other = format!("{other:?}");
                 return Err(unexpected(&mut vcpu, &other));
             }
+            Err(e) if e.errno() == libc::EINTR && timed_out.load(Ordering::Relaxed) => break "timeout",
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
             Err(e) => return Err(format!("KVM_RUN: {e}").into()),
         };
@@ -180,7 +189,44 @@ fn run(cli: &Cli) -> Result<(), VmmError> {
         start.elapsed().as_secs_f64()
     );
     report(&exits, &mut bus);
+    if end == "timeout" {
+        let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
+        return Err(format!(
+            "the guest still ran after {}s (--timeout), at rip {rip:#x}",
+            cli.timeout
+        )
+        .into());
+    }
     Ok(())
+}
+
+/// Does nothing: the signal only makes `KVM_RUN` return with `EINTR`.
+extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// After `seconds` (unless 0), sets the returned flag and interrupts this
+/// thread's `KVM_RUN` with a real-time signal, again every 100 ms until
+/// the process ends (a signal between two runs is not lost for good).
+fn watchdog(seconds: u64) -> Result<Arc<AtomicBool>, VmmError> {
+    let flag = Arc::new(AtomicBool::new(false));
+    if seconds == 0 {
+        return Ok(flag);
+    }
+    let signal = SIGRTMIN();
+    register_signal_handler(signal, kick)?;
+    // SAFETY: pthread_self has no preconditions.
+    let vcpu_thread = unsafe { libc::pthread_self() };
+    let set = flag.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(seconds));
+        set.store(true, Ordering::Relaxed);
+        loop {
+            // SAFETY: the vCPU thread is the main thread, alive as long as
+            // the process, and the signal has a handler.
+            unsafe { libc::pthread_kill(vcpu_thread, signal) };
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    Ok(flag)
 }
 
 /// The error for an exit the VMM does not expect, with where the vCPU was.
