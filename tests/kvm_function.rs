@@ -13,7 +13,7 @@ use barmap::vm_memory::{Bytes, GuestAddress};
 use barmap::PciAddress;
 use barmap::{Error, IrqIndex, RegionIndex};
 use common::nvme_admin::Admin;
-use common::{edu, nvme};
+use common::{edu, nvme, testdev};
 use guest::{Asm, Guest, RAM_SIZE};
 use kvm_bindings::{
     kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_MSI,
@@ -502,4 +502,70 @@ fn kvm_function_intx_reaches_the_guest_through_the_ioapic() {
         "the handler ran once and saw edu's raised status"
     );
     assert_eq!((run.mmio_served, run.mmio_unserved.len()), (0, 0));
+}
+
+/// pci-testdev's expansion ROM (qemu-scripts gives it a 4 KiB image with
+/// the 0xaa55 signature) sized, enabled and read by the guest through exits
+/// served from the ROM region, and its I/O BAR placed in the port space.
+#[test]
+#[ignore = "needs QEMU pci-testdev (with its ROM) bound to vfio-pci and /dev/kvm (qemu-scripts/guest-test.sh)"]
+fn kvm_function_rom_and_io_bar_of_pci_testdev() {
+    const ROM_AT: u64 = 0x9_0000;
+    const PORT: u16 = 0x1000;
+    let mut guest = Guest::new();
+    let device = guest.vm.open_device(testdev()).unwrap();
+    let config = FunctionConfig {
+        intx_gsi: None,
+        reserved: std::iter::once(0..RAM_SIZE as u64).collect(),
+    };
+    let mut f = VirtualFunction::new(&guest.vm, device, config).unwrap();
+    f.config_write(0x30, 4, !1).unwrap();
+    assert_eq!(f.config_read(0x30, 4).unwrap(), 0xffff_f000, "a 4 KiB ROM");
+    f.config_write(0x30, 4, ROM_AT as u32 | 1).unwrap();
+    assert!(f.bars().is_empty(), "no decode yet");
+    f.config_write(0x14, 4, u32::from(PORT)).unwrap();
+    f.config_write(COMMAND, 2, MEMORY | 0x1).unwrap();
+    let bars = f.bars();
+    let rom = bars
+        .iter()
+        .find(|b| b.index == RegionIndex::ROM)
+        .expect("the ROM decodes");
+    assert_eq!((rom.base, rom.size, rom.io), (ROM_AT, 0x1000, false));
+    assert!(
+        rom.slots.is_empty(),
+        "the ROM region is not mmapable: every read exits"
+    );
+    let io = bars.iter().find(|b| b.io).expect("the I/O BAR decodes");
+    assert_eq!(
+        (io.index, io.base),
+        (RegionIndex::bar(1).unwrap(), u64::from(PORT))
+    );
+
+    let mut asm = Asm::default();
+    asm.set_ds((ROM_AT >> 4) as u16)
+        .load(0)
+        .report()
+        .store(0, 0)
+        .mov_dx(PORT)
+        .in_eax_dx()
+        .done();
+    guest.load(&asm.code);
+    let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
+    assert_eq!(run.reports.len(), 1);
+    assert_eq!(run.reports[0] & 0xffff, 0xaa55, "the ROM's signature");
+    assert!(
+        matches!(
+            run.errors[..],
+            [Error::ReadOnly {
+                region: RegionIndex::ROM,
+                ..
+            }]
+        ),
+        "a guest write to the ROM is refused: {:?}",
+        run.errors
+    );
+    assert_eq!((run.mmio_served, run.io_served), (2, 1));
+    // The enable bit cleared: the ROM decodes nowhere.
+    f.config_write(0x30, 4, ROM_AT as u32).unwrap();
+    assert!(f.bars().iter().all(|b| b.index != RegionIndex::ROM));
 }
