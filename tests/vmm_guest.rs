@@ -114,14 +114,16 @@ impl Boot {
 
 /// Boots L2 with the NVMe controller passed through and `extra` on the command line.
 fn boot(extra: &str) -> Boot {
+    boot_with(&[common::nvme().to_string()], extra)
+}
+
+/// Boots L2 with the devices at `addrs` passed through and `extra` on the command line.
+fn boot_with(addrs: &[String], extra: &str) -> Boot {
     let kernel = env("BARMAP_L2_KERNEL", "the L2 kernel");
     let initramfs = env("BARMAP_L2_INITRAMFS", "the L2 initramfs");
-    let nvme = common::nvme();
     assert!(Path::new("/dev/kvm").exists(), "/dev/kvm is missing");
     // L2 runs L1's kernel.
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let major: u32 = release.split('.').next().unwrap().parse().unwrap();
-    let quirk = if major >= 7 { CMDLINE_7 } else { "" };
+    let quirk = if kernel_version().0 >= 7 { CMDLINE_7 } else { "" };
     let cmdline = format!("{CMDLINE} {quirk} {extra}");
     let start = Instant::now();
     let mut child = Command::new(vmm_binary())
@@ -135,7 +137,7 @@ fn boot(extra: &str) -> Boot {
             "--timeout",
             &VMM_TIMEOUT.to_string(),
         ])
-        .arg(nvme.to_string())
+        .args(addrs)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -338,6 +340,78 @@ fn guest_vmm_nvme_intx() {
     note(&format!(
         "INTx boot (pci=nomsi) in {:.1}s: checksum match (sha256 {sha}); {total} INTx interrupts \
          {irqs:?}; exits: {msix} on the MSI-X table and PBA, {bar} on the mapped BAR parts; all exits: {}",
+        boot.seconds,
+        boot.exit_summary()
+    ));
+}
+
+/// The kernel's release as (major, minor).
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.split(['.', '-']).map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+#[test]
+#[ignore = "needs the guest's five test devices bound to vfio-pci, /dev/kvm and the L2 kernel (qemu-scripts/guest-test.sh)"]
+fn guest_vmm_every_test_device() {
+    let _serial = serial();
+    // edu and pci-testdev (no Linux driver), virtio-rng (behind a PCIe root
+    // port in L1, on L2's bus 0), NVMe, ivshmem (a 1 GiB 64-bit BAR).
+    let addrs: Vec<String> = [
+        common::edu(),
+        common::testdev(),
+        common::flr_dev(),
+        common::nvme(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain([env("BARMAP_IVSHMEM", "ivshmem-plain's address")])
+    .collect();
+    let boot = boot_with(&addrs, "quiet");
+    let sha = assert_checksum(&boot);
+    let seen = boot.l2("pci");
+    for (i, addr) in addrs.iter().enumerate() {
+        let sysfs = |f: &str| {
+            std::fs::read_to_string(format!("/sys/bus/pci/devices/{addr}/{f}"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let ids = format!("{}:{}", sysfs("vendor"), sysfs("device"));
+        let l2 = format!("0000:00:{:02x}.0 {ids} ", i + 1);
+        let line = seen
+            .iter()
+            .find(|l| l.starts_with(&l2))
+            .unwrap_or_else(|| panic!("L2 has no {l2}(L1's {addr}) on its bus\n{}", boot.context()));
+        let (_, _, errors) = function_exits(&boot, addr);
+        assert_eq!(
+            errors,
+            0,
+            "the vmm refused accesses to {addr}\n{}",
+            boot.context()
+        );
+        let driver = line.rsplit("driver ").next().unwrap_or("").trim();
+        note(&format!(
+            "{addr} ({ids}) is L2's {}: driver {driver:?}",
+            &l2[..12]
+        ));
+    }
+    let driver_of = |ids: &str| {
+        seen.iter()
+            .find(|l| l.contains(ids))
+            .and_then(|l| l.rsplit("driver ").next())
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(driver_of("0x1b36:0x0010"), "nvme", "{}", boot.context());
+    // virtio_pci is built into the kernel from 6.12 on (a module, not in L2, before).
+    if kernel_version() >= (6, 12) {
+        assert_eq!(driver_of("0x1af4:0x1044"), "virtio-pci", "{}", boot.context());
+    }
+    note(&format!(
+        "five devices in {:.1}s: checksum match (sha256 {sha}); all exits: {}",
         boot.seconds,
         boot.exit_summary()
     ));
