@@ -103,6 +103,10 @@ kernel_modules() {
     esac
 }
 
+# The modules of the L2 guest's initramfs (qemu-scripts/guest/l2-init), with the modules they depend on
+# (found from each module's `depends=`), which kernel_extract puts first.
+BARMAP_L2_MODULES=(nvme)
+
 BARMAP_BACKPORTS_APT="$BARMAP_CACHE/apt-trixie-backports"
 
 # kernel_apt SERIES apt-get|apt-cache ARGS...: runs the apt command for the series' archive: the host's
@@ -200,8 +204,8 @@ kernel_newest_package() {
     echo "$pkg"
 }
 
-# kernel_prepare SERIES: prints the directory holding `vmlinuz`, `config` and `modules/NN-name.ko`
-# (decompressed), downloading and extracting the kernel's packages on first use. Holds a lock on the cache
+# kernel_prepare SERIES: prints the directory holding `vmlinuz`, `config`, `modules/NN-name.ko` and
+# `l2-modules/NN-name.ko` (decompressed), downloading and extracting the kernel's packages on first use. Holds a lock on the cache
 # (shared by worktrees).
 kernel_prepare() {
     local series=$1 pkg dir
@@ -209,10 +213,10 @@ kernel_prepare() {
     mkdir -p "$BARMAP_CACHE"
     pkg=$(cache_locked kernel_newest_package "$series") # apt-get update inside must not race another run's
     dir="$BARMAP_CACHE/$pkg"
-    if [[ ! -f "$dir/.complete" ]]; then
+    if [[ ! -f "$dir/.complete" || ! -d "$dir/l2-modules" ]]; then
         (
             flock 9
-            if [[ ! -f "$dir/.complete" ]]; then
+            if [[ ! -f "$dir/.complete" || ! -d "$dir/l2-modules" ]]; then
                 kernel_extract "$series" "$pkg" "$dir"
             fi
         ) 9>"$BARMAP_CACHE/.lock"
@@ -259,6 +263,34 @@ kernel_decompress() {
     esac
 }
 
+# kernel_module_file TREE NAME: the file of module NAME (`-` and `_` alike) in the extracted packages TREE.
+kernel_module_file() {
+    find "$1" -path '*/modules/*' \( -name "${2//_/-}.ko" -o -name "${2//_/-}.ko.*" \
+        -o -name "${2//-/_}.ko" -o -name "${2//-/_}.ko.*" \) | head -n 1
+}
+
+# kernel_l2_module TREE OUT NAME...: decompresses each module NAME from TREE into OUT as NN-NAME.ko after
+# the modules it depends on (its `depends=` in .modinfo), each once (L2_SEEN, L2_INDEX: the caller's).
+kernel_l2_module() {
+    local tree=$1 out=$2 name ko deps
+    shift 2
+    for name in "$@"; do
+        [[ " $L2_SEEN " == *" ${name//_/-} "* ]] && continue
+        L2_SEEN+=" ${name//_/-}"
+        ko=$(kernel_module_file "$tree" "$name")
+        [[ -n "$ko" ]] || die "module $name (for the L2 guest) not found"
+        kernel_decompress "$ko" "$out/module.ko"
+        objcopy -O binary --only-section=.modinfo "$out/module.ko" "$out/modinfo"
+        deps=$(tr '\0' '\n' <"$out/modinfo" | sed -n 's/^depends=//p' | tr ',' ' ')
+        rm -f "$out/modinfo"
+        # shellcheck disable=SC2086 # the dependencies are words
+        kernel_l2_module "$tree" "$out" $deps
+        kernel_decompress "$ko" "$out/$L2_INDEX-${name//_/-}.ko"
+        L2_INDEX=$((L2_INDEX + 1))
+    done
+    rm -f "$out/module.ko"
+}
+
 # kernel_extract SERIES PACKAGE DIR: downloads the kernel's .debs into the cache if absent and fills DIR.
 # Handles both layouts: /boot/vmlinuz-VER and /lib/modules/VER (bookworm), and /usr/lib/modules/VER/vmlinuz
 # with the modules under /usr/lib/modules/VER/kernel (trixie, merged /usr).
@@ -296,6 +328,9 @@ kernel_extract() {
         kernel_decompress "$ko" "$dir/modules/$i-$m.ko"
         i=$((i + 1))
     done
+    mkdir -p "$dir/l2-modules"
+    L2_SEEN="" L2_INDEX=10
+    kernel_l2_module "$tmp" "$dir/l2-modules" "${BARMAP_L2_MODULES[@]}"
     rm -rf "$tmp"
     touch "$dir/.complete"
 }
@@ -372,22 +407,52 @@ guest_build_has() {
 # ---------------------------------------------------------------------------------------------------------
 # Initramfs
 
-# initramfs_build KERNEL_DIR BUILD_LIST JOB OUT: writes the guest's initramfs (uncompressed newc cpio) to OUT.
-# Layout: busybox applets, /init, /lib/modules/barmap/*.ko, /tests/*, examples in /usr/bin, /benches/*,
-# /usr/bin/barmap-run-tests, and JOB as /job.sh (the command the guest runs); then the tree in
-# $BARMAP_INITRAMFS_EXTRA, if set, on top.
-initramfs_build() {
-    local kdir=$1 list=$2 job=$3 out=$4 root kind name path applet
-    root=$(mktemp -d "$RUN_DIR/initramfs.XXXXXX")
-    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,tests,benches,lib/modules/barmap}
+# busybox_install ROOT: busybox in ROOT/bin with a link for each applet, in the usual folders.
+busybox_install() {
+    local root=$1 applet
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin}
     cp /bin/busybox "$root/bin/busybox"
     for applet in $(/bin/busybox --list-full); do
         [[ -e "$root/$applet" ]] || ln -s /bin/busybox "$root/$applet"
     done
+}
+
+# l2_initramfs_build KERNEL_DIR OUT: writes the initramfs of the L2 guest that examples/vmm boots in the
+# guest (tests/vmm_guest.rs): busybox, /init (guest/l2-init) and the kernel's l2-modules in /lib/modules/l2.
+l2_initramfs_build() {
+    local kdir=$1 out=$2 root
+    root=$(mktemp -d "$RUN_DIR/l2-initramfs.XXXXXX")
+    busybox_install "$root"
+    mkdir -p "$root"/{proc,sys,dev,tmp,lib/modules/l2}
+    install -m 0755 "$BARMAP_SCRIPTS/guest/l2-init" "$root/init"
+    cp "$kdir"/l2-modules/*.ko "$root/lib/modules/l2/"
+    (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$out"
+    rm -rf "$root"
+}
+
+# initramfs_build KERNEL_DIR BUILD_LIST JOB OUT: writes the guest's initramfs (uncompressed newc cpio) to OUT.
+# Layout: busybox applets, /init, /lib/modules/barmap/*.ko, /tests/*, examples in /usr/bin, /benches/*,
+# /usr/bin/barmap-run-tests, JOB as /job.sh (the command the guest runs), and in /l2 what examples/vmm
+# boots: the same kernel (vmlinuz), the L2 initramfs (initramfs.cpio) and the SHA-256 of the part of NVMe
+# namespace 1 that L2 reads (nvme.sha256: blocks BARMAP_NVME_L2_BLOCKS of nvme_image, which no test
+# writes); then the tree in $BARMAP_INITRAMFS_EXTRA, if set, on top.
+initramfs_build() {
+    local kdir=$1 list=$2 job=$3 out=$4 root kind name path first count
+    root=$(mktemp -d "$RUN_DIR/initramfs.XXXXXX")
+    busybox_install "$root"
+    mkdir -p "$root"/{proc,sys,dev,tmp,root,tests,benches,lib/modules/barmap,l2}
     install -m 0755 "$BARMAP_SCRIPTS/guest/init" "$root/init"
     install -m 0755 "$BARMAP_SCRIPTS/guest/run-tests" "$root/usr/bin/barmap-run-tests"
     install -m 0755 "$job" "$root/job.sh"
     cp "$kdir"/modules/*.ko "$root/lib/modules/barmap/"
+    cp "$kdir/vmlinuz" "$root/l2/vmlinuz"
+    l2_initramfs_build "$kdir" "$root/l2/initramfs.cpio"
+    nvme_image "$root/l2/nvme.img"
+    read -r first count <<<"$BARMAP_NVME_L2_BLOCKS"
+    tail -c +$((first * 512 + 1)) "$root/l2/nvme.img" | head -c $((count * 512)) | sha256sum |
+        cut -d' ' -f1 >"$root/l2/nvme.sha256"
+    printf '%s %s\n' "$first" "$count" >"$root/l2/nvme.blocks"
+    rm "$root/l2/nvme.img"
     while IFS=$'\t' read -r kind name path; do
         case "$kind" in
         # Without debug info: the unpacked initramfs lives in the guest's RAM.
@@ -424,6 +489,10 @@ testdev_rom() {
 
 # NVMe namespace 1 of the test guest: a raw image of this many 512-byte blocks (16 MiB).
 BARMAP_NVME_IMAGE_BLOCKS=32768
+# The blocks of namespace 1 (first, count: the last 2 MiB) that the L2 guest reads and hashes. No test in
+# the guest writes them (tests/nvme_driver.rs keeps below them), so their content is nvme_image's at any
+# point of the run.
+BARMAP_NVME_L2_BLOCKS="28672 4096"
 
 # nvme_image FILE: writes the known-pattern image of NVMe namespace 1: block N (512 bytes) is the text
 # "barmap-nvme lba NNNNNNNNNNNN" (N in 12 decimal digits) padded with spaces to 511 bytes and a newline

@@ -5,7 +5,9 @@
 //!
 //! Namespace 1's first half (LBAs 0..16384) belongs to the random-LBA test,
 //! whose expected content the harness checks in the image file after the
-//! guest is gone; the other tests use the second half.
+//! guest is gone; the other tests use the second half below LBA 28672. The
+//! last 2 MiB (LBAs 28672..32768) are never written: the L2 guest of
+//! tests/vmm_guest.rs reads them and checks them against the pattern.
 
 mod common;
 #[allow(dead_code)] // the example's driver: these tests use part of its API
