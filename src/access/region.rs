@@ -207,9 +207,11 @@ impl Region {
     /// 8 bytes (`read_volatile`/`write_volatile` of `u8`..`u64`); other
     /// instructions on a trapped page end the process with a diagnostic. The
     /// pointer is valid while the `Region` lives, and the range it spans is
-    /// the region's: do not unmap or remap any of it. A store the region's
-    /// flags do not allow is dropped and a load they do not allow reads
-    /// all-ones, both recorded for [`Region::take_error`].
+    /// the region's: do not unmap or remap any of it. With the fault handler,
+    /// a store the region's flags do not allow is dropped and a load they do
+    /// not allow reads all-ones, both recorded for [`Region::take_error`];
+    /// a region opened without it leaves such a fault (SIGSEGV) to the
+    /// program.
     ///
     /// A fully mapped region works everywhere; unmapped pages need x86-64
     /// and the fault handler ([`Error::Unsupported`] elsewhere, and for a

@@ -3,7 +3,7 @@
 //! runtime width, and byte runs; and the checks they share.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{compiler_fence, Ordering};
 
 use super::scalar::{load, store, Scalar};
 use super::window::Limits;
@@ -61,6 +61,11 @@ impl Region {
     /// the count while nothing was refused.
     #[inline(always)]
     pub(super) fn no_refusals(&self) -> Result<()> {
+        // The fault handler raises the count inside the accesses before this
+        // (a signal on this thread), which the compiler cannot see through
+        // `asm!` loads marked `readonly`: keep the load after them. No
+        // instruction is emitted.
+        compiler_fence(Ordering::SeqCst);
         if self.refusals.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }

@@ -176,11 +176,21 @@ impl GsiRoutes {
         })
     }
 
-    /// Replaces the route of one of barmap's GSIs and commits.
+    /// Replaces the route of one of barmap's GSIs and commits. If KVM refuses
+    /// the new route (a guest's message it finds invalid, or no memory), the
+    /// previous one is put back, so that the refused entry never poisons
+    /// later commits of the table.
     pub(super) fn set(&self, entry: kvm_irq_routing_entry) -> std::result::Result<(), kvm_ioctls::Error> {
         let mut table = self.table();
-        table.own.insert(entry.gsi, entry);
-        self.commit(&table)
+        let previous = table.own.insert(entry.gsi, entry);
+        self.commit(&table).inspect_err(|_| match previous {
+            Some(previous) => {
+                table.own.insert(entry.gsi, previous);
+            }
+            None => {
+                table.own.remove(&entry.gsi);
+            }
+        })
     }
 
     /// Removes the route of one of barmap's GSIs, commits and frees the GSI.

@@ -477,7 +477,9 @@ impl ConfigSpaceEmu {
                     let flr = (PCI_EXP_DEVCTL_BCR_FLR >> 8) as u8;
                     let through = byte & !flr;
                     write_device(io, self.addr, at, 1, through.into())?;
-                    if byte & flr != 0 {
+                    // A function without FLR capability ignores the bit, as the
+                    // device itself would: no other reset stands in for it.
+                    if byte & flr != 0 && self.flr_capable(io, cap.offset)? {
                         effect = Effect::Reset;
                     }
                 }
@@ -485,6 +487,13 @@ impl ConfigSpaceEmu {
             }
         }
         Ok(effect)
+    }
+
+    /// Whether the PCI Express capability at `cap` advertises function-level
+    /// reset (Device Capabilities, FLR).
+    fn flr_capable(&self, io: &dyn RegionIo, cap: u16) -> Result<bool> {
+        let devcap = read_device(io, self.addr, cap + PCI_EXP_DEVCAP, 4)?;
+        Ok(devcap & PCI_EXP_DEVCAP_FLR != 0)
     }
 
     /// Back to the state after a reset: BARs unassigned, decode off, MSI and
@@ -507,6 +516,20 @@ impl ConfigSpaceEmu {
 }
 
 /// Writes `width` bytes of `value` at `offset` of the device's config space.
+/// Reads `width` bytes of the device's config space at `offset`.
+fn read_device(io: &dyn RegionIo, addr: PciAddress, offset: u16, width: usize) -> Result<u32> {
+    let mut bytes = [0u8; 4];
+    io.read_at(offset.into(), &mut bytes[..width])
+        .map_err(|source| Error::Io {
+            addr,
+            region: RegionIndex::CONFIG,
+            offset: offset.into(),
+            len: width as u64,
+            source,
+        })?;
+    Ok(u32::from_le_bytes(bytes))
+}
+
 fn write_device(io: &dyn RegionIo, addr: PciAddress, offset: u16, width: usize, value: u32) -> Result<()> {
     io.write_at(offset.into(), &value.to_le_bytes()[..width])
         .map_err(|source| Error::Io {

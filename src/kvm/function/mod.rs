@@ -419,12 +419,17 @@ impl VirtualFunction {
 
     /// A function-level reset the guest asked for: interrupts and slots go
     /// first, then `Device::reset`, then the config space is as after reset.
+    /// Drops interrupts and slots, resets the device and returns the config
+    /// space to its after-reset state. A failed device reset is returned,
+    /// but the function is reset all the same, so that what the guest reads
+    /// (decode off, no BARs, interrupts disabled) is what barmap serves.
     fn reset(&mut self) -> Result<()> {
         self.mode = Mode::None;
         self.placed = Default::default();
-        self.device.reset()?;
+        let device = self.device.reset();
         self.emu.reset();
-        self.enable_intx()
+        let intx = self.enable_intx();
+        device.and(intx)
     }
 }
 

@@ -9,6 +9,9 @@ use crate::config::regs::{
 };
 use crate::kvm::MsiMessage;
 
+/// Multiple Message Capable's largest defined encoding: 2^5 = 32 vectors.
+const MAX_CAPABLE_LOG2: u16 = 5;
+
 /// The MSI state of the function: the capability's registers from its
 /// start, in dwords (ID and next pointer at byte 0-1 are the caller's).
 #[derive(Clone, Debug)]
@@ -21,10 +24,12 @@ pub(super) struct Msi {
 
 impl Msi {
     /// The state of a capability whose device control register is `control`,
-    /// MSI disabled.
+    /// MSI disabled. A capable count past 32 vectors (the reserved encodings
+    /// 6 and 7 of Multiple Message Capable) is taken as 32, the most MSI has.
     pub(super) fn new(control: u16) -> Msi {
+        let capable = ((control & PCI_MSI_FLAGS_QMASK) >> 1).min(MAX_CAPABLE_LOG2) << 1;
         Msi {
-            fixed: control & (PCI_MSI_FLAGS_QMASK | PCI_MSI_FLAGS_64BIT | PCI_MSI_FLAGS_MASKBIT),
+            fixed: capable | control & (PCI_MSI_FLAGS_64BIT | PCI_MSI_FLAGS_MASKBIT),
             words: [0; 6],
             pending: 0,
         }
@@ -102,7 +107,7 @@ impl Msi {
         self.words[data / 4] &= 0xffff;
         if self.fixed & PCI_MSI_FLAGS_MASKBIT != 0 {
             let capable = 1u64 << ((self.fixed & PCI_MSI_FLAGS_QMASK) >> 1);
-            self.words[mask / 4] &= ((1u64 << capable) - 1) as u32;
+            self.words[mask / 4] &= (u64::MAX >> (64 - capable)) as u32;
             self.words[pending / 4] = 0;
         }
         before != self.words
@@ -145,5 +150,27 @@ impl Msi {
     /// Back to the state after reset.
     pub(super) fn reset(&mut self) {
         *self = Msi::new(self.fixed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reserved_capable_count_is_taken_as_32_vectors() {
+        for reserved in [6u16, 7] {
+            let mut msi = Msi::new(PCI_MSI_FLAGS_64BIT | PCI_MSI_FLAGS_MASKBIT | (reserved << 1));
+            // Enable with multiple message enable 7 (asks for 128) and every mask bit set.
+            assert!(msi.write(2, 2, u64::from(PCI_MSI_FLAGS_ENABLE | (7 << 4))));
+            msi.write(16, 4, u64::from(u32::MAX));
+            assert_eq!(msi.vectors(), 32);
+            for n in 0..32 {
+                assert!(matches!(msi.state(n), VectorState::Masked), "vector {n}");
+                msi.set_pending(n);
+                assert!(msi.take_pending(n));
+            }
+            assert!(matches!(msi.state(32), VectorState::Off));
+        }
     }
 }

@@ -427,6 +427,19 @@ fn a_guest_flr_asks_for_a_reset_and_the_rest_of_device_control_goes_through() {
     assert_eq!(read(&emu, &dev, PCI_COMMAND, 2), 0);
 }
 
+#[test]
+fn the_flr_bit_of_a_function_without_flr_capability_resets_nothing() {
+    let mut image = image();
+    let devcap = usize::from(EXP_AT + PCI_EXP_DEVCAP);
+    image[devcap..devcap + 4].copy_from_slice(&0u32.to_le_bytes());
+    let dev = MemoryRegion::new(image);
+    let mut emu = ConfigSpaceEmu::new(addr(), &dev, &view()).unwrap();
+    let devctl = EXP_AT + PCI_EXP_DEVCTL;
+    let flr = u32::from(PCI_EXP_DEVCTL_BCR_FLR) | 0x0010;
+    assert_eq!(write(&mut emu, &dev, devctl, 2, flr), Effect::None);
+    assert_eq!(device_u16(&dev, devctl), 0x0010, "the rest goes through");
+}
+
 fn msix_control(emu: &ConfigSpaceEmu, dev: &MemoryRegion) -> u16 {
     read(emu, dev, MSIX_AT + PCI_MSIX_FLAGS, 2) as u16
 }
