@@ -164,28 +164,24 @@ impl Controller {
     /// not stop a disable: it is what clears it).
     fn disable(&mut self) -> Result<(), NvmeError> {
         self.bar.write::<u32>(regs::CC, 0)?;
-        let start = Instant::now();
-        loop {
-            let csts = self.bar.read::<u32>(regs::CSTS)?;
-            if csts != u32::MAX && csts & regs::CSTS_RDY == 0 {
-                return Ok(());
-            }
-            if start.elapsed() > self.cap.timeout {
-                return Err(NvmeError::NotReady {
-                    ready: false,
-                    csts,
-                    after: self.cap.timeout,
-                });
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        // A controller in fatal status still clears RDY: no CFS check here.
+        self.wait_csts(false, |csts| Ok(csts != u32::MAX && csts & regs::CSTS_RDY == 0))
     }
 
     fn wait_ready(&self, ready: bool) -> Result<(), NvmeError> {
+        self.wait_csts(ready, |csts| {
+            Ok((check_csts(csts)? & regs::CSTS_RDY != 0) == ready)
+        })
+    }
+
+    /// Polls CSTS until `done` says so, for at most CAP.TO; a timeout is
+    /// [`NvmeError::NotReady`] with `ready` (the RDY state waited for) and
+    /// the last CSTS.
+    fn wait_csts(&self, ready: bool, done: impl Fn(u32) -> Result<bool, NvmeError>) -> Result<(), NvmeError> {
         let start = Instant::now();
         loop {
-            let csts = check_csts(self.bar.read::<u32>(regs::CSTS)?)?;
-            if (csts & regs::CSTS_RDY != 0) == ready {
+            let csts = self.bar.read::<u32>(regs::CSTS)?;
+            if done(csts)? {
                 return Ok(());
             }
             if start.elapsed() > self.cap.timeout {
@@ -302,21 +298,9 @@ impl Controller {
         let cc = self.bar.read::<u32>(regs::CC)?;
         self.bar
             .write::<u32>(regs::CC, (cc & !regs::CC_SHN_MASK) | regs::CC_SHN_NORMAL)?;
-        let start = Instant::now();
-        loop {
-            let csts = check_csts(self.bar.read::<u32>(regs::CSTS)?)?;
-            if csts & regs::CSTS_SHST_MASK == regs::CSTS_SHST_COMPLETE {
-                return Ok(());
-            }
-            if start.elapsed() > self.cap.timeout {
-                return Err(NvmeError::NotReady {
-                    ready: false,
-                    csts,
-                    after: self.cap.timeout,
-                });
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        self.wait_csts(false, |csts| {
+            Ok(check_csts(csts)? & regs::CSTS_SHST_MASK == regs::CSTS_SHST_COMPLETE)
+        })
     }
 }
 

@@ -520,23 +520,22 @@ impl ConfigSpaceEmu {
 fn read_device(io: &dyn RegionIo, addr: PciAddress, offset: u16, width: usize) -> Result<u32> {
     let mut bytes = [0u8; 4];
     io.read_at(offset.into(), &mut bytes[..width])
-        .map_err(|source| Error::Io {
-            addr,
-            region: RegionIndex::CONFIG,
-            offset: offset.into(),
-            len: width as u64,
-            source,
-        })?;
+        .map_err(|source| config_error(addr, offset, width, source))?;
     Ok(u32::from_le_bytes(bytes))
+}
+
+/// The error of a failed access of `width` bytes at `offset` of the device's config space.
+fn config_error(addr: PciAddress, offset: u16, width: usize, source: std::io::Error) -> Error {
+    Error::Io {
+        addr,
+        region: RegionIndex::CONFIG,
+        offset: offset.into(),
+        len: width as u64,
+        source,
+    }
 }
 
 fn write_device(io: &dyn RegionIo, addr: PciAddress, offset: u16, width: usize, value: u32) -> Result<()> {
     io.write_at(offset.into(), &value.to_le_bytes()[..width])
-        .map_err(|source| Error::Io {
-            addr,
-            region: RegionIndex::CONFIG,
-            offset: offset.into(),
-            len: width as u64,
-            source,
-        })
+        .map_err(|source| config_error(addr, offset, width, source))
 }
