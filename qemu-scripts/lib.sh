@@ -532,7 +532,8 @@ nvme_image_check() {
 }
 
 # guest_boot SERIES KERNEL_DIR INITRAMFS: boots the guest under TCG behind an intel-iommu with the test
-# devices: edu, pci-testdev, a modern-only virtio-rng (function-level reset) alone behind a pcie-root-port,
+# devices: edu, pci-testdev, a modern-only virtio-rng (function-level reset; its DMA translated by the
+# IOMMU, iommu_platform=on, as a device handed to VFIO must be) alone behind a pcie-root-port,
 # an NVMe controller (MDTS 1 MiB) with namespace 1 on a fresh known-pattern 16 MiB raw image
 # ($RUN_DIR/nvme-SERIES.img, nvme_image; left for guest_run to check) and namespace 2 on a 1 GiB null-co
 # block device that reads zeroes, and ivshmem-plain with a 1 GiB RAM backend (BAR2: 1 GiB, 64-bit
@@ -559,7 +560,7 @@ guest_boot() {
         -m "$BARMAP_GUEST_MEM" \
         -device intel-iommu,intremap=on,caching-mode=on -nic none -device edu \
         -device "pci-testdev,romfile=$BARMAP_GUEST_WORK/testdev-rom.bin" \
-        -device pcie-root-port,id=flr-port,chassis=1 -device virtio-rng-pci,bus=flr-port,disable-legacy=on \
+        -device pcie-root-port,id=flr-port,chassis=1 -device virtio-rng-pci,bus=flr-port,disable-legacy=on,iommu_platform=on \
         -drive "file=$nvme_img,if=none,id=nvm,format=raw" -device nvme,id=nvme0,serial=barmap0001,mdts=8 \
         -device nvme-ns,drive=nvm,bus=nvme0,nsid=1 \
         -blockdev null-co,node-name=nvmnull,size=$((1 << 30)),read-zeroes=on \
