@@ -235,6 +235,11 @@ pub const PCI_MSIX_ENTRY_SIZE: u64 = 16;
 /// MSI-X entry vector control bit: the vector is masked.
 pub const PCI_MSIX_ENTRY_CTRL_MASKBIT: u32 = 0x1;
 
+/// Power Management capability: control and status (PMCSR, 16 bits).
+pub const PCI_PM_CTRL: u16 = 4;
+/// PMCSR: the power state field (D0 to D3hot).
+pub const PCI_PM_CTRL_STATE_MASK: u16 = 0x0003;
+
 /// PCI Express capability: device capabilities (32 bits).
 pub const PCI_EXP_DEVCAP: u16 = 4;
 /// Device capabilities bit: function-level reset.

@@ -5,6 +5,7 @@
 //! device comes back as an [`Effect`] for the caller to apply.
 
 use super::bars::{VirtualBar, VirtualRom};
+use super::caps::{guest_caps, hidden_extended, Cap, CapKind};
 use super::msi::Msi;
 use super::msix::Msix;
 use crate::config::regs::*;
@@ -43,27 +44,6 @@ pub(super) enum Effect {
 /// The config space of a function, as ECAM reaches it.
 const CONFIG_SIZE: usize = 0x1000;
 
-/// How a capability in the guest's list is served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CapKind {
-    /// The device's registers, read and written through.
-    Pass,
-    /// PCI Express: through, except that Initiate FLR resets the device through VFIO.
-    Express,
-    Msi,
-    Msix,
-}
-
-/// A capability the guest sees: its place, extent and next pointer in the
-/// guest's list.
-#[derive(Clone, Copy, Debug)]
-struct Cap {
-    offset: u16,
-    end: u16,
-    next: u8,
-    kind: CapKind,
-}
-
 /// How one config byte is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Class {
@@ -91,16 +71,13 @@ pub(super) struct ConfigSpaceEmu {
     line: u8,
     pin: u8,
     caps: Vec<Cap>,
+    /// The power state the guest set in the PM capability (PMCSR bits 1:0).
+    power_state: u8,
     /// Extended capabilities shown as a null capability (ID 0) that keeps the list's next pointer.
     hidden_ext: Vec<u16>,
     pub(super) msi: Option<Msi>,
     pub(super) msix: Option<Msix>,
 }
-
-/// Extended capabilities hidden from the guest, as QEMU and cloud-hypervisor
-/// do: SR-IOV (VFs the guest cannot create), Resizable BAR (it would resize
-/// the device's BARs under the VMM), ARI (function numbers of the host's bus).
-const HIDDEN_EXT: [u16; 3] = [PCI_EXT_CAP_ID_SRIOV, PCI_EXT_CAP_ID_REBAR, PCI_EXT_CAP_ID_ARI];
 
 impl ConfigSpaceEmu {
     /// The emulation of the function at `addr` whose config space `io` is and
@@ -125,57 +102,17 @@ impl ConfigSpaceEmu {
                 0
             },
             caps: Vec::new(),
+            power_state: 0,
             hidden_ext: Vec::new(),
             msi: None,
             msix: None,
         };
-        let found = space.capabilities()?;
-        let mut offsets: Vec<u16> = found.iter().map(|c| u16::from(c.offset)).collect();
-        offsets.sort_unstable();
-        let end_of = |at: u16| {
-            offsets
-                .iter()
-                .copied()
-                .find(|&o| o > at)
-                .unwrap_or(PCI_CFG_SPACE_SIZE)
-        };
-        for cap in &found {
-            let offset = u16::from(cap.offset);
-            let kind = match cap.id {
-                PCI_CAP_ID_PM | PCI_CAP_ID_VNDR => CapKind::Pass,
-                PCI_CAP_ID_EXP => CapKind::Express,
-                PCI_CAP_ID_MSI if view.msi => {
-                    emu.msi = Some(Msi::new(space.read16(offset + PCI_MSI_FLAGS)?));
-                    CapKind::Msi
-                }
-                PCI_CAP_ID_MSIX if view.msix => {
-                    emu.msix = Some(Msix::new(
-                        space.read16(offset + PCI_MSIX_FLAGS)?,
-                        space.read32(offset + PCI_MSIX_TABLE)?,
-                        space.read32(offset + PCI_MSIX_PBA)?,
-                    ));
-                    CapKind::Msix
-                }
-                _ => continue,
-            };
-            emu.caps.push(Cap {
-                offset,
-                end: end_of(offset),
-                next: 0,
-                kind,
-            });
-        }
-        // The guest's list: the shown capabilities in the device's order.
-        for i in 1..emu.caps.len() {
-            emu.caps[i - 1].next = emu.caps[i].offset as u8;
-        }
+        let (caps, msi, msix) = guest_caps(&space, view)?;
+        emu.caps = caps;
+        emu.msi = msi;
+        emu.msix = msix;
         if device_size > u64::from(PCI_CFG_SPACE_SIZE) {
-            emu.hidden_ext = space
-                .extended_capabilities()?
-                .into_iter()
-                .filter(|c| HIDDEN_EXT.contains(&c.id))
-                .map(|c| c.offset)
-                .collect();
+            emu.hidden_ext = hidden_extended(&space)?;
         }
         Ok(emu)
     }
@@ -319,7 +256,8 @@ impl ConfigSpaceEmu {
                         (CapKind::Msix, 2 | 3) => Class::Emulated,
                         (CapKind::Msix, _) => Class::PassRo,
                         (CapKind::Express, r) if r == PCI_EXP_DEVCTL + 1 => Class::Emulated,
-                        (CapKind::Pass | CapKind::Express, _) => Class::Pass,
+                        (CapKind::Pm, PCI_PM_CTRL) => Class::Emulated,
+                        (CapKind::Pass | CapKind::Pm | CapKind::Express, _) => Class::Pass,
                     }
                 }
             },
@@ -360,6 +298,10 @@ impl ConfigSpaceEmu {
                     let rel = at - cap.offset;
                     let byte = match (cap.kind, rel) {
                         (_, 1) => Some(cap.next),
+                        (CapKind::Pm, PCI_PM_CTRL) => {
+                            let state_mask = PCI_PM_CTRL_STATE_MASK as u8;
+                            Some((device >> (8 * i)) as u8 & !state_mask | self.power_state)
+                        }
                         (CapKind::Msi, r) => self.msi.as_ref().map(|m| m.read(r.into(), 1) as u8),
                         (CapKind::Msix, 3) => {
                             let size_high = (device >> (8 * i)) as u8 & (PCI_MSIX_FLAGS_QSIZE >> 8) as u8;
@@ -458,6 +400,8 @@ impl ConfigSpaceEmu {
             let byte = (new >> (8 * i)) as u8;
             match (cap.kind, rel) {
                 (_, 1) => {}
+                // The rest of the byte is read-only or reserved.
+                (CapKind::Pm, PCI_PM_CTRL) => self.power_state = byte & PCI_PM_CTRL_STATE_MASK as u8,
                 (CapKind::Msi, r) => {
                     if let Some(msi) = self.msi.as_mut() {
                         if msi.write(r.into(), 1, byte.into()) {
@@ -496,7 +440,7 @@ impl ConfigSpaceEmu {
         Ok(devcap & PCI_EXP_DEVCAP_FLR != 0)
     }
 
-    /// Back to the state after a reset: BARs unassigned, decode off, MSI and
+    /// Back to the state after a reset: BARs unassigned, decode off, D0, MSI and
     /// MSI-X disabled with their tables cleared.
     pub(super) fn reset(&mut self) {
         for bar in self.bars.iter_mut().flatten() {
@@ -506,6 +450,7 @@ impl ConfigSpaceEmu {
             rom.write(0);
         }
         self.decode = 0;
+        self.power_state = 0;
         if let Some(msi) = self.msi.as_mut() {
             msi.reset();
         }

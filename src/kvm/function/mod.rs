@@ -28,12 +28,14 @@
 //! | MSI-X control | emulated | enable and function mask; the table size is the device's |
 //! | MSI-X table and PBA (in the BAR) | emulated | the pages are trapped and served from a cached table (both peers) |
 //! | PCI Express | passed through | except Initiate FLR, which resets the device through VFIO (`Device::reset`); QEMU also rewrites the port type and link registers for its topology, which is the VMM's to do |
-//! | power management, vendor-specific | passed through | vfio-pci virtualizes the power state itself |
+//! | power management | passed through, but the power state is emulated | the guest's D3hot leaves the device in D0: vfio-pci revokes BAR mappings in D3hot, which would pull the memory slots from under a running guest (QEMU and cloud-hypervisor pass the state to vfio-pci) |
+//! | vendor-specific | passed through | |
 //! | other standard capabilities | hidden | what the guest cannot see it cannot program (QEMU passes most through) |
 //! | SR-IOV, Resizable BAR, ARI extended capabilities | hidden | shown as a null capability that keeps the list (cloud-hypervisor does the same; QEMU drops them) |
 //! | other extended capabilities | passed through | |
 
 mod bars;
+mod caps;
 mod config;
 mod interrupts;
 mod msi;

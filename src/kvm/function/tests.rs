@@ -369,9 +369,9 @@ fn the_capability_list_skips_hidden_capabilities() {
     assert_eq!(write(&mut short, &conventional, 0x100, 4, 1), Effect::None);
     write(&mut emu, &dev, SHPC_AT + 2, 2, 0x1234);
     assert_eq!(dev.bytes()[usize::from(SHPC_AT) + 2], 0xaa, "and takes no write");
-    // Power management is the device's.
-    write(&mut emu, &dev, PM_AT + 4, 2, 0x0003);
-    assert_eq!(device_u16(&dev, PM_AT + 4), 0x0003);
+    // Power management is the device's, but for the power state.
+    write(&mut emu, &dev, PM_AT + PCI_PM_CTRL, 2, 0x0100);
+    assert_eq!(device_u16(&dev, PM_AT + PCI_PM_CTRL), 0x0108);
     // Without MSI and MSI-X on the device, their capabilities are hidden too.
     let mut plain = view();
     plain.msi = false;
@@ -396,6 +396,28 @@ fn sr_iov_is_a_null_extended_capability_that_keeps_the_list() {
     assert_eq!(read(&emu, &dev, 0x180, 2), u32::from(PCI_EXT_CAP_ID_DSN));
     write(&mut emu, &dev, 0x140, 4, 0);
     assert_eq!(read(&emu, &dev, 0x140, 4), 0x180 << 20);
+}
+
+#[test]
+fn the_guests_power_state_is_its_own_and_the_device_stays_in_d0() {
+    let (mut emu, dev) = fake();
+    let pmcsr = PM_AT + PCI_PM_CTRL;
+    // The device's PMCSR is 0x0008 (No_Soft_Reset, D0). D3hot, with PME_En
+    // (bit 8, the device's) set in the same write:
+    assert!(matches!(write(&mut emu, &dev, pmcsr, 2, 0x0103), Effect::None));
+    assert_eq!(read(&emu, &dev, pmcsr, 2), 0x010b, "the guest reads back D3hot");
+    assert_eq!(
+        device_u16(&dev, pmcsr),
+        0x0108,
+        "the device stays in D0 and gets PME_En"
+    );
+    assert_eq!(read(&emu, &dev, pmcsr, 1), 0x0b);
+    write(&mut emu, &dev, pmcsr, 1, 0);
+    assert_eq!(read(&emu, &dev, pmcsr, 2), 0x0108);
+    write(&mut emu, &dev, pmcsr, 1, 3);
+    emu.reset();
+    assert_eq!(read(&emu, &dev, pmcsr, 1), 0x08, "a reset is back in D0");
+    assert_eq!(read(&emu, &dev, PM_AT + 2, 2), 0x0003, "PMC is the device's");
 }
 
 #[test]
