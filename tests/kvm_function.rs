@@ -9,7 +9,6 @@ mod common;
 mod guest;
 
 use barmap::kvm::{FunctionConfig, VirtualFunction};
-use barmap::vm_memory::{Bytes, GuestAddress};
 use barmap::PciAddress;
 use barmap::{Error, IrqIndex, RegionIndex};
 use common::nvme_admin::Admin;
@@ -234,16 +233,10 @@ fn kvm_function_msix_table_writes_route_the_vector_into_the_guest() {
 
     // An Identify command's completion reaches the guest's handler through the route.
     let mut asm = Asm::default();
-    asm.sti().mov_ecx(50_000_000);
-    let wait = asm.here();
-    asm.es_cmp8(FLAG, 0);
-    asm.code.extend_from_slice(&[0x75, 4]);
-    asm.dec_ecx().jnz(wait).done();
-    let handler = asm.here();
-    asm.mov_eax(MARK).report().es_store8(FLAG, 1).iret();
-    guest.ram.write_obj(0u8, GuestAddress(FLAG.into())).unwrap();
-    guest.load(&asm.code);
-    guest.set_handler(VECTOR, handler);
+    asm.sti();
+    guest.load_waiting_for(asm, FLAG, VECTOR, |h| {
+        h.mov_eax(MARK).report();
+    });
     admin.enable();
     admin.submit_identify(0x2c);
     let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
@@ -272,16 +265,10 @@ fn kvm_function_msix_table_writes_route_the_vector_into_the_guest() {
     asm.load(pba).test_al(1);
     asm.code.extend_from_slice(&[0x75, 4]);
     asm.dec_ecx().jnz(poll);
-    asm.report().sti().store(table + 12, 0).mov_ecx(50_000_000);
-    let wait = asm.here();
-    asm.es_cmp8(FLAG, 0);
-    asm.code.extend_from_slice(&[0x75, 4]);
-    asm.dec_ecx().jnz(wait).done();
-    let handler = asm.here();
-    asm.mov_eax(MARK).report().es_store8(FLAG, 1).iret();
-    guest.ram.write_obj(0u8, GuestAddress(FLAG.into())).unwrap();
-    guest.load(&asm.code);
-    guest.set_handler(VECTOR2, handler);
+    asm.report().sti().store(table + 12, 0);
+    guest.load_waiting_for(asm, FLAG, VECTOR2, |h| {
+        h.mov_eax(MARK).report();
+    });
     let run = guest.run_serving(|vcpu| f.handle_exit(vcpu));
     assert_eq!(
         run.reports,
@@ -395,20 +382,9 @@ fn interrupt_program(guest: &mut Guest, vector: u8, raise: impl FnOnce(&mut Asm)
     let mut asm = Asm::default();
     asm.set_ds(EDU_SEG).store(EDU_IRQ_ACK, u32::MAX).sti();
     raise(&mut asm);
-    asm.mov_ecx(50_000_000);
-    let wait = asm.here();
-    asm.es_cmp8(FLAG, 0);
-    asm.code.extend_from_slice(&[0x75, 4]);
-    asm.dec_ecx().jnz(wait).done();
-    let handler = asm.here();
-    asm.load(EDU_IRQ_STATUS)
-        .report()
-        .store_eax(EDU_IRQ_ACK)
-        .es_store8(FLAG, 1)
-        .iret();
-    guest.ram.write_obj(0u8, GuestAddress(FLAG.into())).unwrap();
-    guest.load(&asm.code);
-    guest.set_handler(vector, handler);
+    guest.load_waiting_for(asm, FLAG, vector, |h| {
+        h.load(EDU_IRQ_STATUS).report().store_eax(EDU_IRQ_ACK);
+    });
 }
 
 /// edu's MSI capability programmed by the guest's config writes: enabling

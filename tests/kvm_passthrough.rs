@@ -200,17 +200,10 @@ fn kvm_msix_runs_the_guest_handler() {
     admin.enable();
 
     let mut asm = Asm::default();
-    asm.sti().mov_ecx(50_000_000);
-    let wait = asm.here();
-    asm.es_cmp8(FLAG, 0);
-    // jnz out of the loop (forward): skip "dec ecx; jnz wait" (2 + 2 bytes).
-    asm.code.extend_from_slice(&[0x75, 4]);
-    asm.dec_ecx().jnz(wait).done();
-    let handler = asm.here();
-    asm.mov_eax(MARK).report().es_store8(FLAG, 1).iret();
-    guest.ram.write_obj(0u8, GuestAddress(FLAG.into())).unwrap();
-    guest.load(&asm.code);
-    guest.set_handler(VECTOR, handler);
+    asm.sti();
+    guest.load_waiting_for(asm, FLAG, VECTOR, |h| {
+        h.mov_eax(MARK).report();
+    });
 
     // The completion interrupt is pending in the guest's local APIC, or
     // arrives while the guest waits, depending on how fast the controller is.

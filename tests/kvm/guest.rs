@@ -117,6 +117,25 @@ impl Guest {
             .unwrap();
     }
 
+    /// Ends `asm` with a wait of up to 50,000,000 iterations for the byte at
+    /// ES:`flag` to be set, then `out DONE`; appends the handler of interrupt
+    /// `vector`, which runs `handler`, sets the flag and returns; clears the
+    /// flag, loads the program and installs the handler.
+    pub fn load_waiting_for(&mut self, mut asm: Asm, flag: u16, vector: u8, handler: impl FnOnce(&mut Asm)) {
+        asm.mov_ecx(50_000_000);
+        let wait = asm.here();
+        asm.es_cmp8(flag, 0);
+        // jnz out of the loop (forward): skip "dec ecx; jnz wait" (2 + 2 bytes).
+        asm.code.extend_from_slice(&[0x75, 4]);
+        asm.dec_ecx().jnz(wait).done();
+        let entry = asm.here();
+        handler(&mut asm);
+        asm.es_store8(flag, 1).iret();
+        self.ram.write_obj(0u8, GuestAddress(flag.into())).unwrap();
+        self.load(&asm.code);
+        self.set_handler(vector, entry);
+    }
+
     /// Runs until `out DONE`, serving exits through `bars`; panics if a
     /// passthrough returns an error.
     pub fn run(&mut self, bars: &[&BarPassthrough]) -> Run {
