@@ -27,10 +27,11 @@ pub enum ErrorKind {
     NotFound,
     /// The host is not set up for VFIO access to the device: VFIO itself
     /// ([`Error::VfioUnavailable`]: modules not loaded, no access to the
-    /// node, or a kernel without type1v2; its errno tells which), the device's
-    /// driver ([`Error::NotBoundToVfio`], [`Error::BindFailed`]), or its IOMMU
-    /// group ([`Error::NoIommuGroup`], [`Error::GroupNotViable`]), or the
-    /// kernel interface asked for ([`Error::InterfaceUnavailable`]).
+    /// node, a kernel without type1v2 or without iommufd; its errno tells
+    /// which), the device's driver ([`Error::NotBoundToVfio`],
+    /// [`Error::BindFailed`]), its IOMMU group ([`Error::NoIommuGroup`],
+    /// [`Error::GroupNotViable`]), or the kernel interface asked for
+    /// ([`Error::InterfaceUnavailable`]).
     NotConfigured,
     /// Opening a VFIO node was refused: [`Error::PermissionDenied`].
     PermissionDenied,

@@ -182,8 +182,8 @@ impl IommuBackend for IommufdContainer {
             self.ioas.id()
         );
         Ok(Box::new(CdevDevice {
-            fd: Arc::new(fd),
             _registered: registered,
+            fd: Arc::new(fd),
         }))
     }
 
@@ -262,13 +262,14 @@ impl Drop for Registered {
 
 /// A device opened through its cdev.
 struct CdevDevice {
-    /// The cdev, shared by the regions' slow paths (and so by the fault
-    /// handler's table while they are registered). Closing it unbinds the
-    /// device from the iommufd and detaches it from the IOAS.
-    fd: Arc<OwnedFd>,
-    /// The KVM-VFIO registration, removed before the descriptor closes
-    /// (fields drop in order).
+    /// The KVM-VFIO registration, removed while the descriptor is still
+    /// open (fields drop in order; KVM finds the file by its descriptor).
     _registered: Registered,
+    /// The cdev, shared by the regions' slow paths (and so by the fault
+    /// handler's table while they are registered). Closing its last
+    /// descriptor unbinds the device from the iommufd and detaches it from
+    /// the IOAS.
+    fd: Arc<OwnedFd>,
 }
 
 impl DeviceBackend for CdevDevice {
