@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::os::fd::RawFd;
+use std::path::Path;
 
 use kvm_bindings::{
     kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_VFIO, KVM_DEV_VFIO_FILE,
@@ -17,7 +18,7 @@ use vfio_ioctls::VfioDeviceFd;
 use super::routes::{GsiRoutes, Numbers};
 use crate::error::{Error, Result};
 use crate::pci::{PciAddress, Sysfs};
-use crate::vfio::iommufd::{open_iommufd_node, VfioFileRegistry};
+use crate::vfio::iommufd::{open_iommufd_node, VfioFileRegistry, CDEV_DIR};
 use crate::vfio::select::{choose, Choice};
 use crate::{Container, Device};
 
@@ -131,14 +132,16 @@ impl Vm {
                 .fd()
                 .create_device(&mut create)
                 .map_err(|e| kvm_error(addr, "create the KVM-VFIO device", e))?;
-            *container = Some(match choose(&Sysfs::default(), addr, open_iommufd_node) {
-                Choice::Iommufd(file) => {
-                    Container::iommufd_with(file, Some(Arc::new(KvmVfioFiles(kvm_vfio))))?
-                }
-                Choice::Group => {
-                    Container::with_device_fd(Some(Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio))))?
-                }
-            });
+            *container = Some(
+                match choose(&Sysfs::default(), addr, Path::new(CDEV_DIR), open_iommufd_node) {
+                    Choice::Iommufd(file) => {
+                        Container::iommufd_with(file, Some(Arc::new(KvmVfioFiles(kvm_vfio))))?
+                    }
+                    Choice::Group => {
+                        Container::with_device_fd(Some(Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio))))?
+                    }
+                },
+            );
         }
         let container = container.as_ref().expect("created above");
         Device::open_in(container, addr)

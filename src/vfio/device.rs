@@ -373,7 +373,7 @@ fn open_error(
             addr,
             interface,
             path,
-            reason: "the device has no VFIO cdev: the kernel lacks CONFIG_VFIO_DEVICE_CDEV",
+            reason: "sysfs has no vfio-dev entry for it: the kernel predates VFIO device cdevs (6.6, CONFIG_VFIO_DEVICE_CDEV)",
             source: None,
         },
         OpenFailure::Cdev { path, source } => match source.raw_os_error() {
@@ -387,7 +387,7 @@ fn open_error(
                 addr,
                 interface,
                 path,
-                reason: "sysfs names the cdev but its node is missing (is devtmpfs mounted on /dev?)",
+                reason: "the kernel has no VFIO device cdevs (CONFIG_VFIO_DEVICE_CDEV), or devtmpfs is not on /dev",
                 source: Some(source),
             },
             _ => Error::Vfio {

@@ -37,7 +37,7 @@ use crate::pci::{PciAddress, Sysfs};
 /// The iommufd node.
 pub(crate) const IOMMUFD_PATH: &str = "/dev/iommu";
 /// Where the kernel puts the device cdevs.
-const CDEV_DIR: &str = "/dev/vfio/devices";
+pub(crate) const CDEV_DIR: &str = "/dev/vfio/devices";
 
 /// The hypervisor's VFIO device (KVM's `KVM_DEV_TYPE_VFIO`), which every
 /// device cdev of a VM is registered with (`KVM_DEV_VFIO_FILE_ADD`/`DEL`).

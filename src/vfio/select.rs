@@ -3,9 +3,9 @@
 
 use std::fs::File;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use super::iommufd::{cdev_name, open_iommufd_node, IOMMUFD_PATH};
+use super::iommufd::{cdev_name, open_iommufd_node, CDEV_DIR, IOMMUFD_PATH};
 use super::{Container, Device, Interface};
 use crate::error::{Error, Result};
 use crate::pci::{PciAddress, Sysfs};
@@ -20,15 +20,24 @@ pub(crate) enum Choice {
 }
 
 /// The automatic choice for the device at `addr`: its cdev when sysfs names
-/// one (`vfio-dev/vfioN`) and `open_iommufd` opens `/dev/iommu`, otherwise
-/// its group. The reason is logged.
+/// one (`vfio-dev/vfioN`), its node is in `cdev_dir` (sysfs has the entry
+/// on kernels without CONFIG_VFIO_DEVICE_CDEV too) and `open_iommufd`
+/// opens `/dev/iommu`; otherwise its group. The reason is logged.
 pub(crate) fn choose(
     sysfs: &Sysfs,
     addr: PciAddress,
+    cdev_dir: &Path,
     open_iommufd: impl FnOnce() -> io::Result<File>,
 ) -> Choice {
     let name = match cdev_name(sysfs, addr) {
-        Ok(Some(name)) => name,
+        Ok(Some(name)) if cdev_dir.join(&name).exists() => name,
+        Ok(Some(name)) => {
+            log::debug!(
+                "{addr}: sysfs names {name} but {} has no such node (no CONFIG_VFIO_DEVICE_CDEV): opening it through its group",
+                cdev_dir.display()
+            );
+            return Choice::Group;
+        }
         Ok(None) => {
             log::debug!("{addr}: no VFIO cdev in sysfs (vfio-dev): opening it through its group");
             return Choice::Group;
@@ -131,7 +140,7 @@ impl DeviceBuilder {
                     source: None,
                 })
             }
-            (None, None) => match choose(&self.sysfs, addr, open_iommufd_node) {
+            (None, None) => match choose(&self.sysfs, addr, Path::new(CDEV_DIR), open_iommufd_node) {
                 Choice::Iommufd(file) => Container::iommufd_with(file, None)?,
                 Choice::Group => Container::new()?,
             },

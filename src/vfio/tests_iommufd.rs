@@ -33,6 +33,15 @@ fn add_cdev(sys: &FakeSys, name: &str) {
     fs::create_dir_all(dir).unwrap();
 }
 
+/// A `/dev/vfio/devices` holding the nodes `names`.
+fn cdev_dir(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in names {
+        fs::write(dir.path().join(name), "").unwrap();
+    }
+    dir
+}
+
 /// A fake kernel playing the cdev interface.
 fn iommufd_kernel() -> FakeKernel {
     let kernel = FakeKernel::edu();
@@ -358,7 +367,10 @@ fn iova_range_errors_are_kept_and_bogus_answers_are_invalid_data() {
 fn auto_selection_takes_the_cdev_when_sysfs_names_one_and_dev_iommu_opens() {
     let sys = sys();
     add_cdev(&sys, "vfio3");
-    let choice = choose(&sys.sysfs(), addr(A), || Ok(tempfile::tempfile().unwrap()));
+    let nodes = cdev_dir(&["vfio3"]);
+    let choice = choose(&sys.sysfs(), addr(A), nodes.path(), || {
+        Ok(tempfile::tempfile().unwrap())
+    });
     assert!(matches!(choice, Choice::Iommufd(_)), "{choice:?}");
     assert_eq!(
         cdev_name(&sys.sysfs(), addr(A)).unwrap().as_deref(),
@@ -369,15 +381,25 @@ fn auto_selection_takes_the_cdev_when_sysfs_names_one_and_dev_iommu_opens() {
 #[test]
 fn auto_selection_takes_the_group_without_a_vfio_dev_entry_and_does_not_open_dev_iommu() {
     let sys = sys();
-    let choice = choose(&sys.sysfs(), addr(A), || {
-        panic!("/dev/iommu opened without a cdev")
-    });
+    let nodes = cdev_dir(&["vfio3"]);
+    let no_open = || panic!("/dev/iommu opened without a cdev");
+    let choice = choose(&sys.sysfs(), addr(A), nodes.path(), no_open);
     assert!(matches!(choice, Choice::Group), "{choice:?}");
     // A vfio-dev directory without a vfioN entry is no cdev either.
     add_cdev(&sys, "power");
     assert_eq!(cdev_name(&sys.sysfs(), addr(A)).unwrap(), None);
-    let choice = choose(&sys.sysfs(), addr(A), || {
-        panic!("/dev/iommu opened without a cdev")
+    let choice = choose(&sys.sysfs(), addr(A), nodes.path(), no_open);
+    assert!(matches!(choice, Choice::Group), "{choice:?}");
+}
+
+#[test]
+fn auto_selection_takes_the_group_when_sysfs_names_a_cdev_without_a_node() {
+    // Kernels without CONFIG_VFIO_DEVICE_CDEV (Debian's 6.12) list vfio-dev/vfioN all the same.
+    let sys = sys();
+    add_cdev(&sys, "vfio3");
+    let nodes = cdev_dir(&["vfio0"]);
+    let choice = choose(&sys.sysfs(), addr(A), nodes.path(), || {
+        panic!("/dev/iommu opened without a cdev node")
     });
     assert!(matches!(choice, Choice::Group), "{choice:?}");
 }
@@ -386,8 +408,9 @@ fn auto_selection_takes_the_group_without_a_vfio_dev_entry_and_does_not_open_dev
 fn auto_selection_takes_the_group_when_dev_iommu_is_missing() {
     let sys = sys();
     add_cdev(&sys, "vfio0");
+    let nodes = cdev_dir(&["vfio0"]);
     let mut asked = false;
-    let choice = choose(&sys.sysfs(), addr(A), || {
+    let choice = choose(&sys.sysfs(), addr(A), nodes.path(), || {
         asked = true;
         Err(os(libc::ENOENT))
     });
