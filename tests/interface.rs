@@ -318,7 +318,9 @@ fn a_bus_reset_goes_through_the_interface_the_device_is_opened_through() {
     assert_eq!(dev.interface(), harness_interface());
     let config = dev.config().unwrap();
     let vendor = config.read16(0).unwrap();
-    match dev.reset_bus() {
+    let reset = dev.reset_bus();
+    eprintln!("bus reset through the {}: {reset:?}", dev.interface());
+    match reset {
         Ok(()) => {}
         // 6.12 gives ENOTTY when the root port's link does not come back
         // within 100 ms, which QEMU's root port under TCG can miss; the
