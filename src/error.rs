@@ -28,6 +28,7 @@ use crate::dma::IovaError;
 use crate::irq::IrqIndex;
 use crate::pci::PciAddress;
 use crate::region::RegionIndex;
+use crate::Interface;
 
 /// Result type of every fallible barmap call.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -75,9 +76,12 @@ pub enum Error {
         expected: &'static str,
     },
 
-    /// The VFIO container cannot be opened or lacks what barmap needs.
-    #[error("VFIO is not usable through {path}: {reason}")]
+    /// The node of a kernel interface (the VFIO container, `/dev/iommu`)
+    /// cannot be opened or lacks what barmap needs.
+    #[error("{interface} is not usable through {path}: {reason}")]
     VfioUnavailable {
+        /// The interface that was tried.
+        interface: Interface,
         /// The node involved.
         path: PathBuf,
         /// What to do about it.
@@ -143,16 +147,69 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// Opening a VFIO node was refused.
-    #[error("permission denied opening {path} for {addr}: run as root or grant access to the VFIO group")]
+    /// Opening a VFIO node (or binding a device cdev) was refused.
+    #[error(
+        "{interface}: permission denied opening {path} for {addr}: run as root or grant access to the node"
+    )]
     PermissionDenied {
         /// The device.
         addr: PciAddress,
+        /// The interface that was tried.
+        interface: Interface,
         /// The node that could not be opened.
         path: PathBuf,
         /// The OS error of the open (`EACCES` or `EPERM`).
         #[source]
         source: io::Error,
+    },
+
+    /// The device cannot be opened through the interface asked for (the
+    /// kernel lacks it for the device, or barmap opens it only another way).
+    #[error("{addr} cannot be opened through the {interface}: {reason} ({path})")]
+    InterfaceUnavailable {
+        /// The device.
+        addr: PciAddress,
+        /// The interface that was tried.
+        interface: Interface,
+        /// The file or directory that says so.
+        path: PathBuf,
+        /// Why, and what to do about it.
+        reason: &'static str,
+        /// The OS error, if one said so.
+        #[source]
+        source: Option<io::Error>,
+    },
+
+    /// The device is held by another open: its cdev is bound to an iommufd
+    /// already (by another process or descriptor), or its group is open.
+    #[error("{addr} is busy for the {interface}: {reason} ({path})")]
+    DeviceBusy {
+        /// The device.
+        addr: PciAddress,
+        /// The interface that was tried.
+        interface: Interface,
+        /// The node that was being bound.
+        path: PathBuf,
+        /// What holds it, as the kernel's errno tells.
+        reason: &'static str,
+        /// The kernel's error (`EBUSY` or `EINVAL`).
+        #[source]
+        source: io::Error,
+    },
+
+    /// A hot reset would reset devices this process does not own (through
+    /// the iommufd of a cdev-opened device); the kernel was not asked.
+    #[error(
+        "{addr}: a hot reset through the {interface} would reset {}, not bound to this device's iommufd",
+        not_owned.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    HotResetNotOwned {
+        /// The device.
+        addr: PciAddress,
+        /// The interface the device is opened through.
+        interface: Interface,
+        /// The devices on the bus that are not owned.
+        not_owned: Vec<PciAddress>,
     },
 
     /// A VFIO step failed in the kernel.

@@ -236,6 +236,17 @@ fn barpoke_info_shows_regions_and_access_paths() {
     let info = json(&["info", &edu(), "--json"]);
     assert_eq!(info["address"], edu());
     assert!(info["iommu_group"].is_u64());
+    let interface = std::env::var("BARMAP_INTERFACE").expect("the guest harness sets BARMAP_INTERFACE");
+    assert_eq!(
+        info["interface"],
+        interface.as_str(),
+        "the interface Device::open picks"
+    );
+    let description = info["interface_description"].as_str().unwrap().to_string();
+    assert!(
+        ok(&["info", &edu()]).starts_with(&format!("{} through the {description}\n", edu())),
+        "the text output names it first"
+    );
     let bar0 = element(&info["regions"], "region", "bar0");
     assert_eq!(bar0["size"], 0x10_0000);
     assert_eq!(bar0["flags"], "rwm");

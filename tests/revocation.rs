@@ -267,7 +267,13 @@ impl Drop for HiddenGroupNode {
 #[test]
 #[ignore = "needs QEMU's virtio-rng behind a PCIe root port bound to vfio-pci (qemu-scripts/guest-test.sh)"]
 fn a_bus_reset_uses_the_group_descriptor_the_device_holds() {
-    let dev = Device::open(flr_dev()).unwrap();
+    // Group descriptors prove ownership only through the group interface.
+    let open = || {
+        Device::builder(flr_dev())
+            .interface(barmap::Interface::Group)
+            .open()
+    };
+    let dev = open().unwrap();
     let (bar, common) = virtio_common_cfg(&dev);
     let region = dev.bar(bar).unwrap();
     let status = common + VIRTIO_DEVICE_STATUS;
@@ -298,7 +304,7 @@ fn a_bus_reset_uses_the_group_descriptor_the_device_holds() {
     assert_reset_cleared_status(&region, status, "the bus reset");
     drop((region, dev));
     // The held descriptor closes with the device: the group can be opened again.
-    let again = Device::open(flr_dev()).unwrap();
+    let again = open().unwrap();
     assert_eq!(again.reset().unwrap(), ResetKind::Function);
 }
 

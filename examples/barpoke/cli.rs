@@ -110,10 +110,12 @@ Prints the driver the device has afterwards ('none' if no driver claims it).
 JSON (--json): {\"address\": \"0000:00:04.0\", \"driver\": null}")]
     Unbind(DeviceArg),
 
-    /// One row per region: name, size, flags (r/w/mmap), kind, access path, capabilities
+    /// The kernel interface the device is opened through, then one row per region:
+    /// name, size, flags (r/w/mmap), kind, access path, capabilities
     #[command(after_help = "\
 Example:
   $ barpoke info 00:04.0
+  0000:00:04.0 through the VFIO group (type1v2 container)
   REGION SIZE   FLAGS KIND   ACCESS CAPS
   bar0   0x1000 rwm   mem32  mmap   -
   bar1   0x100  rw-   io     fault  -
@@ -123,7 +125,10 @@ Example:
 ACCESS is the path --via auto takes: mmap, mmap+fault (partly mappable) or
 fault; syscall instead of fault where there are no shadow regions (not
 x86-64). Regions of size 0 are not shown.
-JSON (--json): {\"address\": \"0000:00:04.0\", \"iommu_group\": 4, \"regions\": [
+The interface is the one Device::open picks: the device's VFIO cdev (iommufd)
+when it has one and /dev/iommu opens, its group otherwise.
+JSON (--json): {\"address\": \"0000:00:04.0\", \"iommu_group\": 4, \"interface\": \"group\",
+  \"interface_description\": \"VFIO group (type1v2 container)\", \"regions\": [
   {\"region\": \"bar0\", \"index\": 0, \"size\": 4096, \"flags\": \"rwm\", \"readable\": true,
    \"writable\": true, \"mmapable\": true, \"kind\": \"mem32\", \"access\": \"mmap\",
    \"mapped\": [[0, 4096]], \"caps\": []}, ...]}")]

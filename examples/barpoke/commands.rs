@@ -98,16 +98,19 @@ pub fn info(cli: &Cli, addr: PciAddress) -> Outcome {
         return Ok(json_doc(&json!({
             "address": addr.to_string(),
             "iommu_group": device.iommu_group(),
+            "interface": format::interface_name(device.interface()),
+            "interface_description": device.interface().to_string(),
             "regions": regions,
         })));
     }
+    let heading = format!("{addr} through the {}\n", device.interface());
     let mut rows = vec![devices::region_header()];
     rows.extend(
         regions
             .iter()
             .map(|(r, kind, mapped, slow)| devices::region_row(r, *kind, mapped, *slow)),
     );
-    Ok(format::columns(&rows))
+    Ok(heading + &format::columns(&rows))
 }
 
 /// `barpoke read`: `count` values of `width` from the register on.

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::ops::Range;
 
 use barmap::shadow::Refusal;
-use barmap::RegionIndex;
+use barmap::{Interface, RegionIndex};
 
 use crate::parse::Width;
 
@@ -41,6 +41,17 @@ impl AccessPath {
         } else {
             slow
         }
+    }
+}
+
+/// The short name of a kernel interface in JSON output (what the guest
+/// harness's `BARMAP_INTERFACE` holds).
+pub fn interface_name(interface: Interface) -> &'static str {
+    match interface {
+        Interface::Group => "group",
+        Interface::Iommufd => "iommufd",
+        Interface::NoIommu => "noiommu",
+        _ => "other",
     }
 }
 

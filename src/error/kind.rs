@@ -27,14 +27,18 @@ pub enum ErrorKind {
     NotFound,
     /// The host is not set up for VFIO access to the device: VFIO itself
     /// ([`Error::VfioUnavailable`]: modules not loaded, no access to the
-    /// node, or a kernel without type1v2; its errno tells which), the device's
-    /// driver ([`Error::NotBoundToVfio`], [`Error::BindFailed`]), or its IOMMU
-    /// group ([`Error::NoIommuGroup`], [`Error::GroupNotViable`]).
+    /// node, a kernel without type1v2 or without iommufd; its errno tells
+    /// which), the device's driver ([`Error::NotBoundToVfio`],
+    /// [`Error::BindFailed`]), its IOMMU group ([`Error::NoIommuGroup`],
+    /// [`Error::GroupNotViable`]), or the kernel interface asked for
+    /// ([`Error::InterfaceUnavailable`]).
     NotConfigured,
     /// Opening a VFIO node was refused: [`Error::PermissionDenied`].
     PermissionDenied,
     /// Something is held by someone else: the IOMMU group by another process
-    /// or container ([`Error::GroupBusy`]), or another interrupt index
+    /// or container ([`Error::GroupBusy`]), a device cdev by another open
+    /// ([`Error::DeviceBusy`]), a device on the bus a hot reset would reset
+    /// ([`Error::HotResetNotOwned`]), or another interrupt index
     /// ([`Error::IrqAlreadyEnabled`]).
     Busy,
     /// The platform, kernel, device or region cannot do this:
@@ -84,9 +88,13 @@ impl Error {
             | Error::NotBoundToVfio { .. }
             | Error::BindFailed { .. }
             | Error::NoIommuGroup { .. }
-            | Error::GroupNotViable { .. } => K::NotConfigured,
+            | Error::GroupNotViable { .. }
+            | Error::InterfaceUnavailable { .. } => K::NotConfigured,
             Error::PermissionDenied { .. } => K::PermissionDenied,
-            Error::GroupBusy { .. } | Error::IrqAlreadyEnabled { .. } => K::Busy,
+            Error::GroupBusy { .. }
+            | Error::DeviceBusy { .. }
+            | Error::HotResetNotOwned { .. }
+            | Error::IrqAlreadyEnabled { .. } => K::Busy,
             Error::Unsupported { .. }
             | Error::NotMmapable { .. }
             | Error::ReadOnly { .. }
@@ -119,7 +127,9 @@ impl Error {
     ///
     /// Variants that carry an OS error: [`Error::Sysfs`],
     /// [`Error::VfioUnavailable`] (unless the kernel lacks an API, which has
-    /// no errno), [`Error::GroupBusy`] (`EBUSY`), [`Error::PermissionDenied`]
+    /// no errno), [`Error::GroupBusy`] (`EBUSY`), [`Error::DeviceBusy`]
+    /// (`EBUSY` or `EINVAL`), [`Error::InterfaceUnavailable`] (when an OS
+    /// error said so), [`Error::PermissionDenied`]
     /// (`EACCES` or `EPERM`), [`Error::Vfio`] (unless a step failed in
     /// barmap's own parsing), [`Error::Io`], [`Error::Refused`] (`EIO` or
     /// `EACCES`), [`Error::Shadow`], [`Error::Kvm`] and [`Error::KvmRouting`].

@@ -56,6 +56,7 @@ fn samples() -> Vec<(Error, ErrorKind, Option<i32>)> {
         ),
         (
             Error::VfioUnavailable {
+                interface: crate::Interface::Group,
                 path: "/dev/vfio/vfio".into(),
                 reason: "the node is missing",
                 source: Box::new(VfioError::OpenContainer(os(libc::ENOENT))),
@@ -99,6 +100,7 @@ fn samples() -> Vec<(Error, ErrorKind, Option<i32>)> {
         (
             Error::PermissionDenied {
                 addr,
+                interface: crate::Interface::Group,
                 path: "/dev/vfio/5".into(),
                 source: os(libc::EACCES),
             },
@@ -354,11 +356,42 @@ fn samples() -> Vec<(Error, ErrorKind, Option<i32>)> {
             K::Io,
             Some(libc::EINVAL),
         ),
+        (
+            Error::InterfaceUnavailable {
+                addr,
+                interface: crate::Interface::Iommufd,
+                path: path().join("vfio-dev"),
+                reason: "the device has no VFIO cdev",
+                source: None,
+            },
+            K::NotConfigured,
+            None,
+        ),
+        (
+            Error::DeviceBusy {
+                addr,
+                interface: crate::Interface::Iommufd,
+                path: "/dev/vfio/devices/vfio0".into(),
+                reason: "bound already",
+                source: os(libc::EINVAL),
+            },
+            K::Busy,
+            Some(libc::EINVAL),
+        ),
+        (
+            Error::HotResetNotOwned {
+                addr,
+                interface: crate::Interface::Iommufd,
+                not_owned: vec![addr],
+            },
+            K::Busy,
+            None,
+        ),
     ]
 }
 
 /// How many variants [`Error`] has: [`ordinal`] numbers them `0..VARIANTS`.
-const VARIANTS: usize = 41;
+const VARIANTS: usize = 44;
 
 /// A distinct number per variant. The match has no wildcard, so a new
 /// variant does not compile until it is numbered here (and VARIANTS raised),
@@ -406,6 +439,9 @@ fn ordinal(e: &Error) -> usize {
         Error::IrqNoVectors => 38,
         Error::KvmGsiReserved { .. } => 39,
         Error::KvmRouting { .. } => 40,
+        Error::InterfaceUnavailable { .. } => 41,
+        Error::DeviceBusy { .. } => 42,
+        Error::HotResetNotOwned { .. } => 43,
     }
 }
 

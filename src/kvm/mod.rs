@@ -20,7 +20,8 @@
 //!    KVM irqfd; the VMM can instead take the eventfd itself (a `Vector` is
 //!    [`AsFd`](std::os::fd::AsFd)).
 //! 4. **The KVM-VFIO device.** [`Vm::open_device`] opens devices in one
-//!    container per VM that registers each group with KVM's VFIO device.
+//!    container per VM that registers each device cdev (iommufd) or group
+//!    with KVM's VFIO device.
 //! 5. **A whole virtual PCI function.** [`VirtualFunction`] puts a device in
 //!    front of the guest as its own PCI function: virtual BARs placed where
 //!    the guest programs them, decode, the ROM, MSI-X/MSI routed from the

@@ -5,19 +5,27 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
-use kvm_ioctls::{Kvm, VmFd};
+use std::os::fd::RawFd;
+use std::path::Path;
+
+use kvm_bindings::{
+    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_VFIO, KVM_DEV_VFIO_FILE,
+    KVM_DEV_VFIO_FILE_ADD, KVM_DEV_VFIO_FILE_DEL,
+};
+use kvm_ioctls::{DeviceFd, Kvm, VmFd};
 use vfio_ioctls::VfioDeviceFd;
 
 use super::routes::{GsiRoutes, Numbers};
 use crate::error::{Error, Result};
-use crate::pci::PciAddress;
+use crate::pci::{PciAddress, Sysfs};
+use crate::vfio::iommufd::{open_iommufd_node, VfioFileRegistry, CDEV_DIR};
+use crate::vfio::select::{choose, Choice};
 use crate::{Container, Device};
 
 /// A KVM VM as barmap's passthrough sees it: the VMM's `VmFd` (shared, never
 /// taken over), the memory slots barmap may use, the VM's [`GsiRoutes`], and
-/// the VFIO container whose groups are registered with the VM's KVM-VFIO
-/// device.
+/// the container whose devices (cdevs) or groups are registered with the
+/// VM's KVM-VFIO device.
 ///
 /// KVM cannot be asked which slots or routes are in use. So the VMM gives
 /// barmap a range of memory slot numbers (the others stay the VMM's: its
@@ -90,12 +98,18 @@ impl Vm {
         &self.inner.routes
     }
 
-    /// Opens the device at `addr` for this VM: in the VM's one VFIO container
+    /// Opens the device at `addr` for this VM: in the VM's one container
     /// (created with the first device, so that guest RAM mapped for DMA is
-    /// shared by every passed-through device), whose groups vfio-ioctls
-    /// registers with the VM's KVM-VFIO device (`KVM_CREATE_DEVICE` of type
-    /// `KVM_DEV_TYPE_VFIO`, then `KVM_DEV_VFIO_FILE_ADD` per group; removed
-    /// again when the device closes).
+    /// shared by every passed-through device), registered with the VM's
+    /// KVM-VFIO device (`KVM_CREATE_DEVICE` of type `KVM_DEV_TYPE_VFIO`,
+    /// then `KVM_DEV_VFIO_FILE_ADD`; removed again when the device closes).
+    ///
+    /// The container's interface is chosen with the first device as
+    /// [`Device::open`] chooses: an IOAS of an iommufd when the device has a
+    /// VFIO cdev and `/dev/iommu` opens (each device cdev is registered
+    /// before it is bound, as QEMU does), a type1v2 container otherwise
+    /// (vfio-ioctls registers each group as it is attached). Later devices
+    /// go through the same interface.
     ///
     /// ```no_run
     /// # let kvm = kvm_ioctls::Kvm::new().unwrap();
@@ -118,8 +132,16 @@ impl Vm {
                 .fd()
                 .create_device(&mut create)
                 .map_err(|e| kvm_error(addr, "create the KVM-VFIO device", e))?;
-            let handle = Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio));
-            *container = Some(Container::with_device_fd(Some(handle))?);
+            *container = Some(
+                match choose(&Sysfs::default(), addr, Path::new(CDEV_DIR), open_iommufd_node) {
+                    Choice::Iommufd(file) => {
+                        Container::iommufd_with(file, Some(Arc::new(KvmVfioFiles(kvm_vfio))))?
+                    }
+                    Choice::Group => {
+                        Container::with_device_fd(Some(Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio))))?
+                    }
+                },
+            );
         }
         let container = container.as_ref().expect("created above");
         Device::open_in(container, addr)
@@ -143,6 +165,34 @@ impl Vm {
     /// The size of a vCPU's `kvm_run` mapping, 0 if KVM did not say.
     pub(super) fn run_size(&self) -> usize {
         self.inner.run_size
+    }
+}
+
+/// The KVM-VFIO device, as the iommufd backend registers device cdevs with it.
+struct KvmVfioFiles(DeviceFd);
+
+impl KvmVfioFiles {
+    /// `KVM_SET_DEVICE_ATTR` of group `KVM_DEV_VFIO_FILE`, attribute `attr`, on `fd`.
+    fn set(&self, attr: u32, fd: RawFd) -> std::io::Result<()> {
+        let attr = kvm_device_attr {
+            flags: 0,
+            group: KVM_DEV_VFIO_FILE,
+            attr: u64::from(attr),
+            addr: &fd as *const RawFd as u64,
+        };
+        self.0
+            .set_device_attr(&attr)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+impl VfioFileRegistry for KvmVfioFiles {
+    fn add(&self, fd: RawFd) -> std::io::Result<()> {
+        self.set(KVM_DEV_VFIO_FILE_ADD, fd)
+    }
+
+    fn remove(&self, fd: RawFd) -> std::io::Result<()> {
+        self.set(KVM_DEV_VFIO_FILE_DEL, fd)
     }
 }
 

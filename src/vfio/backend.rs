@@ -2,7 +2,8 @@
 //!
 //! Everything barmap asks of the kernel about a device or its IOMMU address
 //! space goes through two small traits: [`IommuBackend`] (a container of the
-//! legacy interface: opening devices in it, its IOVA ranges, DMA mappings)
+//! legacy interface or an IOAS of iommufd: opening devices in it, its IOVA
+//! ranges, DMA mappings)
 //! and [`DeviceBackend`] (an open device: its info, region and interrupt
 //! info, `VFIO_DEVICE_SET_IRQS`, resets, and the descriptor its regions are
 //! read, written and mapped through). What the interfaces share (argument
@@ -16,15 +17,19 @@
 
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use super::Interface;
 
 use crate::dma::IommuInfo;
 use crate::pci::{PciAddress, Sysfs};
 
-/// An IOMMU address space that devices are opened in: a type1v2 container.
+/// An IOMMU address space that devices are opened in: a type1v2 container,
+/// or an IOAS of an iommufd.
 pub(crate) trait IommuBackend: Send + Sync {
-    /// The kernel interface, for messages and `Debug`.
-    fn interface(&self) -> &'static str;
+    /// The kernel interface.
+    fn interface(&self) -> Interface;
 
     /// Opens the device at `addr`, already found bound to vfio-pci in the
     /// viable IOMMU group `group` through `sysfs`, and attaches it to this
@@ -60,6 +65,26 @@ pub(crate) enum OpenFailure {
     Group(io::Error),
     /// The kernel says the group is not viable (a member is bound to another driver).
     NotViable,
+    /// The device has no VFIO cdev: `path` (its sysfs `vfio-dev` directory)
+    /// is missing or holds no `vfioN`.
+    NoCdev {
+        /// The sysfs directory looked in.
+        path: PathBuf,
+    },
+    /// The device's cdev node could not be opened.
+    Cdev {
+        /// The node (`/dev/vfio/devices/vfioN`).
+        path: PathBuf,
+        /// The OS error of the open.
+        source: io::Error,
+    },
+    /// `VFIO_DEVICE_BIND_IOMMUFD` failed.
+    Bind {
+        /// The cdev node.
+        path: PathBuf,
+        /// The kernel's error.
+        source: io::Error,
+    },
     /// Another step of the open sequence failed.
     Step {
         /// Which step.
@@ -93,13 +118,15 @@ pub(crate) trait DeviceBackend: Send + Sync {
 
     /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`: every device a hot reset of this
     /// one's bus would reset.
-    fn hot_reset_info(&self) -> io::Result<Vec<DependentDevice>>;
+    fn hot_reset_info(&self) -> io::Result<HotResetInfo>;
 
     /// A descriptor of IOMMU group `group` held by this process, to prove
     /// ownership in a hot reset; `None` if the process holds none.
     fn group_fd(&self, group: u32) -> Option<OwnedFd>;
 
-    /// `VFIO_DEVICE_PCI_HOT_RESET` with the group descriptors `group_fds`.
+    /// `VFIO_DEVICE_PCI_HOT_RESET` with the group descriptors `group_fds`
+    /// (none for a device opened through its cdev: the kernel checks that
+    /// every affected device is bound to the same iommufd).
     fn hot_reset(&self, group_fds: &[RawFd]) -> io::Result<()>;
 }
 
@@ -143,10 +170,23 @@ pub(crate) struct IrqSet<'a> {
     pub fds: &'a [RawFd],
 }
 
+/// What `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HotResetInfo {
+    /// `VFIO_PCI_HOT_RESET_FLAG_*`: with `DEV_ID`, [`DependentDevice::group`]
+    /// is an iommufd device id instead (a device opened through its cdev),
+    /// and `DEV_ID_OWNED` says every one of them is owned by its iommufd.
+    pub flags: u32,
+    /// The devices.
+    pub devices: Vec<DependentDevice>,
+}
+
 /// One device a hot reset would reset (`vfio_pci_dependent_device`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DependentDevice {
-    /// Its IOMMU group.
+    /// Its IOMMU group; with `VFIO_PCI_HOT_RESET_FLAG_DEV_ID`, its iommufd
+    /// device id (`VFIO_PCI_DEVID_OWNED`, 0, for a device owned through a
+    /// shared group; `VFIO_PCI_DEVID_NOT_OWNED` for one not owned).
     pub group: u32,
     /// Its PCI address.
     pub addr: PciAddress,

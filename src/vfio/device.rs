@@ -10,7 +10,7 @@ use std::sync::Arc;
 use vfio_bindings::bindings::vfio::{vfio_region_info, VFIO_REGION_INFO_FLAG_CAPS};
 
 use super::backend::{DeviceBackend, IrqSet, OpenFailure};
-use super::Container;
+use super::{Container, Interface};
 use crate::access::{Region, RegionBuilder};
 use crate::config::{BarKind, ConfigSpace};
 use crate::error::{Error, Result};
@@ -21,9 +21,10 @@ use crate::region::{parse_region_caps, u32_at, u64_at, FdRegion, RegionFlags, Re
 /// A PCI device opened through VFIO.
 ///
 /// Opening checks, in order, that the device exists, is bound to `vfio-pci`,
-/// has an IOMMU group and that the group is viable, then attaches the group to
-/// a type1v2 container and reads every region's info. Each failure is a
-/// distinct [`Error`] naming the address.
+/// has an IOMMU group and that the group is viable, then opens it through
+/// one kernel interface ([`Interface`]: its group in a type1v2 container, or
+/// its cdev bound to an iommufd) and reads every region's info. Each failure
+/// is a distinct [`Error`] naming the address (and the interface tried).
 ///
 /// A `Device` is a cheap, shareable handle (an `Arc` inside): clones, and
 /// every [`Region`] opened from it, keep the VFIO device open; it closes when
@@ -68,17 +69,19 @@ impl fmt::Debug for Device {
         f.debug_struct("Device")
             .field("addr", &self.inner.addr)
             .field("group", &self.inner.group)
+            .field("interface", &self.interface())
             .field("regions", &self.inner.regions)
             .finish_non_exhaustive()
     }
 }
 
 impl Device {
-    /// Opens the device at `addr` in a container of its own.
+    /// Opens the device at `addr` in a container of its own, through its
+    /// VFIO cdev when it has one (`/sys/bus/pci/devices/ADDR/vfio-dev/vfioN`)
+    /// and `/dev/iommu` opens, otherwise through its IOMMU group (the reason
+    /// is logged at debug level). [`Device::builder`] chooses explicitly.
     pub fn open(addr: PciAddress) -> Result<Device> {
-        let sysfs = Sysfs::default();
-        let group = check_openable(&sysfs, addr)?;
-        Device::attach(&sysfs, &Container::new()?, addr, group)
+        Device::builder(addr).open()
     }
 
     /// Opens the device at `addr` in `container`, sharing its IOMMU mappings.
@@ -95,11 +98,17 @@ impl Device {
 
     /// Opens the (checked) device through `container`'s kernel interface and
     /// reads its regions.
-    fn attach(sysfs: &Sysfs, container: &Container, addr: PciAddress, group: u32) -> Result<Device> {
+    pub(super) fn attach(
+        sysfs: &Sysfs,
+        container: &Container,
+        addr: PciAddress,
+        group: u32,
+    ) -> Result<Device> {
+        let interface = container.interface();
         let backend = container
             .backend()
             .open_device(sysfs, addr, group)
-            .map_err(|e| open_error(sysfs, addr, group, e))?;
+            .map_err(|e| open_error(sysfs, addr, group, interface, e))?;
         let step = |step: &'static str| {
             move |e: io::Error| Error::Vfio {
                 addr,
@@ -125,10 +134,7 @@ impl Device {
                 }
             }
         }
-        log::debug!(
-            "opened {addr} (IOMMU group {group}, {}) with {count} regions",
-            container.backend().interface()
-        );
+        log::debug!("opened {addr} (IOMMU group {group}, {interface}) with {count} regions");
         Ok(Device {
             inner: Arc::new(Inner {
                 addr,
@@ -269,7 +275,7 @@ impl AsRawFd for Device {
 
 /// Checks that `addr` exists, is bound to vfio-pci and sits in a viable IOMMU
 /// group; returns the group.
-fn check_openable(sysfs: &Sysfs, addr: PciAddress) -> Result<u32> {
+pub(super) fn check_openable(sysfs: &Sysfs, addr: PciAddress) -> Result<u32> {
     let info = sysfs.device(addr)?;
     if info.driver.as_deref() != Some(VFIO_PCI_DRIVER) {
         return Err(Error::NotBoundToVfio {
@@ -334,13 +340,21 @@ fn read_region_info(backend: &dyn DeviceBackend, addr: PciAddress, index: Region
     ))
 }
 
-/// Turns a failure of the open sequence into the error that says what happened.
-fn open_error(sysfs: &Sysfs, addr: PciAddress, group: u32, failure: OpenFailure) -> Error {
+/// Turns a failure of the open sequence through `interface` into the error
+/// that says what happened.
+fn open_error(
+    sysfs: &Sysfs,
+    addr: PciAddress,
+    group: u32,
+    interface: Interface,
+    failure: OpenFailure,
+) -> Error {
     match failure {
         OpenFailure::Group(source) => match source.raw_os_error() {
             Some(libc::EBUSY) => Error::GroupBusy { addr, group, source },
             Some(libc::EACCES | libc::EPERM) => Error::PermissionDenied {
                 addr,
+                interface,
                 path: PathBuf::from(format!("/dev/vfio/{group}")),
                 source,
             },
@@ -354,6 +368,63 @@ fn open_error(sysfs: &Sysfs, addr: PciAddress, group: u32, failure: OpenFailure)
             addr,
             group,
             blockers: sysfs.group_blockers(group).unwrap_or_default(),
+        },
+        OpenFailure::NoCdev { path } => Error::InterfaceUnavailable {
+            addr,
+            interface,
+            path,
+            reason: "sysfs has no vfio-dev entry for it: the kernel predates VFIO device cdevs (6.6, CONFIG_VFIO_DEVICE_CDEV)",
+            source: None,
+        },
+        OpenFailure::Cdev { path, source } => match source.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM) => Error::PermissionDenied {
+                addr,
+                interface,
+                path,
+                source,
+            },
+            Some(libc::ENOENT) => Error::InterfaceUnavailable {
+                addr,
+                interface,
+                path,
+                reason: "the kernel has no VFIO device cdevs (CONFIG_VFIO_DEVICE_CDEV), or devtmpfs is not on /dev",
+                source: Some(source),
+            },
+            _ => Error::Vfio {
+                addr,
+                step: "open the device cdev",
+                source: Box::new(source),
+            },
+        },
+        OpenFailure::Bind { path, source } => match source.raw_os_error() {
+            Some(libc::EBUSY) => Error::DeviceBusy {
+                addr,
+                interface,
+                path,
+                reason: "its IOMMU group is open through the group interface (here or in another process)",
+                source,
+            },
+            // 6.6 to 6.12 (vfio_df_open) refuse a second open of a device
+            // through the cdev path with EINVAL; barmap's own arguments are valid.
+            Some(libc::EINVAL) => Error::DeviceBusy {
+                addr,
+                interface,
+                path,
+                reason: "the cdev is bound to an iommufd already, by another descriptor or process",
+                source,
+            },
+            Some(libc::EPERM | libc::EACCES) => Error::InterfaceUnavailable {
+                addr,
+                interface,
+                path,
+                reason: "the kernel refused the bind: iommufd needs interrupt remapping                          (or iommufd's allow_unsafe_interrupts), and the rights to the device",
+                source: Some(source),
+            },
+            _ => Error::Vfio {
+                addr,
+                step: "bind the device cdev to iommufd",
+                source: Box::new(source),
+            },
         },
         OpenFailure::Step { step, source } => Error::Vfio { addr, step, source },
     }

@@ -14,8 +14,9 @@ use vfio_bindings::bindings::vfio::{
 };
 
 use super::backend::{
-    DependentDevice, DeviceBackend, DeviceInfo, IommuBackend, IrqSet, OpenFailure, RawIrqInfo,
+    DependentDevice, DeviceBackend, DeviceInfo, HotResetInfo, IommuBackend, IrqSet, OpenFailure, RawIrqInfo,
 };
+use super::Interface;
 use crate::dma::IommuInfo;
 use crate::pci::{PciAddress, Sysfs};
 
@@ -73,8 +74,12 @@ pub(crate) struct Script {
     pub regions: Vec<Vec<u8>>,
     /// Interrupt info, by index; `None`: the kernel refuses the index (EINVAL).
     pub irqs: Vec<Option<RawIrqInfo>>,
+    /// The interface the fake plays (hot resets follow its rules).
+    pub interface: Interface,
     /// What a hot reset would reset.
     pub dependents: Vec<DependentDevice>,
+    /// The `VFIO_PCI_HOT_RESET_FLAG_*` of the hot reset info.
+    pub hot_reset_flags: u32,
     /// The groups this process holds a descriptor of.
     pub held_groups: Vec<u32>,
     /// The IOMMU's answer.
@@ -151,7 +156,9 @@ impl FakeKernel {
                         count: 1,
                     }),
                 ],
+                interface: Interface::Group,
                 dependents: vec![],
+                hot_reset_flags: 0,
                 held_groups: vec![],
                 iommu: IommuInfo {
                     pgsizes: 0x4020_1000,
@@ -220,8 +227,8 @@ impl FakeKernel {
 }
 
 impl IommuBackend for FakeKernel {
-    fn interface(&self) -> &'static str {
-        "fake kernel"
+    fn interface(&self) -> Interface {
+        self.script().interface
     }
 
     fn open_device(
@@ -331,8 +338,12 @@ impl DeviceBackend for FakeDevice {
         self.kernel.call(Call::Reset).map(drop)
     }
 
-    fn hot_reset_info(&self) -> io::Result<Vec<DependentDevice>> {
-        Ok(self.kernel.call(Call::HotResetInfo)?.dependents.clone())
+    fn hot_reset_info(&self) -> io::Result<HotResetInfo> {
+        let script = self.kernel.call(Call::HotResetInfo)?;
+        Ok(HotResetInfo {
+            flags: script.hot_reset_flags,
+            devices: script.dependents.clone(),
+        })
     }
 
     fn group_fd(&self, group: u32) -> Option<OwnedFd> {
@@ -346,7 +357,9 @@ impl DeviceBackend for FakeDevice {
     }
 
     /// Refuses with EINVAL, as the kernel does, unless a descriptor of every
-    /// dependent device's group is passed.
+    /// dependent device's group is passed; through a cdev
+    /// ([`Interface::Iommufd`]), unless none is passed and every dependent
+    /// device is owned.
     fn hot_reset(&self, group_fds: &[RawFd]) -> io::Result<()> {
         let groups: Vec<u32> = {
             let mut script = self.kernel.script();
@@ -359,8 +372,64 @@ impl DeviceBackend for FakeDevice {
         let script = self.kernel.call(Call::HotReset {
             groups: groups.clone(),
         })?;
-        if script.dependents.iter().any(|d| !groups.contains(&d.group)) {
+        let refused = if script.interface == Interface::Iommufd {
+            !group_fds.is_empty()
+                || script
+                    .dependents
+                    .iter()
+                    .any(|d| d.group == vfio_bindings::bindings::vfio::VFIO_PCI_DEVID_NOT_OWNED as u32)
+        } else {
+            script.dependents.iter().any(|d| !groups.contains(&d.group))
+        };
+        if refused {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(())
+    }
+}
+
+/// The kernel's side of `IOMMU_IOAS_IOVA_RANGES`, scripted: each call writes
+/// as many of the ranges as the caller made room for, sets `num_iovas` to
+/// how many there are and the alignment, and fails with `EMSGSIZE` if they
+/// did not all fit, as iommufd does. Records the room each call had.
+#[derive(Default)]
+pub(crate) struct FakeIovaRanges {
+    /// The IOAS's ranges, inclusive.
+    pub ranges: Vec<(u64, u64)>,
+    /// `out_iova_alignment`.
+    pub alignment: u64,
+    /// Ranges that appear after the first call (a device attached meanwhile).
+    pub added_after_first: Vec<(u64, u64)>,
+    /// An errno every call fails with instead.
+    pub errno: Option<i32>,
+    /// The `num_iovas` of each call.
+    pub rooms: Vec<u32>,
+}
+
+impl FakeIovaRanges {
+    /// One call, as the ioctl.
+    pub(crate) fn call(
+        &mut self,
+        cmd: &mut iommufd_bindings::iommu_ioas_iova_ranges,
+        out: &mut [iommufd_bindings::iommu_iova_range],
+    ) -> io::Result<()> {
+        self.rooms.push(cmd.num_iovas);
+        if self.rooms.len() == 2 {
+            let added = std::mem::take(&mut self.added_after_first);
+            self.ranges.extend(added);
+        }
+        if let Some(errno) = self.errno {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let room = (cmd.num_iovas as usize).min(out.len());
+        for (slot, &(start, last)) in out[..room].iter_mut().zip(&self.ranges) {
+            slot.start = start;
+            slot.last = last;
+        }
+        cmd.num_iovas = self.ranges.len() as u32;
+        cmd.out_iova_alignment = self.alignment;
+        if self.ranges.len() > room {
+            return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
         }
         Ok(())
     }

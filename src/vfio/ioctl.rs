@@ -15,7 +15,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_pci_hot_reset, vfio_pci_hot_reset_info, vfio_region_info, VFIO_BASE, VFIO_TYPE,
 };
 
-use super::backend::{DependentDevice, IrqSet};
+use super::backend::{DependentDevice, HotResetInfo, IrqSet};
 use crate::pci::PciAddress;
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + nr)`.
@@ -147,8 +147,8 @@ pub(crate) fn set_irqs(fd: RawFd, set: &IrqSet<'_>) -> io::Result<()> {
 }
 
 /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`: every device a hot reset of this
-/// one's bus would reset, with its IOMMU group.
-pub(crate) fn hot_reset_info(fd: RawFd) -> io::Result<Vec<DependentDevice>> {
+/// one's bus would reset, with its IOMMU group (or iommufd device id).
+pub(crate) fn hot_reset_info(fd: RawFd) -> io::Result<HotResetInfo> {
     let header = size_of::<vfio_pci_hot_reset_info>();
     let entry = size_of::<vfio_pci_dependent_device>();
     let mut count = 0usize;
@@ -164,7 +164,7 @@ pub(crate) fn hot_reset_info(fd: RawFd) -> io::Result<Vec<DependentDevice>> {
         match ret {
             0 => {
                 // Each entry is (group or devid: u32, segment: u16, bus: u8, devfn: u8).
-                return words[3..]
+                let devices = words[3..]
                     .chunks(entry / 4)
                     .take(wanted)
                     .map(|d| {
@@ -174,7 +174,11 @@ pub(crate) fn hot_reset_info(fd: RawFd) -> io::Result<Vec<DependentDevice>> {
                             .map(|addr| DependentDevice { group: d[0], addr })
                             .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
                     })
-                    .collect();
+                    .collect::<io::Result<_>>()?;
+                return Ok(HotResetInfo {
+                    flags: words[1],
+                    devices,
+                });
             }
             _ if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSPC) && wanted > count => {
                 if wanted > MAX_HOT_RESET_DEVICES {
@@ -189,7 +193,8 @@ pub(crate) fn hot_reset_info(fd: RawFd) -> io::Result<Vec<DependentDevice>> {
 
 /// `VFIO_DEVICE_PCI_HOT_RESET`: resets the device's bus. The kernel refuses
 /// (`EINVAL`) unless `group_fds` holds an open descriptor of every group
-/// [`hot_reset_info`] named.
+/// [`hot_reset_info`] named; for a device opened through its cdev,
+/// `group_fds` must be empty.
 pub(crate) fn hot_reset(fd: RawFd, group_fds: &[RawFd]) -> io::Result<()> {
     let header = size_of::<vfio_pci_hot_reset>();
     let argsz = header + size_of_val(group_fds);

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
 
 use super::backend::{
-    DependentDevice, DeviceBackend, DeviceInfo, IommuBackend, IrqSet, OpenFailure, RawIrqInfo,
+    DeviceBackend, DeviceInfo, HotResetInfo, IommuBackend, IrqSet, OpenFailure, RawIrqInfo,
 };
-use super::{ioctl, reset};
+use super::{ioctl, reset, Interface};
 use crate::dma::{parse_iommu_info, IommuInfo};
 use crate::error::{Error, Result};
 use crate::pci::{PciAddress, Sysfs};
@@ -37,6 +37,7 @@ impl LegacyContainer {
     pub(super) fn open(device_fd: Option<Arc<VfioDeviceFd>>) -> Result<LegacyContainer> {
         let container = VfioContainer::new(device_fd).map_err(|e| match e {
             VfioError::OpenContainer(source) => Error::VfioUnavailable {
+                interface: Interface::Group,
                 path: PathBuf::from(VFIO_CONTAINER_PATH),
                 reason: match source.kind() {
                     io::ErrorKind::NotFound => "the node is missing: load the vfio and vfio-pci modules",
@@ -46,6 +47,7 @@ impl LegacyContainer {
                 source: Box::new(source),
             },
             other => Error::VfioUnavailable {
+                interface: Interface::Group,
                 path: PathBuf::from(VFIO_CONTAINER_PATH),
                 reason: "the kernel's VFIO API version or type1v2 IOMMU support is missing",
                 source: Box::new(other),
@@ -59,8 +61,8 @@ impl LegacyContainer {
 }
 
 impl IommuBackend for LegacyContainer {
-    fn interface(&self) -> &'static str {
-        "VFIO group in a type1v2 container"
+    fn interface(&self) -> Interface {
+        Interface::Group
     }
 
     fn open_device(
@@ -170,7 +172,7 @@ impl DeviceBackend for LegacyDevice {
         ioctl::device_reset(self.fd.as_raw_fd())
     }
 
-    fn hot_reset_info(&self) -> io::Result<Vec<DependentDevice>> {
+    fn hot_reset_info(&self) -> io::Result<HotResetInfo> {
         ioctl::hot_reset_info(self.fd.as_raw_fd())
     }
 

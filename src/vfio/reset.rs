@@ -7,7 +7,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use vfio_bindings::bindings::vfio::VFIO_DEVICE_FLAGS_RESET;
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_DEVID_NOT_OWNED, VFIO_PCI_HOT_RESET_FLAG_DEV_ID,
+    VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED,
+};
 
 use super::Device;
 use crate::error::{Error, Result};
@@ -20,7 +23,8 @@ pub enum ResetKind {
     /// a bus reset where the device is alone on its bus).
     Function,
     /// A hot reset of the bus the device sits on (`VFIO_DEVICE_PCI_HOT_RESET`),
-    /// which resets every device on it; all of their groups must be open here.
+    /// which resets every device on it; all of their groups must be open here
+    /// (or, for a device opened through its cdev, all of them bound to its iommufd).
     Bus,
 }
 
@@ -72,6 +76,13 @@ impl Device {
     /// A bus that cannot be reset at all (the root bus) is
     /// [`Error::Unsupported`].
     ///
+    /// A device opened through its cdev ([`crate::Interface::Iommufd`])
+    /// proves ownership through its iommufd instead: the kernel names the
+    /// affected devices by their iommufd device ids, and resets the bus only
+    /// if every one is bound to the same iommufd (or shares a group with one
+    /// that is). barmap checks that first: a device that is not owned is
+    /// [`Error::HotResetNotOwned`] naming it, and the kernel is not asked.
+    ///
     /// ```no_run
     /// let dev = barmap::Device::open("0000:01:00.0".parse()?)?;
     /// dev.reset_bus()?;
@@ -92,8 +103,11 @@ impl Device {
             }
         };
         let groups = match self.backend().hot_reset_info() {
-            Ok(devices) => {
-                let mut groups: Vec<u32> = devices.iter().map(|d| d.group).collect();
+            Ok(info) if info.flags & VFIO_PCI_HOT_RESET_FLAG_DEV_ID != 0 => {
+                return self.hot_reset_by_dev_id(&info);
+            }
+            Ok(info) => {
+                let mut groups: Vec<u32> = info.devices.iter().map(|d| d.group).collect();
                 groups.sort_unstable();
                 groups.dedup();
                 groups
@@ -120,6 +134,41 @@ impl Device {
         };
         self.backend().hot_reset(&raw).map_err(failed(step))?;
         log::debug!("{addr}: hot reset of its bus (groups {groups:?})");
+        Ok(())
+    }
+}
+
+impl Device {
+    /// The hot reset of a device opened through its cdev: no group
+    /// descriptors, once every affected device is known to be owned.
+    fn hot_reset_by_dev_id(&self, info: &super::backend::HotResetInfo) -> Result<()> {
+        let addr = self.address();
+        let mut not_owned: Vec<_> = info
+            .devices
+            .iter()
+            .filter(|d| d.group == VFIO_PCI_DEVID_NOT_OWNED as u32)
+            .map(|d| d.addr)
+            .collect();
+        if info.flags & VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED == 0 && not_owned.is_empty() {
+            // The kernel says not all are owned, without naming one: name them all.
+            not_owned = info.devices.iter().map(|d| d.addr).collect();
+        }
+        if !not_owned.is_empty() {
+            return Err(Error::HotResetNotOwned {
+                addr,
+                interface: self.interface(),
+                not_owned,
+            });
+        }
+        self.backend().hot_reset(&[]).map_err(|e| Error::Vfio {
+            addr,
+            step: "hot reset",
+            source: Box::new(e),
+        })?;
+        log::debug!(
+            "{addr}: hot reset of its bus (iommufd device ids {:?})",
+            info.devices.iter().map(|d| d.group).collect::<Vec<_>>()
+        );
         Ok(())
     }
 }
