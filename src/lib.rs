@@ -46,7 +46,7 @@ pub use pci::{PciAddress, PciDeviceInfo, Sysfs};
 pub use region::{
     FdRegion, MemoryRegion, RegionCap, RegionFlags, RegionIndex, RegionInfo, RegionIo, SparseArea,
 };
-pub use vfio::{Container, Device, ResetKind};
+pub use vfio::{Container, Device, Interface, ResetKind};
 /// The vm-memory crate barmap's DMA buffers are built on (its `Bytes` and
 /// `VolatileMemory` traits reach their contents).
 pub use vm_memory;

@@ -85,7 +85,15 @@ impl Error {
             | Error::BindFailed { .. }
             | Error::NoIommuGroup { .. }
             | Error::GroupNotViable { .. } => K::NotConfigured,
-            Error::PermissionDenied { .. } => K::PermissionDenied,
+            Error::PermissionDenied { .. } | Error::MissingCapability { .. } => K::PermissionDenied,
+            Error::NoIommuWithoutOptIn { .. } => K::NotConfigured,
+            Error::NotNoIommu { .. } => K::InvalidInput,
+            Error::Open { source, .. } => match source.raw_os_error() {
+                Some(libc::EBUSY) => K::Busy,
+                Some(libc::EACCES | libc::EPERM) => K::PermissionDenied,
+                _ => K::Io,
+            },
+            Error::PhysicalDma { source, .. } => source.kind(),
             Error::GroupBusy { .. } | Error::IrqAlreadyEnabled { .. } => K::Busy,
             Error::Unsupported { .. }
             | Error::NotMmapable { .. }

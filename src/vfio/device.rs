@@ -10,7 +10,7 @@ use std::sync::Arc;
 use vfio_bindings::bindings::vfio::{vfio_region_info, VFIO_REGION_INFO_FLAG_CAPS};
 
 use super::backend::{DeviceBackend, IrqSet, OpenFailure};
-use super::Container;
+use super::{Container, Interface};
 use crate::access::{Region, RegionBuilder};
 use crate::config::{BarKind, ConfigSpace};
 use crate::error::{Error, Result};
@@ -75,13 +75,22 @@ impl fmt::Debug for Device {
 
 impl Device {
     /// Opens the device at `addr` in a container of its own.
+    ///
+    /// A device in a no-IOMMU group is refused
+    /// ([`Error::NoIommuWithoutOptIn`]): it opens only in
+    /// [`Container::noiommu_device_reaches_all_memory`].
     pub fn open(addr: PciAddress) -> Result<Device> {
         let sysfs = Sysfs::default();
         let group = check_openable(&sysfs, addr)?;
+        check_interface(&sysfs, addr, group, Interface::Group)?;
         Device::attach(&sysfs, &Container::new()?, addr, group)
     }
 
     /// Opens the device at `addr` in `container`, sharing its IOMMU mappings.
+    ///
+    /// A device in a no-IOMMU group opens only in a container made by
+    /// [`Container::noiommu_device_reaches_all_memory`], and such a container
+    /// takes no other ([`Error::NoIommuWithoutOptIn`], [`Error::NotNoIommu`]).
     pub fn open_in(container: &Container, addr: PciAddress) -> Result<Device> {
         Device::open_with(&Sysfs::default(), container, addr)
     }
@@ -90,6 +99,7 @@ impl Device {
     /// interface and reads its regions.
     pub(crate) fn open_with(sysfs: &Sysfs, container: &Container, addr: PciAddress) -> Result<Device> {
         let group = check_openable(sysfs, addr)?;
+        check_interface(sysfs, addr, group, container.interface())?;
         Device::attach(sysfs, container, addr, group)
     }
 
@@ -152,6 +162,11 @@ impl Device {
     /// The device's IOMMU group.
     pub fn iommu_group(&self) -> u32 {
         self.inner.group
+    }
+
+    /// The kernel interface the device is reached through.
+    pub fn interface(&self) -> Interface {
+        self.inner.container.interface()
     }
 
     /// The container the device is attached to.
@@ -289,6 +304,25 @@ fn check_openable(sysfs: &Sysfs, addr: PciAddress) -> Result<u32> {
     Ok(group)
 }
 
+/// Checks that the device's group and the interface it is to be opened
+/// through agree: a no-IOMMU group only through [`Interface::NoIommu`], and
+/// that only for a no-IOMMU group.
+fn check_interface(sysfs: &Sysfs, addr: PciAddress, group: u32, interface: Interface) -> Result<()> {
+    match (sysfs.is_noiommu_group(group)?, interface == Interface::NoIommu) {
+        (true, false) => Err(Error::NoIommuWithoutOptIn {
+            addr,
+            group,
+            interface,
+        }),
+        (false, true) => Err(Error::NotNoIommu {
+            addr,
+            group,
+            interface,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Reads and parses one region's info, capabilities included.
 ///
 /// vfio-pci counts the VGA region among its regions but refuses its info with
@@ -355,6 +389,7 @@ fn open_error(sysfs: &Sysfs, addr: PciAddress, group: u32, failure: OpenFailure)
             group,
             blockers: sysfs.group_blockers(group).unwrap_or_default(),
         },
+        OpenFailure::Error(e) => e,
         OpenFailure::Step { step, source } => Error::Vfio { addr, step, source },
     }
 }

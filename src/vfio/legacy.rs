@@ -21,6 +21,7 @@ use super::{ioctl, reset};
 use crate::dma::{parse_iommu_info, IommuInfo};
 use crate::error::{Error, Result};
 use crate::pci::{PciAddress, Sysfs};
+use crate::Interface;
 
 /// The VFIO container node.
 const VFIO_CONTAINER_PATH: &str = "/dev/vfio/vfio";
@@ -37,6 +38,7 @@ impl LegacyContainer {
     pub(super) fn open(device_fd: Option<Arc<VfioDeviceFd>>) -> Result<LegacyContainer> {
         let container = VfioContainer::new(device_fd).map_err(|e| match e {
             VfioError::OpenContainer(source) => Error::VfioUnavailable {
+                interface: Interface::Group,
                 path: PathBuf::from(VFIO_CONTAINER_PATH),
                 reason: match source.kind() {
                     io::ErrorKind::NotFound => "the node is missing: load the vfio and vfio-pci modules",
@@ -46,6 +48,7 @@ impl LegacyContainer {
                 source: Box::new(source),
             },
             other => Error::VfioUnavailable {
+                interface: Interface::Group,
                 path: PathBuf::from(VFIO_CONTAINER_PATH),
                 reason: "the kernel's VFIO API version or type1v2 IOMMU support is missing",
                 source: Box::new(other),
@@ -59,8 +62,8 @@ impl LegacyContainer {
 }
 
 impl IommuBackend for LegacyContainer {
-    fn interface(&self) -> &'static str {
-        "VFIO group in a type1v2 container"
+    fn interface(&self) -> Interface {
+        Interface::Group
     }
 
     fn open_device(
@@ -93,12 +96,7 @@ impl IommuBackend for LegacyContainer {
         if group_fd.is_none() {
             log::debug!("{addr}: the descriptor of IOMMU group {group} was not found: the kernel will refuse hot resets");
         }
-        Ok(Box::new(LegacyDevice {
-            fd,
-            group,
-            group_fd,
-            _vfio: vfio,
-        }))
+        Ok(Box::new(LegacyDevice::new(fd, group, group_fd, Box::new(vfio))))
     }
 
     fn iommu_info(&self) -> io::Result<IommuInfo> {
@@ -121,8 +119,8 @@ impl IommuBackend for LegacyContainer {
     }
 }
 
-/// A device opened through its group.
-struct LegacyDevice {
+/// A device opened through its group (of this backend, or of the no-IOMMU one).
+pub(super) struct LegacyDevice {
     /// A duplicate of the device descriptor, shared by the regions' slow
     /// paths (and so by the fault handler's table while they are registered).
     fd: Arc<OwnedFd>,
@@ -131,9 +129,27 @@ struct LegacyDevice {
     /// of our own, so its number cannot be closed and reused under us.
     /// `None` if it could not be found at open (no /proc).
     group_fd: Option<OwnedFd>,
-    /// The device as vfio-ioctls opened it: held so that the device stays
-    /// open and its group attached while the backend lives.
-    _vfio: VfioDevice,
+    /// What keeps the device open and its group attached while the backend
+    /// lives (the device as vfio-ioctls opened it, for this backend).
+    _open: Box<dyn Send + Sync>,
+}
+
+impl LegacyDevice {
+    /// The device whose descriptor is `fd`, in group `group` (whose
+    /// descriptor `group_fd` is, if known), kept open by `open`.
+    pub(super) fn new(
+        fd: Arc<OwnedFd>,
+        group: u32,
+        group_fd: Option<OwnedFd>,
+        open: Box<dyn Send + Sync>,
+    ) -> LegacyDevice {
+        LegacyDevice {
+            fd,
+            group,
+            group_fd,
+            _open: open,
+        }
+    }
 }
 
 impl DeviceBackend for LegacyDevice {
