@@ -185,7 +185,9 @@ impl Dma {
         let len = (size as u64).div_ceil(page) * page;
         let region = memory.map(len as usize, page).map_err(|source| {
             fail(match source.raw_os_error() {
-                Some(libc::ENOMEM | libc::EINVAL) if page > PAGE => PhysicalDmaError::NoHugePages { page, source },
+                Some(libc::ENOMEM | libc::EINVAL) if page > PAGE => {
+                    PhysicalDmaError::NoHugePages { page, source }
+                }
                 _ => PhysicalDmaError::System {
                     step: "map and lock memory",
                     source,

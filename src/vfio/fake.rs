@@ -7,21 +7,21 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vfio_bindings::bindings::vfio::{
-    VFIO_GROUP_FLAGS_VIABLE, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
-    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_GROUP_FLAGS_VIABLE, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
+    VFIO_IRQ_INFO_NORESIZE, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
 };
 
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::MmapRegion;
 
 use super::backend::{
-    DependentDevice, DeviceBackend, DeviceInfo, IommuBackend, IrqSet, OpenFailure, PhysicalMemory,
-    RawIrqInfo,
+    DependentDevice, DeviceBackend, DeviceInfo, IommuBackend, IrqSet, OpenFailure, PhysicalMemory, RawIrqInfo,
 };
 use super::noiommu::NoIommuCalls;
 use crate::dma::IommuInfo;

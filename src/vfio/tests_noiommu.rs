@@ -60,6 +60,9 @@ fn first_open() -> Vec<Call> {
     ]
 }
 
+/// Which calls a failure is injected into.
+type Matcher = fn(&Call) -> bool;
+
 /// The message of `err`'s source.
 fn source_text(err: &Error) -> String {
     std::error::Error::source(err)
@@ -159,7 +162,7 @@ fn a_missing_container_node_or_failed_check_keeps_the_kernels_errno() {
 
 #[test]
 fn eperm_at_every_step_is_missing_cap_sys_rawio_naming_step_and_node() {
-    let steps: [(fn(&Call) -> bool, &str, &str); 4] = [
+    let steps: [(Matcher, &str, &str); 4] = [
         (
             |c| matches!(c, Call::OpenGroup(_)),
             "open the group node",
@@ -227,13 +230,17 @@ fn a_busy_group_is_busy_naming_the_noiommu_node_and_the_next_open_works() {
 
 #[test]
 fn other_errnos_are_open_errors_with_their_step_and_errno() {
-    let cases: [(fn(&Call) -> bool, i32, &str); 4] = [
+    let cases: [(Matcher, i32, &str); 4] = [
         (
             |c| matches!(c, Call::OpenGroup(_)),
             libc::ENOENT,
             "open the group node",
         ),
-        (|c| *c == Call::GroupStatus, libc::ENODEV, "get the group's status"),
+        (
+            |c| *c == Call::GroupStatus,
+            libc::ENODEV,
+            "get the group's status",
+        ),
         (
             |c| matches!(c, Call::SetIommu(_)),
             libc::ENODEV,
@@ -362,10 +369,7 @@ fn a_buffer_of_more_than_a_page_is_one_huge_page_checked_whole() {
     let dev = opened(&kernel);
     let dma = dev.dma(DmaMask::FULL).unwrap();
     let buf = dma.alloc(4097).unwrap();
-    assert_eq!(
-        (buf.iova(), buf.size() as u64),
-        (FIRST_FRAME << 12, HUGE_2M)
-    );
+    assert_eq!((buf.iova(), buf.size() as u64), (FIRST_FRAME << 12, HUGE_2M));
     let big = dma.alloc(HUGE_2M as usize + 1).unwrap();
     assert_eq!(big.size() as u64, HUGE_1G, "beyond 2 MiB: a 1 GiB page");
     assert_eq!(
@@ -427,10 +431,7 @@ fn frames_hidden_by_the_kernel_are_missing_cap_sys_admin() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        (err.kind(), err.errno()),
-        (ErrorKind::PermissionDenied, None)
-    );
+    assert_eq!((err.kind(), err.errno()), (ErrorKind::PermissionDenied, None));
 }
 
 #[test]

@@ -51,7 +51,13 @@ impl NoIommuCalls for NoIommuKernel {
 
     fn check_extension(&self, container: BorrowedFd<'_>, extension: u32) -> io::Result<i32> {
         // SAFETY: VFIO_CHECK_EXTENSION takes its argument by value and touches no user memory.
-        check(unsafe { libc::ioctl(container.as_raw_fd(), VFIO_CHECK_EXTENSION, extension as libc::c_ulong) })
+        check(unsafe {
+            libc::ioctl(
+                container.as_raw_fd(),
+                VFIO_CHECK_EXTENSION,
+                extension as libc::c_ulong,
+            )
+        })
     }
 
     fn open_group(&self, path: &Path) -> io::Result<OwnedFd> {
@@ -65,14 +71,26 @@ impl NoIommuCalls for NoIommuKernel {
         };
         // SAFETY: `status` is a writable vfio_group_status whose argsz tells
         // the kernel how much it may write.
-        check(unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_GET_STATUS, &mut status as *mut vfio_group_status) })?;
+        check(unsafe {
+            libc::ioctl(
+                group.as_raw_fd(),
+                VFIO_GROUP_GET_STATUS,
+                &mut status as *mut vfio_group_status,
+            )
+        })?;
         Ok(status.flags)
     }
 
     fn set_container(&self, group: BorrowedFd<'_>, container: BorrowedFd<'_>) -> io::Result<()> {
         let fd: libc::c_int = container.as_raw_fd();
         // SAFETY: the kernel reads one int, the container descriptor, from `fd`.
-        check(unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_SET_CONTAINER, &fd as *const libc::c_int) })?;
+        check(unsafe {
+            libc::ioctl(
+                group.as_raw_fd(),
+                VFIO_GROUP_SET_CONTAINER,
+                &fd as *const libc::c_int,
+            )
+        })?;
         Ok(())
     }
 

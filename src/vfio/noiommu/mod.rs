@@ -67,8 +67,13 @@ pub(crate) trait NoIommuCalls: Send + Sync {
     fn device_fd(&self, group: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd>;
     /// The backend of the device open at `fd` in group `group` (whose
     /// descriptor is `group_fd`), holding `keep` while it lives.
-    fn device(&self, fd: OwnedFd, group: u32, group_fd: OwnedFd, keep: Box<dyn Send + Sync>)
-        -> Box<dyn DeviceBackend>;
+    fn device(
+        &self,
+        fd: OwnedFd,
+        group: u32,
+        group_fd: OwnedFd,
+        keep: Box<dyn Send + Sync>,
+    ) -> Box<dyn DeviceBackend>;
 }
 
 /// A container in no-IOMMU mode, with the devices attached to it counted.
@@ -99,7 +104,10 @@ impl Drop for Attached {
 impl NoIommuContainer {
     /// Opens the container node and checks that the kernel offers no-IOMMU
     /// mode; DMA memory will come from `memory`.
-    pub(crate) fn open(calls: Arc<dyn NoIommuCalls>, memory: Box<dyn PhysicalMemory>) -> Result<NoIommuContainer> {
+    pub(crate) fn open(
+        calls: Arc<dyn NoIommuCalls>,
+        memory: Box<dyn PhysicalMemory>,
+    ) -> Result<NoIommuContainer> {
         let unavailable = |reason, source: Box<dyn std::error::Error + Send + Sync>| Error::VfioUnavailable {
             interface: Interface::NoIommu,
             path: PathBuf::from(CONTAINER_PATH),
@@ -206,12 +214,21 @@ impl IommuBackend for NoIommuContainer {
         if *attached == 0 {
             calls
                 .set_iommu(shared.container.as_fd(), VFIO_NOIOMMU_IOMMU)
-                .map_err(|e| step_error(addr, "set the container's IOMMU to VFIO_NOIOMMU_IOMMU", container, e))?;
+                .map_err(|e| {
+                    step_error(
+                        addr,
+                        "set the container's IOMMU to VFIO_NOIOMMU_IOMMU",
+                        container,
+                        e,
+                    )
+                })?;
         }
         let fd = calls
             .device_fd(group_fd.as_fd(), &addr.to_string())
             .map_err(|e| step_error(addr, "get the device's descriptor", &node, e))?;
-        let held = group_fd.try_clone().map_err(|e| step_error(addr, "duplicate the group descriptor", &node, e))?;
+        let held = group_fd
+            .try_clone()
+            .map_err(|e| step_error(addr, "duplicate the group descriptor", &node, e))?;
         *attached += 1;
         let keep = (group_fd, Attached(shared.clone()));
         log::warn!("{addr}: opened in no-IOMMU mode: the device can read and write all of memory");

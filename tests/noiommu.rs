@@ -1,0 +1,184 @@
+//! The no-IOMMU backend in a guest without an IOMMU (kernel with
+//! CONFIG_VFIO_NOIOMMU, `vfio.enable_unsafe_noiommu_mode=1`, huge pages
+//! reserved, `BARMAP_INTERFACE=noiommu`; run with --include-ignored): the
+//! opt-in, DMA round trips on edu through buffers at physical addresses,
+//! and NVMe Identify through the userspace driver of examples/nvme.
+//!
+//! QEMU 7.2's edu aborts the VM on a transfer of 0 bytes or one that touches
+//! its buffer's byte 0xfff: every transfer here stays inside 0x40000..0x40fff.
+//! edu strips DMA addresses to its `dma_mask` (28 bits unless the harness
+//! widens it and says so in `BARMAP_EDU_DMA_BITS`); a buffer above the mask
+//! is refused by barmap, so the tests allocate below it.
+
+mod common;
+#[allow(dead_code, unused_imports)] // the example's driver: these tests use part of its API
+#[path = "../examples/nvme/driver/mod.rs"]
+mod driver;
+
+use std::time::{Duration, Instant};
+
+use barmap::dma::DmaMask;
+use barmap::vm_memory::{Bytes, VolatileMemory};
+use barmap::{Container, Device, DmaBuffer, Error, Interface, Region};
+use common::nvme_admin::{MODEL, SERIAL};
+use common::{edu, edu_reg::*, nvme};
+use driver::{Controller, Mode, Options};
+
+const DMA_DST: u64 = 0x88;
+const DMA_COUNT: u64 = 0x90;
+const DMA_CMD: u64 = 0x98;
+const CMD_START: u64 = 1;
+const CMD_TO_RAM: u64 = 2;
+/// edu's own buffer, in its address space.
+const EDU_BUF: u64 = 0x40000;
+/// The most bytes QEMU 7.2's edu copies without aborting.
+const SAFE_LEN: usize = 4095;
+
+/// edu's DMA mask: 28 bits, or what the harness set with `dma_mask=`.
+fn edu_mask() -> DmaMask {
+    let bits = std::env::var("BARMAP_EDU_DMA_BITS").map_or(28, |v| {
+        v.parse()
+            .unwrap_or_else(|e| panic!("BARMAP_EDU_DMA_BITS={v:?}: {e}"))
+    });
+    DmaMask::bits(bits)
+}
+
+fn noiommu() -> Container {
+    Container::noiommu_device_reaches_all_memory().unwrap()
+}
+
+fn quiet_edu() -> (Device, Region) {
+    let dev = Device::open_in(&noiommu(), edu()).unwrap();
+    let bar0 = dev.bar(0).unwrap();
+    common::wait_idle(&bar0);
+    wait_dma_idle(&bar0);
+    bar0.write::<u32>(STATUS, 0).unwrap();
+    bar0.write::<u32>(IRQ_ACK, 0xffff_ffff).unwrap();
+    (dev, bar0)
+}
+
+fn wait_dma_idle(bar0: &Region) {
+    let start = Instant::now();
+    while bar0.read::<u64>(DMA_CMD).unwrap() & CMD_START != 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "edu DMA did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Copies `len` bytes (1..=4095, inside edu's buffer) and waits for the end.
+fn dma(bar0: &Region, src: u64, dst: u64, len: usize, cmd: u64) {
+    assert!(
+        (1..=SAFE_LEN).contains(&len),
+        "QEMU 7.2 edu aborts on this length"
+    );
+    bar0.write::<u64>(DMA_SRC, src).unwrap();
+    bar0.write::<u64>(DMA_DST, dst).unwrap();
+    bar0.write::<u64>(DMA_COUNT, len as u64).unwrap();
+    bar0.write::<u64>(DMA_CMD, cmd).unwrap();
+    wait_dma_idle(bar0);
+}
+
+fn fill(buf: &DmaBuffer, f: impl Fn(usize) -> u8) {
+    let bytes: Vec<u8> = (0..buf.size()).map(f).collect();
+    buf.as_volatile_slice().write_slice(&bytes, 0).unwrap();
+}
+
+fn contents(buf: &DmaBuffer) -> Vec<u8> {
+    let mut bytes = vec![0u8; buf.size()];
+    buf.as_volatile_slice().read_slice(&mut bytes, 0).unwrap();
+    bytes
+}
+
+/// A round trip of `len` bytes: `a[from..]` to edu's buffer and back into
+/// `b[to..]`; exactly those bytes of `b` change, to `a`'s.
+fn round_trip(bar0: &Region, a: &DmaBuffer, from: usize, b: &DmaBuffer, to: usize, len: usize) {
+    fill(a, |i| (i * 7 + 3) as u8);
+    fill(b, |_| 0xee);
+    dma(bar0, a.iova() + from as u64, EDU_BUF, len, CMD_START);
+    dma(bar0, EDU_BUF, b.iova() + to as u64, len, CMD_START | CMD_TO_RAM);
+    let (a, b) = (contents(a), contents(b));
+    assert_eq!(&b[to..to + len], &a[from..from + len], "the copied bytes");
+    assert!(
+        b[..to].iter().chain(&b[to + len..]).all(|&x| x == 0xee),
+        "the rest untouched"
+    );
+}
+
+#[test]
+#[ignore = "needs a no-IOMMU guest (qemu-scripts/guest-test.sh noiommu)"]
+fn noiommu_guest_is_the_interface_the_harness_says() {
+    assert_eq!(std::env::var("BARMAP_INTERFACE").as_deref(), Ok("noiommu"));
+    let dev = Device::open_in(&noiommu(), edu()).unwrap();
+    assert_eq!(dev.interface(), Interface::NoIommu);
+    assert_eq!(dev.container().interface(), Interface::NoIommu);
+    assert_eq!(dev.bar(0).unwrap().read::<u32>(ID).unwrap(), ID_VALUE);
+}
+
+#[test]
+#[ignore = "needs a no-IOMMU guest (qemu-scripts/guest-test.sh noiommu)"]
+fn noiommu_edu_without_the_opt_in_is_refused_and_opens_after_it() {
+    let err = Device::open(edu()).unwrap_err();
+    assert!(
+        matches!(err, Error::NoIommuWithoutOptIn { addr, interface: Interface::Group, .. } if addr == edu()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("reach all memory"), "{err}");
+    let dev = Device::open_in(&noiommu(), edu()).unwrap();
+    assert_eq!(dev.bar(0).unwrap().read::<u32>(ID).unwrap(), ID_VALUE);
+}
+
+#[test]
+#[ignore = "needs a no-IOMMU guest (qemu-scripts/guest-test.sh noiommu)"]
+fn noiommu_edu_dma_round_trip_through_page_buffers_at_physical_addresses() {
+    let (dev, bar0) = quiet_edu();
+    let dma = dev.dma(edu_mask()).unwrap();
+    let a = dma.alloc(4096).unwrap();
+    let b = dma.alloc(4096).unwrap();
+    assert_eq!((a.size(), b.size()), (4096, 4096));
+    assert_ne!(a.iova(), b.iova());
+    assert!(a.iova() % 4096 == 0 && a.iova() != 0, "{:#x}", a.iova());
+    round_trip(&bar0, &a, 0, &b, 0, SAFE_LEN);
+    round_trip(&bar0, &a, 17, &b, 100, 1000);
+}
+
+#[test]
+#[ignore = "needs a no-IOMMU guest with huge pages reserved (qemu-scripts/guest-test.sh noiommu)"]
+fn noiommu_edu_dma_round_trip_across_pages_of_a_huge_page_buffer() {
+    let (dev, bar0) = quiet_edu();
+    let dma = dev.dma(edu_mask()).unwrap();
+    let a = dma.alloc(5 * 4096).unwrap();
+    let b = dma.alloc(3 * 4096).unwrap();
+    assert_eq!(
+        (a.size(), b.size()),
+        (2 << 20, 2 << 20),
+        "one 2 MiB huge page each"
+    );
+    assert_eq!(a.iova() % (2 << 20), 0, "{:#x}", a.iova());
+    // Both copies cross a 4 KiB page boundary of the buffers: only physical
+    // contiguity makes the bytes land where the CPU sees them.
+    round_trip(&bar0, &a, 0x3800, &b, 0x1c00, SAFE_LEN);
+    round_trip(&bar0, &a, (2 << 20) - 2000, &b, 0x1ff0, 2000);
+}
+
+#[test]
+#[ignore = "needs QEMU NVMe (serial=barmap0001) in a no-IOMMU guest (qemu-scripts/guest-test.sh noiommu)"]
+fn noiommu_nvme_identify_through_the_userspace_driver() {
+    let dev = Device::open_in(&noiommu(), nvme()).unwrap();
+    assert_eq!(dev.interface(), Interface::NoIommu);
+    let opts = Options {
+        queues: 1,
+        depth: 4,
+        mode: Mode::Poll,
+        timeout: Duration::from_secs(10),
+    };
+    let mut ctrl = Controller::open_device(dev, opts).unwrap();
+    assert_eq!(
+        (ctrl.info().serial.as_str(), ctrl.info().model.as_str()),
+        (SERIAL, MODEL)
+    );
+    assert_eq!(ctrl.info().vendor, 0x1b36);
+    let ids: Vec<u32> = ctrl.namespaces().iter().map(|ns| ns.id).collect();
+    assert_eq!(ids, [1, 2]);
+    assert_eq!(ctrl.device().interface(), Interface::NoIommu);
+    ctrl.shutdown().unwrap();
+}
