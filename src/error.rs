@@ -76,10 +76,11 @@ pub enum Error {
         expected: &'static str,
     },
 
-    /// The VFIO container cannot be opened or lacks what barmap needs.
-    #[error("VFIO is not usable through {path} for the {interface}: {reason}")]
+    /// The node of a kernel interface (the VFIO container, `/dev/iommu`)
+    /// cannot be opened or lacks what barmap needs.
+    #[error("{interface} is not usable through {path}: {reason}")]
     VfioUnavailable {
-        /// The kernel interface that was tried.
+        /// The interface that was tried.
         interface: Interface,
         /// The node involved.
         path: PathBuf,

@@ -17,7 +17,9 @@ pub enum ErrorKind {
     /// [`Error::InvalidAddress`], [`Error::Misaligned`],
     /// [`Error::UnsupportedWidth`], [`Error::ValueTooWide`],
     /// [`Error::GuestPlacement`], [`Error::IrqNoVectors`] (a wait on nothing),
-    /// [`Error::KvmGsiReserved`] (a VMM route on a GSI barmap allocates).
+    /// [`Error::KvmGsiReserved`] (a VMM route on a GSI barmap allocates),
+    /// [`Error::NotNoIommu`] (a device with an IOMMU in the no-IOMMU
+    /// container), [`Error::PhysicalDma`] of 0 bytes.
     InvalidInput,
     /// An offset, length or vector past the end of what the device has:
     /// [`Error::OutOfRange`], [`Error::IrqVectorOutOfRange`].
@@ -29,13 +31,16 @@ pub enum ErrorKind {
     /// ([`Error::VfioUnavailable`]: modules not loaded, no access to the
     /// node, or a kernel without type1v2; its errno tells which), the device's
     /// driver ([`Error::NotBoundToVfio`], [`Error::BindFailed`]), or its IOMMU
-    /// group ([`Error::NoIommuGroup`], [`Error::GroupNotViable`]).
+    /// group ([`Error::NoIommuGroup`], [`Error::GroupNotViable`], and
+    /// [`Error::NoIommuWithoutOptIn`]: a no-IOMMU group outside the opt-in).
     NotConfigured,
-    /// Opening a VFIO node was refused: [`Error::PermissionDenied`].
+    /// Opening a VFIO node was refused: [`Error::PermissionDenied`],
+    /// [`Error::MissingCapability`] (a capability the kernel asks for), and
+    /// [`Error::Open`] with `EACCES` or `EPERM`.
     PermissionDenied,
     /// Something is held by someone else: the IOMMU group by another process
-    /// or container ([`Error::GroupBusy`]), or another interrupt index
-    /// ([`Error::IrqAlreadyEnabled`]).
+    /// or container ([`Error::GroupBusy`], [`Error::Open`] with `EBUSY`), or
+    /// another interrupt index ([`Error::IrqAlreadyEnabled`]).
     Busy,
     /// The platform, kernel, device or region cannot do this:
     /// [`Error::Unsupported`], [`Error::NotMmapable`], [`Error::ReadOnly`],
@@ -51,7 +56,9 @@ pub enum ErrorKind {
     /// ([`Error::ShadowTableFull`]), IOVA space ([`Error::Iova`], whose
     /// source also tells ranges that can never fit), the kernel's DMA mapping
     /// limit ([`Error::DmaMappingLimit`]), KVM memory slots
-    /// ([`Error::KvmNoFreeSlot`]) or GSIs ([`Error::KvmNoFreeGsi`]).
+    /// ([`Error::KvmNoFreeSlot`]) or GSIs ([`Error::KvmNoFreeGsi`]), and
+    /// memory a device without an IOMMU can use ([`Error::PhysicalDma`]: no
+    /// huge pages, not contiguous, above the mask).
     ResourceExhausted,
     /// What the kernel or the device reported could not be parsed:
     /// [`Error::SysfsParse`], [`Error::MalformedCapability`],
@@ -59,7 +66,8 @@ pub enum ErrorKind {
     Malformed,
     /// A system call failed; [`Error::errno`] says why: [`Error::Sysfs`],
     /// [`Error::Vfio`], [`Error::Io`], [`Error::Shadow`], [`Error::Kvm`],
-    /// [`Error::KvmRouting`].
+    /// [`Error::KvmRouting`], [`Error::Open`] (other errnos),
+    /// [`Error::PhysicalDma`] (a failed mapping or pagemap read).
     Io,
 }
 
@@ -130,7 +138,9 @@ impl Error {
     /// no errno), [`Error::GroupBusy`] (`EBUSY`), [`Error::PermissionDenied`]
     /// (`EACCES` or `EPERM`), [`Error::Vfio`] (unless a step failed in
     /// barmap's own parsing), [`Error::Io`], [`Error::Refused`] (`EIO` or
-    /// `EACCES`), [`Error::Shadow`], [`Error::Kvm`] and [`Error::KvmRouting`].
+    /// `EACCES`), [`Error::Shadow`], [`Error::Kvm`], [`Error::KvmRouting`],
+    /// [`Error::Open`], [`Error::MissingCapability`] (`EPERM`, unless pagemap
+    /// hid the frames) and [`Error::PhysicalDma`] (from a system call).
     /// Every other variant is found by
     /// barmap itself and has none.
     pub fn errno(&self) -> Option<i32> {

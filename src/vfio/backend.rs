@@ -21,9 +21,10 @@ use std::sync::Arc;
 
 use vm_memory::MmapRegion;
 
+use super::Interface;
+
 use crate::dma::IommuInfo;
 use crate::pci::{PciAddress, Sysfs};
-use crate::Interface;
 
 /// An address space that devices are opened in: a type1v2 container, or a
 /// container without an IOMMU.

@@ -82,7 +82,6 @@ impl Device {
     pub fn open(addr: PciAddress) -> Result<Device> {
         let sysfs = Sysfs::default();
         let group = check_openable(&sysfs, addr)?;
-        check_interface(&sysfs, addr, group, Interface::Group)?;
         Device::attach(&sysfs, &Container::new()?, addr, group)
     }
 
@@ -99,13 +98,16 @@ impl Device {
     /// interface and reads its regions.
     pub(crate) fn open_with(sysfs: &Sysfs, container: &Container, addr: PciAddress) -> Result<Device> {
         let group = check_openable(sysfs, addr)?;
-        check_interface(sysfs, addr, group, container.interface())?;
         Device::attach(sysfs, container, addr, group)
     }
 
     /// Opens the (checked) device through `container`'s kernel interface and
     /// reads its regions.
+    ///
+    /// A no-IOMMU group and a container of another interface (or the other
+    /// way round) are refused before any kernel call.
     fn attach(sysfs: &Sysfs, container: &Container, addr: PciAddress, group: u32) -> Result<Device> {
+        check_interface(sysfs, addr, group, container.interface())?;
         let backend = container
             .backend()
             .open_device(sysfs, addr, group)

@@ -1,22 +1,24 @@
-//! Which kernel interface a device or container is reached through.
+//! Which kernel interface a device is reached through.
 
 use std::fmt;
 
-/// The kernel interface barmap reaches a device and its DMA through.
+/// The kernel interface a [`crate::Container`] and the devices opened in it
+/// go through.
 ///
 /// ```
 /// use barmap::Interface;
-/// assert_eq!(Interface::NoIommu.to_string(), "no-IOMMU VFIO group");
+/// assert_eq!(Interface::Iommufd.to_string(), "VFIO device cdev (iommufd)");
 /// ```
-#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Interface {
-    /// An IOMMU group (`/dev/vfio/GROUP`) in a type1v2 container (`/dev/vfio/vfio`).
+    /// The legacy interface: an IOMMU group (`/dev/vfio/GROUP`) attached to
+    /// a type1v2 container (`/dev/vfio/vfio`).
     Group,
-    /// The VFIO device cdev (`/dev/vfio/devices/vfioN`) bound to iommufd (`/dev/iommu`).
+    /// The device's own node (`/dev/vfio/devices/vfioN`) bound to an
+    /// iommufd (`/dev/iommu`), with DMA through an IOAS.
     Iommufd,
-    /// A no-IOMMU group (`/dev/vfio/noiommu-N`) in a `VFIO_NOIOMMU_IOMMU`
-    /// container: DMA is not translated, and the device reaches all memory.
+    /// A no-IOMMU group (`/dev/vfio/noiommu-N`): no DMA protection at all.
     NoIommu,
 }
 
