@@ -92,7 +92,7 @@ impl Container {
         )?)))
     }
 
-    /// The kernel interface the container's devices are reached through.
+    /// The kernel interface the container's devices go through.
     pub fn interface(&self) -> Interface {
         self.backend.interface()
     }

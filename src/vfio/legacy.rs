@@ -17,11 +17,10 @@ use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
 use super::backend::{
     DependentDevice, DeviceBackend, DeviceInfo, IommuBackend, IrqSet, OpenFailure, RawIrqInfo,
 };
-use super::{ioctl, reset};
+use super::{ioctl, reset, Interface};
 use crate::dma::{parse_iommu_info, IommuInfo};
 use crate::error::{Error, Result};
 use crate::pci::{PciAddress, Sysfs};
-use crate::Interface;
 
 /// The VFIO container node.
 const VFIO_CONTAINER_PATH: &str = "/dev/vfio/vfio";
