@@ -398,7 +398,7 @@ fn open_error(sysfs: &Sysfs, addr: PciAddress, group: u32, failure: OpenFailure)
 
 /// What the interrupt, reset and DMA modules need of an open device.
 impl Device {
-    /// The kernel interface the device is reached through (its container's).
+    /// The kernel interface the device is reached through.
     pub(crate) fn backend(&self) -> &dyn DeviceBackend {
         &*self.inner.backend
     }
