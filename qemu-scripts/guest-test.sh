@@ -39,7 +39,10 @@ for series in "${kernels[@]}"; do
     results=$(parse_guest_tests "$BARMAP_GUEST_WORK/logs/$series-output.log")
     read -r _ p f n <<<"$(tail -n 1 <<<"$results")"
     summary+=("kernel $series: $p passed, $f failed in $n test binaries (guest status $rc, $((SECONDS - start)) s)")
-    summary+=("$(sed '$d' <<<"$results")")
+    ((n == 0)) || summary+=("$(sed '$d' <<<"$results")")
+    if ((n == 0)); then
+        summary+=("  kernel $series: no test binary ran (those run there: $(kernel_only_tests "$series"))")
+    fi
     if ((rc != 0 && f == 0)); then
         # The guest failed without a counted test failure: no binaries, timeout, crash of the guest.
         summary+=("  kernel $series: the run itself failed (status $rc): counted as 1 failure")
