@@ -17,11 +17,12 @@ BARMAP_SCRIPTS="$BARMAP_REPO/qemu-scripts"
 : "${BARMAP_CACHE:=$BARMAP_REPO/target/kernels}"
 BARMAP_GUEST_WORK="$BARMAP_GUEST_TARGET/qemu"
 BARMAP_RUST_TARGET=x86_64-unknown-linux-gnu
-BARMAP_KERNELS=(6.1 6.12 7.3)
+# The guests: Debian's kernels 6.1, 6.12 and 7.3, barmap's own build of 6.12 with iommufd (6.12-iommufd),
+# and that kernel again without an IOMMU, in VFIO's no-IOMMU mode (noiommu).
+BARMAP_KERNELS=(6.1 6.12 7.3 6.12-iommufd noiommu)
 BARMAP_HOST_PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils jq libc6-dev zstd clang binutils)
-# Kernel command line of every guest: virtio_pci is built in from 6.12 on and would take the virtio device
-# meant for vfio-pci (BARMAP_FLR_DEV) before /init runs; the guest uses no other virtio device.
-BARMAP_GUEST_KERNEL_ARGS='initcall_blacklist=virtio_pci_driver_init'
+# What building the 6.12-iommufd kernel (kernel_build) needs on top.
+BARMAP_BUILD_PACKAGES=(gcc make flex bison bc libelf-dev libssl-dev perl)
 # Printed by the guest (qemu-scripts/guest/*) on a line of its own; parsed by the host.
 BARMAP_MARKER='@@BARMAP@@'
 
@@ -51,10 +52,16 @@ run_dir_init() {
 # ---------------------------------------------------------------------------------------------------------
 # Host packages
 
-# Installs the Debian packages the harness needs when any is missing (root only; otherwise says what to do).
+# ensure_host_packages: installs the Debian packages the harness needs when any is missing (root only;
+# otherwise says what to do).
 ensure_host_packages() {
+    ensure_packages "${BARMAP_HOST_PACKAGES[@]}"
+}
+
+# ensure_packages PACKAGE...: installs those of the Debian packages that are missing (root only).
+ensure_packages() {
     local missing=() pkg
-    for pkg in "${BARMAP_HOST_PACKAGES[@]}"; do
+    for pkg in "$@"; do
         [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null)" == ii* ]] || missing+=("$pkg")
     done
     ((${#missing[@]} == 0)) && return 0
@@ -73,7 +80,7 @@ ensure_host_packages() {
 # kernel_check SERIES: dies unless SERIES is a known kernel series.
 kernel_check() {
     case "$1" in
-    6.1 | 6.12 | 7.3) ;;
+    6.1 | 6.12 | 7.3 | 6.12-iommufd | noiommu) ;;
     *) die "unknown kernel '$1' (expected one of: ${BARMAP_KERNELS[*]})" ;;
     esac
 }
@@ -98,8 +105,18 @@ kernel_packages() {
 # kernel_modules SERIES: the modules /init loads, in load order (dependencies first).
 kernel_modules() {
     case "$1" in
+    6.12-iommufd | noiommu) ;;
     6.1) echo irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci ccp kvm kvm-amd ;;
     6.12 | 7.3) echo irqbypass vfio vfio_iommu_type1 vfio-pci-core vfio-pci ccp kvm kvm-amd ;;
+    esac
+}
+
+# kernel_only_tests SERIES: the test binaries guest-test.sh runs on the series (BARMAP_ONLY_TESTS of
+# guest/run-tests): all, but on noiommu only the no-IOMMU tests.
+kernel_only_tests() {
+    case "$1" in
+    noiommu) echo 'test-noiommu* opt3-test-noiommu*' ;;
+    *) echo '*' ;;
     esac
 }
 
@@ -205,12 +222,17 @@ kernel_newest_package() {
 }
 
 # kernel_prepare SERIES: prints the directory holding `vmlinuz`, `config`, `modules/NN-name.ko` and
-# `l2-modules/NN-name.ko` (decompressed), downloading and extracting the kernel's packages on first use. Holds a lock on the cache
-# (shared by worktrees).
+# `l2-modules/NN-name.ko` (decompressed), downloading and extracting the kernel's packages on first use
+# (6.12-iommufd and noiommu: building the kernel, kernel_build_prepare). Holds a lock on the cache (shared
+# by worktrees).
 kernel_prepare() {
     local series=$1 pkg dir
     kernel_check "$series"
     mkdir -p "$BARMAP_CACHE"
+    if kernel_is_built "$series"; then
+        kernel_build_prepare
+        return 0
+    fi
     pkg=$(cache_locked kernel_newest_package "$series") # apt-get update inside must not race another run's
     dir="$BARMAP_CACHE/$pkg"
     if [[ ! -f "$dir/.complete" || ! -d "$dir/l2-modules" ]]; then
@@ -336,6 +358,114 @@ kernel_extract() {
 }
 
 # ---------------------------------------------------------------------------------------------------------
+# barmap's own guest kernel (6.12-iommufd, noiommu): Debian's kernels have neither IOMMUFD nor VFIO_NOIOMMU,
+# so this one is built from Debian's linux-source-6.12 (host apt sources, bookworm-security) with
+# `make allnoconfig` plus qemu-scripts/kernel/barmap.config: everything built in, no modules. Cached in
+# $BARMAP_CACHE/linux-barmap-VERSION-HASH/ (VERSION: the source package's, HASH: of the fragment, so a
+# changed fragment builds anew); the build tree is deleted afterwards.
+
+BARMAP_KERNEL_SOURCE=linux-source-6.12
+BARMAP_KERNEL_FRAGMENT="$BARMAP_SCRIPTS/kernel/barmap.config"
+
+# kernel_is_built SERIES: true for the series that boot barmap's own kernel.
+kernel_is_built() {
+    [[ $1 == 6.12-iommufd || $1 == noiommu ]]
+}
+
+# kernel_source_version: the version of linux-source-6.12 apt would fetch (its lists are updated first if
+# they know none), else that of the newest cached .deb; nothing if neither.
+kernel_source_version() {
+    local version deb
+    version=$(apt-cache show --no-all-versions "$BARMAP_KERNEL_SOURCE" 2>/dev/null | sed -n 's/^Version: //p' |
+        head -n 1)
+    if [[ -z "$version" ]] && kernel_apt_update 6.12; then
+        version=$(apt-cache show --no-all-versions "$BARMAP_KERNEL_SOURCE" 2>/dev/null |
+            sed -n 's/^Version: //p' | head -n 1)
+    fi
+    if [[ -z "$version" ]]; then
+        deb=$(kernel_cached_deb "$BARMAP_KERNEL_SOURCE")
+        [[ -z "$deb" ]] || version=$(dpkg-deb -f "$deb" Version)
+    fi
+    echo "$version"
+}
+
+# kernel_build_prepare: prints the directory of the built kernel (`vmlinuz`, `config`, and `modules/` and
+# `l2-modules/` empty), building it first if it is not cached. Holds the cache's lock while building.
+kernel_build_prepare() {
+    local version hash dir
+    version=$(cache_locked kernel_source_version)
+    [[ -n "$version" ]] || die "no $BARMAP_KERNEL_SOURCE known to apt or cached in $BARMAP_CACHE"
+    hash=$(sha256sum "$BARMAP_KERNEL_FRAGMENT" | cut -c1-12)
+    dir="$BARMAP_CACHE/linux-barmap-$version-$hash"
+    if [[ ! -f "$dir/.complete" ]]; then
+        (
+            flock 9
+            [[ -f "$dir/.complete" ]] || kernel_build "$version" "$dir"
+        ) 9>"$BARMAP_CACHE/.lock"
+    fi
+    echo "$dir"
+}
+
+# kernel_config_check CONFIG: dies unless every line of the fragment holds in CONFIG (`make olddefconfig`
+# silently drops options whose dependencies are unmet), listing those that do not.
+kernel_config_check() {
+    local config=$1 line sym bad=()
+    while read -r line; do
+        if [[ $line =~ ^CONFIG_[A-Za-z0-9_]+= ]]; then
+            grep -qxF -- "$line" "$config" || bad+=("$line (got: $(grep -E "^(# )?${line%%=*}[= ]" "$config" ||
+                echo unset))")
+        elif [[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
+            sym=${BASH_REMATCH[1]}
+            ! grep -q "^$sym=" "$config" || bad+=("$line (got: $(grep "^$sym=" "$config"))")
+        fi
+    done <"$BARMAP_KERNEL_FRAGMENT"
+    ((${#bad[@]} == 0)) || die "the kernel config lacks options of $BARMAP_KERNEL_FRAGMENT: ${bad[*]}"
+}
+
+# kernel_build VERSION DIR: downloads linux-source-6.12 VERSION into the cache (if absent), unpacks it in
+# $BARMAP_CACHE/.build.*, configures (allnoconfig, the fragment, olddefconfig, kernel_config_check), builds
+# bzImage with all CPUs and fills DIR; the build log is DIR.build.log. Logs the time of each step.
+kernel_build() {
+    local version=$1 dir=$2 deb tree start=$SECONDS step jobs
+    local -a make
+    ensure_packages "${BARMAP_BUILD_PACKAGES[@]}"
+    rm -rf "$BARMAP_CACHE"/.build.*
+    deb=$(find "$BARMAP_CACHE" -maxdepth 1 -name "${BARMAP_KERNEL_SOURCE}_${version}_*.deb" | head -n 1)
+    if [[ -z "$deb" ]]; then
+        kernel_download 6.12 "$BARMAP_KERNEL_SOURCE=$version"
+        deb=$(find "$BARMAP_CACHE" -maxdepth 1 -name "${BARMAP_KERNEL_SOURCE}_${version}_*.deb" | head -n 1)
+        [[ -n "$deb" ]] || die "apt-get download $BARMAP_KERNEL_SOURCE=$version left no .deb in $BARMAP_CACHE"
+    fi
+    tree=$(mktemp -d "$BARMAP_CACHE/.build.XXXXXX")
+    log "unpacking $(basename "$deb") in $tree"
+    step=$SECONDS
+    dpkg-deb --fsys-tarfile "$deb" | tar -xO "./usr/src/$BARMAP_KERNEL_SOURCE.tar.xz" | tar -xJ -C "$tree"
+    tree="$tree/$BARMAP_KERNEL_SOURCE"
+    [[ -f "$tree/Makefile" ]] || die "no kernel tree in $(basename "$deb")"
+    log "unpacked in $((SECONDS - step)) s; configuring (allnoconfig + $BARMAP_KERNEL_FRAGMENT)"
+    jobs=$(nproc)
+    make=(make -C "$tree" ARCH=x86_64 -j"$jobs")
+    "${make[@]}" allnoconfig >"$dir.build.log" 2>&1 || die "make allnoconfig failed (see $dir.build.log)"
+    cat "$BARMAP_KERNEL_FRAGMENT" >>"$tree/.config"
+    "${make[@]}" olddefconfig >>"$dir.build.log" 2>&1 || die "make olddefconfig failed (see $dir.build.log)"
+    kernel_config_check "$tree/.config"
+    log "building bzImage with $jobs jobs (log: $dir.build.log)"
+    step=$SECONDS
+    "${make[@]}" bzImage >>"$dir.build.log" 2>&1 || {
+        tail -n 30 "$dir.build.log" >&2
+        die "the kernel build failed (see $dir.build.log)"
+    }
+    log "bzImage built in $((SECONDS - step)) s"
+    rm -rf "$dir"
+    mkdir -p "$dir/modules" "$dir/l2-modules"
+    cp "$tree/arch/x86/boot/bzImage" "$dir/vmlinuz"
+    cp "$tree/.config" "$dir/config"
+    rm -rf "${tree%/*}"
+    touch "$dir/.complete"
+    log "kernel $BARMAP_KERNEL_SOURCE $version built in $((SECONDS - start)) s: $dir"
+}
+
+# ---------------------------------------------------------------------------------------------------------
 # Static build of the binaries that go into the guest
 
 # Host-only test binaries, left out of the guest: they build code at test time with rustc, gcc and clang,
@@ -425,7 +555,8 @@ l2_initramfs_build() {
     busybox_install "$root"
     mkdir -p "$root"/{proc,sys,dev,tmp,lib/modules/l2}
     install -m 0755 "$BARMAP_SCRIPTS/guest/l2-init" "$root/init"
-    cp "$kdir"/l2-modules/*.ko "$root/lib/modules/l2/"
+    # None for barmap's own kernel: its nvme driver is built in.
+    find "$kdir/l2-modules" -name '*.ko' -exec cp -t "$root/lib/modules/l2/" {} +
     (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$out"
     rm -rf "$root"
 }
@@ -444,7 +575,7 @@ initramfs_build() {
     install -m 0755 "$BARMAP_SCRIPTS/guest/init" "$root/init"
     install -m 0755 "$BARMAP_SCRIPTS/guest/run-tests" "$root/usr/bin/barmap-run-tests"
     install -m 0755 "$job" "$root/job.sh"
-    cp "$kdir"/modules/*.ko "$root/lib/modules/barmap/"
+    find "$kdir/modules" -name '*.ko' -exec cp -t "$root/lib/modules/barmap/" {} +
     cp "$kdir/vmlinuz" "$root/l2/vmlinuz"
     l2_initramfs_build "$kdir" "$root/l2/initramfs.cpio"
     nvme_image "$root/l2/nvme.img"
@@ -531,8 +662,35 @@ nvme_image_check() {
     ((failed == 0))
 }
 
-# guest_boot SERIES KERNEL_DIR INITRAMFS: boots the guest under TCG behind an intel-iommu with the test
-# devices: edu, pci-testdev, a modern-only virtio-rng (function-level reset; its DMA translated by the
+# guest_kernel_args SERIES: the kernel command line of the series' guest after `console=ttyS0 panic=1`.
+# Every guest: virtio_pci (built in from 6.12 on) would take the virtio device meant for vfio-pci
+# (BARMAP_FLR_DEV) before /init runs, so its initcall is skipped; on barmap's own kernel also nvme's (built
+# in there; the L2 guest, booted with its own command line, keeps both). `barmap.interface=` is the VFIO
+# interface the guest suite goes through (guest/init exports it as BARMAP_INTERFACE). noiommu: no IOMMU,
+# VFIO's no-IOMMU mode, 16 huge pages of 2 MiB for physically contiguous DMA buffers.
+guest_kernel_args() {
+    case "$1" in
+    6.12-iommufd) echo intel_iommu=on initcall_blacklist=virtio_pci_driver_init,nvme_init barmap.interface=iommufd ;;
+    noiommu)
+        echo initcall_blacklist=virtio_pci_driver_init,nvme_init vfio.enable_unsafe_noiommu_mode=1 hugepages=16 \
+            barmap.interface=noiommu
+        ;;
+    *) echo intel_iommu=on initcall_blacklist=virtio_pci_driver_init barmap.interface=group ;;
+    esac
+}
+
+# guest_qemu_iommu SERIES: the QEMU arguments of the guest's IOMMU and edu: an intel-iommu (interrupt
+# remapping) and edu's default 28-bit DMA mask, or for noiommu no IOMMU and a 32-bit DMA mask for edu
+# (its DMA addresses are then physical, and the guest's 2 GiB of RAM lie below 4 GiB).
+guest_qemu_iommu() {
+    case "$1" in
+    noiommu) echo -device edu,dma_mask=0xffffffff ;;
+    *) echo -device intel-iommu,intremap=on,caching-mode=on -device edu ;;
+    esac
+}
+
+# guest_boot SERIES KERNEL_DIR INITRAMFS: boots the guest under TCG behind an intel-iommu (none for
+# noiommu: guest_qemu_iommu) with the test devices: edu, pci-testdev, a modern-only virtio-rng (function-level reset; its DMA translated by the
 # IOMMU, iommu_platform=on, as a device handed to VFIO must be) alone behind a pcie-root-port,
 # an NVMe controller (MDTS 1 MiB) with namespace 1 on a fresh known-pattern 16 MiB raw image
 # ($RUN_DIR/nvme-SERIES.img, nvme_image; left for guest_run to check) and namespace 2 on a 1 GiB null-co
@@ -543,8 +701,9 @@ nvme_image_check() {
 # through to the job (use </dev/null for unattended runs).
 guest_boot() {
     local series=$1 kdir=$2 initrd=$3 logs="$BARMAP_GUEST_WORK/logs" rc=0 tail_pid="" nvme_img
-    local -a extra
+    local -a extra iommu
     read -r -a extra <<<"$BARMAP_QEMU_ARGS"
+    read -r -a iommu <<<"$(guest_qemu_iommu "$series")"
     mkdir -p "$logs"
     : >"$logs/$series-console.log"
     if [[ "${BARMAP_CONSOLE:-0}" == 1 ]]; then
@@ -558,7 +717,7 @@ guest_boot() {
     timeout --foreground -k 10 "$BARMAP_GUEST_TIMEOUT" \
         qemu-system-x86_64 -machine q35,kernel-irqchip=split -accel tcg -cpu max -smp 1 \
         -m "$BARMAP_GUEST_MEM" \
-        -device intel-iommu,intremap=on,caching-mode=on -nic none -device edu \
+        "${iommu[@]}" -nic none \
         -device "pci-testdev,romfile=$BARMAP_GUEST_WORK/testdev-rom.bin" \
         -device pcie-root-port,id=flr-port,chassis=1 -device virtio-rng-pci,bus=flr-port,disable-legacy=on,iommu_platform=on \
         -drive "file=$nvme_img,if=none,id=nvm,format=raw" -device nvme,id=nvme0,serial=barmap0001,mdts=8 \
@@ -567,7 +726,7 @@ guest_boot() {
         -device nvme-ns,drive=nvmnull,bus=nvme0,nsid=2 \
         -object memory-backend-ram,id=shm,size=1G -device ivshmem-plain,memdev=shm \
         -kernel "$kdir/vmlinuz" -initrd "$initrd" \
-        -append "console=ttyS0 intel_iommu=on panic=1 $BARMAP_GUEST_KERNEL_ARGS $BARMAP_KERNEL_ARGS" \
+        -append "console=ttyS0 panic=1 $(guest_kernel_args "$series") $BARMAP_KERNEL_ARGS" \
         -display none -monitor none -no-reboot \
         -serial "file:$logs/$series-console.log" -chardev stdio,id=job,signal=on -serial chardev:job \
         "${extra[@]}" | tee "$logs/$series-output.log" || rc=$?
