@@ -2,7 +2,9 @@
 //! CONFIG_VFIO_NOIOMMU, `vfio.enable_unsafe_noiommu_mode=1`, huge pages
 //! reserved, `BARMAP_INTERFACE=noiommu`; run with --include-ignored): the
 //! opt-in, DMA round trips on edu through buffers at physical addresses,
-//! and NVMe Identify through the userspace driver of examples/nvme.
+//! NVMe Identify through the userspace driver of examples/nvme, and the
+//! kernel's refusals to a child process without `CAP_SYS_RAWIO` (the group)
+//! or `CAP_SYS_ADMIN` (the physical addresses in pagemap).
 //!
 //! QEMU 7.2's edu aborts the VM on a transfer of 0 bytes or one that touches
 //! its buffer's byte 0xfff: every transfer here stays inside 0x40000..0x40fff.
@@ -176,4 +178,144 @@ fn noiommu_nvme_identify_through_the_userspace_driver() {
     assert_eq!(ids, [1, 2]);
     assert_eq!(ctrl.device().interface(), Interface::NoIommu);
     ctrl.shutdown().unwrap();
+}
+
+/// Linux capability sets (`struct __user_cap_data_struct`), version 3.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const CAP_SYS_RAWIO: u32 = 17;
+const CAP_SYS_ADMIN: u32 = 21;
+
+fn cap_header() -> CapHeader {
+    CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    }
+}
+
+/// This process's effective capabilities (the low 32).
+fn effective() -> u32 {
+    let mut data = [CapData::default(); 2];
+    let mut header = cap_header();
+    // SAFETY: capget writes one header and two data structs of version 3, which both are.
+    let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) };
+    assert_eq!(ret, 0, "capget: {}", std::io::Error::last_os_error());
+    data[0].effective
+}
+
+/// Drops capability `cap` from this process's effective and permitted sets.
+fn drop_capability(cap: u32) -> bool {
+    let mut data = [CapData::default(); 2];
+    let mut header = cap_header();
+    // SAFETY: capget writes one header and two data structs of version 3, which both are.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    data[0].effective &= !(1 << cap);
+    data[0].permitted &= !(1 << cap);
+    let mut header = cap_header();
+    // SAFETY: capset reads one header and two data structs of version 3.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    ret == 0 && effective() & (1 << cap) == 0
+}
+
+/// Runs `child` in a forked child that dropped capability `cap` and returns
+/// the report it wrote to a pipe ("capset failed" if it could not drop it;
+/// nothing if it ran nothing, which the caller's assertion then rejects).
+fn report_without(cap: u32, child: impl FnOnce() -> String) -> String {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let [read_end, write_end] = fds;
+    // SAFETY: the child drops a capability, runs `child` (the tests run one at
+    // a time, so no other thread holds a lock it needs), writes its report and
+    // leaves with _exit, running no destructors.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let report = if drop_capability(cap) {
+            child()
+        } else {
+            "capset failed".to_string()
+        };
+        // SAFETY: the report's bytes are valid for its length; _exit ends the child at once.
+        unsafe {
+            libc::write(write_end, report.as_ptr().cast(), report.len());
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: the parent's copy of the write end is its own to close.
+    unsafe { libc::close(write_end) };
+    // SAFETY: the read end is this process's and nothing else owns it.
+    let read_end = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(read_end) };
+    let mut report = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(read_end), &mut report).unwrap();
+    let mut status = 0;
+    // SAFETY: `pid` is this process's child; `status` is writable.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x}"
+    );
+    report
+}
+
+#[test]
+#[ignore = "needs a no-IOMMU guest (qemu-scripts/guest-test.sh noiommu)"]
+fn noiommu_group_without_cap_sys_rawio_is_missing_capability_from_the_kernels_eperm() {
+    assert_ne!(effective() & (1 << CAP_SYS_RAWIO), 0, "the suite runs as root");
+    let report = report_without(CAP_SYS_RAWIO, || {
+        let container = match Container::noiommu_device_reaches_all_memory() {
+            Ok(container) => container,
+            Err(e) => return format!("container: {e:?}"),
+        };
+        match Device::open_in(&container, edu()) {
+            Ok(_) => "opened".to_string(),
+            Err(
+                e @ Error::MissingCapability {
+                    capability: "CAP_SYS_RAWIO",
+                    interface: Interface::NoIommu,
+                    ..
+                },
+            ) => format!("refused {:?}", e.errno()),
+            Err(e) => format!("error: {e:?}"),
+        }
+    });
+    assert_eq!(report, format!("refused {:?}", Some(libc::EPERM)));
+    assert!(
+        Device::open_in(&noiommu(), edu()).is_ok(),
+        "with the capability it opens"
+    );
+}
+
+#[test]
+#[ignore = "needs a no-IOMMU guest (qemu-scripts/guest-test.sh noiommu)"]
+fn noiommu_dma_without_cap_sys_admin_is_missing_capability_as_pagemap_hides_the_frames() {
+    let (dev, _bar0) = quiet_edu();
+    let dma = dev.dma(EDU_MASK).unwrap();
+    let report = report_without(CAP_SYS_ADMIN, || match dma.alloc(4096) {
+        Ok(buf) => format!("allocated at {:#x}", buf.iova()),
+        Err(Error::MissingCapability {
+            capability: "CAP_SYS_ADMIN",
+            interface: Interface::NoIommu,
+            ..
+        }) => "frames hidden".to_string(),
+        Err(e) => format!("error: {e:?}"),
+    });
+    assert_eq!(report, "frames hidden");
+    assert_ne!(dma.alloc(4096).unwrap().iova(), 0, "with the capability");
 }
