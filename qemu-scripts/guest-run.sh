@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# guest-run.sh KERNEL [--] CMD...: boots the test guest (KERNEL 6.1, 6.12 or 7.3) with the test devices
-# bound to vfio-pci, runs the shell command line CMD in it and exits with its status. The guest has busybox,
-# the test binaries in /tests (run them all with `barmap-run-tests --include-ignored`), the examples in
-# /usr/bin, and BARMAP_EDU / BARMAP_TESTDEV / BARMAP_FLR_DEV / BARMAP_NVME set. Stdin is passed through, so
-# `guest-run.sh 6.12 sh` gives a shell.
+# guest-run.sh KERNEL [--] CMD...: boots the test guest (KERNEL 6.1, 6.12, 7.3, 6.12-iommufd or noiommu) with
+# the test devices bound to vfio-pci, runs the shell command line CMD in it and exits with its status. The
+# guest has busybox, the test binaries in /tests (run them all with `barmap-run-tests --include-ignored`),
+# the examples in /usr/bin, and BARMAP_EDU / BARMAP_TESTDEV / BARMAP_FLR_DEV / BARMAP_NVME / BARMAP_IVSHMEM
+# and BARMAP_INTERFACE set. Stdin is passed through, so `guest-run.sh 6.12 sh` gives a shell.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

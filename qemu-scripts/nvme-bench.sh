@@ -17,6 +17,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${BARMAP_NVME_BENCH_TIME:=3}"
 series=${1:-6.12}
 kernel_check "$series"
+! kernel_is_built "$series" ||
+    die "nvme-bench.sh needs a Debian kernel, whose nvme driver is a module (6.1, 6.12 or 7.3), not $series"
 
 # nvme_modules SERIES OUT: extracts the kernel's nvme module and every module it depends on (the
 # `depends=` field of each, recursively) from the series' cached packages into OUT, decompressed, and

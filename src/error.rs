@@ -24,7 +24,7 @@ mod tests;
 
 pub use kind::ErrorKind;
 
-use crate::dma::IovaError;
+use crate::dma::{IovaError, PhysicalDmaError};
 use crate::irq::IrqIndex;
 use crate::pci::PciAddress;
 use crate::region::RegionIndex;
@@ -89,6 +89,69 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A step of opening a device through a kernel interface failed.
+    #[error("{addr}: {step} on {path} failed through the {interface}")]
+    Open {
+        /// The device.
+        addr: PciAddress,
+        /// The kernel interface that was tried.
+        interface: Interface,
+        /// Which step failed (e.g. "open the group node").
+        step: &'static str,
+        /// The node the step was on.
+        path: PathBuf,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The kernel refused a step to a process without a capability it needs
+    /// (`EPERM`), or answered without what only that capability shows.
+    #[error("{addr}: {step} on {path} through the {interface} needs {capability}: run as root, or grant it")]
+    MissingCapability {
+        /// The device.
+        addr: PciAddress,
+        /// The kernel interface that was tried.
+        interface: Interface,
+        /// What was refused (e.g. "open the group node").
+        step: &'static str,
+        /// The node or file the step was on.
+        path: PathBuf,
+        /// The capability (`CAP_SYS_RAWIO`, `CAP_SYS_ADMIN`).
+        capability: &'static str,
+        /// The kernel's error (`EPERM`); `None` where the kernel answered
+        /// without the data instead (pagemap shows frame 0).
+        #[source]
+        source: Option<io::Error>,
+    },
+
+    /// The device is in a no-IOMMU group (VFIO's unsafe no-IOMMU mode), and
+    /// was to be opened in a container with an IOMMU.
+    #[error(
+        "{addr} is in no-IOMMU group {group}: nothing translates its DMA and it can reach all memory; \
+         it opens only in Container::noiommu_device_reaches_all_memory(), not through the {interface}"
+    )]
+    NoIommuWithoutOptIn {
+        /// The device.
+        addr: PciAddress,
+        /// Its group (`/dev/vfio/noiommu-GROUP`).
+        group: u32,
+        /// The kernel interface that was tried.
+        interface: Interface,
+    },
+
+    /// The device is in an IOMMU group that has an IOMMU, and was to be
+    /// opened in the no-IOMMU container, which takes only no-IOMMU groups.
+    #[error("{addr} is in IOMMU group {group}, which has an IOMMU: the {interface} takes only no-IOMMU groups; open it with Device::open")]
+    NotNoIommu {
+        /// The device.
+        addr: PciAddress,
+        /// Its group.
+        group: u32,
+        /// The kernel interface that was tried.
+        interface: Interface,
     },
 
     /// The device is bound to another driver (or none) instead of vfio-pci.
@@ -502,6 +565,21 @@ pub enum Error {
         /// What is wrong (exhausted, too large, over the DMA mask, overlap, reserved).
         #[source]
         source: IovaError,
+    },
+
+    /// A DMA buffer for a device without an IOMMU could not be made as the
+    /// device needs it: locked memory, physically contiguous, below its mask.
+    #[error("{addr}: DMA buffer of {len:#x} bytes through the {interface}")]
+    PhysicalDma {
+        /// The device the buffer is for.
+        addr: PciAddress,
+        /// The kernel interface (no IOMMU).
+        interface: Interface,
+        /// The size asked for.
+        len: u64,
+        /// What is wrong.
+        #[source]
+        source: PhysicalDmaError,
     },
 
     /// The container holds as many DMA mappings as the kernel allows

@@ -25,6 +25,9 @@ enum State {
     /// The kernel refused to unmap it: the device may still reach the memory,
     /// so it is never freed (leaked) and its IOVAs never reused.
     Stuck,
+    /// Reached at its physical address, without an IOMMU: there is no
+    /// mapping to remove, and the memory is freed on drop.
+    Physical,
 }
 
 impl State {
@@ -88,7 +91,15 @@ impl Dma {
     /// fits now), [`Error::DmaMappingLimit`] if the container holds as many
     /// mappings as the kernel allows, and [`Error::Vfio`] if the memory
     /// cannot be had or the kernel refuses the mapping.
+    ///
+    /// Without an IOMMU, the buffer is locked memory at a physical address
+    /// below the mask, contiguous (huge pages beyond 4 KiB), and the errors
+    /// are [`Error::PhysicalDma`] and [`Error::MissingCapability`] (see
+    /// [`crate::dma`]).
     pub fn alloc(&self, size: usize) -> Result<DmaBuffer> {
+        if let Some(memory) = self.container().backend().physical_memory() {
+            return self.alloc_physical(size, memory);
+        }
         let addr = self.device().address();
         let (iova, len) = self.with_state(|state| {
             let len = state
@@ -155,7 +166,18 @@ impl Dma {
 }
 
 impl DmaBuffer {
-    /// The I/O virtual address the device uses for the buffer's first byte.
+    /// A buffer the device reaches at physical address `bus`, without an IOMMU.
+    pub(super) fn physical(dma: Dma, bus: u64, memory: MmapRegion) -> DmaBuffer {
+        DmaBuffer {
+            dma,
+            iova: bus,
+            memory: ManuallyDrop::new(memory),
+            state: State::Physical,
+        }
+    }
+
+    /// The I/O virtual address the device uses for the buffer's first byte
+    /// (without an IOMMU: its physical address).
     pub fn iova(&self) -> u64 {
         self.iova
     }
@@ -193,9 +215,10 @@ impl Drop for DmaBuffer {
         if let Err(e) = self.release() {
             log::error!("{e}; leaking its {:#x} bytes of memory", self.memory.size());
         }
-        if self.state == State::Unmapped {
-            // SAFETY: the IOMMU mapping is gone, so nothing but this buffer
-            // reaches the memory, and `memory` is dropped only here, once.
+        if matches!(self.state, State::Unmapped | State::Physical) {
+            // SAFETY: the IOMMU mapping is gone (or there never was one), so
+            // nothing but this buffer reaches the memory through the kernel,
+            // and `memory` is dropped only here, once.
             unsafe { ManuallyDrop::drop(&mut self.memory) };
         }
     }
@@ -259,7 +282,17 @@ impl Dma {
     /// // edu can now DMA to and from guest addresses 0x100000..0x200000.
     /// # Ok::<(), barmap::Error>(())
     /// ```
+    ///
+    /// A device without an IOMMU cannot see guest addresses: that is
+    /// [`Error::Unsupported`].
     pub fn map_guest_memory(&self, memory: &GuestMemoryMmap) -> Result<GuestMapping> {
+        if self.container().backend().physical_memory().is_some() {
+            return Err(Error::Unsupported {
+                addr: self.device().address(),
+                what: "mapping guest memory for DMA",
+                reason: "without an IOMMU the device uses physical addresses, not guest addresses",
+            });
+        }
         let mut mapping = GuestMapping {
             dma: self.clone(),
             memory: ManuallyDrop::new(memory.clone()),

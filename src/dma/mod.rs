@@ -11,6 +11,21 @@
 //! [`Dma::map_guest_memory`] maps a VMM's own [`GuestMemoryMmap`](vm_memory::GuestMemoryMmap)
 //! at its guest addresses.
 //!
+//! A device without an IOMMU (a container made by
+//! [`Container::noiommu_device_reaches_all_memory`](crate::Container::noiommu_device_reaches_all_memory))
+//! has no IOVAs: [`Dma::alloc`] gives it locked memory at a physical
+//! address, which [`DmaBuffer::iova`] returns. A buffer of more than 4 KiB
+//! is backed by huge pages, so that it is physically contiguous (2 MiB up to
+//! 2 MiB, 1 GiB beyond; the host must reserve them, or the allocation fails
+//! with [`PhysicalDmaError::NoHugePages`]). The addresses come from
+//! `/proc/self/pagemap`, which shows them only to a process with
+//! `CAP_SYS_ADMIN` ([`Error::MissingCapability`](crate::Error::MissingCapability)
+//! otherwise). `mlock` keeps a buffer in memory, but the kernel's compaction
+//! may still move a locked 4 KiB page unless `vm.compact_unevictable_allowed`
+//! is 0: set it on such a host, or ask for more than 4 KiB. The device can
+//! still write a buffer after it is dropped: nothing revokes it.
+//! [`Dma::map_guest_memory`] is unsupported there.
+//!
 //! The allocator ([`IovaAllocator`]) is the container's: it honours the
 //! IOVA ranges the kernel reports (the intel-iommu reserves the MSI window at
 //! 0xfee00000), and the container's count of mappings is held to the
@@ -32,10 +47,12 @@
 mod buffer;
 mod iommu;
 mod iova;
+pub(crate) mod physical;
 mod space;
 
 pub use buffer::{DmaBuffer, GuestMapping};
 pub(crate) use iommu::{parse_iommu_info, IommuInfo};
 pub use iova::{IovaAllocator, IovaError};
+pub use physical::PhysicalDmaError;
 pub(crate) use space::ContainerDma;
 pub use space::{Dma, DmaMask};

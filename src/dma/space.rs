@@ -111,14 +111,17 @@ impl Device {
     /// returns the handle that allocates and maps buffers below `mask`.
     ///
     /// The IOVA ranges are read once per container: open every device of a
-    /// shared container before the first call.
+    /// shared container before the first call. A container without an IOMMU
+    /// has none (see [`crate::dma`]).
     pub fn dma(&self, mask: DmaMask) -> Result<Dma> {
         self.set_bus_master(true)?;
         let dma = Dma {
             device: self.clone(),
             mask,
         };
-        dma.with_state(|_| Ok(()))?;
+        if self.container().backend().physical_memory().is_none() {
+            dma.with_state(|_| Ok(()))?;
+        }
         Ok(dma)
     }
 
@@ -212,6 +215,13 @@ impl Dma {
 
     fn read_state(&self) -> Result<DmaState> {
         let addr = self.device.address();
+        if self.container().backend().physical_memory().is_some() {
+            return Err(Error::Unsupported {
+                addr,
+                what: "an IOVA space",
+                reason: "without an IOMMU the device uses physical addresses",
+            });
+        }
         let step = "get IOMMU info";
         let info: IommuInfo = self.container().backend().iommu_info().map_err(|e| Error::Vfio {
             addr,

@@ -90,7 +90,15 @@ impl Error {
             | Error::NoIommuGroup { .. }
             | Error::GroupNotViable { .. }
             | Error::InterfaceUnavailable { .. } => K::NotConfigured,
-            Error::PermissionDenied { .. } => K::PermissionDenied,
+            Error::PermissionDenied { .. } | Error::MissingCapability { .. } => K::PermissionDenied,
+            Error::NoIommuWithoutOptIn { .. } => K::NotConfigured,
+            Error::NotNoIommu { .. } => K::InvalidInput,
+            Error::Open { source, .. } => match source.raw_os_error() {
+                Some(libc::EBUSY) => K::Busy,
+                Some(libc::EACCES | libc::EPERM) => K::PermissionDenied,
+                _ => K::Io,
+            },
+            Error::PhysicalDma { source, .. } => source.kind(),
             Error::GroupBusy { .. }
             | Error::DeviceBusy { .. }
             | Error::HotResetNotOwned { .. }

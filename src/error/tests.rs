@@ -7,10 +7,11 @@ use vfio_ioctls::VfioError;
 use vmm_sys_util::errno::Error as SysError;
 
 use super::{Error, ErrorKind};
-use crate::dma::IovaError;
+use crate::dma::{IovaError, PhysicalDmaError};
 use crate::irq::IrqIndex;
 use crate::pci::PciAddress;
 use crate::region::{CapChainError, RegionIndex};
+use crate::Interface;
 
 fn addr() -> PciAddress {
     PciAddress::new(0, 0, 3, 0).unwrap()
@@ -387,11 +388,65 @@ fn samples() -> Vec<(Error, ErrorKind, Option<i32>)> {
             K::Busy,
             None,
         ),
+        (
+            Error::Open {
+                addr,
+                interface: Interface::NoIommu,
+                step: "open the group node",
+                path: "/dev/vfio/noiommu-0".into(),
+                source: os(libc::EBUSY),
+            },
+            K::Busy,
+            Some(libc::EBUSY),
+        ),
+        (
+            Error::MissingCapability {
+                addr,
+                interface: Interface::NoIommu,
+                step: "open the group node",
+                path: "/dev/vfio/noiommu-0".into(),
+                capability: "CAP_SYS_RAWIO",
+                source: Some(os(libc::EPERM)),
+            },
+            K::PermissionDenied,
+            Some(libc::EPERM),
+        ),
+        (
+            Error::NoIommuWithoutOptIn {
+                addr,
+                group: 0,
+                interface: Interface::Group,
+            },
+            K::NotConfigured,
+            None,
+        ),
+        (
+            Error::NotNoIommu {
+                addr,
+                group: 3,
+                interface: Interface::NoIommu,
+            },
+            K::InvalidInput,
+            None,
+        ),
+        (
+            Error::PhysicalDma {
+                addr,
+                interface: Interface::NoIommu,
+                len: 0x2000,
+                source: PhysicalDmaError::NoHugePages {
+                    page: 2 << 20,
+                    source: os(libc::ENOMEM),
+                },
+            },
+            K::ResourceExhausted,
+            Some(libc::ENOMEM),
+        ),
     ]
 }
 
 /// How many variants [`Error`] has: [`ordinal`] numbers them `0..VARIANTS`.
-const VARIANTS: usize = 44;
+const VARIANTS: usize = 49;
 
 /// A distinct number per variant. The match has no wildcard, so a new
 /// variant does not compile until it is numbered here (and VARIANTS raised),
@@ -442,6 +497,11 @@ fn ordinal(e: &Error) -> usize {
         Error::InterfaceUnavailable { .. } => 41,
         Error::DeviceBusy { .. } => 42,
         Error::HotResetNotOwned { .. } => 43,
+        Error::Open { .. } => 44,
+        Error::MissingCapability { .. } => 45,
+        Error::NoIommuWithoutOptIn { .. } => 46,
+        Error::NotNoIommu { .. } => 47,
+        Error::PhysicalDma { .. } => 48,
     }
 }
 

@@ -3,7 +3,8 @@
 //! Everything barmap asks of the kernel about a device or its IOMMU address
 //! space goes through two small traits: [`IommuBackend`] (a container of the
 //! legacy interface or an IOAS of iommufd: opening devices in it, its IOVA
-//! ranges, DMA mappings)
+//! ranges, DMA mappings; or for a container without an IOMMU the
+//! [`PhysicalMemory`] its buffers come from)
 //! and [`DeviceBackend`] (an open device: its info, region and interrupt
 //! info, `VFIO_DEVICE_SET_IRQS`, resets, and the descriptor its regions are
 //! read, written and mapped through). What the interfaces share (argument
@@ -20,16 +21,26 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use vm_memory::MmapRegion;
+
 use super::Interface;
 
 use crate::dma::IommuInfo;
 use crate::pci::{PciAddress, Sysfs};
 
-/// An IOMMU address space that devices are opened in: a type1v2 container,
-/// or an IOAS of an iommufd.
+/// An address space that devices are opened in: a type1v2 container, an
+/// IOAS of an iommufd, or a container without an IOMMU.
 pub(crate) trait IommuBackend: Send + Sync {
     /// The kernel interface.
     fn interface(&self) -> Interface;
+
+    /// `None` (the default) where an IOMMU translates the device's DMA: its
+    /// buffers are mapped at IOVAs with [`IommuBackend::map_dma`]. Without an
+    /// IOMMU, the memory buffers come from and whose physical addresses the
+    /// device uses instead; the IOMMU calls are then never made.
+    fn physical_memory(&self) -> Option<&dyn PhysicalMemory> {
+        None
+    }
 
     /// Opens the device at `addr`, already found bound to vfio-pci in the
     /// viable IOMMU group `group` through `sysfs`, and attaches it to this
@@ -57,6 +68,19 @@ pub(crate) trait IommuBackend: Send + Sync {
     fn unmap_dma(&self, iova: u64, size: u64) -> io::Result<()>;
 }
 
+/// Memory for DMA without an IOMMU, as the kernel gives it: locked
+/// mappings and the page frames behind them.
+pub(crate) trait PhysicalMemory: Send + Sync {
+    /// Maps `len` bytes (a multiple of `page`) of fresh anonymous shared
+    /// memory backed by pages of `page` bytes (4 KiB, or 2 MiB or 1 GiB huge
+    /// pages: `MAP_HUGETLB`), and locks it in memory (`mlock`).
+    fn map(&self, len: usize, page: u64) -> io::Result<MmapRegion>;
+
+    /// Reads the `/proc/self/pagemap` entries of `entries.len()` virtual
+    /// pages of 4 KiB from page number `first` on.
+    fn pagemap(&self, first: u64, entries: &mut [u64]) -> io::Result<()>;
+}
+
 /// Why [`IommuBackend::open_device`] failed, in terms the code above the seam
 /// turns into the error that says what happened.
 #[derive(Debug)]
@@ -65,6 +89,8 @@ pub(crate) enum OpenFailure {
     Group(io::Error),
     /// The kernel says the group is not viable (a member is bound to another driver).
     NotViable,
+    /// The backend found what failed itself, as the error to return.
+    Error(crate::Error),
     /// The device has no VFIO cdev: `path` (its sysfs `vfio-dev` directory)
     /// is missing or holds no `vfioN`.
     NoCdev {

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use super::backend::IommuBackend;
 use super::iommufd::{self, IommufdContainer, VfioFileRegistry};
 use super::legacy::LegacyContainer;
+use super::noiommu::{NoIommuContainer, NoIommuKernel, ProcMemory};
 use super::Interface;
 use crate::error::Result;
 
 /// One DMA address space that devices are opened in: a VFIO container with
 /// the type1v2 IOMMU ([`Container::new`], the group interface), or an IOAS
-/// of an iommufd ([`Container::iommufd`], the device cdev interface).
+/// of an iommufd ([`Container::iommufd`], the device cdev interface); or
+/// none, without an IOMMU ([`Container::noiommu_device_reaches_all_memory`]).
 ///
 /// Cloning is cheap and shares the container; every [`crate::Device`] opened
 /// with [`crate::Device::open_in`] (or a builder's
@@ -69,17 +71,57 @@ impl Container {
         Container::iommufd_with(iommufd::open_iommufd()?, None)
     }
 
-    /// The kernel interface the container's devices go through.
-    pub fn interface(&self) -> Interface {
-        self.backend.interface()
-    }
-
     /// [`Container::new`], with the hypervisor's VFIO device (the KVM-VFIO
     /// device) that vfio-ioctls registers each group with as it is attached.
     pub(crate) fn with_device_fd(device_fd: Option<Arc<vfio_ioctls::VfioDeviceFd>>) -> Result<Container> {
         Ok(Container::with_backend(Arc::new(LegacyContainer::open(
             device_fd,
         )?)))
+    }
+
+    /// A container without an IOMMU, for devices in VFIO's unsafe no-IOMMU
+    /// mode: **the device can read and write all of memory**, the kernel's
+    /// and every process's, and nothing checks the addresses it is given.
+    ///
+    /// This is the only way barmap opens a device in a no-IOMMU group
+    /// (`/dev/vfio/noiommu-N`, on a kernel with `CONFIG_VFIO_NOIOMMU` and
+    /// the vfio module's `enable_unsafe_noiommu_mode=1`); [`Device::open`]
+    /// refuses such a device with [`Error::NoIommuWithoutOptIn`], and
+    /// [`Device::open_in`] this container refuses a device in a group with
+    /// an IOMMU ([`Error::NotNoIommu`]). The process needs `CAP_SYS_RAWIO`
+    /// to open the group and `CAP_SYS_ADMIN` to learn its buffers' physical
+    /// addresses ([`Error::MissingCapability`] otherwise).
+    ///
+    /// DMA buffers ([`crate::Dma::alloc`]) are locked memory at physical
+    /// addresses: see [`crate::dma`] for what backs them and what can still
+    /// move a page. barmap opens the container, checks
+    /// `VFIO_CHECK_EXTENSION(VFIO_NOIOMMU_IOMMU)`, and at the first device
+    /// attaches its group and sets `VFIO_NOIOMMU_IOMMU` itself, over the
+    /// vfio-bindings constants: vfio-ioctls' container accepts only type1v2.
+    ///
+    /// ```no_run
+    /// use barmap::{Container, Device, Interface};
+    /// let container = Container::noiommu_device_reaches_all_memory()?;
+    /// let edu = Device::open_in(&container, "0000:00:02.0".parse()?)?;
+    /// assert_eq!(edu.interface(), Interface::NoIommu);
+    /// # Ok::<(), barmap::Error>(())
+    /// ```
+    ///
+    /// [`Device::open`]: crate::Device::open
+    /// [`Device::open_in`]: crate::Device::open_in
+    /// [`Error::NoIommuWithoutOptIn`]: crate::Error::NoIommuWithoutOptIn
+    /// [`Error::NotNoIommu`]: crate::Error::NotNoIommu
+    /// [`Error::MissingCapability`]: crate::Error::MissingCapability
+    pub fn noiommu_device_reaches_all_memory() -> Result<Container> {
+        Ok(Container::with_backend(Arc::new(NoIommuContainer::open(
+            Arc::new(NoIommuKernel),
+            Box::new(ProcMemory),
+        )?)))
+    }
+
+    /// The kernel interface the container's devices go through.
+    pub fn interface(&self) -> Interface {
+        self.backend.interface()
     }
 
     /// An IOAS in the open iommufd `file`, whose devices are registered

@@ -80,11 +80,19 @@ impl Device {
     /// VFIO cdev when it has one (`/sys/bus/pci/devices/ADDR/vfio-dev/vfioN`)
     /// and `/dev/iommu` opens, otherwise through its IOMMU group (the reason
     /// is logged at debug level). [`Device::builder`] chooses explicitly.
+    ///
+    /// A device in a no-IOMMU group is refused
+    /// ([`Error::NoIommuWithoutOptIn`]): it opens only in
+    /// [`Container::noiommu_device_reaches_all_memory`].
     pub fn open(addr: PciAddress) -> Result<Device> {
         Device::builder(addr).open()
     }
 
     /// Opens the device at `addr` in `container`, sharing its IOMMU mappings.
+    ///
+    /// A device in a no-IOMMU group opens only in a container made by
+    /// [`Container::noiommu_device_reaches_all_memory`], and such a container
+    /// takes no other ([`Error::NoIommuWithoutOptIn`], [`Error::NotNoIommu`]).
     pub fn open_in(container: &Container, addr: PciAddress) -> Result<Device> {
         Device::open_with(&Sysfs::default(), container, addr)
     }
@@ -98,6 +106,9 @@ impl Device {
 
     /// Opens the (checked) device through `container`'s kernel interface and
     /// reads its regions.
+    ///
+    /// A no-IOMMU group and a container of another interface (or the other
+    /// way round) are refused before any kernel call.
     pub(super) fn attach(
         sysfs: &Sysfs,
         container: &Container,
@@ -105,6 +116,7 @@ impl Device {
         group: u32,
     ) -> Result<Device> {
         let interface = container.interface();
+        check_interface(sysfs, addr, group, interface)?;
         let backend = container
             .backend()
             .open_device(sysfs, addr, group)
@@ -295,6 +307,25 @@ pub(super) fn check_openable(sysfs: &Sysfs, addr: PciAddress) -> Result<u32> {
     Ok(group)
 }
 
+/// Checks that the device's group and the interface it is to be opened
+/// through agree: a no-IOMMU group only through [`Interface::NoIommu`], and
+/// that only for a no-IOMMU group.
+fn check_interface(sysfs: &Sysfs, addr: PciAddress, group: u32, interface: Interface) -> Result<()> {
+    match (sysfs.is_noiommu_group(group)?, interface == Interface::NoIommu) {
+        (true, false) => Err(Error::NoIommuWithoutOptIn {
+            addr,
+            group,
+            interface,
+        }),
+        (false, true) => Err(Error::NotNoIommu {
+            addr,
+            group,
+            interface,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Reads and parses one region's info, capabilities included.
 ///
 /// vfio-pci counts the VGA region among its regions but refuses its info with
@@ -369,6 +400,7 @@ fn open_error(
             group,
             blockers: sysfs.group_blockers(group).unwrap_or_default(),
         },
+        OpenFailure::Error(e) => e,
         OpenFailure::NoCdev { path } => Error::InterfaceUnavailable {
             addr,
             interface,

@@ -1,21 +1,30 @@
 //! A scripted kernel behind the seam, for host unit tests of vfio/, irq/ and
 //! dma/: it answers each call from its script, fails the calls a test asks
-//! it to with the errno given, and records every call.
+//! it to with the errno given, and records every call. It stands for a
+//! type1v2 container ([`IommuBackend`]), and for the calls and memory of the
+//! no-IOMMU backend ([`NoIommuCalls`], [`PhysicalMemory`]).
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vfio_bindings::bindings::vfio::{
-    VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
-    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_GROUP_FLAGS_VIABLE, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
+    VFIO_IRQ_INFO_NORESIZE, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
 };
 
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::MmapRegion;
+
 use super::backend::{
-    DependentDevice, DeviceBackend, DeviceInfo, HotResetInfo, IommuBackend, IrqSet, OpenFailure, RawIrqInfo,
+    DependentDevice, DeviceBackend, DeviceInfo, HotResetInfo, IommuBackend, IrqSet, OpenFailure,
+    PhysicalMemory, RawIrqInfo,
 };
+use super::noiommu::NoIommuCalls;
 use super::Interface;
 use crate::dma::IommuInfo;
 use crate::pci::{PciAddress, Sysfs};
@@ -56,6 +65,21 @@ pub(crate) enum Call {
         iova: u64,
         size: u64,
     },
+    OpenContainer,
+    ApiVersion,
+    CheckExtension(u32),
+    OpenGroup(PathBuf),
+    GroupStatus,
+    SetContainer,
+    SetIommu(u32),
+    DeviceFd(String),
+    MapMemory {
+        len: usize,
+        page: u64,
+    },
+    Pagemap {
+        count: usize,
+    },
 }
 
 /// A failure to inject: calls matching `when` fail with `errno`, `times`
@@ -90,6 +114,14 @@ pub(crate) struct Script {
     pub max_mappings: usize,
     /// The open sequence fails like this.
     pub open_failure: Option<fn() -> OpenFailure>,
+    /// What `VFIO_CHECK_EXTENSION` answers (no-IOMMU mode on: 1).
+    pub extension: i32,
+    /// What `VFIO_GROUP_GET_STATUS` answers.
+    pub group_flags: u32,
+    /// Whether huge pages can be had (ENOMEM otherwise, as with none reserved).
+    pub huge_pages: bool,
+    /// The pagemap entry of each page of a buffer, by its index in it.
+    pub pagemap: fn(u64) -> u64,
     pub calls: Vec<Call>,
     failures: Vec<Failure>,
     /// Descriptors handed out by `group_fd`, with their group.
@@ -168,6 +200,10 @@ impl FakeKernel {
                 mappings: vec![],
                 max_mappings: usize::MAX,
                 open_failure: None,
+                extension: 1,
+                group_flags: VFIO_GROUP_FLAGS_VIABLE,
+                huge_pages: true,
+                pagemap: |page| (1 << 63) | (0x1_0000 + page),
                 calls: vec![],
                 failures: vec![],
                 lent: vec![],
@@ -210,6 +246,19 @@ impl FakeKernel {
         &self.file
     }
 
+    /// A new descriptor of the device file, standing for any node.
+    fn fd(&self) -> io::Result<OwnedFd> {
+        Ok(self.file.try_clone()?.into())
+    }
+
+    fn device_backend(&self, fd: OwnedFd, keep: Option<Box<dyn Send + Sync>>) -> Box<dyn DeviceBackend> {
+        Box::new(FakeDevice {
+            kernel: self.clone(),
+            fd: Arc::new(fd),
+            _keep: keep,
+        })
+    }
+
     /// Records `call`, then fails it if a failure matches.
     fn call(&self, call: Call) -> io::Result<MutexGuard<'_, Script>> {
         let mut script = self.script();
@@ -244,11 +293,7 @@ impl IommuBackend for FakeKernel {
             return Err(failure());
         }
         drop(script);
-        let fd: OwnedFd = self.file.try_clone().unwrap().into();
-        Ok(Box::new(FakeDevice {
-            kernel: self.clone(),
-            fd: Arc::new(fd),
-        }))
+        Ok(self.device_backend(self.fd().map_err(OpenFailure::Group)?, None))
     }
 
     fn iommu_info(&self) -> io::Result<IommuInfo> {
@@ -283,10 +328,79 @@ impl IommuBackend for FakeKernel {
     }
 }
 
+/// The no-IOMMU open sequence: each call recorded, answered from the script.
+impl NoIommuCalls for FakeKernel {
+    fn open_container(&self) -> io::Result<OwnedFd> {
+        self.call(Call::OpenContainer).map(drop)?;
+        self.fd()
+    }
+
+    fn api_version(&self, _: BorrowedFd<'_>) -> io::Result<i32> {
+        self.call(Call::ApiVersion).map(|_| 0)
+    }
+
+    fn check_extension(&self, _: BorrowedFd<'_>, extension: u32) -> io::Result<i32> {
+        Ok(self.call(Call::CheckExtension(extension))?.extension)
+    }
+
+    fn open_group(&self, path: &Path) -> io::Result<OwnedFd> {
+        self.call(Call::OpenGroup(path.to_path_buf())).map(drop)?;
+        self.fd()
+    }
+
+    fn group_status(&self, _: BorrowedFd<'_>) -> io::Result<u32> {
+        Ok(self.call(Call::GroupStatus)?.group_flags)
+    }
+
+    fn set_container(&self, _: BorrowedFd<'_>, _: BorrowedFd<'_>) -> io::Result<()> {
+        self.call(Call::SetContainer).map(drop)
+    }
+
+    fn set_iommu(&self, _: BorrowedFd<'_>, iommu: u32) -> io::Result<()> {
+        self.call(Call::SetIommu(iommu)).map(drop)
+    }
+
+    fn device_fd(&self, _: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+        self.call(Call::DeviceFd(name.to_string())).map(drop)?;
+        self.fd()
+    }
+
+    fn device(&self, fd: OwnedFd, _: u32, _: OwnedFd, keep: Box<dyn Send + Sync>) -> Box<dyn DeviceBackend> {
+        self.device_backend(fd, Some(keep))
+    }
+}
+
+/// Memory without an IOMMU: ordinary pages whatever the page size asked
+/// for (or ENOMEM for huge pages, if the script has none), with the
+/// script's pagemap.
+impl PhysicalMemory for FakeKernel {
+    fn map(&self, len: usize, page: u64) -> io::Result<MmapRegion> {
+        let script = self.call(Call::MapMemory { len, page })?;
+        if page > 4096 && !script.huge_pages {
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        MmapRegionBuilder::new(len)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_ANONYMOUS)
+            .build()
+            .map_err(io::Error::other)
+    }
+
+    fn pagemap(&self, _: u64, entries: &mut [u64]) -> io::Result<()> {
+        let script = self.call(Call::Pagemap { count: entries.len() })?;
+        for (i, entry) in entries.iter_mut().enumerate() {
+            *entry = (script.pagemap)(i as u64);
+        }
+        Ok(())
+    }
+}
+
 /// The fake's open device.
 struct FakeDevice {
     kernel: FakeKernel,
     fd: Arc<OwnedFd>,
+    /// What the no-IOMMU backend holds while the device lives.
+    _keep: Option<Box<dyn Send + Sync>>,
 }
 
 impl DeviceBackend for FakeDevice {

@@ -19,7 +19,7 @@ use super::backend::{DependentDevice, HotResetInfo, IrqSet};
 use crate::pci::PciAddress;
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + nr)`.
-const fn vfio_io(nr: u32) -> libc::c_ulong {
+pub(super) const fn vfio_io(nr: u32) -> libc::c_ulong {
     ((VFIO_TYPE as libc::c_ulong) << 8) | (VFIO_BASE + nr) as libc::c_ulong
 }
 

@@ -95,12 +95,7 @@ impl IommuBackend for LegacyContainer {
         if group_fd.is_none() {
             log::debug!("{addr}: the descriptor of IOMMU group {group} was not found: the kernel will refuse hot resets");
         }
-        Ok(Box::new(LegacyDevice {
-            fd,
-            group,
-            group_fd,
-            _vfio: vfio,
-        }))
+        Ok(Box::new(LegacyDevice::new(fd, group, group_fd, Box::new(vfio))))
     }
 
     fn iommu_info(&self) -> io::Result<IommuInfo> {
@@ -123,8 +118,8 @@ impl IommuBackend for LegacyContainer {
     }
 }
 
-/// A device opened through its group.
-struct LegacyDevice {
+/// A device opened through its group (of this backend, or of the no-IOMMU one).
+pub(super) struct LegacyDevice {
     /// A duplicate of the device descriptor, shared by the regions' slow
     /// paths (and so by the fault handler's table while they are registered).
     fd: Arc<OwnedFd>,
@@ -133,9 +128,27 @@ struct LegacyDevice {
     /// of our own, so its number cannot be closed and reused under us.
     /// `None` if it could not be found at open (no /proc).
     group_fd: Option<OwnedFd>,
-    /// The device as vfio-ioctls opened it: held so that the device stays
-    /// open and its group attached while the backend lives.
-    _vfio: VfioDevice,
+    /// What keeps the device open and its group attached while the backend
+    /// lives (the device as vfio-ioctls opened it, for this backend).
+    _open: Box<dyn Send + Sync>,
+}
+
+impl LegacyDevice {
+    /// The device whose descriptor is `fd`, in group `group` (whose
+    /// descriptor `group_fd` is, if known), kept open by `open`.
+    pub(super) fn new(
+        fd: Arc<OwnedFd>,
+        group: u32,
+        group_fd: Option<OwnedFd>,
+        open: Box<dyn Send + Sync>,
+    ) -> LegacyDevice {
+        LegacyDevice {
+            fd,
+            group,
+            group_fd,
+            _open: open,
+        }
+    }
 }
 
 impl DeviceBackend for LegacyDevice {

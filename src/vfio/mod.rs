@@ -11,13 +11,17 @@ mod interface;
 mod ioctl;
 pub(crate) mod iommufd;
 mod legacy;
+mod noiommu;
 mod reset;
 pub(crate) mod select;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_iommufd;
+#[cfg(test)]
+mod tests_noiommu;
 
+pub(crate) use backend::PhysicalMemory;
 pub use container::Container;
 pub use device::Device;
 pub use interface::Interface;

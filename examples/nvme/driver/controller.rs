@@ -72,7 +72,12 @@ impl Controller {
     /// Opens the controller at `addr` (bound to vfio-pci), resets and
     /// enables it, and creates the I/O queue pairs `opts` asks for.
     pub fn open(addr: PciAddress, opts: Options) -> Result<Controller, NvmeError> {
-        let dev = Device::open(addr)?;
+        Controller::open_device(Device::open(addr)?, opts)
+    }
+
+    /// [`Controller::open`] for a device the caller opened (in a container
+    /// of its choice, such as a no-IOMMU one).
+    pub fn open_device(dev: Device, opts: Options) -> Result<Controller, NvmeError> {
         let bar = dev.bar(0)?;
         let cap = Cap::decode(bar.read::<u64>(regs::CAP)?)?;
         cap.page_size_field()?;

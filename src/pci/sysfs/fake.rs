@@ -135,6 +135,16 @@ impl FakeSys {
         .unwrap();
     }
 
+    /// Gives IOMMU group `group` a `name` file (VFIO's no-IOMMU groups have
+    /// `vfio-noiommu`).
+    pub(crate) fn set_group_name(&self, group: u32, name: &str) {
+        fs::write(
+            self.root().join(format!("kernel/iommu_groups/{group}/name")),
+            name,
+        )
+        .unwrap();
+    }
+
     /// Names the driver the fake kernel's `drivers_probe` picks when no override is set.
     pub(super) fn set_default_driver(&self, addr: &str, driver: &str) {
         fs::write(self.device_dir(addr).join("default_driver"), driver).unwrap();

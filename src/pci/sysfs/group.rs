@@ -1,9 +1,15 @@
 //! IOMMU groups: their members, and whether VFIO can use them.
 
+use std::fs;
+use std::io;
+
 use super::attr::{link_name, read_addresses};
 use super::{Sysfs, VFIO_PCI_DRIVER};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pci::PciAddress;
+
+/// The `name` VFIO gives the IOMMU groups it makes in no-IOMMU mode.
+const NOIOMMU_GROUP_NAME: &str = "vfio-noiommu";
 
 /// The other driver that leaves an IOMMU group viable: it claims a device and does nothing with it.
 const PCI_STUB_DRIVER: &str = "pci-stub";
@@ -16,6 +22,25 @@ impl Sysfs {
             .into_iter()
             .map(|addr| Ok((addr, link_name(&dir.join(addr.to_string()).join("driver"))?)))
             .collect()
+    }
+
+    /// Whether IOMMU group `group` is one VFIO made for a device without an
+    /// IOMMU in its unsafe no-IOMMU mode: its `name` is `vfio-noiommu` (its
+    /// node is then `/dev/vfio/noiommu-GROUP`). Groups of an IOMMU have no
+    /// `name`, or another one.
+    ///
+    /// ```no_run
+    /// let sysfs = barmap::pci::Sysfs::default();
+    /// assert!(!sysfs.is_noiommu_group(0)?);
+    /// # Ok::<(), barmap::Error>(())
+    /// ```
+    pub fn is_noiommu_group(&self, group: u32) -> Result<bool> {
+        let path = self.group_dir(group).join("name");
+        match fs::read_to_string(&path) {
+            Ok(name) => Ok(name.trim_end() == NOIOMMU_GROUP_NAME),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(Error::Sysfs { path, source }),
+        }
     }
 
     /// The members of IOMMU group `group` that keep VFIO from using it, as
@@ -49,7 +74,6 @@ impl Sysfs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
     use crate::pci::sysfs::fake::{addr, FakeSys};
 
     #[test]
@@ -93,6 +117,17 @@ mod tests {
     fn viable_group_has_no_blockers() {
         let fake = FakeSys::with_device(Some(2), &[], None);
         assert_eq!(fake.sysfs().group_blockers(2).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_group_named_vfio_noiommu_is_a_noiommu_group() {
+        let fake = FakeSys::with_device(Some(2), &[], None);
+        let sysfs = fake.sysfs();
+        assert!(!sysfs.is_noiommu_group(2).unwrap(), "no name");
+        fake.set_group_name(2, "DMA\n");
+        assert!(!sysfs.is_noiommu_group(2).unwrap());
+        fake.set_group_name(2, "vfio-noiommu\n");
+        assert!(sysfs.is_noiommu_group(2).unwrap());
     }
 
     #[test]
