@@ -372,15 +372,18 @@ kernel_is_built() {
     [[ $1 == 6.12-iommufd || $1 == noiommu ]]
 }
 
+# kernel_source_candidate: the version of linux-source-6.12 apt would install (nothing if it knows none).
+kernel_source_candidate() {
+    apt-cache show --no-all-versions "$BARMAP_KERNEL_SOURCE" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1
+}
+
 # kernel_source_version: the version of linux-source-6.12 apt would fetch (its lists are updated first if
 # they know none), else that of the newest cached .deb; nothing if neither.
 kernel_source_version() {
     local version deb
-    version=$(apt-cache show --no-all-versions "$BARMAP_KERNEL_SOURCE" 2>/dev/null | sed -n 's/^Version: //p' |
-        head -n 1)
+    version=$(kernel_source_candidate)
     if [[ -z "$version" ]] && kernel_apt_update 6.12; then
-        version=$(apt-cache show --no-all-versions "$BARMAP_KERNEL_SOURCE" 2>/dev/null |
-            sed -n 's/^Version: //p' | head -n 1)
+        version=$(kernel_source_candidate)
     fi
     if [[ -z "$version" ]]; then
         deb=$(kernel_cached_deb "$BARMAP_KERNEL_SOURCE")
@@ -412,14 +415,15 @@ kernel_config_check() {
     local config=$1 line sym bad=()
     while read -r line; do
         if [[ $line =~ ^CONFIG_[A-Za-z0-9_]+= ]]; then
-            grep -qxF -- "$line" "$config" || bad+=("$line (got: $(grep -E "^(# )?${line%%=*}[= ]" "$config" ||
-                echo unset))")
+            grep -qxF -- "$line" "$config" ||
+                bad+=("$line (got: $(grep -E "^(# )?${line%%=*}[= ]" "$config" || echo unset))")
         elif [[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
             sym=${BASH_REMATCH[1]}
             ! grep -q "^$sym=" "$config" || bad+=("$line (got: $(grep "^$sym=" "$config"))")
         fi
     done <"$BARMAP_KERNEL_FRAGMENT"
-    ((${#bad[@]} == 0)) || die "the kernel config lacks options of $BARMAP_KERNEL_FRAGMENT: ${bad[*]}"
+    ((${#bad[@]} == 0)) ||
+        die "the kernel config lacks options of $BARMAP_KERNEL_FRAGMENT: $(printf '%s; ' "${bad[@]}")"
 }
 
 # kernel_build VERSION DIR: downloads linux-source-6.12 VERSION into the cache (if absent), unpacks it in
@@ -670,10 +674,12 @@ nvme_image_check() {
 # VFIO's no-IOMMU mode, 16 huge pages of 2 MiB for physically contiguous DMA buffers.
 guest_kernel_args() {
     case "$1" in
-    6.12-iommufd) echo intel_iommu=on initcall_blacklist=virtio_pci_driver_init,nvme_init barmap.interface=iommufd ;;
+    6.12-iommufd)
+        echo intel_iommu=on initcall_blacklist=virtio_pci_driver_init,nvme_init barmap.interface=iommufd
+        ;;
     noiommu)
-        echo initcall_blacklist=virtio_pci_driver_init,nvme_init vfio.enable_unsafe_noiommu_mode=1 hugepages=16 \
-            barmap.interface=noiommu
+        echo initcall_blacklist=virtio_pci_driver_init,nvme_init vfio.enable_unsafe_noiommu_mode=1 \
+            hugepages=16 barmap.interface=noiommu
         ;;
     *) echo intel_iommu=on initcall_blacklist=virtio_pci_driver_init barmap.interface=group ;;
     esac
@@ -690,9 +696,9 @@ guest_qemu_iommu() {
 }
 
 # guest_boot SERIES KERNEL_DIR INITRAMFS: boots the guest under TCG behind an intel-iommu (none for
-# noiommu: guest_qemu_iommu) with the test devices: edu, pci-testdev, a modern-only virtio-rng (function-level reset; its DMA translated by the
-# IOMMU, iommu_platform=on, as a device handed to VFIO must be) alone behind a pcie-root-port,
-# an NVMe controller (MDTS 1 MiB) with namespace 1 on a fresh known-pattern 16 MiB raw image
+# noiommu: guest_qemu_iommu) with the test devices: edu, pci-testdev, a modern-only virtio-rng
+# (function-level reset; its DMA translated by the IOMMU, iommu_platform=on, as a device handed to VFIO
+# must be) alone behind a pcie-root-port, an NVMe controller (MDTS 1 MiB) with namespace 1 on a fresh known-pattern 16 MiB raw image
 # ($RUN_DIR/nvme-SERIES.img, nvme_image; left for guest_run to check) and namespace 2 on a 1 GiB null-co
 # block device that reads zeroes, and ivshmem-plain with a 1 GiB RAM backend (BAR2: 1 GiB, 64-bit
 # prefetchable). Streams the job's output (guest ttyS1) to stdout and into
