@@ -2,10 +2,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use barmap::{Device, Error, ErrorKind, MapPolicy, PciAddress, RegionIndex};
+use common::group_holder::GroupHolder;
 use common::{edu, missing_address, testdev};
 
 #[test]
@@ -75,22 +73,10 @@ fn a_group_held_by_another_process_is_busy() {
     // iommufd kernel, tests/interface.rs covers the cdev's answer).
     let open = || Device::builder(addr).interface(barmap::Interface::Group).open();
     let group = open().unwrap().iommu_group();
-    let mut holder = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "exec 3<>/dev/vfio/{group} && echo held && exec sleep 600"
-        ))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "held");
-    let result = open();
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    let result = {
+        let _holder = GroupHolder::hold(group);
+        open()
+    };
     let err = result.unwrap_err();
     assert!(
         matches!(err, Error::GroupBusy { group: g, .. } if g == group),

@@ -8,65 +8,21 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use barmap::dma::{DmaMask, IovaError};
-use barmap::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileMemory};
+use barmap::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use barmap::{Device, DmaBuffer, Error, Region};
+use common::edu_dma::{self, *};
 use common::{edu, edu_reg::*};
 
-const DMA_DST: u64 = 0x88;
-const DMA_COUNT: u64 = 0x90;
-const DMA_CMD: u64 = 0x98;
-const CMD_START: u64 = 1;
-const CMD_TO_RAM: u64 = 2;
-const CMD_IRQ: u64 = 4;
-const IRQ_DMA_DONE: u32 = 0x100;
-/// edu's own buffer, in its address space.
-const EDU_BUF: u64 = 0x40000;
-/// The most bytes QEMU 7.2's edu copies without aborting.
-const SAFE_LEN: usize = 4095;
 const EDU_MASK: DmaMask = DmaMask::bits(28);
 
 fn quiet_edu() -> (Device, Region) {
     let dev = Device::open(edu()).unwrap();
     let bar0 = dev.bar(0).unwrap();
-    common::wait_idle(&bar0);
-    wait_dma_idle(&bar0);
-    bar0.write::<u32>(STATUS, 0).unwrap();
-    bar0.write::<u32>(IRQ_ACK, 0xffff_ffff).unwrap();
+    edu_dma::quiet(&bar0);
     (dev, bar0)
-}
-
-fn wait_dma_idle(bar0: &Region) {
-    let start = Instant::now();
-    while bar0.read::<u64>(DMA_CMD).unwrap() & CMD_START != 0 {
-        assert!(start.elapsed() < Duration::from_secs(5), "edu DMA did not finish");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Starts a copy of `len` bytes (1..=4095, inside edu's buffer).
-fn start_dma(bar0: &Region, src: u64, dst: u64, len: usize, cmd: u64) {
-    assert!(
-        (1..=SAFE_LEN).contains(&len),
-        "QEMU 7.2 edu aborts on this length"
-    );
-    bar0.write::<u64>(DMA_SRC, src).unwrap();
-    bar0.write::<u64>(DMA_DST, dst).unwrap();
-    bar0.write::<u64>(DMA_COUNT, len as u64).unwrap();
-    bar0.write::<u64>(DMA_CMD, cmd).unwrap();
-}
-
-fn fill(buf: &DmaBuffer, f: impl Fn(usize) -> u8) {
-    let bytes: Vec<u8> = (0..buf.size()).map(f).collect();
-    buf.as_volatile_slice().write_slice(&bytes, 0).unwrap();
-}
-
-fn contents(buf: &DmaBuffer) -> Vec<u8> {
-    let mut bytes = vec![0u8; buf.size()];
-    buf.as_volatile_slice().read_slice(&mut bytes, 0).unwrap();
-    bytes
 }
 
 #[test]

@@ -9,11 +9,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use barmap::dma::DmaMask;
 use barmap::vm_memory::{Bytes, VolatileMemory};
-use barmap::{Container, Device, DmaBuffer, Error, ErrorKind, Interface, Region};
+use barmap::{Container, Device, Error, ErrorKind, Interface};
+use common::edu_dma::{self, contents, CMD_START, CMD_TO_RAM, EDU_BUF, SAFE_LEN};
+use common::group_holder::GroupHolder;
 use common::{edu, edu_reg::*, flr_dev, testdev};
 
 /// The interface the harness says this kernel's devices go through.
@@ -194,22 +195,10 @@ fn a_device_held_by_another_process_is_busy_and_opens_once_it_is_gone() {
 fn a_group_open_elsewhere_blocks_the_device_with_ebusy() {
     let interface = harness_interface();
     let group = Device::open(edu()).unwrap().iommu_group();
-    let mut holder = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "exec 3<>/dev/vfio/{group} && echo held && exec sleep 600"
-        ))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let result = Device::open(edu());
-    holder.kill().unwrap();
-    holder.wait().unwrap();
-    assert_eq!(line.trim(), "held");
+    let result = {
+        let _holder = GroupHolder::hold(group);
+        Device::open(edu())
+    };
     let err = result.unwrap_err();
     assert_eq!(
         (err.kind(), err.errno()),
@@ -232,34 +221,6 @@ fn a_group_open_elsewhere_blocks_the_device_with_ebusy() {
         assert!(matches!(err, Error::GroupBusy { .. }), "{err:?}");
     }
     assert_edu_works(&Device::open(edu()).unwrap());
-}
-
-const DMA_DST: u64 = 0x88;
-const DMA_COUNT: u64 = 0x90;
-const DMA_CMD: u64 = 0x98;
-const CMD_START: u64 = 1;
-const CMD_TO_RAM: u64 = 2;
-/// edu's own buffer, in its address space.
-const EDU_BUF: u64 = 0x40000;
-/// The most bytes QEMU 7.2's edu copies without aborting.
-const SAFE_LEN: usize = 4095;
-
-fn edu_copy(bar0: &Region, src: u64, dst: u64, len: usize, cmd: u64) {
-    bar0.write::<u64>(DMA_SRC, src).unwrap();
-    bar0.write::<u64>(DMA_DST, dst).unwrap();
-    bar0.write::<u64>(DMA_COUNT, len as u64).unwrap();
-    bar0.write::<u64>(DMA_CMD, cmd | CMD_START).unwrap();
-    let start = Instant::now();
-    while bar0.read::<u64>(DMA_CMD).unwrap() & CMD_START != 0 {
-        assert!(start.elapsed() < Duration::from_secs(5), "edu DMA did not finish");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn contents(buf: &DmaBuffer) -> Vec<u8> {
-    let mut bytes = vec![0u8; buf.size()];
-    buf.as_volatile_slice().read_slice(&mut bytes, 0).unwrap();
-    bytes
 }
 
 #[test]
@@ -299,8 +260,8 @@ fn dma_round_trip_on_edu_through_an_address_space_shared_with_testdev() {
     let sent: Vec<u8> = (0..4096).map(|i| (i * 13 + 5) as u8).collect();
     a.as_volatile_slice().write_slice(&sent, 0).unwrap();
     b.as_volatile_slice().write_slice(&[0xee; 4096], 0).unwrap();
-    edu_copy(&bar0, a.iova(), EDU_BUF, SAFE_LEN, 0);
-    edu_copy(&bar0, EDU_BUF, b.iova(), SAFE_LEN, CMD_TO_RAM);
+    edu_dma::dma(&bar0, a.iova(), EDU_BUF, SAFE_LEN, CMD_START);
+    edu_dma::dma(&bar0, EDU_BUF, b.iova(), SAFE_LEN, CMD_START | CMD_TO_RAM);
     let got = contents(&b);
     assert_eq!(got[..SAFE_LEN], sent[..SAFE_LEN], "byte-identical round trip");
     assert_eq!(got[SAFE_LEN..], [0xee], "nothing past the transfer");

@@ -18,24 +18,15 @@ mod common;
 #[path = "../examples/nvme/driver/mod.rs"]
 mod driver;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use barmap::dma::DmaMask;
-use barmap::vm_memory::{Bytes, VolatileMemory};
 use barmap::{Container, Device, DmaBuffer, Error, Interface, Region};
+use common::capability::{self, report_without, CAP_SYS_ADMIN, CAP_SYS_RAWIO};
+use common::edu_dma::{self, *};
 use common::nvme_admin::{MODEL, SERIAL};
 use common::{edu, edu_reg::*, nvme};
 use driver::{Controller, Mode, Options};
-
-const DMA_DST: u64 = 0x88;
-const DMA_COUNT: u64 = 0x90;
-const DMA_CMD: u64 = 0x98;
-const CMD_START: u64 = 1;
-const CMD_TO_RAM: u64 = 2;
-/// edu's own buffer, in its address space.
-const EDU_BUF: u64 = 0x40000;
-/// The most bytes QEMU 7.2's edu copies without aborting.
-const SAFE_LEN: usize = 4095;
 
 /// edu's DMA mask in the no-IOMMU guest.
 const EDU_MASK: DmaMask = DmaMask::bits(32);
@@ -47,43 +38,8 @@ fn noiommu() -> Container {
 fn quiet_edu() -> (Device, Region) {
     let dev = Device::open_in(&noiommu(), edu()).unwrap();
     let bar0 = dev.bar(0).unwrap();
-    common::wait_idle(&bar0);
-    wait_dma_idle(&bar0);
-    bar0.write::<u32>(STATUS, 0).unwrap();
-    bar0.write::<u32>(IRQ_ACK, 0xffff_ffff).unwrap();
+    edu_dma::quiet(&bar0);
     (dev, bar0)
-}
-
-fn wait_dma_idle(bar0: &Region) {
-    let start = Instant::now();
-    while bar0.read::<u64>(DMA_CMD).unwrap() & CMD_START != 0 {
-        assert!(start.elapsed() < Duration::from_secs(5), "edu DMA did not finish");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Copies `len` bytes (1..=4095, inside edu's buffer) and waits for the end.
-fn dma(bar0: &Region, src: u64, dst: u64, len: usize, cmd: u64) {
-    assert!(
-        (1..=SAFE_LEN).contains(&len),
-        "QEMU 7.2 edu aborts on this length"
-    );
-    bar0.write::<u64>(DMA_SRC, src).unwrap();
-    bar0.write::<u64>(DMA_DST, dst).unwrap();
-    bar0.write::<u64>(DMA_COUNT, len as u64).unwrap();
-    bar0.write::<u64>(DMA_CMD, cmd).unwrap();
-    wait_dma_idle(bar0);
-}
-
-fn fill(buf: &DmaBuffer, f: impl Fn(usize) -> u8) {
-    let bytes: Vec<u8> = (0..buf.size()).map(f).collect();
-    buf.as_volatile_slice().write_slice(&bytes, 0).unwrap();
-}
-
-fn contents(buf: &DmaBuffer) -> Vec<u8> {
-    let mut bytes = vec![0u8; buf.size()];
-    buf.as_volatile_slice().read_slice(&mut bytes, 0).unwrap();
-    bytes
 }
 
 /// A round trip of `len` bytes: `a[from..]` to edu's buffer and back into
@@ -180,104 +136,10 @@ fn noiommu_nvme_identify_through_the_userspace_driver() {
     ctrl.shutdown().unwrap();
 }
 
-/// Linux capability sets (`struct __user_cap_data_struct`), version 3.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// `struct __user_cap_header_struct`.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-const CAP_SYS_RAWIO: u32 = 17;
-const CAP_SYS_ADMIN: u32 = 21;
-
-fn cap_header() -> CapHeader {
-    CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    }
-}
-
-/// This process's effective capabilities (the low 32).
-fn effective() -> u32 {
-    let mut data = [CapData::default(); 2];
-    let mut header = cap_header();
-    // SAFETY: capget writes one header and two data structs of version 3, which both are.
-    let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) };
-    assert_eq!(ret, 0, "capget: {}", std::io::Error::last_os_error());
-    data[0].effective
-}
-
-/// Drops capability `cap` from this process's effective and permitted sets.
-fn drop_capability(cap: u32) -> bool {
-    let mut data = [CapData::default(); 2];
-    let mut header = cap_header();
-    // SAFETY: capget writes one header and two data structs of version 3, which both are.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) } != 0 {
-        return false;
-    }
-    data[0].effective &= !(1 << cap);
-    data[0].permitted &= !(1 << cap);
-    let mut header = cap_header();
-    // SAFETY: capset reads one header and two data structs of version 3.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
-    ret == 0 && effective() & (1 << cap) == 0
-}
-
-/// Runs `child` in a forked child that dropped capability `cap` and returns
-/// the report it wrote to a pipe ("capset failed" if it could not drop it;
-/// nothing if it ran nothing, which the caller's assertion then rejects).
-fn report_without(cap: u32, child: impl FnOnce() -> String) -> String {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe writes.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    let [read_end, write_end] = fds;
-    // SAFETY: the child drops a capability, runs `child` (the tests run one at
-    // a time, so no other thread holds a lock it needs), writes its report and
-    // leaves with _exit, running no destructors.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        let report = if drop_capability(cap) {
-            child()
-        } else {
-            "capset failed".to_string()
-        };
-        // SAFETY: the report's bytes are valid for its length; _exit ends the child at once.
-        unsafe {
-            libc::write(write_end, report.as_ptr().cast(), report.len());
-            libc::_exit(0);
-        }
-    }
-    // SAFETY: the parent's copy of the write end is its own to close.
-    unsafe { libc::close(write_end) };
-    // SAFETY: the read end is this process's and nothing else owns it.
-    let read_end = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(read_end) };
-    let mut report = String::new();
-    std::io::Read::read_to_string(&mut std::fs::File::from(read_end), &mut report).unwrap();
-    let mut status = 0;
-    // SAFETY: `pid` is this process's child; `status` is writable.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child status {status:#x}"
-    );
-    report
-}
-
 #[test]
 #[ignore = "needs a no-IOMMU guest (qemu-scripts/guest-test.sh noiommu)"]
 fn noiommu_group_without_cap_sys_rawio_is_missing_capability_from_the_kernels_eperm() {
-    assert_ne!(effective() & (1 << CAP_SYS_RAWIO), 0, "the suite runs as root");
+    assert!(capability::has(CAP_SYS_RAWIO), "the suite runs as root");
     let report = report_without(CAP_SYS_RAWIO, || {
         let container = match Container::noiommu_device_reaches_all_memory() {
             Ok(container) => container,

@@ -57,6 +57,14 @@ fn open(kernel: &FakeKernel) -> crate::Result<Device> {
         .open()
 }
 
+/// Device A opened in an IOAS whose IOVA ranges are `ranges`, aligned to `alignment`.
+fn open_in_ioas(ranges: Vec<std::ops::RangeInclusive<u64>>, alignment: u64) -> (FakeKernel, Device) {
+    let kernel = iommufd_kernel();
+    kernel.script().iommu = iommu_info(IovaRanges { ranges, alignment });
+    let dev = open(&kernel).unwrap();
+    (kernel, dev)
+}
+
 fn fail_open(failure: fn() -> OpenFailure) -> Error {
     let kernel = iommufd_kernel();
     kernel.script().open_failure = Some(failure);
@@ -245,12 +253,7 @@ fn a_map_the_kernel_refuses_with_enospc_in_the_ioas_frees_the_iova() {
 
 #[test]
 fn an_ioas_whose_ranges_are_used_up_is_an_iova_error_without_a_kernel_call() {
-    let kernel = iommufd_kernel();
-    kernel.script().iommu = iommu_info(IovaRanges {
-        ranges: vec![0x1_0000..=0x1_ffff],
-        alignment: 0x1_0000,
-    });
-    let dev = open(&kernel).unwrap();
+    let (kernel, dev) = open_in_ioas(vec![0x1_0000..=0x1_ffff], 0x1_0000);
     let dma = dev.dma(DmaMask::FULL).unwrap();
     let _whole = dma.alloc(0x1000).unwrap();
     kernel.clear_calls();
@@ -262,12 +265,7 @@ fn an_ioas_whose_ranges_are_used_up_is_an_iova_error_without_a_kernel_call() {
 
 #[test]
 fn the_ioas_alignment_is_the_allocators_granule() {
-    let kernel = iommufd_kernel();
-    kernel.script().iommu = iommu_info(IovaRanges {
-        ranges: vec![0..=0xfedf_ffff],
-        alignment: 0x1_0000,
-    });
-    let dev = open(&kernel).unwrap();
+    let (_kernel, dev) = open_in_ioas(vec![0..=0xfedf_ffff], 0x1_0000);
     let dma = dev.dma(DmaMask::FULL).unwrap();
     let a = dma.alloc(0x1000).unwrap();
     let b = dma.alloc(0x1000).unwrap();

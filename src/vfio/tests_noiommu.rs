@@ -15,6 +15,11 @@ use crate::dma::physical::{parse_entry, Frame, HUGE_1G, HUGE_2M};
 use crate::dma::{DmaMask, PhysicalDmaError};
 use crate::error::{Error, ErrorKind};
 use crate::pci::fake::{addr, FakeSys, A};
+use capability::{report_without, CAP_SYS_ADMIN};
+
+#[allow(dead_code)] // the device tests use the rest
+#[path = "../../tests/common/capability.rs"]
+mod capability;
 
 const GROUP: u32 = 5;
 const PRESENT: u64 = 1 << 63;
@@ -536,56 +541,6 @@ fn guest_memory_iova_ranges_and_empty_buffers_are_refused_without_an_iommu() {
         .all(|c| !matches!(c, Call::IommuInfo | Call::MapDma { .. } | Call::MapMemory { .. })));
 }
 
-/// Linux capability sets (`struct __user_cap_data_struct`), version 3.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// `struct __user_cap_header_struct`.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-const CAP_SYS_ADMIN: u32 = 21;
-
-/// This process's capability sets.
-fn capabilities() -> [CapData; 2] {
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget writes one header and two data structs of version 3, which both are.
-    let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) };
-    assert_eq!(ret, 0, "capget: {}", std::io::Error::last_os_error());
-    data
-}
-
-fn has_cap_sys_admin() -> bool {
-    capabilities()[0].effective & (1 << CAP_SYS_ADMIN) != 0
-}
-
-/// Drops `CAP_SYS_ADMIN` from this process's effective and permitted sets.
-fn drop_cap_sys_admin() -> bool {
-    let mut caps = capabilities();
-    caps[0].effective &= !(1 << CAP_SYS_ADMIN);
-    caps[0].permitted &= !(1 << CAP_SYS_ADMIN);
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    // SAFETY: capset reads one header and two data structs of version 3.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, caps.as_ptr()) };
-    ret == 0 && !has_cap_sys_admin()
-}
-
 /// What the real pagemap path gives a 4 KiB buffer here: "frames hidden",
 /// "frame N" or another error's text.
 fn real_alloc_report(dma: &crate::Dma) -> String {
@@ -611,42 +566,9 @@ fn real_pagemap_without_cap_sys_admin_is_missing_capability_in_a_child() {
     let container = Container::with_backend(Arc::new(backend));
     let dev = Device::open_with(&sys(true).sysfs(), &container, addr(A)).unwrap();
     let dma = dev.dma(DmaMask::FULL).unwrap();
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe writes.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    let [read_end, write_end] = fds;
-    // SAFETY: the child only drops a capability, runs the allocation (which
-    // allocates, maps and reads a file: glibc's malloc is fork-safe), writes
-    // its report to the pipe and leaves with _exit, running no destructors.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        let report = if drop_cap_sys_admin() {
-            real_alloc_report(&dma)
-        } else {
-            "capset failed".to_string()
-        };
-        // SAFETY: the report's bytes are valid for its length; _exit ends the child at once.
-        unsafe {
-            libc::write(write_end, report.as_ptr().cast(), report.len());
-            libc::_exit(0);
-        }
-    }
-    // SAFETY: the parent's copy of the write end is its own to close.
-    unsafe { libc::close(write_end) };
-    // SAFETY: the read end is this process's and nothing else owns it.
-    let read_end = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(read_end) };
-    let mut report = String::new();
-    std::io::Read::read_to_string(&mut std::fs::File::from(read_end), &mut report).unwrap();
-    let mut status = 0;
-    // SAFETY: `pid` is this process's child; `status` is writable.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child status {status:#x}"
-    );
+    let report = report_without(CAP_SYS_ADMIN, || real_alloc_report(&dma));
     assert_eq!(report, "frames hidden", "the child's report");
-    if has_cap_sys_admin() {
+    if capability::has(CAP_SYS_ADMIN) {
         let own = real_alloc_report(&dma);
         assert!(own.starts_with("frame ") && own != "frame 0x0", "{own}");
     }

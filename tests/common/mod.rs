@@ -2,8 +2,11 @@
 //! driving edu and pci-testdev.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod capability;
 pub mod child;
+pub mod edu_dma;
 pub mod emulated;
+pub mod group_holder;
 pub mod nvme_admin;
 pub mod sentinel;
 pub mod trace_log;
