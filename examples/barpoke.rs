@@ -23,8 +23,8 @@
 //! (its value parsers), `commands` (what each subcommand does), `opened` (a
 //! region opened as `--via` asks, and its raw accesses), `record` (the driver
 //! to give a device back to), and the pure output functions `format` (values,
-//! traces, hexdumps, tables), `devices` (`list` and `info` rows) and `header`
-//! (`config`'s decoding). Parsing and output are tested on the host (`cargo
+//! traces, tables), `hexdump` (shared with the NVMe example), `devices`
+//! (`list` and `info` rows) and `header` (`config`'s decoding). Parsing and output are tested on the host (`cargo
 //! test --example barpoke`); tests/barpoke.rs runs the built binary against
 //! QEMU's devices in the guest.
 
@@ -38,6 +38,8 @@ mod devices;
 mod format;
 #[path = "barpoke/header.rs"]
 mod header;
+#[path = "shared/hexdump.rs"]
+mod hexdump;
 #[path = "barpoke/opened.rs"]
 mod opened;
 #[path = "barpoke/parse.rs"]

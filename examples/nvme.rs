@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! nvme identify                                   # controller and namespaces
-//! nvme read LBA COUNT [--nsid N] [--output FILE]  # hexdump or file
+//! nvme read LBA COUNT [--nsid N] [--output FILE | -v]  # hexdump (-v: every line) or file
 //! nvme write LBA COUNT [--byte B | --seed S | --input FILE]
 //! nvme bench [--pattern randread|randwrite|seqread] [--qd N] [--bs BYTES] [--time S]
 //! nvme floor [--count N]                          # one doorbell write, one register read
@@ -28,6 +28,8 @@ mod bench;
 mod cli;
 #[path = "nvme/driver/mod.rs"]
 mod driver;
+#[path = "shared/hexdump.rs"]
+mod hexdump;
 #[path = "nvme/pattern.rs"]
 mod pattern;
 #[path = "nvme/rng.rs"]
@@ -43,6 +45,7 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 use driver::{Controller, Data, NvmeError};
+use hexdump::{hexdump, Repeats};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -72,7 +75,15 @@ fn run(cli: &Cli) -> Result<(), NvmeError> {
                     source,
                 }),
                 None => {
-                    print!("{}", hexdump(args.lba * block_size(&ctrl, args.nsid)?, &data));
+                    let repeats = if args.all_lines {
+                        Repeats::Shown
+                    } else {
+                        Repeats::Squeezed
+                    };
+                    print!(
+                        "{}",
+                        hexdump(args.lba * block_size(&ctrl, args.nsid)?, &data, repeats)
+                    );
                     Ok(())
                 }
             }
@@ -242,53 +253,4 @@ fn identify(ctrl: &Controller, json: bool) -> Result<(), NvmeError> {
         );
     }
     Ok(())
-}
-
-/// `hexdump -C` style lines of `data`, addressed from `base`; runs of
-/// identical lines fold into `*`.
-fn hexdump(base: u64, data: &[u8]) -> String {
-    let mut out = String::new();
-    let mut previous: Option<&[u8]> = None;
-    let mut folded = false;
-    for (i, line) in data.chunks(16).enumerate() {
-        if previous == Some(line) {
-            if !folded {
-                out.push_str("*\n");
-                folded = true;
-            }
-            continue;
-        }
-        (previous, folded) = (Some(line), false);
-        let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
-        let text: String = line
-            .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() || b == b' ' {
-                    b as char
-                } else {
-                    '.'
-                }
-            })
-            .collect();
-        out.push_str(&format!(
-            "{:08x}  {:<48} |{text}|\n",
-            base + 16 * i as u64,
-            hex.join(" ")
-        ));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::hexdump;
-
-    #[test]
-    fn hexdump_folds_repeated_lines() {
-        let dump = hexdump(0x200, &[0u8; 48]);
-        assert_eq!(
-            dump,
-            format!("00000200  {:<48} |{}|\n*\n", ["00"; 16].join(" "), ".".repeat(16))
-        );
-    }
 }

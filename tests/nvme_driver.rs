@@ -681,11 +681,14 @@ fn nvme_cli_identifies_writes_reads_and_benchmarks() {
     assert_eq!(code, 0);
     assert!(
         out.starts_with(&format!(
-            "{:08x}  a8 61 00 00 00 00 00 00 05 00",
+            "{:08x}  a8 61 00 00 00 00 00 00  05 00",
             CLI_LBA * BLOCK as u64
-        )),
-        "hexdump: {out}"
+        )) && out.ends_with(&format!("\n{:08x}\n", (CLI_LBA + 1) * BLOCK as u64)),
+        "hexdump -C's lines, then the end offset: {out}"
     );
+    let (code, all, _) = cli(&["read", &lba, "1", "-v"]);
+    assert_eq!(code, 0);
+    assert_eq!(all.lines().count(), BLOCK / 16 + 1, "-v: every line: {all}");
 
     let (code, _, err) = cli(&["read", &FILE_BLOCKS.to_string(), "1"]);
     assert_eq!(code, 1);

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{Cli, RegionArgs, Register};
 use crate::format::{self, AccessPath};
+use crate::hexdump::{hexdump, Repeats};
 use crate::opened::Opened;
 use crate::parse::Width;
 use crate::record::DriverRecords;
@@ -193,7 +194,7 @@ pub fn dump(cli: &Cli, at: &RegionArgs, offset: Option<u64>, len: Option<u64>) -
             "bytes": shown,
         })));
     }
-    Ok(format::hexdump(offset, shown))
+    Ok(hexdump(offset, shown, Repeats::Shown))
 }
 
 /// `barpoke config ADDR`: the decoded config header and capability lists.

@@ -1,5 +1,5 @@
 //! barpoke's output primitives: pure functions from values to the text it
-//! prints (register values, trace lines, hexdumps, aligned columns), and the
+//! prints (register values, trace lines, aligned columns), and the
 //! access path an access takes.
 
 use std::fmt::Write as _;
@@ -82,41 +82,6 @@ pub fn trace_line(
         let _ = write!(line, ", {fate} ({})", refusal.reason());
     }
     line
-}
-
-/// `bytes` read from `start` on, formatted like `hexdump -C` (without squeezing
-/// repeated lines into `*`, as `hexdump -C -v`): lines of 16 bytes starting at
-/// `start`, each with its offset, the bytes in two groups of 8 and their
-/// printable ASCII between bars, then a last line with the end offset.
-pub fn hexdump(start: u64, bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for (n, line) in bytes.chunks(16).enumerate() {
-        let _ = write!(out, "{:08x} ", start + 16 * n as u64);
-        for i in 0..16 {
-            if i % 8 == 0 {
-                out.push(' ');
-            }
-            match line.get(i) {
-                Some(b) => {
-                    let _ = write!(out, "{b:02x} ");
-                }
-                None => out.push_str("   "),
-            }
-        }
-        let ascii: String = line
-            .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() || b == b' ' {
-                    b as char
-                } else {
-                    '.'
-                }
-            })
-            .collect();
-        let _ = writeln!(out, " |{ascii}|");
-    }
-    let _ = writeln!(out, "{:08x}", start + bytes.len() as u64);
-    out
 }
 
 /// Rows of cells as lines with every column but the last padded to its widest cell.
@@ -224,30 +189,6 @@ mod tests {
             ),
             "trace: read bar0+0x10 w16 = 0xffff via fault, refused (write-only region)"
         );
-    }
-
-    #[test]
-    fn hexdump_matches_hexdump_c() {
-        // Reference: printf 'hello\nworld, this is a longer line!' | hexdump -C
-        let expected = "\
-00000000  68 65 6c 6c 6f 0a 77 6f  72 6c 64 2c 20 74 68 69  |hello.world, thi|
-00000010  73 20 69 73 20 61 20 6c  6f 6e 67 65 72 20 6c 69  |s is a longer li|
-00000020  6e 65 21                                          |ne!|
-00000023
-";
-        assert_eq!(hexdump(0, b"hello\nworld, this is a longer line!"), expected);
-    }
-
-    #[test]
-    fn hexdump_starts_at_the_offset_and_pads_short_lines() {
-        let bytes = [0xed, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0x41];
-        let expected = "\
-00000104  ed 00 00 01 ff ff ff ff  41                       |........A|
-0000010d
-";
-        assert_eq!(hexdump(0x104, &bytes), expected);
-        assert_eq!(hexdump(0x20, &[]), "00000020\n");
-        assert!(hexdump(0x1_0000_0000, &[0]).starts_with("100000000  00 "));
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub struct Transfer {
     /// Write the data to this file instead of a hexdump on stdout
     #[arg(long)]
     pub output: Option<String>,
+    /// Print every line of the hexdump, where by default a run of equal lines is one `*` (as `hexdump -v`)
+    #[arg(short = 'v', long, conflicts_with = "output")]
+    pub all_lines: bool,
 }
 
 #[derive(Args, Debug)]
