@@ -687,10 +687,16 @@ guest_kernel_args() {
 
 # guest_qemu_iommu SERIES: the QEMU arguments of the guest's IOMMU and edu: an intel-iommu (interrupt
 # remapping) and edu's default 28-bit DMA mask, or for noiommu no IOMMU and a 32-bit DMA mask for edu
-# (its DMA addresses are then physical, and the guest's 2 GiB of RAM lie below 4 GiB).
+# (its DMA addresses are then physical, and the guest's 2 GiB of RAM lie below 4 GiB), and a transitional
+# virtio-rng (1af4:1005) with two functions behind a root port of its own: in no-IOMMU mode each function
+# is a group, and a hot reset of their bus needs both groups (tests/noiommu.rs).
 guest_qemu_iommu() {
     case "$1" in
-    noiommu) echo -device edu,dma_mask=0xffffffff ;;
+    noiommu)
+        echo -device edu,dma_mask=0xffffffff -device pcie-root-port,id=pair-port,chassis=2 \
+            -device virtio-rng-pci,bus=pair-port,addr=0.0,multifunction=on,disable-legacy=off \
+            -device virtio-rng-pci,bus=pair-port,addr=0.1,disable-legacy=off
+        ;;
     *) echo -device intel-iommu,intremap=on,caching-mode=on -device edu ;;
     esac
 }

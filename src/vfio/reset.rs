@@ -5,14 +5,14 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_DEVID_NOT_OWNED, VFIO_PCI_HOT_RESET_FLAG_DEV_ID,
     VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED,
 };
 
-use super::Device;
+use super::{noiommu, Device};
 use crate::error::{Error, Result};
 
 /// Which reset [`Device::reset`] did.
@@ -197,22 +197,33 @@ fn group_fds(groups: &[u32], mut find: impl FnMut(u32) -> Option<OwnedFd>) -> Gr
     held
 }
 
-/// A duplicate of the descriptor of `/dev/vfio/GROUP` that this process holds
-/// open, found among its open files (vfio-ioctls keeps its group descriptors
-/// private, and a group can be open only once). The duplicate is checked to
-/// be the group's node after it is made, so a descriptor number closed and
-/// reused meanwhile is never taken for the group; and it stays the group's
-/// for as long as it is held.
+/// A duplicate of the descriptor of group `group` that this process holds
+/// open: its node `/dev/vfio/GROUP`, or `/dev/vfio/noiommu-GROUP` for a
+/// group of VFIO's no-IOMMU mode (the two share one numbering). It is found
+/// among the process's open files (vfio-ioctls keeps its group descriptors
+/// private, and a group can be open only once).
 pub(super) fn find_group_fd(group: u32) -> Option<OwnedFd> {
-    let node = format!("/dev/vfio/{group}");
-    let rdev = fs::metadata(&node)
+    [
+        PathBuf::from(format!("/dev/vfio/{group}")),
+        noiommu::group_path(group),
+    ]
+    .iter()
+    .find_map(|node| find_open(node))
+}
+
+/// A duplicate of a descriptor this process holds open on the character
+/// device `node`. The duplicate is checked to be the node's device after it
+/// is made, so a descriptor number closed and reused meanwhile is never
+/// taken for it; and it stays the node's for as long as it is held.
+fn find_open(node: &Path) -> Option<OwnedFd> {
+    let rdev = fs::metadata(node)
         .ok()
         .filter(|m| m.file_type().is_char_device())?
         .rdev();
     fs::read_dir("/proc/self/fd")
         .ok()?
         .filter_map(|entry| entry.ok())
-        .filter(|entry| fs::read_link(entry.path()).is_ok_and(|target| target == Path::new(&node)))
+        .filter(|entry| fs::read_link(entry.path()).is_ok_and(|target| target == node))
         .filter_map(|entry| entry.file_name().to_str()?.parse::<RawFd>().ok())
         .filter_map(duplicate)
         .find(|fd| is_char_device(fd, rdev))
@@ -270,5 +281,16 @@ mod tests {
     #[test]
     fn a_group_this_process_does_not_hold_is_not_found() {
         assert!(find_group_fd(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_held_character_device_is_found_by_its_node_and_a_plain_file_is_not() {
+        let null = fs::metadata("/dev/null").unwrap().rdev();
+        let _held = File::open("/dev/null").unwrap();
+        let found = find_open(Path::new("/dev/null")).expect("the held /dev/null");
+        assert!(is_char_device(&found, null));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let _open = File::open(file.path()).unwrap();
+        assert!(find_open(file.path()).is_none(), "not a device node");
     }
 }

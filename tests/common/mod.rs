@@ -55,6 +55,14 @@ pub fn flr_dev() -> PciAddress {
     from_env("BARMAP_FLR_DEV", "function-level-reset")
 }
 
+/// The addresses of the two functions of the transitional virtio-rng behind a
+/// root port of its own in the no-IOMMU guest (function 0, then 1).
+pub fn function_pair() -> (PciAddress, PciAddress) {
+    let first = from_env("BARMAP_PAIR_DEV", "two-function virtio-rng (no-IOMMU guest)");
+    let second = PciAddress::new(first.domain(), first.bus(), first.device(), 1).unwrap();
+    (first, second)
+}
+
 /// The address of QEMU's NVMe controller (serial `barmap0001`) in the guest.
 pub fn nvme() -> PciAddress {
     from_env("BARMAP_NVME", "NVMe")
