@@ -25,9 +25,14 @@ enum State {
     /// The kernel refused to unmap it: the device may still reach the memory,
     /// so it is never freed (leaked) and its IOVAs never reused.
     Stuck,
-    /// Reached at its physical address, without an IOMMU: there is no
-    /// mapping to remove, and the memory is freed on drop.
-    Physical,
+    /// Reached at its physical address, without an IOMMU, in pages of
+    /// `page` bytes: there is no mapping to remove, and nothing revokes the
+    /// device's access, so on drop the memory is retired to the device
+    /// (freed once the device is closed).
+    Physical {
+        /// The page size backing it.
+        page: u64,
+    },
 }
 
 impl State {
@@ -167,12 +172,12 @@ impl Dma {
 
 impl DmaBuffer {
     /// A buffer the device reaches at physical address `bus`, without an IOMMU.
-    pub(super) fn physical(dma: Dma, bus: u64, memory: MmapRegion) -> DmaBuffer {
+    pub(super) fn physical(dma: Dma, bus: u64, page: u64, memory: MmapRegion) -> DmaBuffer {
         DmaBuffer {
             dma,
             iova: bus,
             memory: ManuallyDrop::new(memory),
-            state: State::Physical,
+            state: State::Physical { page },
         }
     }
 
@@ -215,11 +220,20 @@ impl Drop for DmaBuffer {
         if let Err(e) = self.release() {
             log::error!("{e}; leaking its {:#x} bytes of memory", self.memory.size());
         }
-        if matches!(self.state, State::Unmapped | State::Physical) {
-            // SAFETY: the IOMMU mapping is gone (or there never was one), so
-            // nothing but this buffer reaches the memory through the kernel,
-            // and `memory` is dropped only here, once.
-            unsafe { ManuallyDrop::drop(&mut self.memory) };
+        match self.state {
+            State::Unmapped => {
+                // SAFETY: the IOMMU mapping is gone, so nothing but this
+                // buffer reaches the memory through the kernel, and `memory`
+                // is dropped only here, once.
+                unsafe { ManuallyDrop::drop(&mut self.memory) };
+            }
+            State::Physical { page } => {
+                // SAFETY: `memory` is taken only here, once, in drop, and
+                // never used again.
+                let memory = unsafe { ManuallyDrop::take(&mut self.memory) };
+                self.dma.device().retired_dma().keep(page, memory);
+            }
+            State::Mapped | State::Stuck => {}
         }
     }
 }

@@ -20,10 +20,16 @@
 //! with [`PhysicalDmaError::NoHugePages`]). The addresses come from
 //! `/proc/self/pagemap`, which shows them only to a process with
 //! `CAP_SYS_ADMIN` ([`Error::MissingCapability`](crate::Error::MissingCapability)
-//! otherwise). `mlock` keeps a buffer in memory, but the kernel's compaction
-//! may still move a locked 4 KiB page unless `vm.compact_unevictable_allowed`
-//! is 0: set it on such a host, or ask for more than 4 KiB. The device can
-//! still write a buffer after it is dropped: nothing revokes it.
+//! otherwise). `mlock` keeps a buffer in memory, but does not pin its frames:
+//! the kernel may still migrate a locked 4 KiB page (compaction, unless
+//! `vm.compact_unevictable_allowed` is 0) and, rarely, a huge page (to make
+//! room for a contiguous allocation such as CMA or a 1 GiB page, or to take
+//! memory offline). Keep such a host's memory quiet: compaction off for
+//! locked pages, no memory hot-unplug, huge pages reserved at boot. Nothing
+//! revokes a device's access to physical memory, so a dropped buffer's
+//! memory is not given back while the device is open: the device keeps it,
+//! locked, hands it zeroed to the next buffer of the same size, and frees it
+//! once it is closed (when vfio-pci has turned its bus mastering off).
 //! [`Dma::map_guest_memory`] is unsupported there.
 //!
 //! The allocator ([`IovaAllocator`]) is the container's: it honours the

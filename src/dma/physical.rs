@@ -10,18 +10,23 @@
 //! only to a process with `CAP_SYS_ADMIN` (frame 0 otherwise), and is
 //! checked page by page for contiguity.
 //!
-//! Locking (`mlock`) keeps ordinary pages in memory, but the kernel's
-//! compaction may still migrate a locked 4 KiB page to another frame unless
-//! `vm.compact_unevictable_allowed` is 0: set it on a no-IOMMU host, or use
-//! buffers of more than 4 KiB, whose huge pages compaction does not move.
+//! Locking (`mlock`) keeps pages in memory but does not pin their frames:
+//! the kernel's compaction may still migrate a locked 4 KiB page unless
+//! `vm.compact_unevictable_allowed` is 0, and a contiguous allocation (CMA,
+//! a 1 GiB page made at run time) or memory going offline may migrate a huge
+//! page. The physical address read at allocation is the one the device gets.
+//!
+//! A dropped buffer's memory is retired to its device ([`RetiredMemory`]),
+//! since nothing revokes the device's access to it.
 
 use std::io;
+use std::sync::Mutex;
 
 use vm_memory::{Bytes, MmapRegion, VolatileMemory};
 
 use super::{Dma, DmaBuffer};
 use crate::error::{Error, ErrorKind, Result};
-use crate::vfio::PhysicalMemory;
+use crate::vfio::{MapFailure, PhysicalMemory};
 
 /// The page size pagemap reports frames in.
 pub(crate) const PAGE: u64 = 4096;
@@ -182,19 +187,60 @@ impl Dma {
             return Err(fail(PhysicalDmaError::ZeroSize));
         }
         let page = backing_page(size as u64);
-        let len = (size as u64).div_ceil(page) * page;
-        let region = memory.map(len as usize, page).map_err(|source| {
-            fail(match source.raw_os_error() {
-                Some(libc::ENOMEM | libc::EINVAL) if page > PAGE => {
-                    PhysicalDmaError::NoHugePages { page, source }
+        let len = (size as u64)
+            .div_ceil(page)
+            .checked_mul(page)
+            .filter(|&len| usize::try_from(len).is_ok())
+            .ok_or_else(|| {
+                fail(PhysicalDmaError::System {
+                    step: "round the size up to whole pages",
+                    source: io::Error::from_raw_os_error(libc::ENOMEM),
+                })
+            })?;
+        let retired = self.device().retired_dma();
+        let (region, reused) = match retired.take(len as usize, page) {
+            Some(region) => {
+                zero(&region);
+                (region, true)
+            }
+            None => {
+                let region = memory
+                    .map(len as usize, page)
+                    .map_err(|failure| fail(map_failure(failure, page)))?;
+                touch(&region, page);
+                (region, false)
+            }
+        };
+        let bus = match self.place(&region, size, memory) {
+            Ok(bus) => bus,
+            Err(e) => {
+                if reused {
+                    // The device may still write it: it stays retired.
+                    retired.keep(page, region);
                 }
-                _ => PhysicalDmaError::System {
-                    step: "map and lock memory",
-                    source,
-                },
-            })
-        })?;
-        touch(&region, page);
+                return Err(e);
+            }
+        };
+        log::trace!(
+            "{addr}: {len:#x} bytes of locked memory ({}) for DMA at physical address {bus:#x}",
+            if reused { "reused" } else { "new" }
+        );
+        Ok(DmaBuffer::physical(self.clone(), bus, page, region))
+    }
+
+    /// The physical address of `region`, checked to be contiguous and under
+    /// the device's mask
+    /// (`size`, the size asked for, is the one errors name.)
+    fn place(&self, region: &MmapRegion, size: usize, memory: &dyn PhysicalMemory) -> Result<u64> {
+        let addr = self.device().address();
+        let interface = self.container().interface();
+        let fail = |source| Error::PhysicalDma {
+            addr,
+            interface,
+            len: size as u64,
+            source,
+        };
+        let len = region.size() as u64;
         let mut entries = vec![0u64; (len / PAGE) as usize];
         memory
             .pagemap(region.as_ptr() as u64 / PAGE, &mut entries)
@@ -220,8 +266,72 @@ impl Dma {
         if last > limit {
             return Err(fail(PhysicalDmaError::OverMask { bus, last, limit }));
         }
-        log::trace!("{addr}: {len:#x} bytes of locked memory for DMA at physical address {bus:#x}");
-        Ok(DmaBuffer::physical(self.clone(), bus, region))
+        Ok(bus)
+    }
+}
+
+/// What a failed [`PhysicalMemory::map`] of pages of `page` bytes means: no
+/// huge page to be had when `mmap` of huge pages fails with `ENOMEM` or
+/// `EINVAL`, otherwise the failed step (a locking limit is `mlock`'s).
+pub(crate) fn map_failure(failure: MapFailure, page: u64) -> PhysicalDmaError {
+    match failure {
+        MapFailure::Map(source)
+            if page > PAGE && matches!(source.raw_os_error(), Some(libc::ENOMEM | libc::EINVAL)) =>
+        {
+            PhysicalDmaError::NoHugePages { page, source }
+        }
+        MapFailure::Map(source) => PhysicalDmaError::System {
+            step: "map memory",
+            source,
+        },
+        MapFailure::Lock(source) => PhysicalDmaError::System {
+            step: "lock memory (mlock: RLIMIT_MEMLOCK?)",
+            source,
+        },
+    }
+}
+
+/// Memory of dropped no-IOMMU buffers. Nothing revokes a device's access to
+/// physical memory, so a dropped buffer's memory is not given back to the
+/// kernel while the device is open: it stays locked at its physical address,
+/// kept here (the device's, freed after the device is closed, when vfio-pci
+/// has turned its bus mastering off) and handed, zeroed, to the next buffer
+/// of the same size and page size.
+#[derive(Default)]
+pub(crate) struct RetiredMemory(Mutex<Vec<(u64, MmapRegion)>>);
+
+impl RetiredMemory {
+    /// Keeps `region`, backed by pages of `page` bytes.
+    pub(crate) fn keep(&self, page: u64, region: MmapRegion) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((page, region));
+    }
+
+    /// A kept region of `len` bytes in pages of `page` bytes, if there is one.
+    fn take(&self, len: usize, page: u64) -> Option<MmapRegion> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = kept
+            .iter()
+            .position(|(p, region)| *p == page && region.size() == len)?;
+        Some(kept.swap_remove(at).1)
+    }
+
+    /// How many regions are kept.
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Zeroes `region`, a reused buffer's memory.
+fn zero(region: &MmapRegion) {
+    const ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
+    let slice = region.as_volatile_slice();
+    for offset in (0..region.size()).step_by(ZEROS.len()) {
+        let n = ZEROS.len().min(region.size() - offset);
+        let _ = slice.write_slice(&ZEROS[..n], offset);
     }
 }
 

@@ -74,11 +74,21 @@ pub(crate) trait PhysicalMemory: Send + Sync {
     /// Maps `len` bytes (a multiple of `page`) of fresh anonymous shared
     /// memory backed by pages of `page` bytes (4 KiB, or 2 MiB or 1 GiB huge
     /// pages: `MAP_HUGETLB`), and locks it in memory (`mlock`).
-    fn map(&self, len: usize, page: u64) -> io::Result<MmapRegion>;
+    fn map(&self, len: usize, page: u64) -> Result<MmapRegion, MapFailure>;
 
     /// Reads the `/proc/self/pagemap` entries of `entries.len()` virtual
     /// pages of 4 KiB from page number `first` on.
     fn pagemap(&self, first: u64, entries: &mut [u64]) -> io::Result<()>;
+}
+
+/// Which step of [`PhysicalMemory::map`] failed.
+#[derive(Debug)]
+pub(crate) enum MapFailure {
+    /// `mmap` (for huge pages: `ENOMEM` when none is free, `EINVAL` for a
+    /// size the CPU lacks).
+    Map(io::Error),
+    /// `mlock` (`ENOMEM` or `EPERM` past `RLIMIT_MEMLOCK`).
+    Lock(io::Error),
 }
 
 /// Why [`IommuBackend::open_device`] failed, in terms the code above the seam

@@ -13,6 +13,7 @@ use super::backend::{DeviceBackend, IrqSet, OpenFailure};
 use super::{Container, Interface};
 use crate::access::{Region, RegionBuilder};
 use crate::config::{BarKind, ConfigSpace};
+use crate::dma::physical::RetiredMemory;
 use crate::error::{Error, Result};
 use crate::map::MapPolicy;
 use crate::pci::{PciAddress, Sysfs, VFIO_PCI_DRIVER};
@@ -59,6 +60,10 @@ struct Inner {
     /// shared by the regions' slow paths (and so by the fault handler's
     /// table while they are registered).
     backend: Box<dyn DeviceBackend>,
+    /// Memory of dropped no-IOMMU DMA buffers, which the device might still
+    /// write: declared after `backend`, so it is freed after the device is
+    /// closed.
+    retired_dma: RetiredMemory,
     container: Container,
     /// Which interrupt indices are enabled, against a second enable.
     irqs: crate::irq::IrqState,
@@ -156,6 +161,7 @@ impl Device {
                 bar_kinds,
                 config,
                 backend,
+                retired_dma: RetiredMemory::default(),
                 container: container.clone(),
                 irqs: crate::irq::IrqState::default(),
             }),
@@ -165,6 +171,11 @@ impl Device {
     /// The device's PCI address.
     pub fn address(&self) -> PciAddress {
         self.inner.addr
+    }
+
+    /// Memory of the device's dropped no-IOMMU DMA buffers.
+    pub(crate) fn retired_dma(&self) -> &RetiredMemory {
+        &self.inner.retired_dma
     }
 
     /// The device's IOMMU group.

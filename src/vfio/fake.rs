@@ -21,7 +21,7 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::MmapRegion;
 
 use super::backend::{
-    DependentDevice, DeviceBackend, DeviceInfo, HotResetInfo, IommuBackend, IrqSet, OpenFailure,
+    DependentDevice, DeviceBackend, DeviceInfo, HotResetInfo, IommuBackend, IrqSet, MapFailure, OpenFailure,
     PhysicalMemory, RawIrqInfo,
 };
 use super::noiommu::NoIommuCalls;
@@ -374,16 +374,18 @@ impl NoIommuCalls for FakeKernel {
 /// for (or ENOMEM for huge pages, if the script has none), with the
 /// script's pagemap.
 impl PhysicalMemory for FakeKernel {
-    fn map(&self, len: usize, page: u64) -> io::Result<MmapRegion> {
-        let script = self.call(Call::MapMemory { len, page })?;
+    fn map(&self, len: usize, page: u64) -> Result<MmapRegion, MapFailure> {
+        let script = self
+            .call(Call::MapMemory { len, page })
+            .map_err(MapFailure::Map)?;
         if page > 4096 && !script.huge_pages {
-            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            return Err(MapFailure::Map(io::Error::from_raw_os_error(libc::ENOMEM)));
         }
         MmapRegionBuilder::new(len)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_SHARED | libc::MAP_ANONYMOUS)
             .build()
-            .map_err(io::Error::other)
+            .map_err(|e| MapFailure::Map(io::Error::other(e)))
     }
 
     fn pagemap(&self, _: u64, entries: &mut [u64]) -> io::Result<()> {

@@ -191,7 +191,13 @@ impl DeviceBackend for LegacyDevice {
 
     fn group_fd(&self, group: u32) -> Option<OwnedFd> {
         if group == self.group {
-            self.group_fd.as_ref()?.try_clone().ok()
+            self.group_fd
+                .as_ref()?
+                .try_clone()
+                .inspect_err(|e| {
+                    log::warn!("group {group}: duplicating its descriptor for a hot reset failed: {e}")
+                })
+                .ok()
         } else {
             reset::find_group_fd(group)
         }

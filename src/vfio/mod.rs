@@ -21,7 +21,7 @@ mod tests_iommufd;
 #[cfg(test)]
 mod tests_noiommu;
 
-pub(crate) use backend::PhysicalMemory;
+pub(crate) use backend::{MapFailure, PhysicalMemory};
 pub use container::Container;
 pub use device::Device;
 pub use interface::Interface;

@@ -10,8 +10,9 @@ use vfio_bindings::bindings::vfio::VFIO_NOIOMMU_IOMMU;
 
 use super::fake::{Call, FakeKernel};
 use super::noiommu::{NoIommuContainer, ProcMemory};
+use super::MapFailure;
 use super::{Container, Device, Interface};
-use crate::dma::physical::{parse_entry, Frame, HUGE_1G, HUGE_2M};
+use crate::dma::physical::{map_failure, parse_entry, Frame, HUGE_1G, HUGE_2M};
 use crate::dma::{DmaMask, PhysicalDmaError};
 use crate::error::{Error, ErrorKind};
 use crate::pci::fake::{addr, FakeSys, A};
@@ -101,7 +102,7 @@ fn the_container_checks_the_api_and_noiommu_extension_and_the_device_open_attach
 }
 
 #[test]
-fn the_iommu_is_set_by_the_first_device_only_and_again_once_all_are_dropped() {
+fn every_open_sets_the_iommu_and_the_kernels_einval_for_one_already_set_is_not_an_error() {
     let kernel = FakeKernel::edu();
     let container = container(&kernel).unwrap();
     let sys = sys(true);
@@ -112,15 +113,16 @@ fn the_iommu_is_set_by_the_first_device_only_and_again_once_all_are_dropped() {
     };
     let first = Device::open_with(&sys.sysfs(), &container, addr(A)).unwrap();
     assert_eq!(set_iommu(&kernel), 1);
+    // The kernel keeps the IOMMU while any group of the container is
+    // attached, whoever holds it (a child may have inherited a descriptor),
+    // and answers EINVAL; the group joins it.
+    kernel.fail(|c| matches!(c, Call::SetIommu(_)), libc::EINVAL, Some(1));
     let second = Device::open_with(&sys.sysfs(), &container, addr(A)).unwrap();
-    assert_eq!(set_iommu(&kernel), 0, "the container's IOMMU is set");
+    assert_eq!(set_iommu(&kernel), 1, "asked, and EINVAL taken for set");
+    assert_eq!(second.config().unwrap().read16(0).unwrap(), 0x1234);
     drop((first, second));
     let _third = Device::open_with(&sys.sysfs(), &container, addr(A)).unwrap();
-    assert_eq!(
-        set_iommu(&kernel),
-        1,
-        "the kernel dropped the IOMMU with the last group"
-    );
+    assert_eq!(set_iommu(&kernel), 1, "set again once every group left");
 }
 
 #[test]
@@ -511,6 +513,96 @@ fn a_buffer_reaching_past_the_mask_is_refused_and_one_ending_at_it_is_not() {
         "{err:?}"
     );
     assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+}
+
+#[test]
+fn a_dropped_buffers_memory_stays_with_the_device_and_the_next_of_its_size_reuses_it_zeroed() {
+    use vm_memory::{Bytes, VolatileMemory};
+    let kernel = FakeKernel::edu();
+    kernel.script().huge_pages = true;
+    let dev = opened(&kernel);
+    let dma = dev.dma(DmaMask::FULL).unwrap();
+    let maps = |kernel: &FakeKernel| {
+        let calls = kernel.calls();
+        kernel.clear_calls();
+        calls
+            .iter()
+            .filter(|c| matches!(c, Call::MapMemory { .. }))
+            .count()
+    };
+    let buf = dma.alloc(4096).unwrap();
+    buf.as_volatile_slice().write_slice(&[0xa5; 64], 0).unwrap();
+    let host = buf.as_volatile_slice().ptr_guard().as_ptr() as usize;
+    assert_eq!(maps(&kernel), 1);
+    drop(buf);
+    assert_eq!(
+        dev.retired_dma().count(),
+        1,
+        "the device may still write it: kept"
+    );
+    let again = dma.alloc(100).unwrap();
+    assert_eq!(maps(&kernel), 0, "no new memory");
+    assert_eq!(dev.retired_dma().count(), 0);
+    assert_eq!(again.as_volatile_slice().ptr_guard().as_ptr() as usize, host);
+    let mut bytes = [0xffu8; 64];
+    again.as_volatile_slice().read_slice(&mut bytes, 0).unwrap();
+    assert_eq!(bytes, [0; 64], "handed out zeroed");
+    // Another size or page size takes new memory and leaves the kept one.
+    drop(again);
+    let huge = dma.alloc(8192).unwrap();
+    assert_eq!(maps(&kernel), 1);
+    assert_eq!(dev.retired_dma().count(), 1);
+    drop(huge);
+    assert_eq!(dev.retired_dma().count(), 2);
+}
+
+#[test]
+fn a_failed_huge_mmap_is_no_huge_pages_and_a_failed_mlock_names_the_lock_step() {
+    let os = std::io::Error::from_raw_os_error;
+    for errno in [libc::ENOMEM, libc::EINVAL] {
+        assert!(matches!(
+            map_failure(MapFailure::Map(os(errno)), HUGE_2M),
+            PhysicalDmaError::NoHugePages { page: HUGE_2M, .. }
+        ));
+    }
+    assert!(matches!(
+        map_failure(MapFailure::Map(os(libc::ENOMEM)), 4096),
+        PhysicalDmaError::System {
+            step: "map memory",
+            ..
+        }
+    ));
+    for page in [4096, HUGE_2M, HUGE_1G] {
+        let err = map_failure(MapFailure::Lock(os(libc::ENOMEM)), page);
+        match err {
+            PhysicalDmaError::System { step, source } => {
+                assert!(step.starts_with("lock memory"), "{step}");
+                assert_eq!(source.raw_os_error(), Some(libc::ENOMEM));
+            }
+            other => panic!("page {page:#x}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_reused_region_that_fails_its_checks_stays_retired() {
+    let kernel = FakeKernel::edu();
+    let dev = opened(&kernel);
+    drop(dev.dma(DmaMask::FULL).unwrap().alloc(4096).unwrap());
+    assert_eq!(dev.retired_dma().count(), 1);
+    kernel.script().pagemap = |_| PRESENT | 0x1_0000;
+    let err = dev.dma(DmaMask::bits(28)).unwrap().alloc(4096).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PhysicalDma {
+                source: PhysicalDmaError::OverMask { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(dev.retired_dma().count(), 1, "not freed: the device may write it");
 }
 
 #[test]

@@ -10,13 +10,13 @@ use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
 use vm_memory::MmapRegion;
 
 use crate::dma::physical::{HUGE_1G, HUGE_2M, PAGEMAP};
-use crate::vfio::backend::PhysicalMemory;
+use crate::vfio::backend::{MapFailure, PhysicalMemory};
 
 /// This process's memory, as the running kernel gives it.
 pub(crate) struct ProcMemory;
 
 impl PhysicalMemory for ProcMemory {
-    fn map(&self, len: usize, page: u64) -> io::Result<MmapRegion> {
+    fn map(&self, len: usize, page: u64) -> Result<MmapRegion, MapFailure> {
         let huge = match page {
             HUGE_2M => libc::MAP_HUGETLB | libc::MAP_HUGE_2MB,
             HUGE_1G => libc::MAP_HUGETLB | libc::MAP_HUGE_1GB,
@@ -27,14 +27,14 @@ impl PhysicalMemory for ProcMemory {
             .with_mmap_flags(libc::MAP_SHARED | libc::MAP_ANONYMOUS | huge)
             .build()
             .map_err(|e| match e {
-                MmapRegionError::Mmap(e) => e,
-                other => io::Error::other(other),
+                MmapRegionError::Mmap(e) => MapFailure::Map(e),
+                other => MapFailure::Map(io::Error::other(other)),
             })?;
         // SAFETY: `region` is a mapping of `len` bytes this function owns;
         // mlock only pins its pages (and faults them in), and munmap at the
         // region's drop unlocks them.
         if unsafe { libc::mlock(region.as_ptr().cast(), len) } != 0 {
-            return Err(io::Error::last_os_error());
+            return Err(MapFailure::Lock(io::Error::last_os_error()));
         }
         Ok(region)
     }

@@ -25,7 +25,7 @@ mod memory;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use vfio_bindings::bindings::vfio::{VFIO_API_VERSION, VFIO_GROUP_FLAGS_VIABLE, VFIO_NOIOMMU_IOMMU};
 
@@ -76,7 +76,7 @@ pub(crate) trait NoIommuCalls: Send + Sync {
     ) -> Box<dyn DeviceBackend>;
 }
 
-/// A container in no-IOMMU mode, with the devices attached to it counted.
+/// A container in no-IOMMU mode.
 pub(crate) struct NoIommuContainer {
     shared: Arc<Shared>,
     memory: Box<dyn PhysicalMemory>,
@@ -86,19 +86,6 @@ pub(crate) struct NoIommuContainer {
 struct Shared {
     calls: Arc<dyn NoIommuCalls>,
     container: OwnedFd,
-    /// How many devices hold a group attached. The kernel sets the IOMMU
-    /// once a group is attached, and drops it when the last group leaves;
-    /// the lock is held through each open sequence.
-    attached: Mutex<usize>,
-}
-
-/// Counts one device as attached while it lives.
-struct Attached(Arc<Shared>);
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        *self.0.attached.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-    }
 }
 
 impl NoIommuContainer {
@@ -145,11 +132,7 @@ impl NoIommuContainer {
         }
         log::debug!("opened VFIO container {CONTAINER_PATH} in no-IOMMU mode");
         Ok(NoIommuContainer {
-            shared: Arc::new(Shared {
-                calls,
-                container,
-                attached: Mutex::new(0),
-            }),
+            shared: Arc::new(Shared { calls, container }),
             memory,
         })
     }
@@ -198,7 +181,6 @@ impl IommuBackend for NoIommuContainer {
         let calls = &*shared.calls;
         let node = group_path(group);
         let container = Path::new(CONTAINER_PATH);
-        let mut attached = shared.attached.lock().unwrap_or_else(|e| e.into_inner());
         let group_fd = calls
             .open_group(&node)
             .map_err(|e| step_error(addr, "open the group node", &node, e))?;
@@ -211,17 +193,24 @@ impl IommuBackend for NoIommuContainer {
         calls
             .set_container(group_fd.as_fd(), shared.container.as_fd())
             .map_err(|e| step_error(addr, "attach the group to the container", &node, e))?;
-        if *attached == 0 {
-            calls
-                .set_iommu(shared.container.as_fd(), VFIO_NOIOMMU_IOMMU)
-                .map_err(|e| {
-                    step_error(
-                        addr,
-                        "set the container's IOMMU to VFIO_NOIOMMU_IOMMU",
-                        container,
-                        e,
-                    )
-                })?;
+        // The kernel keeps the container's IOMMU while any group is attached
+        // (through a group or device descriptor, in this process or a child
+        // that inherited one), and refuses to set it again with EINVAL; once
+        // the group is attached that is the only reason it gives, and the
+        // group joins the IOMMU already set.
+        match calls.set_iommu(shared.container.as_fd(), VFIO_NOIOMMU_IOMMU) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                log::debug!("{addr}: the no-IOMMU container's IOMMU is already set");
+            }
+            Err(e) => {
+                return Err(step_error(
+                    addr,
+                    "set the container's IOMMU to VFIO_NOIOMMU_IOMMU",
+                    container,
+                    e,
+                ))
+            }
         }
         let fd = calls
             .device_fd(group_fd.as_fd(), &addr.to_string())
@@ -229,8 +218,7 @@ impl IommuBackend for NoIommuContainer {
         let held = group_fd
             .try_clone()
             .map_err(|e| step_error(addr, "duplicate the group descriptor", &node, e))?;
-        *attached += 1;
-        let keep = (group_fd, Attached(shared.clone()));
+        let keep = (group_fd, shared.clone());
         log::warn!("{addr}: opened in no-IOMMU mode: the device can read and write all of memory");
         Ok(calls.device(fd, group, held, Box::new(keep)))
     }
