@@ -229,3 +229,41 @@ fn noiommu_bus_reset_passes_the_noiommu_group_of_every_function_this_process_hol
         "the second answers"
     );
 }
+
+#[test]
+#[ignore = "needs a no-IOMMU guest (qemu-scripts/guest-test.sh noiommu)"]
+fn noiommu_devices_share_one_container_whose_iommu_the_first_set() {
+    let container = noiommu();
+    let edu_dev = Device::open_in(&container, edu()).unwrap();
+    // The kernel refuses to set the IOMMU again (EINVAL): the second group
+    // joins the one the first set.
+    let testdev_dev = Device::open_in(&container, common::testdev()).unwrap();
+    assert_ne!(edu_dev.iommu_group(), testdev_dev.iommu_group());
+    assert_eq!(edu_dev.bar(0).unwrap().read::<u32>(ID).unwrap(), ID_VALUE);
+    assert_eq!(testdev_dev.config().unwrap().read16(0).unwrap(), 0x1b36);
+    drop(edu_dev);
+    // The container still has testdev's group, and edu joins it again.
+    let again = Device::open_in(&container, edu()).unwrap();
+    assert_eq!(again.bar(0).unwrap().read::<u32>(ID).unwrap(), ID_VALUE);
+    drop((again, testdev_dev));
+    // With every group gone the kernel dropped the IOMMU; the next open sets it.
+    let last = Device::open_in(&container, edu()).unwrap();
+    assert_eq!(last.bar(0).unwrap().read::<u32>(ID).unwrap(), ID_VALUE);
+}
+
+#[test]
+#[ignore = "needs a no-IOMMU guest with huge pages reserved (qemu-scripts/guest-test.sh noiommu)"]
+fn noiommu_a_dropped_buffers_memory_is_reused_zeroed_at_the_same_physical_address() {
+    let (dev, bar0) = quiet_edu();
+    let dma = dev.dma(EDU_MASK).unwrap();
+    for size in [4096, 8192] {
+        let first = dma.alloc(size).unwrap();
+        fill(&first, |_| 0x5a);
+        let bus = first.iova();
+        drop(first);
+        let again = dma.alloc(size).unwrap();
+        assert_eq!(again.iova(), bus, "size {size:#x}: the retired memory");
+        assert!(contents(&again).iter().all(|&b| b == 0), "handed out zeroed");
+        round_trip(&bar0, &again, 0, &dma.alloc(size).unwrap(), 0, 100);
+    }
+}
