@@ -176,13 +176,7 @@ impl Dma {
     /// physical address is the device's address for it.
     pub(super) fn alloc_physical(&self, size: usize, memory: &dyn PhysicalMemory) -> Result<DmaBuffer> {
         let addr = self.device().address();
-        let interface = self.container().interface();
-        let fail = |source| Error::PhysicalDma {
-            addr,
-            interface,
-            len: size as u64,
-            source,
-        };
+        let fail = |source| self.physical_error(size, source);
         if size == 0 {
             return Err(fail(PhysicalDmaError::ZeroSize));
         }
@@ -228,18 +222,22 @@ impl Dma {
         Ok(DmaBuffer::physical(self.clone(), bus, page, region))
     }
 
-    /// The physical address of `region`, checked to be contiguous and under
-    /// the device's mask
-    /// (`size`, the size asked for, is the one errors name.)
-    fn place(&self, region: &MmapRegion, size: usize, memory: &dyn PhysicalMemory) -> Result<u64> {
-        let addr = self.device().address();
-        let interface = self.container().interface();
-        let fail = |source| Error::PhysicalDma {
-            addr,
-            interface,
+    /// The error of a buffer of `size` bytes (the size asked for) that could
+    /// not be made.
+    fn physical_error(&self, size: usize, source: PhysicalDmaError) -> Error {
+        Error::PhysicalDma {
+            addr: self.device().address(),
+            interface: self.container().interface(),
             len: size as u64,
             source,
-        };
+        }
+    }
+
+    /// The physical address of `region`, checked to be contiguous and under
+    /// the device's mask (errors name `size`, the size asked for).
+    fn place(&self, region: &MmapRegion, size: usize, memory: &dyn PhysicalMemory) -> Result<u64> {
+        let (addr, interface) = (self.device().address(), self.container().interface());
+        let fail = |source| self.physical_error(size, source);
         let len = region.size() as u64;
         let mut entries = vec![0u64; (len / PAGE) as usize];
         memory
