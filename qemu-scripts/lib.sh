@@ -666,6 +666,14 @@ nvme_image_check() {
     ((failed == 0))
 }
 
+# Every guest's tick runs the local APIC timer in periodic mode. Under TCG, QEMU 7.2 can lose the request
+# that makes its vCPU look at the local APIC (seen while the guest runs a nested KVM guest): the timer's
+# vector then waits in IRR with interrupts enabled, GIF set and nothing requested, the vCPU halts, and a
+# tickless guest, whose next tick is programmed by that very interrupt, never wakes (QEMU's monitor showed
+# that state, and one keyboard interrupt through the IOAPIC woke the guest). A periodic timer fires again
+# and makes QEMU look at the APIC, so a lost request costs one tick.
+BARMAP_GUEST_TICK_ARGS="nohz=off highres=off"
+
 # guest_kernel_args SERIES: the kernel command line of the series' guest after `console=ttyS0 panic=1`.
 # Every guest: virtio_pci (built in from 6.12 on) would take the virtio device meant for vfio-pci
 # (BARMAP_FLR_DEV) before /init runs, so its initcall is skipped; on barmap's own kernel also nvme's (built
@@ -712,12 +720,17 @@ guest_qemu_iommu() {
 # (also streamed to stderr if BARMAP_CONSOLE=1). Returns QEMU's (or timeout's) exit status. Stdin is passed
 # through to the job (use </dev/null for unattended runs).
 guest_boot() {
-    local series=$1 kdir=$2 initrd=$3 logs="$BARMAP_GUEST_WORK/logs" rc=0 tail_pid="" nvme_img
+    local series=$1 kdir=$2 initrd=$3 logs="$BARMAP_GUEST_WORK/logs" rc=0 tail_pid="" nvme_img watchdog
+    local monitor="$BARMAP_GUEST_WORK/logs/$1-monitor"
     local -a extra iommu
     read -r -a extra <<<"$BARMAP_QEMU_ARGS"
     read -r -a iommu <<<"$(guest_qemu_iommu "$series")"
     mkdir -p "$logs"
     : >"$logs/$series-console.log"
+    rm -f "$monitor.in" "$monitor.out" "$logs/$series-monitor.log"
+    mkfifo "$monitor.in" "$monitor.out"
+    guest_watchdog "$monitor" "$logs/$series-monitor.log" &
+    watchdog=$!
     if [[ "${BARMAP_CONSOLE:-0}" == 1 ]]; then
         tail -n +1 -F "$logs/$series-console.log" >&2 2>/dev/null &
         tail_pid=$!
@@ -738,15 +751,36 @@ guest_boot() {
         -device nvme-ns,drive=nvmnull,bus=nvme0,nsid=2 \
         -object memory-backend-ram,id=shm,size=1G -device ivshmem-plain,memdev=shm \
         -kernel "$kdir/vmlinuz" -initrd "$initrd" \
-        -append "console=ttyS0 panic=1 $(guest_kernel_args "$series") $BARMAP_KERNEL_ARGS" \
-        -display none -monitor none -no-reboot \
+        -append "console=ttyS0 panic=1 $BARMAP_GUEST_TICK_ARGS $(guest_kernel_args "$series") $BARMAP_KERNEL_ARGS" \
+        -display none -chardev "pipe,id=monitor,path=$monitor" -mon chardev=monitor,mode=readline -no-reboot \
         -serial "file:$logs/$series-console.log" -chardev stdio,id=job,signal=on -serial chardev:job \
         "${extra[@]}" | tee "$logs/$series-output.log" || rc=$?
+    kill "$watchdog" 2>/dev/null || true
+    wait "$watchdog" 2>/dev/null || true
+    rm -f "$monitor.in" "$monitor.out"
     if [[ -n "$tail_pid" ]]; then
         sleep 0.2 # let tail show the console's last lines
         kill "$tail_pid"
     fi
     return "$rc"
+}
+
+# guest_watchdog MONITOR LOG: (in the background of guest_boot) 20 s before the guest's timeout, asks QEMU's
+# monitor (the pipe chardev MONITOR.in/.out) where the vCPU is, three times a second apart, into LOG: a hung
+# guest's registers (an L2 guest's while it runs nested) and the instructions at its RIP. Ends quietly if
+# it is killed first.
+guest_watchdog() {
+    local monitor=$1 out=$2 sleeper
+    trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+    sleep $((BARMAP_GUEST_TIMEOUT > 30 ? BARMAP_GUEST_TIMEOUT - 20 : 10)) &
+    sleeper=$!
+    wait "$sleeper"
+    timeout 8 cat "$monitor.out" >"$out" &
+    for _ in 1 2 3; do
+        printf 'info registers\nx/8i $pc\ninfo lapic\n' >"$monitor.in"
+        sleep 1
+    done
+    wait
 }
 
 # guest_job_status SERIES: the job's exit status from the guest's job-exit marker, or nothing.
@@ -773,6 +807,7 @@ guest_run() {
     if ((qemu_rc == 124 || qemu_rc == 137)); then
         log "guest $series timed out after ${BARMAP_GUEST_TIMEOUT}s (BARMAP_GUEST_TIMEOUT)"
         guest_console_tail "$series"
+        guest_monitor_dump "$series"
         GUEST_STATUS=124
     elif [[ -z "$status" ]]; then
         log "guest $series ended without reporting the job's status (QEMU exit $qemu_rc)"
@@ -789,6 +824,17 @@ guest_console_tail() {
     local f="$BARMAP_GUEST_WORK/logs/$1-console.log"
     log "last lines of the kernel console ($f):"
     tail -n 30 "$f" >&2 || true
+}
+
+# guest_monitor_dump SERIES: shows what QEMU's monitor said of the vCPU before a timeout (guest_watchdog).
+guest_monitor_dump() {
+    local f="$BARMAP_GUEST_WORK/logs/$1-monitor.log"
+    if [[ -s $f ]]; then
+        log "the vCPU 20 s before the timeout, from QEMU's monitor ($f):"
+        strip_ansi <"$f" | grep -Ev '^(\(qemu\)|YMM|XMM|FPR|FCW)' >&2 || true
+    else
+        log "QEMU's monitor did not answer before the timeout"
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------------------
