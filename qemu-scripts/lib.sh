@@ -674,7 +674,8 @@ nvme_image_check() {
 # and makes QEMU look at the APIC, so a lost request costs one tick.
 BARMAP_GUEST_TICK_ARGS="nohz=off highres=off"
 
-# guest_kernel_args SERIES: the kernel command line of the series' guest after `console=ttyS0 panic=1`.
+# guest_kernel_args SERIES: the kernel command line of the series' guest after `console=ttyS0 panic=1` and
+# BARMAP_GUEST_TICK_ARGS.
 # Every guest: virtio_pci (built in from 6.12 on) would take the virtio device meant for vfio-pci
 # (BARMAP_FLR_DEV) before /init runs, so its initcall is skipped; on barmap's own kernel also nvme's (built
 # in there; the L2 guest, booted with its own command line, keeps both). `barmap.interface=` is the VFIO
@@ -721,7 +722,7 @@ guest_qemu_iommu() {
 # through to the job (use </dev/null for unattended runs).
 guest_boot() {
     local series=$1 kdir=$2 initrd=$3 logs="$BARMAP_GUEST_WORK/logs" rc=0 tail_pid="" nvme_img watchdog
-    local monitor="$BARMAP_GUEST_WORK/logs/$1-monitor"
+    local monitor="$logs/$series-monitor"
     local -a extra iommu
     read -r -a extra <<<"$BARMAP_QEMU_ARGS"
     read -r -a iommu <<<"$(guest_qemu_iommu "$series")"
@@ -767,8 +768,8 @@ guest_boot() {
 
 # guest_watchdog MONITOR LOG: (in the background of guest_boot) 20 s before the guest's timeout, asks QEMU's
 # monitor (the pipe chardev MONITOR.in/.out) where the vCPU is, three times a second apart, into LOG: a hung
-# guest's registers (an L2 guest's while it runs nested) and the instructions at its RIP. Ends quietly if
-# it is killed first.
+# guest's registers (an L2 guest's while it runs nested), the instructions at its RIP and its local APIC.
+# Ends quietly if it is killed first.
 guest_watchdog() {
     local monitor=$1 out=$2 sleeper
     trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
